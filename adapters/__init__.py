@@ -1,0 +1,1 @@
+"""Provider adapters: one package per protocol, each with the simulator that speaks it."""

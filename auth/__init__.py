@@ -1,0 +1,1 @@
+"""Who is calling: client authentication, access tokens, scopes and tenancy."""

@@ -1,0 +1,1 @@
+"""The vendor-facing conformance suite: talks HTTP (and MLLP) only, so it can test any implementation."""

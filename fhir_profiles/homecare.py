@@ -1,0 +1,608 @@
+"""The homecare prescription-order message profile: our own rules over an EPS-shaped message Bundle.
+
+`read_prescription_message` runs structural validation and every rule, collects all problems at
+once, and returns either a typed `PrescriptionOrder` or the issues. Rules read the parsed JSON
+defensively, so they report alongside structural errors instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir_profiles import codes
+from fhir_profiles.identifiers import (
+    NHS_NUMBER_SYSTEM,
+    ODS_SYSTEM,
+    ORDER_ITEM_NUMBER_SYSTEM,
+    PRESCRIPTION_LONG_FORM_SYSTEM,
+    PRESCRIPTION_ORDER_NUMBER_SYSTEM,
+    is_nhs_number_shaped,
+    is_ods_code,
+    is_short_form_id_shaped,
+    is_uuid,
+    is_valid_nhs_number,
+    is_valid_short_form_id,
+)
+from fhir_profiles.outcome import ErrorCode, Issue, IssueType, Severity
+from fhir_profiles.structure import check_bundle_structure
+
+MAX_LINE_ITEMS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LineItem:
+    """One MedicationRequest of a prescription, as the trust sent it."""
+
+    entry_index: int
+    item_identifier: str
+    resource: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PrescriptionOrder:
+    """A validated homecare prescription-order message."""
+
+    bundle_identifier: str
+    sender_ods: str
+    short_form_id: str
+    long_form_id: str
+    performer_ods: str
+    nhs_number: str
+    prescription_type: str
+    patient_deceased: bool
+    items: tuple[LineItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEnvelope:
+    """What every message carries, whatever its event: enough to route and key it."""
+
+    bundle_identifier: str | None
+    event: str | None
+    sender_ods: str | None
+
+
+@dataclass(slots=True)
+class ValidationResult:
+    envelope: MessageEnvelope
+    issues: list[Issue] = field(default_factory=list)
+    order: PrescriptionOrder | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not any(i.severity in (Severity.ERROR, Severity.FATAL) for i in self.issues)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class _Rules:
+    """Collects issues while reading one message."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.issues: list[Issue] = []
+        self.entries: list[tuple[int, dict[str, Any]]] = [
+            (index, _dict(_dict(entry).get("resource")))
+            for index, entry in enumerate(_list(document.get("entry")))
+        ]
+        self.by_full_url: dict[str, tuple[int, dict[str, Any]]] = {}
+        for index, entry in enumerate(_list(document.get("entry"))):
+            full_url = _str(_dict(entry).get("fullUrl"))
+            if full_url:
+                self.by_full_url[full_url] = (index, _dict(_dict(entry).get("resource")))
+        self.by_relative: dict[str, tuple[int, dict[str, Any]]] = {}
+        for index, resource in self.entries:
+            resource_type, resource_id = _str(resource.get("resourceType")), _str(resource.get("id"))
+            if resource_type and resource_id:
+                self.by_relative[f"{resource_type}/{resource_id}"] = (index, resource)
+
+    def add(
+        self,
+        code: IssueType,
+        detail: ErrorCode,
+        diagnostics: str,
+        expression: str | None,
+    ) -> None:
+        self.issues.append(Issue(code, detail, diagnostics, expression))
+
+    def missing(self, expression: str, what: str) -> None:
+        self.add(IssueType.REQUIRED, ErrorCode.MISSING_FIELD, f"{what} is required", expression)
+
+    def invalid(self, expression: str, diagnostics: str) -> None:
+        self.add(IssueType.VALUE, ErrorCode.INVALID_VALUE, diagnostics, expression)
+
+    def resolve(self, reference: Any) -> tuple[int, dict[str, Any]] | None:
+        target = _str(_dict(reference).get("reference"))
+        if target is None:
+            return None
+        return self.by_full_url.get(target) or self.by_relative.get(target)
+
+    def required_code(self, value: Any, allowed: frozenset[str], expression: str, name: str) -> bool:
+        """Check a required-binding code; True when present and valid."""
+        if value is None:
+            return False
+        if not isinstance(value, str) or value not in allowed:
+            self.invalid(
+                expression,
+                f"'{value if isinstance(value, str) else type(value).__name__}'"[:80]
+                + f" is not a valid {name} code; expected one of: {', '.join(sorted(allowed))}",
+            )
+            return False
+        return True
+
+
+def read_envelope(document: Any) -> MessageEnvelope:
+    """The identifier, event and sender of a message, read defensively."""
+    if not isinstance(document, dict):
+        return MessageEnvelope(None, None, None)
+    header = _dict(_dict(next(iter(_list(document.get("entry"))), None)).get("resource"))
+    if header.get("resourceType") != "MessageHeader":
+        header = {}
+    sender = _dict(_dict(header.get("sender")).get("identifier"))
+    return MessageEnvelope(
+        bundle_identifier=_str(_dict(document.get("identifier")).get("value")),
+        event=_str(_dict(header.get("eventCoding")).get("code")),
+        sender_ods=_str(sender.get("value")) if sender.get("system") == ODS_SYSTEM else None,
+    )
+
+
+def validate_message(document: Any) -> ValidationResult:
+    """Structure and message-level rules shared by every event, then the event's own profile."""
+    result = ValidationResult(envelope=read_envelope(document))
+    result.issues.extend(check_bundle_structure(document))
+    if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
+        return result
+    rules = _Rules(document)
+    _check_bundle(rules)
+    event = _check_message_header(rules)
+    if event == codes.EVENT_PRESCRIPTION_ORDER:
+        result.order = _check_prescription_order(rules, result.envelope)
+    elif event in codes.KNOWN_MESSAGE_EVENTS:
+        rules.add(
+            IssueType.NOT_SUPPORTED,
+            ErrorCode.UNSUPPORTED_MESSAGE_EVENT,
+            f"Message event '{event}' is not supported yet by this gateway; "
+            "it accepts 'prescription-order' messages",
+            "Bundle.entry[0].resource.eventCoding.code",
+        )
+    _check_required_bindings(rules, check_references=event == codes.EVENT_PRESCRIPTION_ORDER)
+    result.issues.extend(rules.issues)
+    if not result.ok:
+        result.order = None
+    return result
+
+
+def _check_bundle(rules: _Rules) -> None:
+    document = rules.document
+    bundle_type = document.get("type")
+    if (
+        rules.required_code(bundle_type, codes.BUNDLE_TYPE, "Bundle.type", "bundle-type")
+        and bundle_type != "message"
+    ):
+        rules.invalid("Bundle.type", f"Bundle.type must be 'message', not '{bundle_type}'")
+    identifier = _dict(document.get("identifier"))
+    if not _str(identifier.get("value")):
+        rules.missing("Bundle.identifier.value", "Bundle.identifier (the message's unique identifier)")
+    if not _list(document.get("entry")):
+        rules.add(
+            IssueType.VALUE,
+            ErrorCode.MISSING_FIELD,
+            "ResourceType Bundle must contain 'entry' field",
+            "Bundle.entry",
+        )
+
+
+def _check_message_header(rules: _Rules) -> str | None:
+    if not rules.entries:
+        return None
+    first_index, header = rules.entries[0]
+    if header.get("resourceType") != "MessageHeader":
+        rules.add(
+            IssueType.STRUCTURE,
+            ErrorCode.INVALID_VALUE,
+            "The first entry of a message Bundle must be its MessageHeader",
+            "Bundle.entry[0].resource",
+        )
+        return None
+    base = f"Bundle.entry[{first_index}].resource"
+    event = _dict(header.get("eventCoding"))
+    code = _str(event.get("code"))
+    if code is None:
+        rules.missing(f"{base}.eventCoding.code", "MessageHeader.eventCoding.code")
+    elif event.get("system") != codes.MESSAGE_EVENT_SYSTEM:
+        rules.invalid(
+            f"{base}.eventCoding.system",
+            f"MessageHeader.eventCoding.system must be {codes.MESSAGE_EVENT_SYSTEM}",
+        )
+        code = None
+    elif code not in codes.KNOWN_MESSAGE_EVENTS:
+        rules.invalid(f"{base}.eventCoding.code", f"'{code[:64]}' is not a message event this gateway knows")
+        code = None
+    sender = _dict(_dict(header.get("sender")).get("identifier"))
+    if not _str(sender.get("value")):
+        rules.missing(
+            f"{base}.sender.identifier.value",
+            "MessageHeader.sender.identifier (the sending trust's ODS code)",
+        )
+    elif sender.get("system") != ODS_SYSTEM:
+        rules.invalid(
+            f"{base}.sender.identifier.system", f"The sender must be identified by an ODS code ({ODS_SYSTEM})"
+        )
+    elif not is_ods_code(sender["value"]):
+        rules.invalid(f"{base}.sender.identifier.value", "The sender's ODS code is not a valid ODS code")
+    return code
+
+
+def _extension(resource: dict[str, Any], url: str) -> dict[str, Any]:
+    for extension in _list(resource.get("extension")):
+        if _dict(extension).get("url") == url:
+            return _dict(extension)
+    return {}
+
+
+def _check_prescription_order(rules: _Rules, envelope: MessageEnvelope) -> PrescriptionOrder | None:
+    requests = [(i, r) for i, r in rules.entries if r.get("resourceType") == "MedicationRequest"]
+    if not requests:
+        rules.missing("Bundle.entry", "At least one MedicationRequest")
+        return None
+    if len(requests) > MAX_LINE_ITEMS:
+        rules.invalid(
+            f"Bundle.entry[{requests[MAX_LINE_ITEMS][0]}].resource",
+            f"A prescription holds at most {MAX_LINE_ITEMS} MedicationRequests; "
+            f"this message has {len(requests)}",
+        )
+
+    items: list[LineItem] = []
+    seen_item_ids: dict[str, str] = {}
+    shared: dict[str, list[tuple[str, Any]]] = {}
+    for index, request in requests:
+        base = f"Bundle.entry[{index}].resource"
+        item_id = _check_line_item(rules, request, base, seen_item_ids)
+        for name, value in _shared_values(rules, request, base):
+            shared.setdefault(name, []).append((base, value))
+        if item_id is not None:
+            items.append(LineItem(index, item_id, request))
+
+    _check_shared(rules, shared)
+    _check_course_of_therapy(rules, [r for _, r in requests])
+
+    short_form = _first(shared.get("groupIdentifier.value"))
+    long_form = _first(shared.get("groupIdentifier.prescriptionId"))
+    performer = _first(shared.get("dispenseRequest.performer"))
+    prescription_type = _first(shared.get("prescriptionType"))
+    patient = _check_patient(rules, requests)
+    if prescription_type is not None and not str(prescription_type).startswith(codes.HOMECARE_TYPE_PREFIX):
+        rules.add(
+            IssueType.BUSINESS_RULE,
+            ErrorCode.NOT_HOMECARE_PRESCRIPTION,
+            f"This gateway takes homecare prescriptions only (prescription type 12xx); type "
+            f"'{str(prescription_type)[:16]}' is not a homecare prescription type",
+            f"{shared['prescriptionType'][0][0]}.extension('{codes.PRESCRIPTION_TYPE_URL}').valueCoding.code",
+        )
+    if (
+        rules.issues
+        or envelope.bundle_identifier is None
+        or envelope.sender_ods is None
+        or patient is None
+        or None in (short_form, long_form, performer, prescription_type)
+        or len(items) != len(requests)
+    ):
+        return None
+    nhs_number, deceased = patient
+    return PrescriptionOrder(
+        bundle_identifier=envelope.bundle_identifier,
+        sender_ods=envelope.sender_ods,
+        short_form_id=str(short_form),
+        long_form_id=str(long_form),
+        performer_ods=str(performer),
+        nhs_number=nhs_number,
+        prescription_type=str(prescription_type),
+        patient_deceased=deceased,
+        items=tuple(items),
+    )
+
+
+def _first(values: list[tuple[str, Any]] | None) -> Any:
+    return values[0][1] if values else None
+
+
+def _check_line_item(
+    rules: _Rules, request: dict[str, Any], base: str, seen_item_ids: dict[str, str]
+) -> str | None:
+    status = request.get("status")
+    if rules.required_code(
+        status, codes.MEDICATION_REQUEST_STATUS, f"{base}.status", "medicationrequest-status"
+    ) and (status != "active"):
+        rules.invalid(
+            f"{base}.status",
+            f"MedicationRequest.status must be 'active' in a prescription order, not '{status}'",
+        )
+    intent = request.get("intent")
+    if rules.required_code(
+        intent, codes.MEDICATION_REQUEST_INTENT, f"{base}.intent", "medicationrequest-intent"
+    ) and (intent not in codes.EPS_ORDER_INTENTS):
+        rules.invalid(
+            f"{base}.intent", "MedicationRequest.intent must be order, original-order or instance-order."
+        )
+    if "priority" in request:
+        rules.required_code(
+            request["priority"], codes.REQUEST_PRIORITY, f"{base}.priority", "request-priority"
+        )
+
+    if not _list(request.get("dosageInstruction")):
+        rules.missing(f"{base}.dosageInstruction", "MedicationRequest.dosageInstruction")
+
+    item_ids = [
+        _str(_dict(identifier).get("value"))
+        for identifier in _list(request.get("identifier"))
+        if _dict(identifier).get("system") == ORDER_ITEM_NUMBER_SYSTEM
+    ]
+    item_id = item_ids[0] if item_ids else None
+    if item_id is None:
+        rules.missing(
+            f"{base}.identifier",
+            f"A line item identifier (system {ORDER_ITEM_NUMBER_SYSTEM})",
+        )
+    elif item_id in seen_item_ids:
+        rules.add(
+            IssueType.DUPLICATE,
+            ErrorCode.INVALID_VALUE,
+            f"Line item identifier is used twice in this prescription (first at {seen_item_ids[item_id]})",
+            f"{base}.identifier",
+        )
+        item_id = None
+    else:
+        seen_item_ids[item_id] = base
+    return item_id
+
+
+def _shared_values(rules: _Rules, request: dict[str, Any], base: str) -> list[tuple[str, Any]]:
+    """The values every line item must agree on, checked for shape as they are read."""
+    values: list[tuple[str, Any]] = []
+    group = _dict(request.get("groupIdentifier"))
+    short_form = _str(group.get("value"))
+    if not group:
+        rules.missing(f"{base}.groupIdentifier", "MedicationRequest.groupIdentifier (the prescription ID)")
+    elif short_form is None:
+        rules.missing(f"{base}.groupIdentifier.value", "The short-form prescription ID")
+    elif group.get("system") != PRESCRIPTION_ORDER_NUMBER_SYSTEM:
+        rules.invalid(
+            f"{base}.groupIdentifier.system",
+            f"groupIdentifier.system must be {PRESCRIPTION_ORDER_NUMBER_SYSTEM}",
+        )
+    elif not is_short_form_id_shaped(short_form):
+        rules.invalid(
+            f"{base}.groupIdentifier.value", "The prescription ID must have the form XXXXXX-XXXXXX-XXXXXC"
+        )
+    elif not is_valid_short_form_id(short_form):
+        rules.add(
+            IssueType.PROCESSING,
+            ErrorCode.FAILURE_TO_PROCESS_MESSAGE,
+            "Unable to process message. Information missing or invalid - prescriptionID has invalid checksum",
+            f"{base}.groupIdentifier.value",
+        )
+    else:
+        values.append(("groupIdentifier.value", short_form))
+
+    if group:
+        long_form_ext = _extension(group, codes.PRESCRIPTION_ID_URL)
+        long_form_id = _dict(long_form_ext.get("valueIdentifier"))
+        long_form = _str(long_form_id.get("value"))
+        where = f"{base}.groupIdentifier.extension('{codes.PRESCRIPTION_ID_URL}')"
+        if long_form is None:
+            rules.missing(where, "The long-form prescription ID (a UUID)")
+        elif long_form_id.get("system") != PRESCRIPTION_LONG_FORM_SYSTEM or not is_uuid(long_form):
+            rules.invalid(
+                f"{where}.valueIdentifier",
+                f"The long-form prescription ID must be a UUID in {PRESCRIPTION_LONG_FORM_SYSTEM}",
+            )
+        else:
+            values.append(("groupIdentifier.prescriptionId", long_form.lower()))
+
+    type_coding = _dict(_extension(request, codes.PRESCRIPTION_TYPE_URL).get("valueCoding"))
+    type_code = _str(type_coding.get("code"))
+    if type_code is None:
+        rules.missing(f"{base}.extension('{codes.PRESCRIPTION_TYPE_URL}')", "The prescription type extension")
+    elif type_coding.get("system") != codes.PRESCRIPTION_TYPE_SYSTEM:
+        rules.invalid(
+            f"{base}.extension('{codes.PRESCRIPTION_TYPE_URL}').valueCoding.system",
+            f"The prescription type must come from {codes.PRESCRIPTION_TYPE_SYSTEM}",
+        )
+    else:
+        values.append(("prescriptionType", type_code))
+
+    performer = _dict(_dict(_dict(request.get("dispenseRequest")).get("performer")).get("identifier"))
+    performer_ods = _str(performer.get("value"))
+    if performer_ods is None:
+        rules.missing(
+            f"{base}.dispenseRequest.performer.identifier",
+            "dispenseRequest.performer (the homecare provider's ODS code)",
+        )
+    elif performer.get("system") != ODS_SYSTEM or not is_ods_code(performer_ods):
+        rules.invalid(
+            f"{base}.dispenseRequest.performer.identifier",
+            f"The homecare provider must be identified by a valid ODS code ({ODS_SYSTEM})",
+        )
+    else:
+        values.append(("dispenseRequest.performer", performer_ods))
+
+    subject = rules.resolve(request.get("subject"))
+    if subject is not None:
+        values.append(("subject", subject[0]))
+    requester = request.get("requester")
+    if not _dict(requester):
+        rules.missing(f"{base}.requester", "MedicationRequest.requester")
+    else:
+        resolved = rules.resolve(requester)
+        values.append(("requester", resolved[0] if resolved else _dict(requester).get("reference")))
+    for name in ("authoredOn", "category", "intent", "status"):
+        if name in request:
+            values.append((name, request[name]))
+    validity = _dict(request.get("dispenseRequest")).get("validityPeriod")
+    if validity is not None:
+        values.append(("dispenseRequest.validityPeriod", validity))
+    return values
+
+
+def _check_shared(rules: _Rules, shared: dict[str, list[tuple[str, Any]]]) -> None:
+    for name, values in shared.items():
+        first_path, first = values[0]
+        for path, value in values[1:]:
+            if value != first:
+                rules.invalid(
+                    f"{path}.{name}",
+                    f"Every line item must have the same {name} (it differs from {first_path})",
+                )
+
+
+def _check_course_of_therapy(rules: _Rules, requests: list[dict[str, Any]]) -> None:
+    kinds = set()
+    for request in requests:
+        for coding in _list(_dict(request.get("courseOfTherapyType")).get("coding")):
+            if _str(_dict(coding).get("code")):
+                kinds.add(coding["code"])
+    if len(kinds) > 1 and kinds != {"acute", "continuous"}:
+        rules.add(
+            IssueType.INVALID,
+            ErrorCode.INVALID_VALUE,
+            "Course of therapy type must either match for all MedicationRequests or be a mixture of "
+            "'acute' and 'continuous'.",
+            "MedicationRequest.courseOfTherapyType.coding",
+        )
+
+
+def _check_patient(rules: _Rules, requests: list[tuple[int, dict[str, Any]]]) -> tuple[str, bool] | None:
+    """The one patient of the prescription: NHS number checked, deceased flag read."""
+    index, request = requests[0]
+    base = f"Bundle.entry[{index}].resource.subject"
+    if not _dict(request.get("subject")):
+        return None
+    resolved = rules.resolve(request.get("subject"))
+    if resolved is None:
+        return None
+    patient_index, patient = resolved
+    patient_path = f"Bundle.entry[{patient_index}].resource"
+    if patient.get("resourceType") != "Patient":
+        rules.invalid(base, "MedicationRequest.subject must reference the Patient")
+        return None
+    nhs_numbers = [
+        (position, _dict(identifier).get("value"))
+        for position, identifier in enumerate(_list(patient.get("identifier")))
+        if _dict(identifier).get("system") == NHS_NUMBER_SYSTEM
+    ]
+    if not nhs_numbers:
+        rules.missing(f"{patient_path}.identifier", f"The patient's NHS number (system {NHS_NUMBER_SYSTEM})")
+        return None
+    position, nhs_number = nhs_numbers[0]
+    where = f"{patient_path}.identifier[{position}].value"
+    if not isinstance(nhs_number, str) or not is_nhs_number_shaped(nhs_number):
+        rules.invalid(where, "An NHS number is 10 digits")
+        return None
+    if not is_valid_nhs_number(nhs_number):
+        rules.add(
+            IssueType.VALUE, ErrorCode.INVALID_CHECK_DIGIT, "The NHS number fails its Modulus 11 check", where
+        )
+        return None
+    if "gender" in patient:
+        rules.required_code(
+            patient["gender"], codes.ADMINISTRATIVE_GENDER, f"{patient_path}.gender", "administrative-gender"
+        )
+    deceased = patient.get("deceasedBoolean") is True or _str(patient.get("deceasedDateTime")) is not None
+    if deceased:
+        rules.add(
+            IssueType.BUSINESS_RULE,
+            ErrorCode.PATIENT_DECEASED,
+            "The patient is recorded as deceased; a homecare prescription cannot be supplied",
+            f"{patient_path}.deceased",
+        )
+    return nhs_number, deceased
+
+
+_RESOURCE_CODES: dict[tuple[str, str], tuple[frozenset[str], str]] = {
+    ("CommunicationRequest", "status"): (codes.REQUEST_STATUS, "request-status"),
+    ("CommunicationRequest", "priority"): (codes.REQUEST_PRIORITY, "request-priority"),
+    ("List", "status"): (codes.LIST_STATUS, "list-status"),
+    ("List", "mode"): (codes.LIST_MODE, "list-mode"),
+    ("Practitioner", "gender"): (codes.ADMINISTRATIVE_GENDER, "administrative-gender"),
+}
+_DATATYPE_CODES: dict[str, tuple[tuple[str, frozenset[str], str], ...]] = {
+    "identifier": (("use", codes.IDENTIFIER_USE, "identifier-use"),),
+    "name": (("use", codes.NAME_USE, "name-use"),),
+    "telecom": (
+        ("system", codes.CONTACT_POINT_SYSTEM, "contact-point-system"),
+        ("use", codes.CONTACT_POINT_USE, "contact-point-use"),
+    ),
+    "address": (("use", codes.ADDRESS_USE, "address-use"), ("type", codes.ADDRESS_TYPE, "address-type")),
+    "repeat": (
+        ("periodUnit", codes.UNITS_OF_TIME, "units-of-time"),
+        ("durationUnit", codes.UNITS_OF_TIME, "units-of-time"),
+    ),
+}
+
+
+def _check_required_bindings(rules: _Rules, *, check_references: bool) -> None:
+    """Required-binding codes in every resource and its data types; local references resolve."""
+    for index, resource in rules.entries:
+        resource_type = resource.get("resourceType")
+        for (owner, element), (allowed, name) in _RESOURCE_CODES.items():
+            if resource_type == owner and element in resource:
+                rules.required_code(
+                    resource[element], allowed, f"Bundle.entry[{index}].resource.{element}", name
+                )
+        _walk(rules, resource, ["Bundle", f"entry[{index}]", "resource"], check_references)
+
+
+def _is_local_reference(target: str) -> bool:
+    if target.startswith(("urn:uuid:", "urn:oid:")):
+        return True
+    return target.count("/") == 1 and not target.startswith(("http:", "https:", "#"))
+
+
+def _walk(rules: _Rules, node: dict[str, Any], stack: list[str], check_references: bool) -> None:
+    """One pass over a resource; paths are only spelled out when something is wrong."""
+    for key, value in node.items():
+        if key == "reference" and check_references and isinstance(value, str):
+            if (
+                _is_local_reference(value)
+                and value not in rules.by_full_url
+                and value not in rules.by_relative
+            ):
+                rules.add(
+                    IssueType.VALUE,
+                    ErrorCode.INVALID_VALUE,
+                    "Reference does not resolve to any entry of the Bundle (references resolve by fullUrl)",
+                    ".".join([*stack, "reference"]),
+                )
+            continue
+        if isinstance(value, dict):
+            children: list[Any] = [value]
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        bindings = _DATATYPE_CODES.get(key, ())
+        for position, child in enumerate(children):
+            if not isinstance(child, dict):
+                continue
+            stack.append(f"{key}[{position}]" if child is not value else key)
+            for element, allowed, name in bindings:
+                if element in child:
+                    rules.required_code(child[element], allowed, ".".join([*stack, element]), name)
+            if key == "repeat":
+                for day_index, day in enumerate(_list(child.get("dayOfWeek"))):
+                    rules.required_code(
+                        day, codes.DAYS_OF_WEEK, ".".join([*stack, f"dayOfWeek[{day_index}]"]), "days-of-week"
+                    )
+            _walk(rules, child, stack, check_references)
+            stack.pop()

@@ -1,0 +1,1 @@
+"""HTTP routes: thin, they parse, authorise, call a domain service and render."""

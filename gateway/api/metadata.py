@@ -1,0 +1,82 @@
+"""`GET /fhir/metadata`: a CapabilityStatement that says exactly what this gateway implements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from gateway import __version__
+from gateway.api.deps import ServicesDep
+from gateway.api.responses import FhirResponse
+from gateway.api.schemas import fhir_content
+
+router = APIRouter(tags=["metadata"])
+
+
+def capability_statement(base_url: str) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "Homecare gateway project",
+        "kind": "instance",
+        "software": {"name": "homecare-gateway", "version": __version__},
+        "implementation": {"description": "Homecare e-prescribing gateway", "url": f"{base_url}/fhir"},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Trusts send homecare prescription-order messages with $process-message; "
+                    "prescription-order-update and dispense-notification are refused as not supported yet."
+                ),
+                "security": {
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "OAuth",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "Bearer access token in the Authorization header.",
+                },
+                "resource": [
+                    {"type": "MedicationRequest", "interaction": [{"code": "read"}]},
+                    {"type": "Bundle", "interaction": [{"code": "read"}]},
+                ],
+                "operation": [
+                    {
+                        "name": "process-message",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message",
+                    }
+                ],
+            }
+        ],
+        "messaging": [
+            {
+                "documentation": "EPS-shaped message Bundles; the homecare prescription types (12xx) only.",
+                "supportedMessage": [
+                    {
+                        "mode": "receiver",
+                        "definition": "https://fhir.nhs.uk/CodeSystem/message-event|prescription-order",
+                    }
+                ],
+            }
+        ],
+    }
+
+
+@router.get(
+    "/fhir/metadata",
+    summary="The CapabilityStatement of this gateway",
+    response_class=FhirResponse,
+    responses={200: {"description": "CapabilityStatement", "content": fhir_content("FhirResource")}},
+)
+async def metadata(services: ServicesDep) -> Response:
+    return FhirResponse(capability_statement(services.settings.public_base_url.rstrip("/")))

@@ -1,0 +1,110 @@
+"""`POST /fhir/$process-message` (and the EPS path `/FHIR/R4/$process-message`)."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
+from gateway.api.deps import CurrentCaller, ServicesDep
+from gateway.api.responses import FhirResponse
+from gateway.api.schemas import fhir_content, outcome_responses
+from gateway.domain.intake import receive_message
+
+router = APIRouter(tags=["messaging"])
+
+_ACCEPTED_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json"})
+
+
+async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, object]:
+    """The raw body (kept as received) and its parsed JSON, or the OperationOutcome that explains why not."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type not in _ACCEPTED_MEDIA_TYPES:
+        raise OperationOutcomeError(
+            415,
+            [
+                Issue(
+                    IssueType.NOT_SUPPORTED,
+                    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                    "Send FHIR JSON with Content-Type application/fhir+json (or application/json)",
+                )
+            ],
+        )
+    too_large = OperationOutcomeError(
+        413,
+        [
+            Issue(
+                IssueType.TOO_LONG,
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"The body is larger than this gateway accepts ({limit} bytes)",
+            )
+        ],
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        raise OperationOutcomeError(
+            400, [Issue(IssueType.STRUCTURE, ErrorCode.INVALID_JSON, "The request body is empty")]
+        )
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise OperationOutcomeError(
+            400,
+            [
+                Issue(
+                    IssueType.STRUCTURE,
+                    ErrorCode.INVALID_JSON,
+                    f"The body is not valid JSON (at line {exc.lineno}, column {exc.colno})",
+                )
+            ],
+        ) from exc
+    return body, document
+
+
+@router.post(
+    "/fhir/$process-message",
+    summary="Send a prescription message (EPS-compatible)",
+    response_class=FhirResponse,
+    responses={
+        200: {
+            "description": "Accepted: an informational OperationOutcome",
+            "content": fhir_content("OperationOutcome"),
+        },
+        **outcome_responses(400, 401, 403, 409, 413, 415, 422),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/fhir+json": {"schema": {"$ref": "#/components/schemas/HomecareMessageBundle"}},
+                "application/json": {"schema": {"$ref": "#/components/schemas/HomecareMessageBundle"}},
+            },
+        }
+    },
+)
+@router.post("/FHIR/R4/$process-message", include_in_schema=False)
+async def process_message(request: Request, caller: CurrentCaller, services: ServicesDep) -> Response:
+    body, document = await read_fhir_json_body(request, services.settings.max_body_bytes)
+    answer = await run_in_threadpool(
+        receive_message,
+        services.db,
+        body=body,
+        document=document,
+        caller=caller,
+        request_id=request.scope["state"]["request_id"],
+        clock=services.clock,
+    )
+    headers = {"Location": answer.location} if answer.location else None
+    return FhirResponse(answer.body, status_code=answer.status_code, headers=headers)

@@ -1,0 +1,346 @@
+"""Hand-written OpenAPI schemas for FHIR bodies.
+
+The generated schema of a FHIR Bundle is shallow (`object`); these describe the homecare message
+profile closely enough for a reader, a client generator or schemathesis to build real requests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+_STRING = {"type": "string", "minLength": 1}
+_CODE = {"type": "string", "pattern": r"^[^\s]+( [^\s]+)*$"}
+_URI = {"type": "string", "pattern": r"^\S+$"}
+
+FHIR_SCHEMAS: dict[str, Any] = {
+    "Coding": {
+        "type": "object",
+        "properties": {"system": _URI, "code": _CODE, "display": _STRING},
+        "additionalProperties": False,
+    },
+    "CodeableConcept": {
+        "type": "object",
+        "properties": {"coding": {"type": "array", "items": _ref("Coding")}, "text": _STRING},
+        "additionalProperties": False,
+    },
+    "Identifier": {
+        "type": "object",
+        "properties": {
+            "system": _URI,
+            "value": _STRING,
+            "extension": {"type": "array", "items": _ref("Extension")},
+        },
+        "additionalProperties": False,
+    },
+    "Reference": {
+        "type": "object",
+        "properties": {"reference": _STRING, "identifier": _ref("Identifier"), "display": _STRING},
+        "additionalProperties": False,
+    },
+    "Extension": {
+        "type": "object",
+        "required": ["url"],
+        "properties": {
+            "url": _URI,
+            "valueCoding": _ref("Coding"),
+            "valueIdentifier": _ref("Identifier"),
+            "valueString": _STRING,
+        },
+        "additionalProperties": False,
+    },
+    "Quantity": {
+        "type": "object",
+        "properties": {"value": {"type": "number"}, "unit": _STRING, "system": _URI, "code": _CODE},
+        "additionalProperties": False,
+    },
+    "Dosage": {
+        "type": "object",
+        "properties": {
+            "text": _STRING,
+            "route": _ref("CodeableConcept"),
+            "timing": {
+                "type": "object",
+                "properties": {
+                    "repeat": {
+                        "type": "object",
+                        "properties": {
+                            "frequency": {"type": "integer", "minimum": 1},
+                            "period": {"type": "number"},
+                            "periodUnit": {"type": "string", "enum": ["s", "min", "h", "d", "wk", "mo", "a"]},
+                        },
+                        "additionalProperties": False,
+                    }
+                },
+                "additionalProperties": False,
+            },
+        },
+        "additionalProperties": False,
+    },
+    "MessageHeader": {
+        "type": "object",
+        "required": ["resourceType", "eventCoding", "source"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["MessageHeader"]},
+            "id": {"type": "string", "pattern": r"^[A-Za-z0-9\-\.]{1,64}$"},
+            "eventCoding": {
+                "type": "object",
+                "required": ["system", "code"],
+                "properties": {
+                    "system": {"type": "string", "enum": ["https://fhir.nhs.uk/CodeSystem/message-event"]},
+                    "code": {
+                        "type": "string",
+                        "enum": ["prescription-order", "prescription-order-update", "dispense-notification"],
+                    },
+                    "display": _STRING,
+                },
+                "additionalProperties": False,
+            },
+            "sender": {
+                "type": "object",
+                "required": ["identifier"],
+                "properties": {
+                    "identifier": {
+                        "type": "object",
+                        "required": ["system", "value"],
+                        "properties": {
+                            "system": {
+                                "type": "string",
+                                "enum": ["https://fhir.nhs.uk/Id/ods-organization-code"],
+                            },
+                            "value": {"type": "string", "pattern": "^[A-Z0-9]{3,12}$"},
+                        },
+                        "additionalProperties": False,
+                    },
+                    "reference": _STRING,
+                    "display": _STRING,
+                },
+                "additionalProperties": False,
+            },
+            "source": {
+                "type": "object",
+                "required": ["endpoint"],
+                "properties": {"endpoint": _URI, "name": _STRING},
+                "additionalProperties": False,
+            },
+            "focus": {"type": "array", "items": _ref("Reference")},
+        },
+        "additionalProperties": False,
+    },
+    "MedicationRequest": {
+        "type": "object",
+        "required": ["resourceType", "status", "intent", "subject", "medicationCodeableConcept"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["MedicationRequest"]},
+            "id": {"type": "string", "pattern": r"^[A-Za-z0-9\-\.]{1,64}$"},
+            "extension": {"type": "array", "items": _ref("Extension")},
+            "identifier": {"type": "array", "items": _ref("Identifier")},
+            "status": {
+                "type": "string",
+                "enum": [
+                    "active",
+                    "on-hold",
+                    "cancelled",
+                    "completed",
+                    "entered-in-error",
+                    "stopped",
+                    "draft",
+                    "unknown",
+                ],
+            },
+            "intent": {
+                "type": "string",
+                "enum": [
+                    "proposal",
+                    "plan",
+                    "order",
+                    "original-order",
+                    "reflex-order",
+                    "filler-order",
+                    "instance-order",
+                    "option",
+                ],
+            },
+            "category": {"type": "array", "items": _ref("CodeableConcept")},
+            "medicationCodeableConcept": _ref("CodeableConcept"),
+            "subject": _ref("Reference"),
+            "requester": _ref("Reference"),
+            "authoredOn": {"type": "string", "format": "date-time"},
+            "groupIdentifier": _ref("Identifier"),
+            "courseOfTherapyType": _ref("CodeableConcept"),
+            "dosageInstruction": {"type": "array", "minItems": 1, "items": _ref("Dosage")},
+            "dispenseRequest": {
+                "type": "object",
+                "properties": {
+                    "performer": _ref("Reference"),
+                    "quantity": _ref("Quantity"),
+                    "validityPeriod": {
+                        "type": "object",
+                        "properties": {"start": _STRING, "end": _STRING},
+                        "additionalProperties": False,
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "substitution": {
+                "type": "object",
+                "required": ["allowedBoolean"],
+                "properties": {"allowedBoolean": {"type": "boolean"}},
+                "additionalProperties": False,
+            },
+        },
+        "additionalProperties": False,
+    },
+    "Patient": {
+        "type": "object",
+        "required": ["resourceType"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Patient"]},
+            "id": {"type": "string", "pattern": r"^[A-Za-z0-9\-\.]{1,64}$"},
+            "identifier": {"type": "array", "items": _ref("Identifier")},
+            "name": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "family": _STRING,
+                        "given": {"type": "array", "items": _STRING},
+                        "use": {
+                            "type": "string",
+                            "enum": ["usual", "official", "temp", "nickname", "anonymous", "old", "maiden"],
+                        },
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "gender": {"type": "string", "enum": ["male", "female", "other", "unknown"]},
+            "birthDate": {"type": "string", "format": "date"},
+        },
+        "additionalProperties": False,
+    },
+    "PractitionerRole": {
+        "type": "object",
+        "required": ["resourceType"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["PractitionerRole"]},
+            "id": {"type": "string", "pattern": r"^[A-Za-z0-9\-\.]{1,64}$"},
+            "identifier": {"type": "array", "items": _ref("Identifier")},
+            "practitioner": _ref("Reference"),
+            "organization": _ref("Reference"),
+        },
+        "additionalProperties": False,
+    },
+    "Organization": {
+        "type": "object",
+        "required": ["resourceType"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Organization"]},
+            "id": {"type": "string", "pattern": r"^[A-Za-z0-9\-\.]{1,64}$"},
+            "identifier": {"type": "array", "items": _ref("Identifier")},
+            "name": _STRING,
+            "partOf": _ref("Reference"),
+        },
+        "additionalProperties": False,
+    },
+    "BundleEntry": {
+        "type": "object",
+        "required": ["fullUrl", "resource"],
+        "properties": {
+            "fullUrl": _URI,
+            "resource": {
+                "oneOf": [
+                    _ref("MessageHeader"),
+                    _ref("MedicationRequest"),
+                    _ref("Patient"),
+                    _ref("PractitionerRole"),
+                    _ref("Organization"),
+                ]
+            },
+        },
+        "additionalProperties": False,
+    },
+    "HomecareMessageBundle": {
+        "description": (
+            "An NHS EPS-shaped FHIR R4 message Bundle: a MessageHeader first, then 1-4 homecare "
+            "MedicationRequests (prescription type 12xx) and the Patient, PractitionerRole and "
+            "Organization they reference. Other FHIR R4 resources (Provenance, CommunicationRequest, "
+            "List...) may travel in the Bundle too."
+        ),
+        "type": "object",
+        "required": ["resourceType", "type", "identifier", "entry"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Bundle"]},
+            "id": {"type": "string", "pattern": r"^[A-Za-z0-9\-\.]{1,64}$"},
+            "identifier": {
+                "type": "object",
+                "required": ["value"],
+                "properties": {"system": _URI, "value": _STRING},
+                "additionalProperties": False,
+            },
+            "type": {"type": "string", "enum": ["message"]},
+            "entry": {"type": "array", "minItems": 1, "items": _ref("BundleEntry")},
+        },
+        "additionalProperties": False,
+    },
+    "OperationOutcome": {
+        "type": "object",
+        "required": ["resourceType", "issue"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+            "id": {"type": "string"},
+            "issue": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["severity", "code"],
+                    "properties": {
+                        "severity": {"type": "string", "enum": ["fatal", "error", "warning", "information"]},
+                        "code": {"type": "string"},
+                        "details": {
+                            "type": "object",
+                            "properties": {"coding": {"type": "array", "items": _ref("Coding")}},
+                        },
+                        "diagnostics": {"type": "string"},
+                        "expression": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    },
+    "FhirResource": {
+        "type": "object",
+        "required": ["resourceType"],
+        "properties": {"resourceType": {"type": "string"}, "id": {"type": "string"}},
+    },
+}
+
+
+def fhir_content(schema: str) -> dict[str, Any]:
+    return {"application/fhir+json": {"schema": _ref(schema)}}
+
+
+def outcome_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the error statuses a route may answer, each an OperationOutcome."""
+    descriptions = {
+        400: "Invalid message: every problem at once",
+        401: "No valid access token",
+        403: "The caller may not act for this organisation",
+        404: "No such resource (or not the caller's)",
+        405: "Method not allowed",
+        409: "Conflicts with a message or prescription already accepted",
+        413: "Body larger than the configured limit",
+        415: "Body is not FHIR JSON",
+        422: "Valid FHIR that breaks a business rule",
+        500: "Unexpected failure; nothing was stored",
+    }
+    return {
+        code: {"description": descriptions[code], "content": fhir_content("OperationOutcome")}
+        for code in codes
+    }

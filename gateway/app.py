@@ -1,0 +1,54 @@
+"""`create_app(settings)`: wiring only. Routes live in `api/`, rules in `domain/` and `fhir_profiles/`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from gateway import __version__
+from gateway.api import metadata, process_message, read
+from gateway.api.deps import Services
+from gateway.api.errors import install_error_handlers
+from gateway.api.middleware import RequestContextMiddleware
+from gateway.api.schemas import FHIR_SCHEMAS
+from gateway.clock import Clock, system_clock
+from gateway.settings import Settings
+from gateway.store.db import Database
+
+
+def create_app(settings: Settings, *, db: Database | None = None, clock: Clock = system_clock) -> FastAPI:
+    app = FastAPI(
+        title="Homecare e-prescribing gateway",
+        version=__version__,
+        summary="One FHIR interface between NHS trusts and homecare medicine providers",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.services = Services(
+        settings=settings,
+        db=db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size),
+        clock=clock,
+    )
+    app.include_router(process_message.router)
+    app.include_router(read.router)
+    app.include_router(metadata.router)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    return app
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document with the hand-written FHIR schemas; cached on the app."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    document.setdefault("components", {}).setdefault("schemas", {}).update(FHIR_SCHEMAS)
+    document["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    }
+    document["security"] = [{"bearer": []}]
+    app.openapi_schema = document
+    return document

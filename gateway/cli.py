@@ -1,0 +1,234 @@
+"""`homecare-gateway`: run the gateway, migrate its database, manage providers, export the OpenAPI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.clock import system_clock
+from gateway.settings import Settings
+from gateway.store.db import Database
+from gateway.store.providers import (
+    ProviderExists,
+    ProviderNotFound,
+    add_provider,
+    list_providers,
+    update_provider,
+)
+
+ADAPTERS = ("fhir-rest", "hl7v2-mllp", "csv-drop", "pull")
+
+app = typer.Typer(no_args_is_help=True, help="The homecare e-prescribing gateway.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+providers_app = typer.Typer(no_args_is_help=True, help="Homecare providers and their adapters.")
+app.add_typer(db_app, name="db")
+app.add_typer(providers_app, name="providers")
+console = Console()
+
+
+def _database(settings: Settings) -> Database:
+    return Database(settings.resolved_database_url, pool_size=2)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="API processes (each also dispatches).")] = 1,
+) -> None:
+    """The API and web pages in one process (or several with --workers); migrates the database first."""
+    from gateway.server import run_server
+
+    run_server(host=host, port=port, workers=workers)
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port for the gateway.")] = 8000,
+    prescriptions: Annotated[int, typer.Option(min=0, help="Sample prescriptions to send.")] = 5,
+) -> None:
+    """The gateway on the embedded database with demo providers and sample prescriptions."""
+    from gateway.demo import run_demo
+
+    run_demo(port=port, prescriptions=prescriptions)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Run the database migrations up to the newest."""
+    settings = Settings()
+    database = _database(settings)
+    database.migrate()
+    database.dispose()
+    console.print(f"Database is up to date ({database.url.render_as_string(hide_password=True)}).")
+
+
+def _settings_from_options(base_url: str | None, setting: list[str] | None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if base_url is not None:
+        values["base_url"] = base_url
+    for item in setting or []:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--setting")
+        values[key] = value
+    return values
+
+
+def _check_adapter(adapter: str) -> str:
+    if adapter not in ADAPTERS:
+        raise typer.BadParameter(f"choose one of {', '.join(ADAPTERS)}", param_hint="--adapter")
+    return adapter
+
+
+def _check_ods(ods: str) -> str:
+    from fhir_profiles.identifiers import is_ods_code
+
+    if not is_ods_code(ods):
+        raise typer.BadParameter("an ODS code is 3-12 capital letters and digits", param_hint="--ods")
+    return ods
+
+
+@providers_app.command("add")
+def providers_add(
+    ods: Annotated[str, typer.Option("--ods", help="The provider's ODS code, e.g. VNCEL.")],
+    name: Annotated[str, typer.Option(help="The provider's name.")],
+    adapter: Annotated[str, typer.Option(help=f"One of {', '.join(ADAPTERS)}.")],
+    base_url: Annotated[str | None, typer.Option(help="Base URL of the provider's endpoint.")] = None,
+    setting: Annotated[list[str] | None, typer.Option(help="Adapter setting KEY=VALUE (repeatable).")] = None,
+) -> None:
+    """Register a homecare provider and its adapter settings."""
+    settings = Settings()
+    database = _database(settings)
+    database.migrate()
+    try:
+        with database.write() as session:
+            add_provider(
+                session,
+                ods_code=_check_ods(ods),
+                name=name,
+                adapter=_check_adapter(adapter),
+                settings=_settings_from_options(base_url, setting),
+                now=system_clock(),
+            )
+    except ProviderExists:
+        console.print(f"[red]Provider {ods} is already registered; use 'providers update'.[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"Provider {ods} registered ({adapter}).")
+
+
+@providers_app.command("update")
+def providers_update(
+    ods: Annotated[str, typer.Option("--ods", help="The provider's ODS code.")],
+    name: Annotated[str | None, typer.Option(help="New name.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="New adapter.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="New base URL.")] = None,
+    setting: Annotated[list[str] | None, typer.Option(help="Adapter setting KEY=VALUE (repeatable).")] = None,
+    enable: Annotated[bool, typer.Option("--enable", help="Accept orders for this provider again.")] = False,
+) -> None:
+    """Change a provider's name, adapter or settings, or enable it again."""
+    settings = Settings()
+    database = _database(settings)
+    database.migrate()
+    changes = _settings_from_options(base_url, setting)
+    try:
+        with database.write() as session:
+            update_provider(
+                session,
+                ods,
+                now=system_clock(),
+                name=name,
+                adapter=_check_adapter(adapter) if adapter else None,
+                settings=changes or None,
+                enabled=True if enable else None,
+            )
+    except ProviderNotFound:
+        console.print(f"[red]No provider {ods}.[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"Provider {ods} updated.")
+
+
+@providers_app.command("disable")
+def providers_disable(ods: Annotated[str, typer.Argument(help="The provider's ODS code.")]) -> None:
+    """Stop accepting new orders for a provider (orders already accepted are still delivered)."""
+    settings = Settings()
+    database = _database(settings)
+    database.migrate()
+    try:
+        with database.write() as session:
+            update_provider(session, ods, now=system_clock(), enabled=False)
+    except ProviderNotFound:
+        console.print(f"[red]No provider {ods}.[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"Provider {ods} disabled.")
+
+
+@providers_app.command("list")
+def providers_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The registered providers."""
+    settings = Settings()
+    database = _database(settings)
+    database.migrate()
+    with database.read() as session:
+        providers = list_providers(session)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "ods": p.ods_code,
+                        "name": p.name,
+                        "adapter": p.adapter,
+                        "enabled": p.enabled,
+                        "settings": p.settings,
+                    }
+                    for p in providers
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table("ODS", "name", "adapter", "enabled", "settings")
+    for provider in providers:
+        table.add_row(
+            provider.ods_code,
+            provider.name,
+            provider.adapter,
+            "yes" if provider.enabled else "no",
+            json.dumps(provider.settings),
+        )
+    console.print(table)
+
+
+@app.command()
+def openapi(
+    output: Annotated[Path, typer.Option(help="Where to write the document.")] = Path("openapi/openapi.json"),
+    check: Annotated[bool, typer.Option("--check", help="Fail if the file differs from the code.")] = False,
+) -> None:
+    """Export the OpenAPI document (or check that the committed one is current)."""
+    from gateway.openapi_export import render_openapi
+
+    rendered = render_openapi()
+    if check:
+        current = output.read_text(encoding="utf-8") if output.exists() else ""
+        if current != rendered:
+            console.print(f"[red]{output} is out of date: run 'homecare-gateway openapi'.[/red]")
+            raise typer.Exit(1)
+        console.print(f"{output} is current.")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(rendered, encoding="utf-8")
+    console.print(f"Wrote {output}.")
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

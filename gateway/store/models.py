@@ -1,0 +1,111 @@
+"""The gateway's tables. Migrations in `migrations/versions` create them; keep both in step."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+from gateway.store.types import UTCDateTime
+
+
+class Provider(SQLModel, table=True):
+    """A registered homecare provider and how to reach it."""
+
+    __tablename__ = "provider"
+
+    ods_code: str = Field(sa_column=Column(String(12), primary_key=True))
+    name: str = Field(sa_column=Column(String(200), nullable=False))
+    adapter: str = Field(sa_column=Column(String(40), nullable=False))
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    enabled: bool = Field(default=True, nullable=False)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class InboundMessage(SQLModel, table=True):
+    """Every accepted message: the exact bytes received and the answer given (for idempotent replay)."""
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (UniqueConstraint("tenant_ods", "bundle_identifier", name="uq_inbound_message_bundle"),)
+
+    id: str = Field(sa_column=Column(String(36), primary_key=True))
+    tenant_ods: str = Field(sa_column=Column(String(12), nullable=False))
+    bundle_identifier: str = Field(sa_column=Column(String(200), nullable=False))
+    event: str = Field(sa_column=Column(String(40), nullable=False))
+    body_sha256: str = Field(sa_column=Column(String(64), nullable=False))
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    response_status: int = Field(sa_column=Column(Integer, nullable=False))
+    response_body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    response_location: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
+    request_id: str = Field(sa_column=Column(String(64), nullable=False))
+    received_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class Prescription(SQLModel, table=True):
+    """A homecare prescription: one order message, one patient, one provider, 1-4 line items."""
+
+    __tablename__ = "prescription"
+    __table_args__ = (
+        UniqueConstraint("tenant_ods", "short_form_id", name="uq_prescription_short_form"),
+        Index("ix_prescription_nhs_number", "nhs_number"),
+        Index("ix_prescription_provider_status", "provider_ods", "status"),
+    )
+
+    id: str = Field(sa_column=Column(String(36), primary_key=True))
+    tenant_ods: str = Field(sa_column=Column(String(12), nullable=False))
+    short_form_id: str = Field(sa_column=Column(String(20), nullable=False))
+    long_form_id: str = Field(sa_column=Column(String(36), nullable=False))
+    provider_ods: str = Field(sa_column=Column(String(12), ForeignKey("provider.ods_code"), nullable=False))
+    nhs_number: str = Field(sa_column=Column(String(10), nullable=False))
+    prescription_type: str = Field(sa_column=Column(String(8), nullable=False))
+    message_id: str = Field(sa_column=Column(String(36), ForeignKey("inbound_message.id"), nullable=False))
+    status: str = Field(sa_column=Column(String(32), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class PrescriptionItem(SQLModel, table=True):
+    """One MedicationRequest (line item) of a prescription, kept as the trust sent it."""
+
+    __tablename__ = "prescription_item"
+    __table_args__ = (Index("ix_prescription_item_prescription", "prescription_id"),)
+
+    id: str = Field(sa_column=Column(String(36), primary_key=True))
+    prescription_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription.id"), nullable=False))
+    position: int = Field(sa_column=Column(Integer, nullable=False))
+    item_identifier: str = Field(sa_column=Column(String(200), nullable=False))
+    resource: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    status: str = Field(sa_column=Column(String(32), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class StatusEvent(SQLModel, table=True):
+    """Append-only log of every status change: the timeline and the KPIs come from here."""
+
+    __tablename__ = "status_event"
+    __table_args__ = (Index("ix_status_event_prescription", "prescription_id", "id"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    )
+    prescription_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription.id"), nullable=False))
+    item_id: str | None = Field(default=None, sa_column=Column(String(36), nullable=True))
+    status: str = Field(sa_column=Column(String(32), nullable=False))
+    occurred_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    recorded_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    source: str = Field(sa_column=Column(String(64), nullable=False))
+    detail: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))

@@ -1,0 +1,98 @@
+"""Reading and writing prescriptions, their messages, line items and status events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert
+from sqlmodel import Session, col, select
+
+from gateway.store.models import InboundMessage, Prescription, PrescriptionItem, Provider, StatusEvent
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """The answer given to an accepted message, replayed to an identical resubmission."""
+
+    body_sha256: str
+    status_code: int
+    body: bytes
+    location: str | None
+
+
+def find_message_response(
+    session: Session, *, tenant_ods: str, bundle_identifier: str
+) -> StoredResponse | None:
+    row = session.execute(
+        select(
+            col(InboundMessage.body_sha256),
+            col(InboundMessage.response_status),
+            col(InboundMessage.response_body),
+            col(InboundMessage.response_location),
+        ).where(
+            col(InboundMessage.tenant_ods) == tenant_ods,
+            col(InboundMessage.bundle_identifier) == bundle_identifier,
+        )
+    ).first()
+    if row is None:
+        return None
+    return StoredResponse(row[0], row[1], row[2], row[3])
+
+
+def prescription_id_taken(session: Session, *, tenant_ods: str, short_form_id: str) -> bool:
+    found = session.execute(
+        select(col(Prescription.id)).where(
+            col(Prescription.tenant_ods) == tenant_ods, col(Prescription.short_form_id) == short_form_id
+        )
+    ).first()
+    return found is not None
+
+
+def get_provider(session: Session, ods_code: str) -> Provider | None:
+    return session.get(Provider, ods_code)
+
+
+@dataclass(frozen=True, slots=True)
+class NewPrescription:
+    """Everything one accepted prescription-order writes, in one transaction."""
+
+    message: dict[str, Any]
+    prescription: dict[str, Any]
+    items: Sequence[dict[str, Any]]
+    events: Sequence[dict[str, Any]]
+
+
+def insert_prescription(session: Session, new: NewPrescription) -> None:
+    # Core inserts: this is the hot path of intake and needs no ORM identity map.
+    session.execute(insert(InboundMessage), [new.message])
+    session.execute(insert(Prescription), [new.prescription])
+    session.execute(insert(PrescriptionItem), list(new.items))
+    session.execute(insert(StatusEvent), list(new.events))
+
+
+def get_prescription(session: Session, prescription_id: str) -> Prescription | None:
+    return session.get(Prescription, prescription_id)
+
+
+def get_item(session: Session, item_id: str) -> tuple[PrescriptionItem, Prescription] | None:
+    row = session.execute(
+        select(PrescriptionItem, Prescription)
+        .join(Prescription, col(Prescription.id) == col(PrescriptionItem.prescription_id))
+        .where(col(PrescriptionItem.id) == item_id)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def get_message_body(session: Session, message_id: str) -> tuple[bytes, str] | None:
+    row = session.execute(
+        select(col(InboundMessage.body), col(InboundMessage.tenant_ods)).where(
+            col(InboundMessage.id) == message_id
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def count_prescriptions(session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(Prescription)).scalar_one())

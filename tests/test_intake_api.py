@@ -1,0 +1,275 @@
+"""`$process-message` over real HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from fhir_profiles.builder import PrescriptionMessageBuilder, break_message
+from gateway.store import prescriptions as store
+from gateway.store.db import Database
+
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+
+def post(client: httpx.Client, message: Any, **headers: str) -> httpx.Response:
+    body = message if isinstance(message, bytes) else orjson.dumps(message)
+    return client.post("/fhir/$process-message", content=body, headers={**FHIR_JSON, **headers})
+
+
+def issues(response: httpx.Response) -> list[dict[str, Any]]:
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    return list(body["issue"])
+
+
+def codes(response: httpx.Response) -> list[str]:
+    return [issue["details"]["coding"][0]["code"] for issue in issues(response)]
+
+
+def prescriptions_stored(db: Database) -> int:
+    with db.read() as session:
+        return store.count_prescriptions(session)
+
+
+def test_a_valid_order_is_accepted_stored_and_read_back(client: httpx.Client, db: Database) -> None:
+    message = PrescriptionMessageBuilder(seed=1).build(items=2)
+    body = orjson.dumps(message)
+    response = post(client, body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    outcome = issues(response)
+    assert outcome[0]["severity"] == "information" and outcome[0]["code"] == "informational"
+    location = response.headers["location"]
+    assert location.startswith("/fhir/Bundle/")
+    assert prescriptions_stored(db) == 1
+
+    stored = client.get(location)
+    assert stored.status_code == 200
+    assert stored.content == body, "the Bundle is kept and returned byte for byte"
+
+    item_ids = [
+        part.removeprefix("MedicationRequest/").rstrip(",")
+        for part in outcome[0]["diagnostics"].split()
+        if part.startswith("MedicationRequest/")
+    ]
+    assert len(item_ids) == 2
+    read = client.get(f"/fhir/MedicationRequest/{item_ids[0]}")
+    assert read.status_code == 200
+    resource = read.json()
+    assert resource["resourceType"] == "MedicationRequest" and resource["id"] == item_ids[0]
+    assert resource["groupIdentifier"] == message["entry"][1]["resource"]["groupIdentifier"]
+
+
+def test_the_eps_path_is_served_too(client: httpx.Client, db: Database) -> None:
+    message = PrescriptionMessageBuilder(seed=2).build(items=1)
+    response = client.post("/FHIR/R4/$process-message", content=orjson.dumps(message), headers=FHIR_JSON)
+    assert response.status_code == 200, response.text
+
+
+def test_plain_application_json_is_accepted(client: httpx.Client, db: Database) -> None:
+    message = PrescriptionMessageBuilder(seed=3).build(items=1)
+    response = post(client, message, **{"Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("breakage", "status", "code"),
+    [
+        ("bad-nhs-check-digit", 400, "INVALID_CHECK_DIGIT"),
+        ("status-bogus", 400, "INVALID_VALUE"),
+        ("community-prescription-type", 422, "NOT_HOMECARE_PRESCRIPTION"),
+        ("unknown-performer", 422, "UNKNOWN_PROVIDER"),
+        ("event-cancel", 422, "UNSUPPORTED_MESSAGE_EVENT"),
+        ("no-sender", 400, "MISSING_FIELD"),
+        ("unknown-resource-type", 400, "INVALID_RESOURCE_TYPE"),
+        ("wrong-json-type", 400, "INVALID_VALUE"),
+        ("deceased-patient", 422, "PATIENT_DECEASED"),
+    ],
+)
+def test_a_refused_message_gets_its_status_and_coded_issue_and_stores_nothing(
+    client: httpx.Client, db: Database, breakage: str, status: int, code: str
+) -> None:
+    message = break_message(PrescriptionMessageBuilder(seed=4).build(items=2), breakage)
+    response = post(client, message)
+    assert response.status_code == status, response.text
+    assert code in codes(response)
+    for issue in issues(response):
+        assert {"severity", "code", "details", "diagnostics"} <= issue.keys()
+    assert prescriptions_stored(db) == 0
+
+
+def test_the_homecare_only_refusal_says_so(client: httpx.Client, db: Database) -> None:
+    message = break_message(PrescriptionMessageBuilder(seed=5).build(items=1), "community-prescription-type")
+    response = post(client, message)
+    assert response.status_code == 422
+    assert "homecare prescriptions only" in issues(response)[0]["diagnostics"]
+    assert issues(response)[0]["code"] == "business-rule"
+
+
+def test_a_disabled_provider_takes_no_new_orders(client: httpx.Client, db: Database) -> None:
+    from gateway.clock import system_clock
+    from gateway.store.providers import update_provider
+
+    with db.write() as session:
+        update_provider(session, "VNCEL", now=system_clock(), enabled=False)
+    response = post(client, PrescriptionMessageBuilder(seed=6).build(items=1))
+    assert response.status_code == 422
+    assert codes(response) == ["UNKNOWN_PROVIDER"]
+    assert "disabled" in issues(response)[0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b"", "application/fhir+json", 400, "INVALID_JSON"),
+        (b"   ", "application/fhir+json", 400, "INVALID_JSON"),
+        (b"{not json", "application/fhir+json", 400, "INVALID_JSON"),
+        (b"\xff\xfe", "application/fhir+json", 400, "INVALID_JSON"),
+        (b"[1, 2]", "application/fhir+json", 400, "INVALID_VALUE"),
+        (b'"Bundle"', "application/fhir+json", 400, "INVALID_VALUE"),
+        (b"{}", "application/fhir+json", 400, "MISSING_FIELD"),
+        (b'{"resourceType": "Patient"}', "application/fhir+json", 400, "INVALID_RESOURCE_TYPE"),
+        (b'{"resourceType": "Bundle", "type": "message"}', "application/fhir+json", 400, "MISSING_FIELD"),
+        (
+            b'{"resourceType": "Bundle", "type": "message", "entry": "x"}',
+            "application/fhir+json",
+            400,
+            "INVALID_VALUE",
+        ),
+        (b"<Bundle/>", "application/fhir+xml", 415, "UNSUPPORTED_MEDIA_TYPE"),
+        (b"{}", "text/plain", 415, "UNSUPPORTED_MEDIA_TYPE"),
+    ],
+)
+def test_bad_bodies_get_a_clear_outcome_never_a_500(
+    client: httpx.Client, db: Database, body: bytes, content_type: str, status: int, code: str
+) -> None:
+    response = client.post("/fhir/$process-message", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == status, response.text
+    assert code in codes(response)
+
+
+def test_a_body_over_the_limit_is_refused_with_413(client: httpx.Client, db: Database) -> None:
+    message = PrescriptionMessageBuilder(seed=7).build(items=1)
+    message["entry"][1]["resource"]["note"] = [{"text": "x" * (1024 * 1024)}]
+    response = post(client, message)
+    assert response.status_code == 413
+    assert codes(response) == ["PAYLOAD_TOO_LARGE"]
+
+
+def test_a_chunked_body_over_the_limit_is_refused_with_413(client: httpx.Client, db: Database) -> None:
+    def chunks() -> Any:
+        yield b'{"resourceType": "Bundle", "entry": ['
+        for _ in range(1200):
+            yield b'{"fullUrl": "urn:uuid:' + b"0" * 1000 + b'"},'
+        yield b"{}]}"
+
+    response = client.post("/fhir/$process-message", content=chunks(), headers=FHIR_JSON)
+    assert response.status_code == 413
+
+
+def test_no_token_or_a_wrong_token_is_401(server: Any, db: Database) -> None:
+    message = orjson.dumps(PrescriptionMessageBuilder(seed=8).build(items=1))
+    with httpx.Client(base_url=server.base_url) as anonymous:
+        response = anonymous.post("/fhir/$process-message", content=message, headers=FHIR_JSON)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        wrong = anonymous.post(
+            "/fhir/$process-message", content=message, headers={**FHIR_JSON, "Authorization": "Bearer nope"}
+        )
+        assert wrong.status_code == 401
+        assert issues(wrong)[0]["code"] == "login"
+        assert anonymous.get("/fhir/Bundle/" + str(uuid.uuid4())).status_code == 401
+    assert prescriptions_stored(db) == 0
+
+
+def test_resubmitting_the_same_bundle_replays_the_answer_and_creates_nothing(
+    client: httpx.Client, db: Database
+) -> None:
+    body = orjson.dumps(PrescriptionMessageBuilder(seed=9).build(items=3))
+    first = post(client, body)
+    second = post(client, body)
+    assert first.status_code == second.status_code == 200
+    assert second.content == first.content
+    assert second.headers["location"] == first.headers["location"]
+    assert prescriptions_stored(db) == 1
+
+
+def test_same_identifier_with_different_content_is_409(client: httpx.Client, db: Database) -> None:
+    message = PrescriptionMessageBuilder(seed=10).build(items=1)
+    assert post(client, message).status_code == 200
+    changed = dict(message)
+    changed["entry"] = [*message["entry"][:-1]]
+    response = post(client, changed)
+    assert response.status_code == 409
+    assert codes(response) == ["DUPLICATE_REJECTED"]
+    assert prescriptions_stored(db) == 1
+
+
+def test_a_changed_resend_that_is_now_invalid_is_still_a_conflict(client: httpx.Client, db: Database) -> None:
+    message = PrescriptionMessageBuilder(seed=11).build(items=1)
+    assert post(client, message).status_code == 200
+    response = post(client, break_message(message, "status-bogus"))
+    assert response.status_code == 409
+
+
+def test_a_new_bundle_reusing_an_accepted_prescription_id_is_409(client: httpx.Client, db: Database) -> None:
+    builder = PrescriptionMessageBuilder(seed=12)
+    first = builder.build(items=1)
+    short_form = first["entry"][1]["resource"]["groupIdentifier"]["value"]
+    assert post(client, first).status_code == 200
+    again = builder.build(items=1, short_form_id=short_form)
+    response = post(client, again)
+    assert response.status_code == 409
+    assert codes(response) == ["DUPLICATE_PRESCRIPTION_ID"]
+    assert issues(response)[0]["code"] == "duplicate"
+
+
+def test_a_refused_message_can_be_corrected_and_resent_with_the_same_identifier(
+    client: httpx.Client, db: Database
+) -> None:
+    message = PrescriptionMessageBuilder(seed=13).build(items=1)
+    assert post(client, break_message(message, "bad-nhs-check-digit")).status_code == 400
+    assert post(client, message).status_code == 200
+    assert prescriptions_stored(db) == 1
+
+
+def test_request_and_correlation_ids_are_echoed_or_generated(client: httpx.Client, db: Database) -> None:
+    request_id = str(uuid.uuid4())
+    response = client.get(
+        "/fhir/metadata", headers={"X-Request-ID": request_id, "X-Correlation-ID": "trust-42"}
+    )
+    assert response.headers["x-request-id"] == request_id
+    assert response.headers["x-correlation-id"] == "trust-42"
+    generated = client.get("/fhir/metadata", headers={"X-Request-ID": "not a uuid"})
+    assert uuid.UUID(generated.headers["x-request-id"])
+    assert "x-correlation-id" not in generated.headers
+
+
+def test_reading_what_does_not_exist_is_a_404_outcome(client: httpx.Client, db: Database) -> None:
+    for path in (f"/fhir/MedicationRequest/{uuid.uuid4()}", f"/fhir/Bundle/{uuid.uuid4()}", "/fhir/Nothing"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert issues(response)[0]["code"] == "not-found"
+
+
+def test_a_wrong_method_is_a_405_outcome(client: httpx.Client, db: Database) -> None:
+    response = client.get("/fhir/$process-message")
+    assert response.status_code == 405
+    assert issues(response)[0]["code"] == "not-supported"
+
+
+def test_the_capability_statement_tells_what_is_implemented(client: httpx.Client, db: Database) -> None:
+    statement = client.get("/fhir/metadata").json()
+    assert statement["resourceType"] == "CapabilityStatement"
+    assert statement["fhirVersion"] == "4.0.1"
+    rest = statement["rest"][0]
+    assert {r["type"]: [i["code"] for i in r["interaction"]] for r in rest["resource"]} == {
+        "MedicationRequest": ["read"],
+        "Bundle": ["read"],
+    }
+    assert [op["name"] for op in rest["operation"]] == ["process-message"]
