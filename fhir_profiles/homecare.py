@@ -7,8 +7,11 @@ defensively, so they report alongside structural errors instead of stopping at t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from fhir_profiles import codes
 from fhir_profiles.identifiers import (
@@ -157,8 +160,11 @@ def read_envelope(document: Any) -> MessageEnvelope:
     )
 
 
-def validate_message(document: Any) -> ValidationResult:
-    """Structure and message-level rules shared by every event, then the event's own profile."""
+def validate_message(document: Any, raw: bytes | None = None) -> ValidationResult:
+    """Structure and message-level rules shared by every event, then the event's own profile.
+
+    `raw` is the body the document was parsed from, when there is one: it makes some checks faster.
+    """
     result = ValidationResult(envelope=read_envelope(document))
     result.issues.extend(check_bundle_structure(document))
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
@@ -176,8 +182,11 @@ def validate_message(document: Any) -> ValidationResult:
             "it accepts 'prescription-order' messages",
             "Bundle.entry[0].resource.eventCoding.code",
         )
-    _check_required_bindings(rules, check_references=event == codes.EVENT_PRESCRIPTION_ORDER)
-    result.issues.extend(rules.issues)
+    if event == codes.EVENT_PRESCRIPTION_ORDER:
+        _check_references(rules, raw)
+    # A code the structural check already refused is not reported twice.
+    located = {issue.expression for issue in result.issues}
+    result.issues.extend(issue for issue in rules.issues if issue.expression not in located)
     if not result.ok:
         result.order = None
     return result
@@ -514,10 +523,6 @@ def _check_patient(rules: _Rules, requests: list[tuple[int, dict[str, Any]]]) ->
             IssueType.VALUE, ErrorCode.INVALID_CHECK_DIGIT, "The NHS number fails its Modulus 11 check", where
         )
         return None
-    if "gender" in patient:
-        rules.required_code(
-            patient["gender"], codes.ADMINISTRATIVE_GENDER, f"{patient_path}.gender", "administrative-gender"
-        )
     deceased = patient.get("deceasedBoolean") is True or _str(patient.get("deceasedDateTime")) is not None
     if deceased:
         rules.add(
@@ -529,38 +534,35 @@ def _check_patient(rules: _Rules, requests: list[tuple[int, dict[str, Any]]]) ->
     return nhs_number, deceased
 
 
-_RESOURCE_CODES: dict[tuple[str, str], tuple[frozenset[str], str]] = {
-    ("CommunicationRequest", "status"): (codes.REQUEST_STATUS, "request-status"),
-    ("CommunicationRequest", "priority"): (codes.REQUEST_PRIORITY, "request-priority"),
-    ("List", "status"): (codes.LIST_STATUS, "list-status"),
-    ("List", "mode"): (codes.LIST_MODE, "list-mode"),
-    ("Practitioner", "gender"): (codes.ADMINISTRATIVE_GENDER, "administrative-gender"),
-}
-_DATATYPE_CODES: dict[str, tuple[tuple[str, frozenset[str], str], ...]] = {
-    "identifier": (("use", codes.IDENTIFIER_USE, "identifier-use"),),
-    "name": (("use", codes.NAME_USE, "name-use"),),
-    "telecom": (
-        ("system", codes.CONTACT_POINT_SYSTEM, "contact-point-system"),
-        ("use", codes.CONTACT_POINT_USE, "contact-point-use"),
-    ),
-    "address": (("use", codes.ADDRESS_USE, "address-use"), ("type", codes.ADDRESS_TYPE, "address-type")),
-    "repeat": (
-        ("periodUnit", codes.UNITS_OF_TIME, "units-of-time"),
-        ("durationUnit", codes.UNITS_OF_TIME, "units-of-time"),
-    ),
-}
+_REFERENCE = re.compile(rb'"reference"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
-def _check_required_bindings(rules: _Rules, *, check_references: bool) -> None:
-    """Required-binding codes in every resource and its data types; local references resolve."""
+def _check_references(rules: _Rules, raw: bytes | None) -> None:
+    """Every local reference (urn:uuid, urn:oid or Type/id) resolves to an entry of the Bundle.
+
+    With the raw body at hand, one regular-expression pass proves the common case (all resolve);
+    only a message with a dangling reference is walked to say where.
+    """
+    if raw is not None and all(_resolves(rules, value) for value in _raw_references(raw)):
+        return
     for index, resource in rules.entries:
-        resource_type = resource.get("resourceType")
-        for (owner, element), (allowed, name) in _RESOURCE_CODES.items():
-            if resource_type == owner and element in resource:
-                rules.required_code(
-                    resource[element], allowed, f"Bundle.entry[{index}].resource.{element}", name
-                )
-        _walk(rules, resource, ["Bundle", f"entry[{index}]", "resource"], check_references)
+        _walk_references(rules, resource, ["Bundle", f"entry[{index}]", "resource"])
+
+
+def _raw_references(raw: bytes) -> list[str]:
+    values: list[str] = []
+    for match in _REFERENCE.finditer(raw):
+        value = match.group(1)
+        values.append(
+            orjson.loads(b'"' + value + b'"') if b"\\" in value else value.decode("utf-8", "replace")
+        )
+    return values
+
+
+def _resolves(rules: _Rules, target: str) -> bool:
+    if not _is_local_reference(target):
+        return True
+    return target in rules.by_full_url or target in rules.by_relative
 
 
 def _is_local_reference(target: str) -> bool:
@@ -569,15 +571,10 @@ def _is_local_reference(target: str) -> bool:
     return target.count("/") == 1 and not target.startswith(("http:", "https:", "#"))
 
 
-def _walk(rules: _Rules, node: dict[str, Any], stack: list[str], check_references: bool) -> None:
-    """One pass over a resource; paths are only spelled out when something is wrong."""
+def _walk_references(rules: _Rules, node: dict[str, Any], stack: list[str]) -> None:
     for key, value in node.items():
-        if key == "reference" and check_references and isinstance(value, str):
-            if (
-                _is_local_reference(value)
-                and value not in rules.by_full_url
-                and value not in rules.by_relative
-            ):
+        if key == "reference" and isinstance(value, str):
+            if not _resolves(rules, value):
                 rules.add(
                     IssueType.VALUE,
                     ErrorCode.INVALID_VALUE,
@@ -585,24 +582,9 @@ def _walk(rules: _Rules, node: dict[str, Any], stack: list[str], check_reference
                     ".".join([*stack, "reference"]),
                 )
             continue
-        if isinstance(value, dict):
-            children: list[Any] = [value]
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
-        bindings = _DATATYPE_CODES.get(key, ())
+        children = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
         for position, child in enumerate(children):
-            if not isinstance(child, dict):
-                continue
-            stack.append(f"{key}[{position}]" if child is not value else key)
-            for element, allowed, name in bindings:
-                if element in child:
-                    rules.required_code(child[element], allowed, ".".join([*stack, element]), name)
-            if key == "repeat":
-                for day_index, day in enumerate(_list(child.get("dayOfWeek"))):
-                    rules.required_code(
-                        day, codes.DAYS_OF_WEEK, ".".join([*stack, f"dayOfWeek[{day_index}]"]), "days-of-week"
-                    )
-            _walk(rules, child, stack, check_references)
-            stack.pop()
+            if isinstance(child, dict):
+                stack.append(key if child is value else f"{key}[{position}]")
+                _walk_references(rules, child, stack)
+                stack.pop()

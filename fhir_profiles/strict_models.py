@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, TypeAlias, 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 from pydantic import StringConstraints as Str
 
+from fhir_profiles import codes
+
 if TYPE_CHECKING:
     _T = TypeVar("_T")
     Opt: TypeAlias = Optional[_T]  # noqa: UP045
@@ -51,6 +53,49 @@ Integer = Annotated[StrictInt, Field(ge=-2_147_483_648, le=2_147_483_647)]
 PositiveInt = Annotated[StrictInt, Field(ge=1, le=2_147_483_647)]
 UnsignedInt = Annotated[StrictInt, Field(ge=0, le=2_147_483_647)]
 Decimal = StrictFloat  # strict: a JSON number (int or float), never a string or a boolean
+
+
+# Required bindings: a code outside the value set is refused (fhir.resources accepts any code).
+if TYPE_CHECKING:
+    BundleType: TypeAlias = str
+    MedicationRequestStatus: TypeAlias = str
+    MedicationRequestIntent: TypeAlias = str
+    RequestPriority: TypeAlias = str
+    RequestStatus: TypeAlias = str
+    Gender: TypeAlias = str
+    IdentifierUse: TypeAlias = str
+    NameUse: TypeAlias = str
+    ContactPointSystem: TypeAlias = str
+    ContactPointUse: TypeAlias = str
+    AddressUse: TypeAlias = str
+    AddressType: TypeAlias = str
+    UnitsOfTime: TypeAlias = str
+    DayOfWeek: TypeAlias = str
+    ListStatus: TypeAlias = str
+    ListMode: TypeAlias = str
+    NarrativeStatus: TypeAlias = str
+    QuantityComparator: TypeAlias = str
+    LinkType: TypeAlias = str
+else:
+    BundleType = Literal[tuple(sorted(codes.BUNDLE_TYPE))]
+    MedicationRequestStatus = Literal[tuple(sorted(codes.MEDICATION_REQUEST_STATUS))]
+    MedicationRequestIntent = Literal[tuple(sorted(codes.MEDICATION_REQUEST_INTENT))]
+    RequestPriority = Literal[tuple(sorted(codes.REQUEST_PRIORITY))]
+    RequestStatus = Literal[tuple(sorted(codes.REQUEST_STATUS))]
+    Gender = Literal[tuple(sorted(codes.ADMINISTRATIVE_GENDER))]
+    IdentifierUse = Literal[tuple(sorted(codes.IDENTIFIER_USE))]
+    NameUse = Literal[tuple(sorted(codes.NAME_USE))]
+    ContactPointSystem = Literal[tuple(sorted(codes.CONTACT_POINT_SYSTEM))]
+    ContactPointUse = Literal[tuple(sorted(codes.CONTACT_POINT_USE))]
+    AddressUse = Literal[tuple(sorted(codes.ADDRESS_USE))]
+    AddressType = Literal[tuple(sorted(codes.ADDRESS_TYPE))]
+    UnitsOfTime = Literal[tuple(sorted(codes.UNITS_OF_TIME))]
+    DayOfWeek = Literal[tuple(sorted(codes.DAYS_OF_WEEK))]
+    ListStatus = Literal[tuple(sorted(codes.LIST_STATUS))]
+    ListMode = Literal[tuple(sorted(codes.LIST_MODE))]
+    NarrativeStatus = Literal[tuple(sorted(codes.NARRATIVE_STATUS))]
+    QuantityComparator = Literal[tuple(sorted(codes.QUANTITY_COMPARATOR))]
+    LinkType = Literal[tuple(sorted(codes.LINK_TYPE))]
 
 
 class Base(BaseModel):
@@ -95,7 +140,7 @@ class Period(Element):
 
 
 class Identifier(Element):
-    use: Opt[Code] = None
+    use: Opt[IdentifierUse] = None
     type: Opt[CodeableConcept] = None
     system: Opt[Uri] = None
     value: Opt[String] = None
@@ -112,7 +157,7 @@ class Reference(Element):
 
 class Quantity(Element):
     value: Opt[Decimal] = None
-    comparator: Opt[Code] = None
+    comparator: Opt[QuantityComparator] = None
     unit: Opt[String] = None
     system: Opt[Uri] = None
     code: Opt[Code] = None
@@ -142,7 +187,7 @@ class Ratio(Element):
 
 
 class HumanName(Element):
-    use: Opt[Code] = None
+    use: Opt[NameUse] = None
     text: Opt[String] = None
     family: Opt[String] = None
     given: Opt[list[String]] = None
@@ -152,8 +197,8 @@ class HumanName(Element):
 
 
 class Address(Element):
-    use: Opt[Code] = None
-    type: Opt[Code] = None
+    use: Opt[AddressUse] = None
+    type: Opt[AddressType] = None
     text: Opt[String] = None
     line: Opt[list[String]] = None
     city: Opt[String] = None
@@ -165,9 +210,9 @@ class Address(Element):
 
 
 class ContactPoint(Element):
-    system: Opt[Code] = None
+    system: Opt[ContactPointSystem] = None
     value: Opt[String] = None
-    use: Opt[Code] = None
+    use: Opt[ContactPointUse] = None
     rank: Opt[PositiveInt] = None
     period: Opt[Period] = None
 
@@ -215,7 +260,7 @@ class Meta(Element):
 
 
 class Narrative(Element):
-    status: Code
+    status: NarrativeStatus
     div: Xhtml
 
 
@@ -227,13 +272,13 @@ class TimingRepeat(Element):
     countMax: Opt[PositiveInt] = None
     duration: Opt[Decimal] = None
     durationMax: Opt[Decimal] = None
-    durationUnit: Opt[Code] = None
+    durationUnit: Opt[UnitsOfTime] = None
     frequency: Opt[PositiveInt] = None
     frequencyMax: Opt[PositiveInt] = None
     period: Opt[Decimal] = None
     periodMax: Opt[Decimal] = None
-    periodUnit: Opt[Code] = None
-    dayOfWeek: Opt[list[Code]] = None
+    periodUnit: Opt[UnitsOfTime] = None
+    dayOfWeek: Opt[list[DayOfWeek]] = None
     timeOfDay: Opt[list[Time]] = None
     when: Opt[list[Code]] = None
     offset: Opt[UnsignedInt] = None
@@ -472,11 +517,11 @@ class Substitution(BackboneElement):
 class MedicationRequest(DomainResource):
     resourceType: Literal["MedicationRequest"]
     identifier: Opt[list[Identifier]] = None
-    status: Code
+    status: MedicationRequestStatus
     statusReason: Opt[CodeableConcept] = None
-    intent: Code
+    intent: MedicationRequestIntent
     category: Opt[list[CodeableConcept]] = None
-    priority: Opt[Code] = None
+    priority: Opt[RequestPriority] = None
     doNotPerform: Opt[Boolean] = None
     reportedBoolean: Opt[Boolean] = None
     reportedReference: Opt[Reference] = None
@@ -526,7 +571,7 @@ class PatientContact(BackboneElement):
     name: Opt[HumanName] = None
     telecom: Opt[list[ContactPoint]] = None
     address: Opt[Address] = None
-    gender: Opt[Code] = None
+    gender: Opt[Gender] = None
     organization: Opt[Reference] = None
     period: Opt[Period] = None
 
@@ -538,7 +583,7 @@ class PatientCommunication(BackboneElement):
 
 class PatientLink(BackboneElement):
     other: Reference
-    type: Code
+    type: LinkType
 
 
 class Patient(DomainResource):
@@ -547,7 +592,7 @@ class Patient(DomainResource):
     active: Opt[Boolean] = None
     name: Opt[list[HumanName]] = None
     telecom: Opt[list[ContactPoint]] = None
-    gender: Opt[Code] = None
+    gender: Opt[Gender] = None
     birthDate: Opt[Date] = None
     deceasedBoolean: Opt[Boolean] = None
     deceasedDateTime: Opt[DateTime] = None
@@ -588,7 +633,7 @@ class Practitioner(DomainResource):
     name: Opt[list[HumanName]] = None
     telecom: Opt[list[ContactPoint]] = None
     address: Opt[list[Address]] = None
-    gender: Opt[Code] = None
+    gender: Opt[Gender] = None
     birthDate: Opt[Date] = None
     photo: Opt[list[Attachment]] = None
     qualification: Opt[list[Qualification]] = None
@@ -697,10 +742,10 @@ class CommunicationRequest(DomainResource):
     basedOn: Opt[list[Reference]] = None
     replaces: Opt[list[Reference]] = None
     groupIdentifier: Opt[Identifier] = None
-    status: Code
+    status: RequestStatus
     statusReason: Opt[CodeableConcept] = None
     category: Opt[list[CodeableConcept]] = None
-    priority: Opt[Code] = None
+    priority: Opt[RequestPriority] = None
     doNotPerform: Opt[Boolean] = None
     medium: Opt[list[CodeableConcept]] = None
     subject: Opt[Reference] = None
@@ -735,8 +780,8 @@ class ListEntry(BackboneElement):
 class List(DomainResource):
     resourceType: Literal["List"]
     identifier: Opt[list[Identifier]] = None
-    status: Code
-    mode: Code
+    status: ListStatus
+    mode: ListMode
     title: Opt[String] = None
     code: Opt[CodeableConcept] = None
     subject: Opt[Reference] = None
@@ -793,7 +838,7 @@ class BundleEntry(BackboneElement):
 class Bundle(Resource):
     resourceType: Literal["Bundle"]
     identifier: Opt[Identifier] = None
-    type: Code
+    type: BundleType
     timestamp: Opt[Instant] = None
     total: Opt[UnsignedInt] = None
     link: Opt[list[BundleLink]] = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,6 +18,8 @@ from gateway.api.schemas import FHIR_SCHEMAS
 from gateway.clock import Clock, system_clock
 from gateway.settings import Settings
 from gateway.store.db import Database
+from gateway.store.providers import ProviderDirectory
+from gateway.store.writer import BatchWriter
 
 
 def create_app(settings: Settings, *, db: Database | None = None, clock: Clock = system_clock) -> FastAPI:
@@ -26,10 +30,21 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
         docs_url="/docs",
         redoc_url=None,
     )
+    database = db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
+    writer = BatchWriter(database)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        writer.close()
+
+    app.router.lifespan_context = lifespan
     app.state.services = Services(
         settings=settings,
-        db=db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size),
+        db=database,
         clock=clock,
+        providers=ProviderDirectory(database, ttl=settings.provider_cache_seconds),
+        writer=writer,
     )
     app.include_router(process_message.router)
     app.include_router(read.router)

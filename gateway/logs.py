@@ -1,7 +1,8 @@
 """One logging setup: JSON lines through structlog, carrying the request and correlation ids.
 
 Log lines name resources by the gateway's ids and codes only: never an NHS number, a name, a date of
-birth, a request body or a query string.
+birth, a request body or a query string. Libraries that log through the standard library (uvicorn,
+SQLAlchemy) come out as the same JSON lines.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def _dumps(value: Any, **_: Any) -> str:
 
 
 def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
-    processors: list[Any] = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -27,14 +28,24 @@ def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps) if json else structlog.dev.ConsoleRenderer()
     )
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[*processors, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,
     )
-    # Libraries that log through the standard library go out as JSON too, without their access logs.
-    logging.basicConfig(level=level.upper(), stream=sys.stdout, format="%(message)s", force=True)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    # The gateway writes its own access line (without query strings); uvicorn's would repeat the URL.
     logging.getLogger("uvicorn.access").disabled = True
 
 

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, ge=1)
+    provider_cache_seconds: float = Field(
+        default=2.0, ge=0, description="How long a process trusts its copy of the provider registry."
+    )
 
     @model_validator(mode="after")
     def _refuse_development_secrets_in_production(self) -> Settings:

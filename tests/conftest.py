@@ -41,7 +41,9 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("data"), dev_token=DEV_TOKEN, log_json=True)
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("data"), dev_token=DEV_TOKEN, log_json=True, provider_cache_seconds=0
+    )
 
 
 @pytest.fixture(scope="session")

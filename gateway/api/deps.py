@@ -13,6 +13,8 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeE
 from gateway.clock import Clock
 from gateway.settings import Settings
 from gateway.store.db import Database
+from gateway.store.providers import ProviderDirectory
+from gateway.store.writer import BatchWriter
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +22,11 @@ class Services:
     settings: Settings
     db: Database
     clock: Clock
+    providers: ProviderDirectory
+    writer: BatchWriter
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -38,7 +42,7 @@ def _unauthenticated(diagnostics: str) -> OperationOutcomeError:
     )
 
 
-def authenticate(request: Request, services: ServicesDep) -> Caller:
+async def authenticate(request: Request, services: ServicesDep) -> Caller:
     """The caller behind the bearer token, or a 401 OperationOutcome."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

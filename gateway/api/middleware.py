@@ -56,6 +56,22 @@ class RequestContextMiddleware:
             extra.append((b"x-correlation-id", correlation_id.encode()))
         status = 500
         response_started = False
+        logged = False
+
+        def log_request() -> None:
+            nonlocal logged
+            if logged:
+                return
+            logged = True
+            route: Any = scope.get("route")
+            log.info(
+                "request",
+                method=scope["method"],
+                route=getattr(route, "path", "unmatched"),
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                client_id=scope["state"].get("client_id"),
+            )
 
         async def send_with_ids(message: Message) -> None:
             nonlocal status, response_started
@@ -63,6 +79,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 response_started = True
                 message["headers"] = [*message.get("headers", []), *extra]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Logged before the last byte leaves: whoever holds the answer can find its line.
+                log_request()
             await send(message)
 
         try:
@@ -73,13 +92,5 @@ class RequestContextMiddleware:
             response = unexpected_error_response(exc)
             await response(scope, receive, send_with_ids)
         finally:
-            route: Any = scope.get("route")
-            log.info(
-                "request",
-                method=scope["method"],
-                route=getattr(route, "path", "unmatched"),
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                client_id=scope["state"].get("client_id"),
-            )
+            log_request()
             structlog.contextvars.clear_contextvars()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import orjson
 from fastapi import APIRouter, Request
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -11,7 +14,8 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeE
 from gateway.api.deps import CurrentCaller, ServicesDep
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
-from gateway.domain.intake import receive_message
+from gateway.domain import intake
+from gateway.store.prescriptions import insert_prescription
 
 router = APIRouter(tags=["messaging"])
 
@@ -97,14 +101,23 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
 @router.post("/FHIR/R4/$process-message", include_in_schema=False)
 async def process_message(request: Request, caller: CurrentCaller, services: ServicesDep) -> Response:
     body, document = await read_fhir_json_body(request, services.settings.max_body_bytes)
-    answer = await run_in_threadpool(
-        receive_message,
-        services.db,
+    # Validation is CPU work and runs here; the write joins the next group commit.
+    decision = intake.check_message(
         body=body,
         document=document,
         caller=caller,
+        providers=services.providers,
         request_id=request.scope["state"]["request_id"],
         clock=services.clock,
     )
+    if isinstance(decision, intake.Refusal):
+        answer = await run_in_threadpool(intake.answer_refusal, services.db, decision)
+    else:
+        try:
+            await services.writer.run(partial(insert_prescription, new=decision.rows))
+        except IntegrityError:
+            answer = await run_in_threadpool(intake.resolve_conflict, services.db, decision)
+        else:
+            answer = decision.answer
     headers = {"Location": answer.location} if answer.location else None
     return FhirResponse(answer.body, status_code=answer.status_code, headers=headers)

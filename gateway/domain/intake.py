@@ -32,10 +32,10 @@ from gateway.store.prescriptions import (
     NewPrescription,
     StoredResponse,
     find_message_response,
-    get_provider,
     insert_prescription,
     prescription_id_taken,
 )
+from gateway.store.providers import ProviderDirectory
 
 GATEWAY_SOURCE = "gateway"
 
@@ -49,17 +49,36 @@ class IntakeAnswer:
     prescription_id: str | None = None
 
 
-def receive_message(
-    db: Database,
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A message refused by its content; an earlier accepted resubmission's answer still wins."""
+
+    error: OperationOutcomeError
+    envelope: MessageEnvelope
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """A message that passed every check: the rows to write and the answer to give once written."""
+
+    order: PrescriptionOrder
+    digest: str
+    rows: NewPrescription
+    answer: IntakeAnswer
+
+
+def check_message(
     *,
     body: bytes,
     document: Any,
     caller: Caller,
+    providers: ProviderDirectory,
     request_id: str,
     clock: Clock,
-) -> IntakeAnswer:
-    """Validate and store one `$process-message` request, or raise the OperationOutcome it deserves."""
-    result = validate_message(document)
+) -> Acceptance | Refusal:
+    """Everything intake decides without writing: validation, tenancy, the provider registry."""
+    result = validate_message(document, body)
     envelope = result.envelope
     if envelope.sender_ods is not None and not caller.may_act_for(envelope.sender_ods):
         raise OperationOutcomeError(
@@ -76,25 +95,17 @@ def receive_message(
         )
     digest = hashlib.sha256(body).hexdigest()
     if not result.ok or result.order is None:
-        earlier = _earlier_answer(db, envelope, digest)
-        if earlier is not None:
-            return earlier
-        raise OperationOutcomeError(status_for(result.issues), result.issues)
-
+        return Refusal(OperationOutcomeError(status_for(result.issues), result.issues), envelope, digest)
     order = result.order
-    with db.read() as session:
-        provider = get_provider(session, order.performer_ods)
+    provider = providers.get(order.performer_ods)
     if provider is None or not provider.enabled:
-        earlier = _earlier_answer(db, envelope, digest)
-        if earlier is not None:
-            return earlier
         state = (
             "is not a registered homecare provider"
             if provider is None
             else "is not accepting orders (disabled)"
         )
         first = order.items[0].entry_index
-        raise OperationOutcomeError(
+        error = OperationOutcomeError(
             422,
             [
                 Issue(
@@ -105,14 +116,44 @@ def receive_message(
                 )
             ],
         )
+        return Refusal(error, envelope, digest)
+    rows, answer = _build_rows(order, body=body, digest=digest, request_id=request_id, clock=clock)
+    return Acceptance(order, digest, rows, answer)
 
-    new, answer = _build_rows(order, body=body, digest=digest, request_id=request_id, clock=clock)
+
+def answer_refusal(db: Database, refusal: Refusal) -> IntakeAnswer:
+    """The earlier answer when this refused message resubmits an accepted one; else the refusal."""
+    earlier = _earlier_answer(db, refusal.envelope, refusal.digest)
+    if earlier is None:
+        raise refusal.error
+    return earlier
+
+
+def receive_message(
+    db: Database,
+    *,
+    providers: ProviderDirectory,
+    body: bytes,
+    document: Any,
+    caller: Caller,
+    request_id: str,
+    clock: Clock,
+) -> IntakeAnswer:
+    """Validate and store one `$process-message` request, or raise the OperationOutcome it deserves.
+
+    The synchronous form, one transaction per message; the API batches writes (see `BatchWriter`).
+    """
+    decision = check_message(
+        body=body, document=document, caller=caller, providers=providers, request_id=request_id, clock=clock
+    )
+    if isinstance(decision, Refusal):
+        return answer_refusal(db, decision)
     try:
-        with db.write() as session:
-            insert_prescription(session, new)
+        with db.write_connection() as connection:
+            insert_prescription(connection, new=decision.rows)
     except IntegrityError:
-        return _resolve_conflict(db, order, digest)
-    return answer
+        return resolve_conflict(db, decision)
+    return decision.answer
 
 
 def _build_rows(
@@ -209,8 +250,9 @@ def _earlier_answer(db: Database, envelope: MessageEnvelope, digest: str) -> Int
     return None if stored is None else _replay_or_conflict(stored, digest)
 
 
-def _resolve_conflict(db: Database, order: PrescriptionOrder, digest: str) -> IntakeAnswer:
+def resolve_conflict(db: Database, acceptance: Acceptance) -> IntakeAnswer:
     """Another request won the race or came first: replay it, or say what collided."""
+    order, digest = acceptance.order, acceptance.digest
     with db.read() as session:
         stored = find_message_response(
             session, tenant_ods=order.sender_ods, bundle_identifier=order.bundle_identifier

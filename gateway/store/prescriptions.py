@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert
+from sqlalchemy import Connection, func, insert
 from sqlmodel import Session, col, select
 
-from gateway.store.models import InboundMessage, Prescription, PrescriptionItem, Provider, StatusEvent
+from gateway.store.models import InboundMessage, Prescription, PrescriptionItem, StatusEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +50,6 @@ def prescription_id_taken(session: Session, *, tenant_ods: str, short_form_id: s
     return found is not None
 
 
-def get_provider(session: Session, ods_code: str) -> Provider | None:
-    return session.get(Provider, ods_code)
-
-
 @dataclass(frozen=True, slots=True)
 class NewPrescription:
     """Everything one accepted prescription-order writes, in one transaction."""
@@ -64,12 +60,18 @@ class NewPrescription:
     events: Sequence[dict[str, Any]]
 
 
-def insert_prescription(session: Session, new: NewPrescription) -> None:
-    # Core inserts: this is the hot path of intake and needs no ORM identity map.
-    session.execute(insert(InboundMessage), [new.message])
-    session.execute(insert(Prescription), [new.prescription])
-    session.execute(insert(PrescriptionItem), list(new.items))
-    session.execute(insert(StatusEvent), list(new.events))
+_INSERT_MESSAGE = insert(InboundMessage.__table__)  # type: ignore[attr-defined]
+_INSERT_PRESCRIPTION = insert(Prescription.__table__)  # type: ignore[attr-defined]
+_INSERT_ITEM = insert(PrescriptionItem.__table__)  # type: ignore[attr-defined]
+_INSERT_EVENT = insert(StatusEvent.__table__)  # type: ignore[attr-defined]
+
+
+def insert_prescription(connection: Connection, *, new: NewPrescription) -> None:
+    # Core inserts: the hot path of intake needs no ORM machinery.
+    connection.execute(_INSERT_MESSAGE, [new.message])
+    connection.execute(_INSERT_PRESCRIPTION, [new.prescription])
+    connection.execute(_INSERT_ITEM, list(new.items))
+    connection.execute(_INSERT_EVENT, list(new.events))
 
 
 def get_prescription(session: Session, prescription_id: str) -> Prescription | None:

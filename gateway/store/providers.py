@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
+from gateway.store.db import Database
 from gateway.store.models import Provider
 
 
@@ -70,3 +74,45 @@ def update_provider(
 
 def list_providers(session: Session) -> list[Provider]:
     return list(session.execute(select(Provider).order_by(col(Provider.ods_code))).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEntry:
+    ods_code: str
+    enabled: bool
+
+
+class ProviderDirectory:
+    """Which providers exist and take orders, read from the registry at most every `ttl` seconds.
+
+    Intake asks for every prescription; the registry changes rarely (a CLI command), so a change
+    takes effect within about `ttl` seconds in every process. A stale copy is refreshed in the
+    background, so no request waits for the database; `ttl=0` reads the registry every time.
+    """
+
+    def __init__(self, db: Database, *, ttl: float = 2.0) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._entries: dict[str, ProviderEntry] = {}
+        self._loaded_at = float("-inf")
+        self._refreshing = threading.Event()
+
+    def get(self, ods_code: str) -> ProviderEntry | None:
+        age = time.monotonic() - self._loaded_at
+        if self._ttl == 0 or age == float("inf"):
+            self.refresh()
+        elif age > self._ttl and not self._refreshing.is_set():
+            self._refreshing.set()
+            threading.Thread(target=self.refresh, name="provider-directory", daemon=True).start()
+        return self._entries.get(ods_code)
+
+    def refresh(self) -> None:
+        try:
+            with self._lock:
+                with self._db.read() as session:
+                    rows = session.execute(select(col(Provider.ods_code), col(Provider.enabled))).all()
+                self._entries = {ods: ProviderEntry(ods, bool(enabled)) for ods, enabled in rows}
+                self._loaded_at = time.monotonic()
+        finally:
+            self._refreshing.clear()

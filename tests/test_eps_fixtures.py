@@ -1,0 +1,109 @@
+"""The real NHS EPS example messages: homecare orders pass, the others fail with the documented error.
+
+The examples are read from ../shared/fixtures/eps/ and never copied into the project; the tests
+skip when that folder is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from gateway.store.db import Database
+
+SEND_HOMECARE = (
+    "homecare__acute__nominated-pharmacy__clinical-practitioner__1-Process-Request-Send-200_OK.json"
+)
+# Request file -> its documented response file (errors); both come from the EPS examples.
+DOCUMENTED_ERRORS = {
+    "errors__1-Process-Request-Send-400_INVALID_CHECKSUM.json": (
+        "errors__1-Process-Response-Send-400_INVALID_CHECKSUM.json"
+    ),
+    "errors__2-Process-Request-Send-400_Invalid_Course_of_Therapy_mixed.json": (
+        "errors__2-Process-Response-Send-400_Invalid_Course_of_Therapy_mixed.json"
+    ),
+    "errors__4-Process-Request-Send-400_invalid_intent.json": (
+        "errors__4-Process-Response-Send-400_invalid_intent.json"
+    ),
+}
+COMMUNITY_SENDS = [
+    "community__acute__nominated-pharmacy__clinical-practitioner__1-Process-Request-Send-200_OK.json",
+    "community__acute__nominated-pharmacy__nurse__prescribing-and-professional-codes__1-Process-Request-Send-200_OK.json",
+    "primary-care__acute__nominated-pharmacy__medical-prescriber__cancellations__2-Process-Request-Send-200_OK.json",
+    "spec__errors__prescription-order-update__R-0006-Prescription.json",
+]
+NOT_YET_SUPPORTED = [
+    "homecare__acute__nominated-pharmacy__clinical-practitioner__1-Process-Request-Dispense-200_OK.json",
+    "errors__3-Process-Request-Dispense-400_Invalid_Value.json",
+    "community__acute__nominated-pharmacy__clinical-practitioner__1-Process-Request-Cancel-200_OK.json",
+    "primary-care__acute__nominated-pharmacy__medical-prescriber__cancellations__2-Process-Request-Cancel-200_OK.json",
+]
+
+
+def send(client: httpx.Client, path: Path) -> httpx.Response:
+    return client.post(
+        "/fhir/$process-message", content=path.read_bytes(), headers={"Content-Type": "application/fhir+json"}
+    )
+
+
+def test_the_homecare_order_is_accepted(client: httpx.Client, db: Database, eps_fixtures: Path) -> None:
+    response = send(client, eps_fixtures / SEND_HOMECARE)
+    assert response.status_code == 200, response.text
+    outcome = response.json()
+    documented = orjson.loads((eps_fixtures / "spec__errors__operation-outcome-success.json").read_bytes())
+    assert [(i["severity"], i["code"]) for i in outcome["issue"]] == [
+        (i["severity"], i["code"]) for i in documented["issue"]
+    ]
+    stored = client.get(response.headers["location"])
+    assert stored.content == (eps_fixtures / SEND_HOMECARE).read_bytes()
+
+
+def _detail_code(issue: dict[str, Any]) -> str | None:
+    coding = issue.get("details", {}).get("coding", [])
+    return coding[0]["code"] if coding else None
+
+
+@pytest.mark.parametrize("request_file", sorted(DOCUMENTED_ERRORS))
+def test_error_examples_fail_with_their_documented_error(
+    client: httpx.Client, db: Database, eps_fixtures: Path, request_file: str
+) -> None:
+    documented = orjson.loads((eps_fixtures / DOCUMENTED_ERRORS[request_file]).read_bytes())
+    response = send(client, eps_fixtures / request_file)
+    assert response.status_code == 400, response.text
+    got = response.json()["issue"]
+    for expected in documented["issue"]:
+        matches = [
+            issue
+            for issue in got
+            if issue["code"] == expected["code"]
+            and (_detail_code(expected) is None or _detail_code(issue) == _detail_code(expected))
+        ]
+        assert matches, f"documented issue {expected} not among {got}"
+        if "diagnostics" in expected:
+            assert any(m["diagnostics"] == expected["diagnostics"] for m in matches)
+
+
+@pytest.mark.parametrize("request_file", COMMUNITY_SENDS)
+def test_community_and_primary_care_orders_are_refused_as_not_homecare(
+    client: httpx.Client, db: Database, eps_fixtures: Path, request_file: str
+) -> None:
+    response = send(client, eps_fixtures / request_file)
+    assert response.status_code == 422, response.text
+    (issue,) = response.json()["issue"]
+    assert issue["code"] == "business-rule"
+    assert _detail_code(issue) == "NOT_HOMECARE_PRESCRIPTION"
+
+
+@pytest.mark.parametrize("request_file", NOT_YET_SUPPORTED)
+def test_cancel_and_dispense_messages_are_not_supported_yet(
+    client: httpx.Client, db: Database, eps_fixtures: Path, request_file: str
+) -> None:
+    response = send(client, eps_fixtures / request_file)
+    assert response.status_code == 422, response.text
+    (issue,) = response.json()["issue"]
+    assert issue["code"] == "not-supported"
+    assert "not supported yet" in issue["diagnostics"]
