@@ -7,7 +7,6 @@ import sys
 
 def main() -> None:
     sys.stderr.write(
-        "homecare-conformance: the conformance suite has no test cases yet; "
-        "it arrives with its own issue.\n"
+        "homecare-conformance: the conformance suite has no test cases yet; it arrives with its own issue.\n"
     )
     raise SystemExit(2)

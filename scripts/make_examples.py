@@ -1,6 +1,6 @@
 """Write the example requests in examples/ from the message builder (synthetic data only).
 
-    python scripts/make_examples.py
+python scripts/make_examples.py
 """
 
 from __future__ import annotations
