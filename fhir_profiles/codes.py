@@ -72,3 +72,37 @@ LIST_MODE = frozenset({"working", "snapshot", "changes"})
 NARRATIVE_STATUS = frozenset({"generated", "extensions", "additional", "empty"})
 QUANTITY_COMPARATOR = frozenset({"<", "<=", ">=", ">"})
 LINK_TYPE = frozenset({"replaced-by", "replaces", "refer", "seealso"})
+
+# --- Status from providers (DESIGN §4, §5) -------------------------------------------------------
+# Providers report per line item with PSU-style Tasks whose businessStatus uses this code system.
+HOMECARE_STATUS_SYSTEM = "https://homecare-gateway.nhs.uk/CodeSystem/homecare-status"
+HOMECARE_STATUS_CODES = frozenset(
+    {
+        "received",
+        "queued",
+        "sent",
+        "accepted",
+        "rejected",
+        "query",
+        "in-preparation",
+        "dispensed",
+        "delivery-scheduled",
+        "out-for-delivery",
+        "delivered",
+        "delivery-failed",
+        "cancel-requested",
+        "cancelled",
+        "expired",
+        "undeliverable",
+    }
+)
+# Why a provider rejected, queried or failed to deliver an item (Task.statusReason, and the
+# OperationOutcome details of a refused order).
+STATUS_REASON_SYSTEM = "https://homecare-gateway.nhs.uk/CodeSystem/homecare-status-reason"
+# Who caused a failed delivery: patient, trust, provider or courier (an extension on the Task).
+RESPONSIBLE_PARTY_SYSTEM = "https://homecare-gateway.nhs.uk/CodeSystem/responsible-party"
+RESPONSIBLE_PARTY_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-ResponsibleParty"
+# Task.output types: the agreed delivery window (valuePeriod) and the attempt number (valueInteger).
+TASK_OUTPUT_SYSTEM = "https://homecare-gateway.nhs.uk/CodeSystem/task-output"
+TASK_OUTPUT_DELIVERY_WINDOW = "delivery-window"
+TASK_OUTPUT_DELIVERY_ATTEMPT = "delivery-attempt"
