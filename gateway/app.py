@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,12 +11,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway import __version__
-from gateway.api import metadata, process_message, read
+from gateway.api import metadata, operations, process_message, read
 from gateway.api.deps import Services
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.schemas import FHIR_SCHEMAS
 from gateway.clock import Clock, system_clock
+from gateway.dispatch.worker import Dispatcher
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import ProviderDirectory
@@ -32,11 +34,19 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     )
     database = db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
     writer = BatchWriter(database)
+    dispatcher = Dispatcher(database, clock=clock, settings=settings.dispatcher_settings())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        writer.close()
+        stop = asyncio.Event()
+        running = asyncio.create_task(dispatcher.run(stop)) if settings.run_dispatcher else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if running is not None:
+                await running
+            writer.close()
 
     app.router.lifespan_context = lifespan
     app.state.services = Services(
@@ -45,10 +55,12 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
         clock=clock,
         providers=ProviderDirectory(database, ttl=settings.provider_cache_seconds),
         writer=writer,
+        doorbell=dispatcher.doorbell,
     )
     app.include_router(process_message.router)
     app.include_router(read.router)
     app.include_router(metadata.router)
+    app.include_router(operations.router)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]

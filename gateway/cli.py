@@ -27,8 +27,10 @@ ADAPTERS = ("fhir-rest", "hl7v2-mllp", "csv-drop", "pull")
 app = typer.Typer(no_args_is_help=True, help="The homecare e-prescribing gateway.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 providers_app = typer.Typer(no_args_is_help=True, help="Homecare providers and their adapters.")
+outbox_app = typer.Typer(no_args_is_help=True, help="Messages waiting for providers.")
 app.add_typer(db_app, name="db")
 app.add_typer(providers_app, name="providers")
+app.add_typer(outbox_app, name="outbox")
 console = Console()
 
 
@@ -57,6 +59,46 @@ def demo(
     from gateway.demo import run_demo
 
     run_demo(port=port, prescriptions=prescriptions)
+
+
+@app.command()
+def worker() -> None:
+    """A dispatcher alone: sends due messages to providers (run any number, on any machines)."""
+    from gateway.server import run_worker
+
+    run_worker()
+
+
+@outbox_app.command("status")
+def outbox_status() -> None:
+    """Depth, due messages, age of the oldest and dead letters by provider."""
+    from gateway.dispatch.outbox import stats
+
+    settings = Settings()
+    database = _database(settings)
+    database.migrate()
+    figures = stats(database, now=system_clock())
+    console.print(
+        f"depth {figures.depth}, due {figures.due}, oldest due {figures.oldest_due_age_seconds:.1f} s, "
+        f"dead {figures.dead}"
+    )
+    for provider, count in sorted(figures.by_provider_dead.items()):
+        console.print(f"  dead for {provider}: {count}")
+
+
+@outbox_app.command("redrive")
+def outbox_redrive(
+    prescription: Annotated[str | None, typer.Option(help="Only this prescription (gateway id).")] = None,
+    provider: Annotated[str | None, typer.Option(help="Only this provider's ODS code.")] = None,
+) -> None:
+    """Send dead messages again (after fixing the provider or its settings)."""
+    from gateway.dispatch.outbox import redrive
+
+    settings = Settings()
+    database = _database(settings)
+    database.migrate()
+    count = redrive(database, now=system_clock(), prescription_id=prescription, provider_ods=provider)
+    console.print(f"{count} message(s) queued again.")
 
 
 @db_app.command("upgrade")

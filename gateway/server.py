@@ -57,3 +57,29 @@ def run_server(*, host: str, port: int, workers: int) -> None:
         access_log=False,
         server_header=False,
     )
+
+
+def run_worker() -> None:
+    """`homecare-gateway worker`: a dispatcher process, stopped cleanly by SIGTERM or Ctrl-C."""
+    import asyncio
+    import signal
+
+    from gateway.clock import system_clock
+    from gateway.dispatch.worker import Dispatcher
+
+    settings = Settings()
+    prepare(settings)
+
+    async def main() -> None:
+        database = Database(settings.resolved_database_url, pool_size=4)
+        dispatcher = Dispatcher(database, clock=system_clock, settings=settings.dispatcher_settings())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await dispatcher.run(stop)
+        finally:
+            database.dispose()
+
+    asyncio.run(main())

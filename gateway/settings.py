@@ -8,6 +8,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.dispatch.policy import RetryPolicy
+from gateway.dispatch.settings import DispatcherSettings
+
 
 class Environment(StrEnum):
     DEVELOPMENT = "development"
@@ -31,6 +34,15 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, ge=1)
+    run_dispatcher: bool = Field(default=True, description="Run the dispatcher inside the API process.")
+    dispatch_poll_seconds: float = Field(default=0.2, gt=0)
+    dispatch_lease_seconds: float = Field(default=60.0, gt=0)
+    dispatch_max_in_flight: int = Field(default=32, ge=1)
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+    retry_cap_seconds: float = Field(default=300.0, gt=0)
+    retry_max_attempts: int = Field(default=12, ge=1)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_seconds: float = Field(default=30.0, ge=0)
     provider_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts its copy of the provider registry."
     )
@@ -46,3 +58,17 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'gateway.db').as_posix()}"
+
+    def dispatcher_settings(self) -> DispatcherSettings:
+        return DispatcherSettings(
+            poll_seconds=self.dispatch_poll_seconds,
+            lease_seconds=self.dispatch_lease_seconds,
+            max_in_flight=self.dispatch_max_in_flight,
+            retry=RetryPolicy(
+                base_seconds=self.retry_base_seconds,
+                cap_seconds=self.retry_cap_seconds,
+                max_attempts=self.retry_max_attempts,
+            ),
+            breaker_threshold=self.breaker_threshold,
+            breaker_cooldown_seconds=self.breaker_cooldown_seconds,
+        )

@@ -42,7 +42,11 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
-        data_dir=tmp_path_factory.mktemp("data"), dev_token=DEV_TOKEN, log_json=True, provider_cache_seconds=0
+        data_dir=tmp_path_factory.mktemp("data"),
+        dev_token=DEV_TOKEN,
+        log_json=True,
+        provider_cache_seconds=0,
+        run_dispatcher=False,
     )
 
 

@@ -97,7 +97,14 @@ class RunningServer:
         self.thread.join(timeout=10)
 
 
-TABLES_IN_DELETE_ORDER = ("status_event", "prescription_item", "prescription", "inbound_message", "provider")
+TABLES_IN_DELETE_ORDER = (
+    "outbox",
+    "status_event",
+    "prescription_item",
+    "prescription",
+    "inbound_message",
+    "provider",
+)
 
 
 def wipe(database: Database) -> None:

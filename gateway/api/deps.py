@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from auth.identity import Caller, Role
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.clock import Clock
+from gateway.dispatch.worker import Doorbell
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import ProviderDirectory
@@ -24,6 +25,7 @@ class Services:
     clock: Clock
     providers: ProviderDirectory
     writer: BatchWriter
+    doorbell: Doorbell
 
 
 async def get_services(request: Request) -> Services:

@@ -119,5 +119,6 @@ async def process_message(request: Request, caller: CurrentCaller, services: Ser
             answer = await run_in_threadpool(intake.resolve_conflict, services.db, decision)
         else:
             answer = decision.answer
+            services.doorbell.ring()
     headers = {"Location": answer.location} if answer.location else None
     return FhirResponse(answer.body, status_code=answer.status_code, headers=headers)

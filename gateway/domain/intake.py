@@ -27,6 +27,7 @@ from fhir_profiles.outcome import (
     success_outcome,
 )
 from gateway.clock import Clock
+from gateway.domain.status import Status
 from gateway.store.db import Database
 from gateway.store.prescriptions import (
     NewPrescription,
@@ -191,7 +192,7 @@ def _build_rows(
         "nhs_number": order.nhs_number,
         "prescription_type": order.prescription_type,
         "message_id": prescription_id,
-        "status": "received",
+        "status": Status.QUEUED.value,
         "created_at": now,
         "updated_at": now,
     }
@@ -202,7 +203,7 @@ def _build_rows(
             "position": position,
             "item_identifier": item.item_identifier,
             "resource": orjson.dumps(item.resource),
-            "status": "received",
+            "status": Status.QUEUED.value,
             "updated_at": now,
         }
         for position, (item_id, item) in enumerate(zip(item_ids, order.items, strict=True))
@@ -211,14 +212,34 @@ def _build_rows(
         {
             "prescription_id": prescription_id,
             "item_id": None,
-            "status": "received",
+            "status": status.value,
             "occurred_at": now,
             "recorded_at": now,
             "source": GATEWAY_SOURCE,
-            "detail": {"request_id": request_id, "items": len(items)},
+            "detail": detail,
+        }
+        for status, detail in (
+            (Status.RECEIVED, {"request_id": request_id, "items": len(items)}),
+            (Status.QUEUED, {"provider": order.performer_ods}),
+        )
+    ]
+    # Written in the same transaction as the prescription: nothing accepted is ever left unsent.
+    outbox = [
+        {
+            "prescription_id": prescription_id,
+            "kind": "new",
+            "provider_ods": order.performer_ods,
+            "idempotency_key": f"order-{prescription_id}",
+            "state": "pending",
+            "attempts": 0,
+            "due_at": now,
+            "created_at": now,
+            "updated_at": now,
         }
     ]
-    new = NewPrescription(message=message, prescription=prescription, items=items, events=events)
+    new = NewPrescription(
+        message=message, prescription=prescription, items=items, events=events, outbox=outbox
+    )
     return new, IntakeAnswer(200, response, location, replayed=False, prescription_id=prescription_id)
 
 

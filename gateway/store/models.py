@@ -109,3 +109,35 @@ class StatusEvent(SQLModel, table=True):
     recorded_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     source: str = Field(sa_column=Column(String(64), nullable=False))
     detail: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A message waiting to go to a provider (an order or a cancel); written with the change it carries.
+
+    States: `pending` (due at `due_at`), `sending` (claimed by `lease_owner` until `lease_until`),
+    `done` (the provider's system answered for it), `dead` (retries exhausted; re-drivable).
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_outbox_idempotency_key"),
+        Index("ix_outbox_due", "state", "due_at"),
+        Index("ix_outbox_prescription", "prescription_id", "id"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    )
+    prescription_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription.id"), nullable=False))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    provider_ods: str = Field(sa_column=Column(String(12), nullable=False))
+    idempotency_key: str = Field(sa_column=Column(String(80), nullable=False))
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+    attempts: int = Field(sa_column=Column(Integer, nullable=False))
+    due_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    lease_owner: str | None = Field(default=None, sa_column=Column(String(80), nullable=True))
+    lease_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    last_error: str | None = Field(default=None, sa_column=Column(String(500), nullable=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert
 from sqlmodel import Session, col, select
 
-from gateway.store.models import InboundMessage, Prescription, PrescriptionItem, StatusEvent
+from gateway.store.models import InboundMessage, OutboxMessage, Prescription, PrescriptionItem, StatusEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +58,14 @@ class NewPrescription:
     prescription: dict[str, Any]
     items: Sequence[dict[str, Any]]
     events: Sequence[dict[str, Any]]
+    outbox: Sequence[dict[str, Any]]
 
 
 _INSERT_MESSAGE = insert(InboundMessage.__table__)  # type: ignore[attr-defined]
 _INSERT_PRESCRIPTION = insert(Prescription.__table__)  # type: ignore[attr-defined]
 _INSERT_ITEM = insert(PrescriptionItem.__table__)  # type: ignore[attr-defined]
 _INSERT_EVENT = insert(StatusEvent.__table__)  # type: ignore[attr-defined]
+_INSERT_OUTBOX = insert(OutboxMessage.__table__)  # type: ignore[attr-defined]
 
 
 def insert_prescription(connection: Connection, *, new: NewPrescription) -> None:
@@ -72,6 +74,7 @@ def insert_prescription(connection: Connection, *, new: NewPrescription) -> None
     connection.execute(_INSERT_PRESCRIPTION, [new.prescription])
     connection.execute(_INSERT_ITEM, list(new.items))
     connection.execute(_INSERT_EVENT, list(new.events))
+    connection.execute(_INSERT_OUTBOX, list(new.outbox))
 
 
 def get_prescription(session: Session, prescription_id: str) -> Prescription | None:

@@ -1,0 +1,1 @@
+"""Delivery to providers: the transactional outbox, the dispatcher worker, retries and breakers."""

@@ -1,0 +1,326 @@
+"""The transactional outbox: claiming due messages, and recording what became of each send.
+
+Claims are leases: a worker that dies mid-send leaves its rows in `sending` until `lease_until`,
+then any worker claims them again (the provider may see a message twice, never zero times; the
+idempotency key lets it notice). On PostgreSQL claims use `FOR UPDATE SKIP LOCKED`, so workers on
+any number of machines never claim the same row at once; on SQLite the claim runs under the single
+write lock, which gives the same guarantee. A message is only claimable when no earlier message of
+the same prescription is still pending or sending: a cancel never overtakes its order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
+from sqlalchemy.orm import aliased
+
+from adapters.base import OrderKind
+from gateway.domain.status import Status
+from gateway.store.db import Database
+from gateway.store.models import InboundMessage, OutboxMessage, Prescription, StatusEvent
+
+PENDING, SENDING, DONE, DEAD = "pending", "sending", "done", "dead"
+GATEWAY_SOURCE = "gateway"
+
+_outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
+_prescription = Prescription.__table__  # type: ignore[attr-defined]
+_message = InboundMessage.__table__  # type: ignore[attr-defined]
+_event = StatusEvent.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    """A claimed outbox row with what its adapter needs to send it."""
+
+    outbox_id: int
+    prescription_id: str
+    kind: OrderKind
+    provider_ods: str
+    idempotency_key: str
+    attempts: int
+    short_form_id: str
+    tenant_ods: str
+    body: bytes
+    request_id: str
+
+
+def claim_due(
+    db: Database,
+    *,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    skip_providers: frozenset[str] = frozenset(),
+) -> list[ClaimedMessage]:
+    """Lease up to `limit` due messages to `owner`; expired leases of dead workers count as due."""
+    earlier = aliased(_outbox)
+    blocked_by_earlier = exists().where(
+        and_(
+            earlier.c.prescription_id == _outbox.c.prescription_id,
+            earlier.c.id < _outbox.c.id,
+            earlier.c.state.in_((PENDING, SENDING)),
+        )
+    )
+    due = or_(
+        and_(_outbox.c.state == PENDING, _outbox.c.due_at <= now),
+        and_(_outbox.c.state == SENDING, _outbox.c.lease_until < now),
+    )
+    query = (
+        select(_outbox.c.id)
+        .where(due, ~blocked_by_earlier)
+        .order_by(_outbox.c.due_at, _outbox.c.id)
+        .limit(limit)
+    )
+    if skip_providers:
+        query = query.where(_outbox.c.provider_ods.not_in(sorted(skip_providers)))
+    with db.write_connection() as connection:
+        if not db.is_sqlite:
+            query = query.with_for_update(skip_locked=True, of=_outbox)
+        ids = [row[0] for row in connection.execute(query)]
+        if not ids:
+            return []
+        connection.execute(
+            update(_outbox)
+            .where(_outbox.c.id.in_(ids))
+            .values(state=SENDING, lease_owner=owner, lease_until=now + lease, updated_at=now)
+        )
+        rows = connection.execute(
+            select(
+                _outbox.c.id,
+                _outbox.c.prescription_id,
+                _outbox.c.kind,
+                _outbox.c.provider_ods,
+                _outbox.c.idempotency_key,
+                _outbox.c.attempts,
+                _prescription.c.short_form_id,
+                _prescription.c.tenant_ods,
+                _message.c.body,
+                _message.c.request_id,
+            )
+            .join(_prescription, _prescription.c.id == _outbox.c.prescription_id)
+            .join(_message, _message.c.id == _prescription.c.message_id)
+            .where(_outbox.c.id.in_(ids))
+            .order_by(_outbox.c.id)
+        ).all()
+    return [
+        ClaimedMessage(
+            outbox_id=row[0],
+            prescription_id=row[1],
+            kind=row[2],
+            provider_ods=row[3],
+            idempotency_key=row[4],
+            attempts=row[5],
+            short_form_id=row[6],
+            tenant_ods=row[7],
+            body=row[8],
+            request_id=row[9],
+        )
+        for row in rows
+    ]
+
+
+def _still_ours(owner: str, outbox_id: int) -> Any:
+    return and_(_outbox.c.id == outbox_id, _outbox.c.state == SENDING, _outbox.c.lease_owner == owner)
+
+
+def _set_status(
+    connection: Connection,
+    *,
+    prescription_id: str,
+    status: Status,
+    now: datetime,
+    detail: dict[str, Any],
+    only_from: tuple[Status, ...],
+) -> None:
+    changed = connection.execute(
+        update(_prescription)
+        .where(
+            _prescription.c.id == prescription_id, _prescription.c.status.in_([s.value for s in only_from])
+        )
+        .values(status=status.value, updated_at=now)
+    ).rowcount
+    if changed:
+        connection.execute(
+            insert(_event),
+            [
+                {
+                    "prescription_id": prescription_id,
+                    "item_id": None,
+                    "status": status.value,
+                    "occurred_at": now,
+                    "recorded_at": now,
+                    "source": GATEWAY_SOURCE,
+                    "detail": detail,
+                }
+            ],
+        )
+
+
+def record_delivered(db: Database, claimed: ClaimedMessage, *, owner: str, now: datetime) -> bool:
+    """The provider's system took the message: `sent`. False if the lease was lost meanwhile."""
+    with db.write_connection() as connection:
+        done = connection.execute(
+            update(_outbox)
+            .where(_still_ours(owner, claimed.outbox_id))
+            .values(state=DONE, lease_owner=None, lease_until=None, last_error=None, updated_at=now)
+        ).rowcount
+        if not done:
+            return False
+        if claimed.kind == "new":
+            _set_status(
+                connection,
+                prescription_id=claimed.prescription_id,
+                status=Status.SENT,
+                now=now,
+                detail={"provider": claimed.provider_ods, "attempts": claimed.attempts + 1},
+                only_from=(Status.QUEUED,),
+            )
+    return True
+
+
+def record_rejected(
+    db: Database, claimed: ClaimedMessage, *, owner: str, now: datetime, reason: str, code: str | None
+) -> bool:
+    """The provider refused the message for good: `rejected`, with its reason."""
+    with db.write_connection() as connection:
+        done = connection.execute(
+            update(_outbox)
+            .where(_still_ours(owner, claimed.outbox_id))
+            .values(state=DONE, lease_owner=None, lease_until=None, last_error=reason[:500], updated_at=now)
+        ).rowcount
+        if not done:
+            return False
+        if claimed.kind == "new":
+            _set_status(
+                connection,
+                prescription_id=claimed.prescription_id,
+                status=Status.REJECTED,
+                now=now,
+                detail={"provider": claimed.provider_ods, "reason": reason[:500], "code": code},
+                only_from=(Status.QUEUED, Status.SENT),
+            )
+    return True
+
+
+def record_failure(
+    db: Database,
+    claimed: ClaimedMessage,
+    *,
+    owner: str,
+    now: datetime,
+    error: str,
+    retry_at: datetime | None,
+) -> bool:
+    """A retryable failure: due again at `retry_at`, or dead (`undeliverable`) when it is None."""
+    with db.write_connection() as connection:
+        values: dict[str, Any] = {
+            "attempts": claimed.attempts + 1,
+            "lease_owner": None,
+            "lease_until": None,
+            "last_error": error[:500],
+            "updated_at": now,
+        }
+        if retry_at is None:
+            values["state"] = DEAD
+        else:
+            values.update(state=PENDING, due_at=retry_at)
+        changed = connection.execute(
+            update(_outbox).where(_still_ours(owner, claimed.outbox_id)).values(**values)
+        )
+        if not changed.rowcount:
+            return False
+        if retry_at is None and claimed.kind == "new":
+            _set_status(
+                connection,
+                prescription_id=claimed.prescription_id,
+                status=Status.UNDELIVERABLE,
+                now=now,
+                detail={
+                    "provider": claimed.provider_ods,
+                    "attempts": claimed.attempts + 1,
+                    "error": error[:200],
+                },
+                only_from=(Status.QUEUED,),
+            )
+    return True
+
+
+def redrive(
+    db: Database, *, now: datetime, prescription_id: str | None = None, provider_ods: str | None = None
+) -> int:
+    """Put dead messages back in the queue (after the provider is fixed); returns how many."""
+    conditions = [_outbox.c.state == DEAD]
+    if prescription_id is not None:
+        conditions.append(_outbox.c.prescription_id == prescription_id)
+    if provider_ods is not None:
+        conditions.append(_outbox.c.provider_ods == provider_ods)
+    with db.write_connection() as connection:
+        rows = connection.execute(
+            select(_outbox.c.id, _outbox.c.prescription_id, _outbox.c.kind).where(*conditions)
+        ).all()
+        if not rows:
+            return 0
+        connection.execute(
+            update(_outbox)
+            .where(_outbox.c.id.in_([row[0] for row in rows]))
+            .values(state=PENDING, attempts=0, due_at=now, last_error=None, updated_at=now)
+        )
+        for _, dead_prescription, kind in rows:
+            if kind == "new":
+                _set_status(
+                    connection,
+                    prescription_id=dead_prescription,
+                    status=Status.QUEUED,
+                    now=now,
+                    detail={"redriven": True},
+                    only_from=(Status.UNDELIVERABLE,),
+                )
+    return len(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    depth: int
+    due: int
+    oldest_due_age_seconds: float
+    dead: int
+    by_provider_dead: dict[str, int]
+
+
+def stats(db: Database, *, now: datetime) -> OutboxStats:
+    with db.read() as session:
+        connection = session.connection()
+        by_state: dict[str, int] = dict(
+            connection.execute(select(_outbox.c.state, func.count()).group_by(_outbox.c.state)).all()
+        )
+        due_filter = or_(
+            and_(_outbox.c.state == PENDING, _outbox.c.due_at <= now),
+            and_(_outbox.c.state == SENDING, _outbox.c.lease_until < now),
+        )
+        due, oldest = connection.execute(
+            select(func.count(), func.min(_outbox.c.due_at)).where(due_filter)
+        ).one()
+        dead_by_provider: dict[str, int] = dict(
+            connection.execute(
+                select(_outbox.c.provider_ods, func.count())
+                .where(_outbox.c.state == DEAD)
+                .group_by(_outbox.c.provider_ods)
+            ).all()
+        )
+    oldest_age = 0.0
+    if oldest is not None:
+        oldest_moment = oldest if isinstance(oldest, datetime) else datetime.fromisoformat(str(oldest))
+        if oldest_moment.tzinfo is None:
+            oldest_moment = oldest_moment.replace(tzinfo=now.tzinfo)
+        oldest_age = max(0.0, (now - oldest_moment).total_seconds())
+    return OutboxStats(
+        depth=int(by_state.get(PENDING, 0)) + int(by_state.get(SENDING, 0)),
+        due=int(due),
+        oldest_due_age_seconds=oldest_age,
+        dead=int(by_state.get(DEAD, 0)),
+        by_provider_dead={str(k): int(v) for k, v in dead_by_provider.items()},
+    )

@@ -1,0 +1,17 @@
+"""How a dispatcher behaves: polling, leases, concurrency, retries and breakers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.dispatch.policy import RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherSettings:
+    poll_seconds: float = 0.2
+    lease_seconds: float = 60.0
+    max_in_flight: int = 32
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker_threshold: int = 5
+    breaker_cooldown_seconds: float = 30.0

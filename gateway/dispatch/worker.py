@@ -1,0 +1,239 @@
+"""The dispatcher: claims due outbox messages and sends each through its provider's adapter.
+
+It runs inside `homecare-gateway serve` by default and alone as `homecare-gateway worker`; any
+number of them may run against one database. Sends run concurrently (up to `max_in_flight`), one
+message per prescription at a time, each under a lease. Failures are retried with exponential
+backoff and jitter; a provider that keeps failing trips its circuit breaker; a message that spends
+its retry budget is dead and its prescription `undeliverable` until an operator re-drives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from adapters.base import Adapter, AdapterTransportError, Order
+from adapters.registry import AdapterRegistryError, create_adapter
+from gateway.clock import Clock
+from gateway.dispatch import outbox
+from gateway.dispatch.policy import CircuitBreaker
+from gateway.dispatch.settings import DispatcherSettings
+from gateway.logs import get_logger
+from gateway.metrics import BREAKER_OPEN, SENDS
+from gateway.store.db import Database
+from gateway.store.models import Provider
+from gateway.store.providers import list_providers
+
+log = get_logger("gateway.dispatch")
+
+
+class Doorbell:
+    """Rung by intake after a commit so an in-process dispatcher sends at once instead of polling."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Clock,
+        settings: DispatcherSettings | None = None,
+        doorbell: Doorbell | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._settings = settings or DispatcherSettings()
+        self._doorbell = doorbell or Doorbell()
+        self._rng = random.Random(seed)  # noqa: S311  (jitter, not security)
+        self._breaker = CircuitBreaker(
+            threshold=self._settings.breaker_threshold, cooldown=self._settings.breaker_cooldown_seconds
+        )
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._adapters: dict[str, tuple[tuple[str, str], Adapter]] = {}
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    @property
+    def doorbell(self) -> Doorbell:
+        return self._doorbell
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("dispatcher_started", owner=self.owner)
+        try:
+            while not stop.is_set():
+                claimed = await self._claim()
+                if not claimed:
+                    await self._idle(stop)
+        finally:
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await self.aclose()
+            log.info("dispatcher_stopped", owner=self.owner)
+
+    async def run_until_idle(self, *, timeout: float = 60.0) -> None:
+        """Send everything due now (tests and the CLI); returns when nothing due is left."""
+        async with asyncio.timeout(timeout):
+            while True:
+                claimed = await self._claim()
+                if not claimed and not self._in_flight:
+                    return
+                if not claimed:
+                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._doorbell.wait(self._settings.poll_seconds))
+        ]
+        if self._in_flight:
+            waits.append(
+                asyncio.ensure_future(asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED))
+            )
+        stopping = asyncio.ensure_future(stop.wait())
+        _, pending = await asyncio.wait([*waits, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for future in pending:
+            future.cancel()
+
+    async def _claim(self) -> list[outbox.ClaimedMessage]:
+        room = self._settings.max_in_flight - len(self._in_flight)
+        if room <= 0:
+            return []
+        claimed = await asyncio.to_thread(
+            outbox.claim_due,
+            self._db,
+            owner=self.owner,
+            now=self._clock(),
+            lease=timedelta(seconds=self._settings.lease_seconds),
+            limit=room,
+            skip_providers=self._breaker.open_providers(),
+        )
+        if claimed:
+            providers = await asyncio.to_thread(self._load_providers)
+            for message in claimed:
+                task = asyncio.create_task(self._send(message, providers.get(message.provider_ods)))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        return claimed
+
+    def _load_providers(self) -> dict[str, Provider]:
+        with self._db.read() as session:
+            return {provider.ods_code: provider for provider in list_providers(session)}
+
+    def _adapter_for(self, provider: Provider) -> Adapter:
+        fingerprint = (provider.adapter, repr(sorted(provider.settings.items())))
+        cached = self._adapters.get(provider.ods_code)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        adapter = create_adapter(provider.adapter, dict(provider.settings))
+        if cached is not None:
+            asyncio.get_running_loop().create_task(cached[1].aclose())
+        self._adapters[provider.ods_code] = (fingerprint, adapter)
+        return adapter
+
+    async def _send(self, message: outbox.ClaimedMessage, provider: Provider | None) -> None:
+        bound = log.bind(
+            outbox_id=message.outbox_id,
+            prescription_id=message.prescription_id,
+            provider=message.provider_ods,
+            attempt=message.attempts + 1,
+        )
+        if provider is None:
+            await self._retry_later(message, "provider is no longer registered", None, bound)
+            return
+        try:
+            adapter = self._adapter_for(provider)
+        except AdapterRegistryError as exc:
+            # Retried: an operator can fix the provider's settings and the message still goes.
+            bound.error("provider_adapter_unusable", problem=str(exc)[:200])
+            await self._retry_later(message, str(exc), None, bound)
+            return
+        order = Order(
+            kind=message.kind,
+            prescription_id=message.prescription_id,
+            short_form_id=message.short_form_id,
+            tenant_ods=message.tenant_ods,
+            provider_ods=message.provider_ods,
+            message=message.body,
+            request_id=message.request_id,
+            correlation_id=message.prescription_id,
+        )
+        try:
+            result = await adapter.send(order, idempotency_key=message.idempotency_key)
+        except AdapterTransportError as exc:
+            if exc.credentials_problem:
+                bound.warning("provider_refused_credentials", reason=exc.reason[:200])
+            await self._retry_later(message, exc.reason, exc.retry_after, bound)
+            return
+        except Exception as exc:  # noqa: BLE001  (an adapter bug must not lose the message: retry it)
+            await self._retry_later(message, f"adapter error {type(exc).__name__}", None, bound)
+            return
+        self._breaker.record_success(message.provider_ods)
+        BREAKER_OPEN.labels(provider=message.provider_ods).set(0)
+        now = self._clock()
+        if not result.is_delivered:
+            SENDS.labels(provider=message.provider_ods, outcome="rejected").inc()
+            recorded = await asyncio.to_thread(
+                outbox.record_rejected,
+                self._db,
+                message,
+                owner=self.owner,
+                now=now,
+                reason=result.reason or "rejected by the provider",
+                code=result.code,
+            )
+            bound.info("order_rejected_by_provider", recorded=recorded)
+        else:
+            SENDS.labels(provider=message.provider_ods, outcome="delivered").inc()
+            recorded = await asyncio.to_thread(
+                outbox.record_delivered, self._db, message, owner=self.owner, now=now
+            )
+            bound.info("order_delivered", recorded=recorded)
+
+    async def _retry_later(
+        self, message: outbox.ClaimedMessage, reason: str, retry_after: float | None, bound: Any
+    ) -> None:
+        self._breaker.record_failure(message.provider_ods)
+        BREAKER_OPEN.labels(provider=message.provider_ods).set(
+            1 if self._breaker.state(message.provider_ods) == "open" else 0
+        )
+        delay = self._settings.retry.next_delay(message.attempts + 1, self._rng, retry_after=retry_after)
+        now = self._clock()
+        retry_at = None if delay is None else now + delay
+        SENDS.labels(provider=message.provider_ods, outcome="dead" if retry_at is None else "retry").inc()
+        await asyncio.to_thread(
+            outbox.record_failure,
+            self._db,
+            message,
+            owner=self.owner,
+            now=now,
+            error=reason,
+            retry_at=retry_at,
+        )
+        if delay is None:
+            bound.error("order_undeliverable", reason=reason[:200])
+        else:
+            bound.warning(
+                "send_failed_will_retry", reason=reason[:200], retry_in=round(delay.total_seconds(), 2)
+            )
+
+    async def aclose(self) -> None:
+        adapters = [adapter for _, adapter in self._adapters.values()]
+        self._adapters.clear()
+        for adapter in adapters:
+            await adapter.aclose()
