@@ -1,0 +1,268 @@
+"""Delivery to providers over real sockets: the outbox, the dispatcher and the provider simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import text
+
+from adapters.fhir_rest.simulator import SimulatorServer
+from auth.identity import Caller, Role
+from fhir_profiles.builder import PrescriptionMessageBuilder
+from gateway.clock import system_clock
+from gateway.dispatch import outbox
+from gateway.dispatch.policy import RetryPolicy
+from gateway.dispatch.settings import DispatcherSettings
+from gateway.dispatch.worker import Dispatcher
+from gateway.domain.intake import receive_message
+from gateway.store.db import Database
+from gateway.store.providers import ProviderDirectory, update_provider
+
+FAST = DispatcherSettings(
+    poll_seconds=0.02,
+    lease_seconds=5,
+    max_in_flight=16,
+    retry=RetryPolicy(base_seconds=0.05, cap_seconds=0.2, max_attempts=4),
+    breaker_threshold=1000,
+    breaker_cooldown_seconds=0,
+)
+DEVELOPER = Caller("test", Role.DEVELOPER, None)
+
+
+@pytest.fixture
+def simulator(db: Database) -> Iterator[SimulatorServer]:
+    with SimulatorServer("VNCEL", seed=7, lifecycle=False) as server:
+        with db.write() as session:
+            update_provider(
+                session,
+                "VNCEL",
+                now=system_clock(),
+                settings={"base_url": server.base_url, "timeout_seconds": 2.0},
+            )
+        yield server
+
+
+def accept(db: Database, count: int = 1, *, seed: int = 1, items: int = 1) -> list[tuple[str, bytes]]:
+    """Prescriptions accepted through the intake service: (gateway id, the exact bytes)."""
+    builder = PrescriptionMessageBuilder(seed=seed)
+    providers = ProviderDirectory(db, ttl=0)
+    accepted = []
+    for _ in range(count):
+        body = orjson.dumps(builder.build(items=items))
+        answer = receive_message(
+            db,
+            providers=providers,
+            body=body,
+            document=orjson.loads(body),
+            caller=DEVELOPER,
+            request_id=str(uuid.uuid4()),
+            clock=system_clock,
+        )
+        assert answer.prescription_id is not None
+        accepted.append((answer.prescription_id, body))
+    return accepted
+
+
+def dispatch(db: Database, *, settings: DispatcherSettings = FAST, until: Any = None, timeout: float = 20) -> None:
+    """Run a dispatcher until `until(db)` holds (default: nothing left pending or sending)."""
+
+    def settled(database: Database) -> bool:
+        figures = outbox.stats(database, now=system_clock())
+        return figures.depth == 0
+
+    condition = until or settled
+
+    async def run() -> None:
+        dispatcher = Dispatcher(db, clock=system_clock, settings=settings, seed=1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stop))
+        deadline = time.monotonic() + timeout
+        try:
+            while not await asyncio.to_thread(condition, db):
+                if time.monotonic() > deadline:
+                    raise AssertionError("the dispatcher did not settle in time")
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(run())
+
+
+def status_of(db: Database, prescription_id: str) -> str:
+    with db.read() as session:
+        return str(
+            session.execute(text("SELECT status FROM prescription WHERE id = :id"), {"id": prescription_id}).scalar_one()
+        )
+
+
+def events_of(db: Database, prescription_id: str) -> list[tuple[str, Any]]:
+    with db.read() as session:
+        rows = session.execute(
+            text("SELECT status, detail FROM status_event WHERE prescription_id = :id ORDER BY id"),
+            {"id": prescription_id},
+        ).all()
+    return [(row[0], orjson.loads(row[1]) if isinstance(row[1], str) else row[1]) for row in rows]
+
+
+def outbox_rows(db: Database) -> list[tuple[str, int]]:
+    with db.read() as session:
+        return [(row[0], row[1]) for row in session.execute(text("SELECT state, attempts FROM outbox ORDER BY id"))]
+
+
+def test_an_accepted_prescription_reaches_its_provider_byte_for_byte(db: Database, simulator: SimulatorServer) -> None:
+    ((prescription_id, body),) = accept(db, items=2)
+    assert status_of(db, prescription_id) == "queued"
+    dispatch(db)
+    assert status_of(db, prescription_id) == "sent"
+    assert [status for status, _ in events_of(db, prescription_id)] == ["received", "queued", "sent"]
+    (order,) = simulator.orders()
+    assert order.message == body, "the provider gets the trust's bytes unchanged"
+    assert order.idempotency_key == f"order-{prescription_id}"
+    assert order.receipts == 1
+    (receipt,) = simulator.receipts()
+    assert receipt.correlation_id == prescription_id and receipt.request_id
+    assert outbox_rows(db) == [("done", 0)]
+
+
+def test_provider_down_then_up_is_delivered_once_recovered(db: Database, simulator: SimulatorServer) -> None:
+    simulator.configure(down=True)
+    ((prescription_id, _),) = accept(db)
+    dispatch(db, until=lambda d: outbox_rows(d)[0][1] >= 1)
+    assert status_of(db, prescription_id) == "queued"
+    simulator.configure(down=False)
+    dispatch(db)
+    assert status_of(db, prescription_id) == "sent"
+    (order,) = simulator.orders()
+    assert order.receipts == 2, "refused while down, then taken once when up"
+    assert [r.outcome for r in simulator.receipts()] == ["down", "accepted"]
+
+
+def test_a_slow_provider_times_out_and_the_retry_is_not_a_second_order(db: Database, simulator: SimulatorServer) -> None:
+    with db.write() as session:
+        update_provider(session, "VNCEL", now=system_clock(), settings={"timeout_seconds": 0.3})
+    simulator.configure(delay_seconds=1.0)
+    ((prescription_id, _),) = accept(db)
+    dispatch(db, until=lambda d: outbox_rows(d)[0][1] >= 1)
+    simulator.configure(delay_seconds=0.0)
+    dispatch(db)
+    assert status_of(db, prescription_id) == "sent"
+    deadline = time.monotonic() + 5
+    while not simulator.orders() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (order,) = simulator.orders()
+    assert order.receipts >= 2, "the timed-out request and its retry both arrived"
+    assert len(simulator.orders()) == 1, "the idempotency key made them one order"
+
+
+def test_server_errors_then_success(db: Database, simulator: SimulatorServer) -> None:
+    simulator.configure(fail_next=2)
+    ((prescription_id, _),) = accept(db)
+    dispatch(db)
+    assert status_of(db, prescription_id) == "sent"
+    assert outbox_rows(db) == [("done", 2)]
+    assert [r.status_code for r in simulator.receipts()] == [500, 500, 200]
+
+
+def test_a_provider_refusal_rejects_the_prescription_with_its_reason(db: Database, simulator: SimulatorServer) -> None:
+    simulator.configure(reject_rate=1.0)
+    ((prescription_id, _),) = accept(db)
+    dispatch(db)
+    assert status_of(db, prescription_id) == "rejected"
+    status, detail = events_of(db, prescription_id)[-1]
+    assert status == "rejected" and detail["reason"]
+    assert simulator.orders() == []
+
+
+def test_retries_spent_make_it_undeliverable_and_a_redrive_delivers_it(
+    db: Database, simulator: SimulatorServer
+) -> None:
+    simulator.configure(down=True)
+    ((prescription_id, _),) = accept(db)
+    dispatch(db)
+    assert outbox_rows(db) == [("dead", 4)]
+    assert status_of(db, prescription_id) == "undeliverable"
+    assert outbox.stats(db, now=system_clock()).by_provider_dead == {"VNCEL": 1}
+    simulator.configure(down=False)
+    assert outbox.redrive(db, now=system_clock(), provider_ods="VNCEL") == 1
+    assert status_of(db, prescription_id) == "queued"
+    dispatch(db)
+    assert status_of(db, prescription_id) == "sent"
+    assert [s for s, _ in events_of(db, prescription_id)] == ["received", "queued", "undeliverable", "queued", "sent"]
+
+
+def test_an_unusable_adapter_setting_is_retried_not_lost(db: Database) -> None:
+    ((prescription_id, _),) = accept(db)
+    dispatch(db, until=lambda d: outbox_rows(d)[0][1] >= 1)
+    assert status_of(db, prescription_id) == "queued"
+    assert outbox_rows(db)[0][0] == "pending"
+
+
+def test_a_later_message_never_overtakes_an_earlier_one(db: Database) -> None:
+    ((prescription_id, _),) = accept(db)
+    now = system_clock()
+    with db.write_connection() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO outbox (prescription_id, kind, provider_ods, idempotency_key, state, attempts, "
+                "due_at, created_at, updated_at) VALUES (:p, 'cancel', 'VNCEL', :k, 'pending', 0, :now, :now, :now)"
+            ),
+            {"p": prescription_id, "k": f"cancel-{prescription_id}", "now": now},
+        )
+    first = outbox.claim_due(db, owner="a", now=now, lease=timedelta(seconds=30), limit=10)
+    assert [m.kind for m in first] == ["new"]
+    assert outbox.claim_due(db, owner="b", now=now, lease=timedelta(seconds=30), limit=10) == []
+    assert outbox.record_delivered(db, first[0], owner="a", now=now)
+    second = outbox.claim_due(db, owner="b", now=now, lease=timedelta(seconds=30), limit=10)
+    assert [m.kind for m in second] == ["cancel"]
+
+
+def test_a_claim_left_by_a_dead_worker_is_taken_again_after_its_lease(db: Database) -> None:
+    accept(db)
+    now = system_clock()
+    (claimed,) = outbox.claim_due(db, owner="dead-worker", now=now, lease=timedelta(seconds=10), limit=10)
+    assert outbox.claim_due(db, owner="other", now=now + timedelta(seconds=9), lease=timedelta(seconds=10), limit=10) == []
+    (again,) = outbox.claim_due(db, owner="other", now=now + timedelta(seconds=11), lease=timedelta(seconds=10), limit=10)
+    assert again.outbox_id == claimed.outbox_id
+    assert not outbox.record_delivered(db, claimed, owner="dead-worker", now=now), "a lost lease records nothing"
+    assert outbox.record_delivered(db, again, owner="other", now=now)
+
+
+def test_concurrent_workers_never_claim_the_same_row(db: Database) -> None:
+    accept(db, count=60, seed=3)
+    now = system_clock()
+
+    def worker(name: str) -> list[int]:
+        mine: list[int] = []
+        while True:
+            claimed = outbox.claim_due(db, owner=name, now=now, lease=timedelta(seconds=60), limit=3)
+            if not claimed:
+                return mine
+            mine.extend(message.outbox_id for message in claimed)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        claims = list(pool.map(worker, ["w1", "w2", "w3", "w4"]))
+    every = [outbox_id for claimed in claims for outbox_id in claimed]
+    assert len(every) == 60
+    assert len(set(every)) == 60, "a row was claimed by two workers"
+    assert sum(1 for claimed in claims if claimed) >= 2, "the workers really competed"
+
+
+def test_metrics_show_the_outbox_and_the_sends(db: Database, simulator: SimulatorServer, server: Any) -> None:
+    import httpx
+
+    simulator.configure(down=True)
+    accept(db, count=2, seed=5)
+    dispatch(db, until=lambda d: all(attempts >= 1 for _, attempts in outbox_rows(d)))
+    metrics = httpx.get(f"{server.base_url}/metrics").text
+    assert "homecare_outbox_depth 2.0" in metrics
+    assert "homecare_outbox_oldest_due_age_seconds" in metrics
+    assert 'homecare_dispatch_sends_total{outcome="retry",provider="VNCEL"}' in metrics
