@@ -4,7 +4,8 @@ The Bundle travels as the exact bytes the trust sent, so the prescriber's signat
 valid (DESIGN §10, "Forwarding"). The gateway's idempotency key and correlation ids therefore travel
 in headers only (`Idempotency-Key`, `X-Request-ID`, `X-Correlation-ID`) and never in the Bundle:
 the issue also asked for the key in `Bundle.identifier`, but writing it there would change the signed
-bytes, and the trust's `Bundle.identifier` already identifies the message uniquely.
+bytes, and the trust's `Bundle.identifier` already identifies the message uniquely. New orders and
+cancellations go to the same endpoint: the message's event tells them apart.
 
 How answers map (DESIGN §10):
 

@@ -140,6 +140,9 @@ class ProviderSimulator:
         self._http: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._generation = 0
+        # Access tokens outlive a reset, as a provider's sessions would.
+        self._tokens: dict[str, float] = {}
+        self._tokens_issued = 0
         self._clear()
 
     def _clear(self) -> None:
@@ -149,8 +152,6 @@ class ProviderSimulator:
         self._receipts: list[Receipt] = []
         self._receipt_counts: dict[str, int] = {}
         self._reports: list[StatusReport] = []
-        self._tokens: dict[str, float] = {}
-        self._tokens_issued = 0
 
     # --- control, from any thread ---------------------------------------------------------------
 
@@ -421,7 +422,8 @@ class ProviderSimulator:
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
+        with self._lock:
+            self._tasks.add(task)
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
@@ -487,9 +489,9 @@ class ProviderSimulator:
     async def _deliver_reports(self, reports: list[StatusReport], correlation_id: str | None) -> None:
         for report in reports:
             if report.target is not None:
-                await self._post_status(report, correlation_id)
+                await self._post_status(report, report.target, correlation_id)
 
-    async def _post_status(self, report: StatusReport, correlation_id: str | None) -> None:
+    async def _post_status(self, report: StatusReport, target: str, correlation_id: str | None) -> None:
         """POST one Task to status_url, retrying with doubling backoff on transient failures."""
         assert self._http is not None, "start() not called"
         config = self._config
@@ -504,7 +506,7 @@ class ProviderSimulator:
             status: int | None = None
             error: str | None = None
             try:
-                response = await self._http.post(report.target or "", content=content, headers=headers)
+                response = await self._http.post(target, content=content, headers=headers)
                 status = response.status_code
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"

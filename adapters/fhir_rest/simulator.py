@@ -1,8 +1,9 @@
 """A homecare provider that speaks the `fhir-rest` protocol on a real port, for the demo and for tests.
 
     with SimulatorServer(ods="VNCEL", seed=1, step_delay_seconds=0.01) as provider:
-        adapter settings: {"base_url": provider.base_url}
-        ... provider.orders(), provider.receipt_counts(), provider.status_log()
+        adapter = create_adapter("fhir-rest", {"base_url": provider.base_url})
+        ...
+        provider.orders(), provider.receipt_counts(), provider.status_log()
 
 or from a shell: `python -m adapters.fhir_rest.simulator --port 8101 --ods VNCEL --seed 1`.
 
