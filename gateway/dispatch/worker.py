@@ -69,6 +69,7 @@ class Dispatcher:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._adapters: dict[str, tuple[tuple[str, str], Adapter]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._send_finished = asyncio.Event()
 
     @property
     def doorbell(self) -> Doorbell:
@@ -87,26 +88,15 @@ class Dispatcher:
             await self.aclose()
             log.info("dispatcher_stopped", owner=self.owner)
 
-    async def run_until_idle(self, *, timeout: float = 60.0) -> None:
-        """Send everything due now (tests and the CLI); returns when nothing due is left."""
-        async with asyncio.timeout(timeout):
-            while True:
-                claimed = await self._claim()
-                if not claimed and not self._in_flight:
-                    return
-                if not claimed:
-                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-
     async def _idle(self, stop: asyncio.Event) -> None:
-        waits: list[asyncio.Future[Any]] = [
-            asyncio.ensure_future(self._doorbell.wait(self._settings.poll_seconds))
+        """Wait for the doorbell, a finished send (room for more), the poll interval or the stop."""
+        self._send_finished.clear()
+        waits = [
+            asyncio.ensure_future(self._doorbell.wait(self._settings.poll_seconds)),
+            asyncio.ensure_future(self._send_finished.wait()),
+            asyncio.ensure_future(stop.wait()),
         ]
-        if self._in_flight:
-            waits.append(
-                asyncio.ensure_future(asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED))
-            )
-        stopping = asyncio.ensure_future(stop.wait())
-        _, pending = await asyncio.wait([*waits, stopping], return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for future in pending:
             future.cancel()
 
@@ -128,8 +118,12 @@ class Dispatcher:
             for message in claimed:
                 task = asyncio.create_task(self._send(message, providers.get(message.provider_ods)))
                 self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+                task.add_done_callback(self._finished)
         return claimed
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._send_finished.set()
 
     def _load_providers(self) -> dict[str, Provider]:
         with self._db.read() as session:

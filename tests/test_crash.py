@@ -1,0 +1,33 @@
+"""Kill -9 dispatcher processes mid-send: nothing accepted is lost, nothing is accepted twice."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.store.db import Database
+from tests.support import wipe
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "crash_test.py"
+_spec = importlib.util.spec_from_file_location("crash_test", _SCRIPT)
+assert _spec is not None and _spec.loader is not None
+crash_test = importlib.util.module_from_spec(_spec)
+sys.modules["crash_test"] = crash_test
+_spec.loader.exec_module(crash_test)
+
+
+@pytest.mark.slow
+def test_killing_workers_mid_send_loses_nothing_and_duplicates_no_acceptance(database: Database) -> None:
+    wipe(database)
+    report = crash_test.run_crash_test(
+        database.url.render_as_string(hide_password=False), kills=20, prescriptions=60, seed=3
+    )
+    assert report.kills == 20
+    assert report.kills_mid_send >= 10, report.lines()
+    assert report.lost == 0, report.lines()
+    assert report.accepted_more_than_once == 0, report.lines()
+    assert report.reached_provider == report.prescriptions == 60
+    assert report.not_sent_at_gateway == 0, report.lines()
