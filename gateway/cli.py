@@ -11,9 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adapters.registry import AdapterRegistryError, available_schemes, validate_settings
 from gateway.clock import system_clock
 from gateway.settings import Settings
 from gateway.store.db import Database
+from gateway.store.models import Provider
 from gateway.store.providers import (
     ProviderExists,
     ProviderNotFound,
@@ -22,7 +24,6 @@ from gateway.store.providers import (
     update_provider,
 )
 
-ADAPTERS = ("fhir-rest", "hl7v2-mllp", "csv-drop", "pull")
 
 app = typer.Typer(no_args_is_help=True, help="The homecare e-prescribing gateway.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -124,9 +125,21 @@ def _settings_from_options(base_url: str | None, setting: list[str] | None) -> d
 
 
 def _check_adapter(adapter: str) -> str:
-    if adapter not in ADAPTERS:
-        raise typer.BadParameter(f"choose one of {', '.join(ADAPTERS)}", param_hint="--adapter")
+    installed = available_schemes()
+    if adapter not in installed:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(installed)} (installed adapters)", param_hint="--adapter"
+        )
     return adapter
+
+
+def _check_settings(provider: Provider) -> None:
+    """The provider's adapter settings must satisfy its adapter, or nothing is saved."""
+    try:
+        validate_settings(provider.adapter, provider.settings)
+    except AdapterRegistryError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
 
 
 def _check_ods(ods: str) -> str:
@@ -141,7 +154,7 @@ def _check_ods(ods: str) -> str:
 def providers_add(
     ods: Annotated[str, typer.Option("--ods", help="The provider's ODS code, e.g. VNCEL.")],
     name: Annotated[str, typer.Option(help="The provider's name.")],
-    adapter: Annotated[str, typer.Option(help=f"One of {', '.join(ADAPTERS)}.")],
+    adapter: Annotated[str, typer.Option(help="An installed adapter, e.g. fhir-rest.")],
     base_url: Annotated[str | None, typer.Option(help="Base URL of the provider's endpoint.")] = None,
     setting: Annotated[list[str] | None, typer.Option(help="Adapter setting KEY=VALUE (repeatable).")] = None,
 ) -> None:
@@ -151,7 +164,7 @@ def providers_add(
     database.migrate()
     try:
         with database.write() as session:
-            add_provider(
+            provider = add_provider(
                 session,
                 ods_code=_check_ods(ods),
                 name=name,
@@ -159,6 +172,7 @@ def providers_add(
                 settings=_settings_from_options(base_url, setting),
                 now=system_clock(),
             )
+            _check_settings(provider)
     except ProviderExists:
         console.print(f"[red]Provider {ods} is already registered; use 'providers update'.[/red]")
         raise typer.Exit(1) from None
@@ -181,7 +195,7 @@ def providers_update(
     changes = _settings_from_options(base_url, setting)
     try:
         with database.write() as session:
-            update_provider(
+            provider = update_provider(
                 session,
                 ods,
                 now=system_clock(),
@@ -190,6 +204,7 @@ def providers_update(
                 settings=changes or None,
                 enabled=True if enable else None,
             )
+            _check_settings(provider)
     except ProviderNotFound:
         console.print(f"[red]No provider {ods}.[/red]")
         raise typer.Exit(1) from None

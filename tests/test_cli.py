@@ -54,13 +54,27 @@ def test_providers_add_list_update_disable(cli_env: Database) -> None:
     }
 
     again = runner.invoke(
-        app, ["providers", "add", "--ods", "VNCEL", "--name", "x", "--adapter", "fhir-rest"]
+        app,
+        [
+            "providers",
+            "add",
+            "--ods",
+            "VNCEL",
+            "--name",
+            "x",
+            "--adapter",
+            "fhir-rest",
+            "--base-url",
+            "http://h",
+        ],
     )
     assert again.exit_code == 1 and "already registered" in again.output
 
     assert (
         runner.invoke(app, ["providers", "update", "--ods", "VNCEL", "--name", "Homecare 1"]).exit_code == 0
     )
+    refused = runner.invoke(app, ["providers", "update", "--ods", "VNCEL", "--setting", "timeout_seconds=-1"])
+    assert refused.exit_code == 1 and "timeout_seconds" in refused.output
     assert runner.invoke(app, ["providers", "disable", "VNCEL"]).exit_code == 0
     with cli_env.read() as session:
         (stored,) = list_providers(session)
@@ -75,6 +89,23 @@ def test_providers_add_list_update_disable(cli_env: Database) -> None:
     [
         (["--ods", "vncel", "--name", "x", "--adapter", "fhir-rest"], "ODS code"),
         (["--ods", "VNCEL", "--name", "x", "--adapter", "carrier-pigeon"], "choose one of"),
+        (["--ods", "VNCEL", "--name", "x", "--adapter", "fhir-rest"], "base_url"),
+        (["--ods", "VNCEL", "--name", "x", "--adapter", "fhir-rest", "--base-url", "not a url"], "base_url"),
+        (
+            [
+                "--ods",
+                "VNCEL",
+                "--name",
+                "x",
+                "--adapter",
+                "fhir-rest",
+                "--base-url",
+                "http://h/fhir",
+                "--setting",
+                "colour=blue",
+            ],
+            "colour",
+        ),
         (["--ods", "VNCEL", "--name", "x", "--adapter", "fhir-rest", "--setting", "novalue"], "KEY=VALUE"),
     ],
 )
