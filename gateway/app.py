@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway import __version__
-from gateway.api import metadata, process_message, read
+from gateway.api import metadata, process_message, read, token
 from gateway.api.deps import Services
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.schemas import FHIR_SCHEMAS
 from gateway.clock import Clock, system_clock
+from gateway.domain.sealing import run_housekeeping
+from gateway.security import build_token_service
 from gateway.settings import Settings
 from gateway.store.db import Database
 
@@ -26,11 +31,26 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.services = Services(
-        settings=settings,
-        db=db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size),
-        clock=clock,
-    )
+    database = db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
+    tokens = build_token_service(settings, database, clock)
+    app.state.services = Services(settings=settings, db=database, clock=clock, tokens=tokens)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        housekeeping = (
+            asyncio.create_task(run_housekeeping(database, tokens, interval=settings.audit_seal_seconds))
+            if settings.audit_seal_seconds
+            else None
+        )
+        try:
+            yield
+        finally:
+            if housekeeping is not None:
+                housekeeping.cancel()
+            tokens.close()
+
+    app.router.lifespan_context = lifespan
+    app.include_router(token.router)
     app.include_router(process_message.router)
     app.include_router(read.router)
     app.include_router(metadata.router)
@@ -46,9 +66,5 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     document.setdefault("components", {}).setdefault("schemas", {}).update(FHIR_SCHEMAS)
-    document["components"]["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-    }
-    document["security"] = [{"bearer": []}]
     app.openapi_schema = document
     return document

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.clock import system_clock
+from gateway.security_cli import audit_app, clients_app, keys_app, token
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import (
@@ -29,6 +30,10 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 providers_app = typer.Typer(no_args_is_help=True, help="Homecare providers and their adapters.")
 app.add_typer(db_app, name="db")
 app.add_typer(providers_app, name="providers")
+app.add_typer(clients_app, name="clients")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.command()(token)
 console = Console()
 
 

@@ -6,9 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert
+from sqlalchemy import ColumnElement, func, insert
 from sqlmodel import Session, col, select
 
+from auth.audit import AuditRecord, append
+from auth.identity import Caller
+from auth.tenancy import visible_filter
 from gateway.store.models import InboundMessage, Prescription, PrescriptionItem, Provider, StatusEvent
 
 
@@ -62,6 +65,7 @@ class NewPrescription:
     prescription: dict[str, Any]
     items: Sequence[dict[str, Any]]
     events: Sequence[dict[str, Any]]
+    audit: Sequence[AuditRecord] = ()
 
 
 def insert_prescription(session: Session, new: NewPrescription) -> None:
@@ -70,28 +74,39 @@ def insert_prescription(session: Session, new: NewPrescription) -> None:
     session.execute(insert(Prescription), [new.prescription])
     session.execute(insert(PrescriptionItem), list(new.items))
     session.execute(insert(StatusEvent), list(new.events))
+    append(session, new.audit)
 
 
 def get_prescription(session: Session, prescription_id: str) -> Prescription | None:
     return session.get(Prescription, prescription_id)
 
 
-def get_item(session: Session, item_id: str) -> tuple[PrescriptionItem, Prescription] | None:
+def visible_to(caller: Caller) -> ColumnElement[bool]:
+    """The tenancy rule (auth.tenancy) over the prescription table: what this caller may see."""
+    return visible_filter(
+        caller, tenant_column=col(Prescription.tenant_ods), provider_column=col(Prescription.provider_ods)
+    )
+
+
+def get_item(
+    session: Session, item_id: str, *, visible: ColumnElement[bool]
+) -> tuple[PrescriptionItem, Prescription] | None:
     row = session.execute(
         select(PrescriptionItem, Prescription)
         .join(Prescription, col(Prescription.id) == col(PrescriptionItem.prescription_id))
-        .where(col(PrescriptionItem.id) == item_id)
+        .where(col(PrescriptionItem.id) == item_id, visible)
     ).first()
     return (row[0], row[1]) if row else None
 
 
-def get_message_body(session: Session, message_id: str) -> tuple[bytes, str] | None:
+def get_message_body(session: Session, message_id: str, *, visible: ColumnElement[bool]) -> bytes | None:
+    """The bytes of an accepted prescription message, if its prescription is visible."""
     row = session.execute(
-        select(col(InboundMessage.body), col(InboundMessage.tenant_ods)).where(
-            col(InboundMessage.id) == message_id
-        )
+        select(col(InboundMessage.body))
+        .join(Prescription, col(Prescription.message_id) == col(InboundMessage.id))
+        .where(col(InboundMessage.id) == message_id, visible)
     ).first()
-    return (row[0], row[1]) if row else None
+    return row[0] if row else None
 
 
 def count_prescriptions(session: Session) -> int:
