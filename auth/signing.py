@@ -94,20 +94,19 @@ class SigningKeys:
             signing=keys[-1], public=KeySet(list[Key](keys)), folder_mtime=self.folder.stat().st_mtime
         )
 
-    def _current(self) -> _Loaded:
+    def _current(self, *, check_now: bool = False) -> _Loaded:
         now = time.monotonic()
-        if now - self._checked_at >= _RELOAD_CHECK_SECONDS:
+        if check_now or now - self._checked_at >= _RELOAD_CHECK_SECONDS:
             with self._lock:
-                if now - self._checked_at >= _RELOAD_CHECK_SECONDS:
-                    self._checked_at = now
-                    if self.folder.stat().st_mtime != self._loaded.folder_mtime:
-                        self._loaded = self._load()
+                self._checked_at = now
+                if self.folder.stat().st_mtime != self._loaded.folder_mtime:
+                    self._loaded = self._load()
         return self._loaded
 
-    def reload(self) -> None:
-        with self._lock:
-            self._loaded = self._load()
-            self._checked_at = time.monotonic()
+    def refresh(self) -> bool:
+        """Reload now if the folder changed (a rotation); whether the keys are new. One stat if not."""
+        before = self._loaded
+        return self._current(check_now=True) is not before
 
     @property
     def signing_key(self) -> ECKey:

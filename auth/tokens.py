@@ -122,6 +122,8 @@ class TokenService:
             assertion = read_assertion(assertion_text)
             refuse_unsupported_algorithm(assertion)
             client = self._client(assertion.issuer, form.get("client_id"))
+            if not client.enabled:
+                raise AssertionRefusedError("this client is disabled")
             assert assertion.kid is not None
             key = self._client_keys.key_for(client, assertion.kid)
             if key is None:
@@ -152,8 +154,6 @@ class TokenService:
             client = get_client(session, issuer)
         if client is None:
             raise AssertionRefusedError("unknown client")
-        if not client.enabled:
-            raise AssertionRefusedError("this client is disabled")
         return client
 
     def _use_up(self, client: Client, jti: str, expires_at: int, request_id: str) -> None:
@@ -220,9 +220,14 @@ class TokenService:
         """The caller an access token speaks for; InvalidAccessTokenError if not one of ours, or stale."""
         try:
             token = self._decode(access_token)
-        except InvalidKeyIdError:
-            self.signing_keys.reload()  # another process may have rotated the key
-            token = self._decode(access_token)
+        except InvalidKeyIdError as exc:
+            # Another process may have rotated the keys a moment ago; otherwise it is not our key.
+            if not self.signing_keys.refresh():
+                raise InvalidAccessTokenError("the access token is not one this gateway signed") from exc
+            try:
+                token = self._decode(access_token)
+            except InvalidKeyIdError as again:
+                raise InvalidAccessTokenError("the access token is not one this gateway signed") from again
         if token.header.get("typ") != ACCESS_TOKEN_TYPE:
             raise InvalidAccessTokenError("not an access token")
         registry = jwt.JWTClaimsRegistry(

@@ -65,6 +65,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         public_base_url=PUBLIC_BASE_URL,
         log_json=True,
         audit_seal_seconds=0,
+        jwks_refresh_seconds=0,
     )
 
 
