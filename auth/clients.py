@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 from auth.assertion import ASSERTION_ALGORITHMS
 from auth.identity import Role
 from auth.models import Client, utc_text
-from auth.scopes import beyond_role, parse_scopes
+from auth.scopes import ScopeError, beyond_role, parse_scopes
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,99}$")
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
@@ -164,7 +164,10 @@ def add_client(
     now: datetime,
 ) -> Client:
     check_client_id(client_id)
-    granted = parse_scopes(scopes)
+    try:
+        granted = parse_scopes(scopes)
+    except ScopeError as exc:
+        raise ClientRegistryError(str(exc)) from exc
     if not granted:
         raise ClientRegistryError("a client needs at least one scope")
     refused = beyond_role(role, granted)
