@@ -125,13 +125,14 @@ class AuditRecord:
         return values
 
 
-_INSERT = insert(AuditEvent)
+# A Core insert: audit rows are written on hot paths and need no ORM machinery.
+_INSERT = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
 
 
 def append(session: Session, records: Sequence[AuditRecord]) -> None:
     """Add rows to the log in the session's transaction (unsealed until the sealer chains them)."""
     if records:
-        session.execute(_INSERT, [record.row() for record in records])
+        session.connection().execute(_INSERT, [record.row() for record in records])
 
 
 def row_hash(prev_hash: str, content: dict[str, Any]) -> str:

@@ -70,16 +70,18 @@ MESSAGE_EVENT_SCOPES: dict[str, str] = {
     "dispense-notification": DISPENSE_NOTIFICATION,
 }
 
-# The scopes a client is registered with, as published in the SMART configuration.
-SUPPORTED_SCOPES: tuple[str, ...] = (
-    "system/MedicationRequest.c",
-    "system/MedicationRequest.u",
-    "system/MedicationRequest.rs",
-    "system/MedicationDispense.c",
-    "system/Task.rs",
-    "system/Task.cu",
-    "system/Subscription.crud",
-)
+# The scopes clients are registered with and ask for, as the SMART configuration and OpenAPI list them.
+SCOPE_DESCRIPTIONS: dict[str, str] = {
+    "system/MedicationRequest.c": "Send prescription-order messages",
+    "system/MedicationRequest.u": "Send prescription-order-update (cancel) messages",
+    "system/MedicationRequest.rs": "Read and search prescriptions (MedicationRequest, the Bundle as sent)",
+    "system/MedicationRequest.r": "Read prescriptions by id",
+    "system/MedicationDispense.c": "Send dispense-notification messages",
+    "system/Task.rs": "Read and search prescription status (Task)",
+    "system/Task.cu": "Report status as a provider (Task)",
+    "system/Subscription.crud": "Manage status subscriptions",
+}
+SUPPORTED_SCOPES: tuple[str, ...] = tuple(SCOPE_DESCRIPTIONS)
 
 # The most each role (auth.identity.Role) may be granted: a provider never orders, a trust never
 # dispenses.

@@ -40,6 +40,7 @@ from auth.signing import ACCESS_TOKEN_ALGORITHM, SigningKeys
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105  (RFC 9068 media type)
 
+_INSERT_USED = insert(UsedAssertion.__table__)  # type: ignore[attr-defined]
 _STATUS = {
     "invalid_request": 400,
     "invalid_client": 401,
@@ -172,9 +173,8 @@ class TokenService:
         )
         try:
             with self._db.write() as session:
-                session.execute(
-                    insert(UsedAssertion),
-                    [{"client_id": client.client_id, "jti": jti, "expires_at": expires_at}],
+                session.connection().execute(
+                    _INSERT_USED, [{"client_id": client.client_id, "jti": jti, "expires_at": expires_at}]
                 )
                 audit.append(session, [record])
         except IntegrityError as exc:

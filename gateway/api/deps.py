@@ -11,7 +11,7 @@ from fastapi.security import OAuth2, SecurityScopes
 from starlette.concurrency import run_in_threadpool
 
 from auth.identity import Caller
-from auth.scopes import SUPPORTED_SCOPES, Scope
+from auth.scopes import SCOPE_DESCRIPTIONS, Scope
 from auth.tokens import InvalidAccessTokenError, TokenService
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.clock import Clock
@@ -28,7 +28,7 @@ class Services:
     tokens: TokenService
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -38,9 +38,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 # SMART Backend Services, as OpenAPI describes it: each route lists the scopes it needs.
 smart_backend_services = OAuth2(
     flows=OAuthFlows(
-        clientCredentials=OAuthFlowClientCredentials(
-            tokenUrl="/auth/token", scopes={scope: scope for scope in SUPPORTED_SCOPES}
-        )
+        clientCredentials=OAuthFlowClientCredentials(tokenUrl="/auth/token", scopes=SCOPE_DESCRIPTIONS)
     ),
     scheme_name="smart-backend-services",
     description="Client credentials with a private_key_jwt client assertion "
