@@ -121,7 +121,8 @@ Send a prescription:
        --data-binary @{example}
 Read it back: follow the Location header, e.g.
   curl -H "Authorization: Bearer $TOKEN" {base_url}/fhir/Bundle/<id>
-"""
+""",
+        soft_wrap=True,
     )
 
 
