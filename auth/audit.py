@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, text, update
+from sqlalchemy import Connection, bindparam, func, insert, text, update
 from sqlmodel import Session, col, select
 
 from auth.identity import Caller
@@ -129,10 +129,10 @@ class AuditRecord:
 _INSERT = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
 
 
-def append(session: Session, records: Sequence[AuditRecord]) -> None:
-    """Add rows to the log in the session's transaction (unsealed until the sealer chains them)."""
+def append(connection: Connection, records: Sequence[AuditRecord]) -> None:
+    """Add rows to the log in the connection's transaction (unsealed until the sealer chains them)."""
     if records:
-        session.connection().execute(_INSERT, [record.row() for record in records])
+        connection.execute(_INSERT, [record.row() for record in records])
 
 
 def row_hash(prev_hash: str, content: dict[str, Any]) -> str:

@@ -176,7 +176,7 @@ class TokenService:
                 session.connection().execute(
                     _INSERT_USED, [{"client_id": client.client_id, "jti": jti, "expires_at": expires_at}]
                 )
-                audit.append(session, [record])
+                audit.append(session.connection(), [record])
         except IntegrityError as exc:
             raise AssertionRefusedError("this assertion's 'jti' was used before (replay)") from exc
 
@@ -214,7 +214,7 @@ class TokenService:
             reason=refusal.error,
         )
         with self._db.write() as session:
-            audit.append(session, [record])
+            audit.append(session.connection(), [record])
 
     def caller_for(self, access_token: str) -> Caller:
         """The caller an access token speaks for; InvalidAccessTokenError if not one of ours, or stale."""

@@ -13,6 +13,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlmodel import Session
 
 from auth import audit as audit_log
 from auth.assertion import (
@@ -63,9 +64,9 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _operator_record(action: audit_log.Action, client_id: str) -> audit_log.AuditRecord:
+def _record_operator_change(session: Session, action: audit_log.Action, client_id: str) -> None:
     # Registry changes are made at the console, not through the API: the actor is the operator.
-    return audit_log.AuditRecord(
+    record = audit_log.AuditRecord(
         occurred_at=system_clock(),
         action=action,
         outcome=audit_log.Outcome.SUCCESS,
@@ -73,6 +74,7 @@ def _operator_record(action: audit_log.Action, client_id: str) -> audit_log.Audi
         resource_type="Client",
         resource_id=client_id,
     )
+    audit_log.append(session.connection(), [record])
 
 
 def _key_source(value: str, settings: Settings) -> KeySource:
@@ -111,7 +113,7 @@ def clients_add(
                 keys=source,
                 now=system_clock(),
             )
-            audit_log.append(session, [_operator_record(audit_log.Action.REGISTER_CLIENT, client_id)])
+            _record_operator_change(session, audit_log.Action.REGISTER_CLIENT, client_id)
     except ClientRegistryError as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -167,7 +169,7 @@ def clients_disable(client_id: Annotated[str, typer.Argument(help="The client id
     try:
         with database.write() as session:
             disable_client(session, client_id, now=system_clock())
-            audit_log.append(session, [_operator_record(audit_log.Action.DISABLE_CLIENT, client_id)])
+            _record_operator_change(session, audit_log.Action.DISABLE_CLIENT, client_id)
     except ClientRegistryError as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -189,7 +191,7 @@ def clients_rotate_key(
         source = _key_source(jwks, settings)
         with database.write() as session:
             replace_client_keys(session, client_id, keys=source, now=system_clock())
-            audit_log.append(session, [_operator_record(audit_log.Action.ROTATE_CLIENT_KEY, client_id)])
+            _record_operator_change(session, audit_log.Action.ROTATE_CLIENT_KEY, client_id)
     except ClientRegistryError as exc:
         raise _fail(str(exc)) from None
     finally:

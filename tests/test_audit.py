@@ -187,7 +187,7 @@ def test_verify_flags_rows_left_unsealed_too_long(db: Database) -> None:
     old = datetime.now(UTC) - timedelta(minutes=5)
     with db.write() as session:
         audit.append(
-            session,
+            session.connection(),
             [audit.AuditRecord(occurred_at=old, action=audit.Action.READ, outcome=audit.Outcome.SUCCESS)],
         )
     result = verify(db)

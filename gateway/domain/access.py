@@ -49,7 +49,7 @@ def record(
         reason=reason,
     )
     with db.write() as session:
-        append(session, [entry])
+        append(session.connection(), [entry])
 
 
 def missing_scope_error(missing: Sequence[str]) -> OperationOutcomeError:

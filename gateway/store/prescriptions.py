@@ -74,7 +74,7 @@ def insert_prescription(session: Session, new: NewPrescription) -> None:
     session.execute(insert(Prescription), [new.prescription])
     session.execute(insert(PrescriptionItem), list(new.items))
     session.execute(insert(StatusEvent), list(new.events))
-    append(session, new.audit)
+    append(session.connection(), new.audit)
 
 
 def get_prescription(session: Session, prescription_id: str) -> Prescription | None:
