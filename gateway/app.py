@@ -11,13 +11,15 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway import __version__
-from gateway.api import metadata, operations, process_message, read
+from gateway.api import metadata, operations, process_message, read, token
 from gateway.api.deps import Services
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.schemas import FHIR_SCHEMAS
 from gateway.clock import Clock, system_clock
 from gateway.dispatch.worker import Dispatcher
+from gateway.domain.sealing import run_housekeeping
+from gateway.security import build_token_service
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import ProviderDirectory
@@ -35,18 +37,27 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     database = db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
     writer = BatchWriter(database)
     dispatcher = Dispatcher(database, clock=clock, settings=settings.dispatcher_settings())
+    tokens = build_token_service(settings, database, clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         running = asyncio.create_task(dispatcher.run(stop)) if settings.run_dispatcher else None
+        housekeeping = (
+            asyncio.create_task(run_housekeeping(database, tokens, interval=settings.audit_seal_seconds))
+            if settings.audit_seal_seconds
+            else None
+        )
         try:
             yield
         finally:
             stop.set()
+            if housekeeping is not None:
+                housekeeping.cancel()
             if running is not None:
                 await running
             writer.close()
+            tokens.close()
 
     app.router.lifespan_context = lifespan
     app.state.services = Services(
@@ -56,7 +67,9 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
         providers=ProviderDirectory(database, ttl=settings.provider_cache_seconds),
         writer=writer,
         doorbell=dispatcher.doorbell,
+        tokens=tokens,
     )
+    app.include_router(token.router)
     app.include_router(process_message.router)
     app.include_router(read.router)
     app.include_router(metadata.router)
@@ -73,9 +86,5 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     document.setdefault("components", {}).setdefault("schemas", {}).update(FHIR_SCHEMAS)
-    document["components"]["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-    }
-    document["security"] = [{"bearer": []}]
     app.openapi_schema = document
     return document

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from adapters.registry import AdapterRegistryError, available_schemes, validate_settings
 from gateway.clock import system_clock
+from gateway.security_cli import audit_app, clients_app, keys_app, token
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.models import Provider
@@ -24,7 +25,6 @@ from gateway.store.providers import (
     update_provider,
 )
 
-
 app = typer.Typer(no_args_is_help=True, help="The homecare e-prescribing gateway.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 providers_app = typer.Typer(no_args_is_help=True, help="Homecare providers and their adapters.")
@@ -32,6 +32,10 @@ outbox_app = typer.Typer(no_args_is_help=True, help="Messages waiting for provid
 app.add_typer(db_app, name="db")
 app.add_typer(providers_app, name="providers")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(clients_app, name="clients")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.command()(token)
 console = Console()
 
 

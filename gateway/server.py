@@ -1,52 +1,51 @@
-"""Starting the gateway: migrate, make sure a development token exists, run uvicorn."""
+"""Starting the gateway: migrate, make sure a signing key exists, run uvicorn."""
 
 from __future__ import annotations
 
-import os
-import secrets
-from pathlib import Path
+import asyncio
+import signal
 
 import uvicorn
 
+from auth.signing import SigningKeys, ensure_signing_key
+from gateway.clock import system_clock
+from gateway.dispatch.worker import Dispatcher
+from gateway.domain.sealing import run_housekeeping
 from gateway.logs import configure_logging, get_logger
-from gateway.settings import Environment, Settings
+from gateway.security import build_token_service
+from gateway.settings import Settings
 from gateway.store.db import Database
 
 log = get_logger("gateway.server")
 
 
-def ensure_dev_token(settings: Settings) -> str | None:
-    """In development, a bearer token kept in the data folder (owner-only); never in production."""
-    if settings.environment is not Environment.DEVELOPMENT:
-        return None
-    if settings.dev_token:
-        return settings.dev_token
-    path = settings.data_dir / "dev-token"
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-    token = Path(path).read_text(encoding="utf-8").strip()
-    os.environ["HOMECARE_DEV_TOKEN"] = token
-    return token
+def prepare(settings: Settings) -> None:
+    """Everything a start needs before the first request: the schema, and the gateway's signing key.
 
-
-def prepare(settings: Settings) -> str | None:
-    """Everything a start needs before the first request: schema, and the development token."""
+    In development the first key is generated into the data folder; in production the configured
+    folder must already hold one (`homecare-gateway keys rotate` makes it), so that every process and
+    machine signs with the same keys. A missing or unreadable key stops the start here.
+    """
     configure_logging(level=settings.log_level, json=settings.log_json)
     database = Database(settings.resolved_database_url, pool_size=1)
     database.migrate()
     database.dispose()
-    return ensure_dev_token(settings)
+    if settings.is_development:
+        ensure_signing_key(settings.resolved_signing_keys_dir, now=system_clock())
+    SigningKeys(settings.resolved_signing_keys_dir)
 
 
 def run_server(*, host: str, port: int, workers: int) -> None:
     settings = Settings()
-    token = prepare(settings)
-    log.info("starting", host=host, port=port, workers=workers, environment=settings.environment.value)
-    if token:
-        print(f"Development token (Authorization: Bearer ...): {token}", flush=True)  # noqa: T201
+    prepare(settings)
+    log.info(
+        "starting",
+        host=host,
+        port=port,
+        workers=workers,
+        environment=settings.environment.value,
+        token_url=settings.token_url,
+    )
     uvicorn.run(
         "gateway.asgi:app_from_environment",
         factory=True,
@@ -60,26 +59,29 @@ def run_server(*, host: str, port: int, workers: int) -> None:
 
 
 def run_worker() -> None:
-    """`homecare-gateway worker`: a dispatcher process, stopped cleanly by SIGTERM or Ctrl-C."""
-    import asyncio
-    import signal
-
-    from gateway.clock import system_clock
-    from gateway.dispatch.worker import Dispatcher
-
+    """`homecare-gateway worker`: a dispatcher (and the audit sealer), stopped by SIGTERM or Ctrl-C."""
     settings = Settings()
     prepare(settings)
 
     async def main() -> None:
         database = Database(settings.resolved_database_url, pool_size=4)
         dispatcher = Dispatcher(database, clock=system_clock, settings=settings.dispatcher_settings())
+        tokens = build_token_service(settings, database, system_clock)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        housekeeping = (
+            asyncio.create_task(run_housekeeping(database, tokens, interval=settings.audit_seal_seconds))
+            if settings.audit_seal_seconds
+            else None
+        )
         try:
             await dispatcher.run(stop)
         finally:
+            if housekeeping is not None:
+                housekeeping.cancel()
+            tokens.close()
             database.dispose()
 
     asyncio.run(main())

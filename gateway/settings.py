@@ -25,12 +25,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "HOMECARE_DATABASE_URL")
     )
-    public_base_url: str = "http://127.0.0.1:8000"
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    dev_token: str | None = Field(
-        default=None,
-        description="Static bearer token for development until client authentication is configured.",
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="The gateway's address as clients see it; assertions' `aud` is this + /auth/token.",
     )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, ge=1)
@@ -46,12 +45,42 @@ class Settings(BaseSettings):
     provider_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts its copy of the provider registry."
     )
+    signing_keys_dir: Path | None = Field(
+        default=None,
+        description="Folder of the gateway's private signing keys (PEM, owner-only). In development it "
+        "defaults to <data_dir>/signing-keys and the first key is generated there; production must set it.",
+    )
+    access_token_seconds: int = Field(default=300, ge=30, le=3600)
+    jwks_cache_seconds: float = Field(
+        default=300.0, ge=0, description="How long a client's JWKS URL is trusted."
+    )
+    jwks_refresh_seconds: float = Field(
+        default=10.0, ge=0, description="Least time between fetches of one client's JWKS for an unknown kid."
+    )
+    jwks_fetch_timeout_seconds: float = Field(default=5.0, gt=0)
+    audit_seal_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="How often the server seals the audit log; 0 leaves it to `homecare-gateway audit seal`.",
+    )
+    audit_max_unsealed_seconds: float = Field(
+        default=60.0, gt=0, description="`audit verify` fails when a row stays unsealed longer than this."
+    )
 
     @model_validator(mode="after")
-    def _refuse_development_secrets_in_production(self) -> Settings:
-        if self.environment is Environment.PRODUCTION and self.dev_token:
-            raise ValueError("HOMECARE_DEV_TOKEN is a development aid and must not be set in production")
+    def _refuse_development_defaults_in_production(self) -> Settings:
+        if self.environment is Environment.PRODUCTION:
+            if self.signing_keys_dir is None:
+                raise ValueError(
+                    "HOMECARE_SIGNING_KEYS_DIR must name the gateway's signing key folder in production"
+                )
+            if not self.public_base_url.startswith("https://"):
+                raise ValueError("HOMECARE_PUBLIC_BASE_URL must be the gateway's https address in production")
         return self
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment is Environment.DEVELOPMENT
 
     @property
     def resolved_database_url(self) -> str:
@@ -72,3 +101,16 @@ class Settings(BaseSettings):
             breaker_threshold=self.breaker_threshold,
             breaker_cooldown_seconds=self.breaker_cooldown_seconds,
         )
+
+    @property
+    def resolved_signing_keys_dir(self) -> Path:
+        return self.signing_keys_dir or self.data_dir / "signing-keys"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_base_url.rstrip("/")
+
+    @property
+    def token_url(self) -> str:
+        """The token endpoint's URL as published: the one `aud` of every client assertion must name."""
+        return f"{self.base_url}/auth/token"

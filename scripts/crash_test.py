@@ -64,7 +64,7 @@ class CrashReport:
 def _accept(db: Database, count: int, seed: int) -> list[str]:
     builder = PrescriptionMessageBuilder(seed=seed)
     providers = ProviderDirectory(db, ttl=0)
-    caller = Caller("crash-test", Role.DEVELOPER, None)
+    caller = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.c"}))
     keys = []
     for _ in range(count):
         body = orjson.dumps(builder.build(items=1))

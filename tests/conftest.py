@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from auth.identity import Role
 from gateway.app import create_app
 from gateway.clock import system_clock
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import add_provider
-from tests.support import DEV_TOKEN, FIXTURES, RunningServer, postgres_schema, require_postgres, wipe
+from tests.support import (
+    CLINICIAN_APP_SCOPES,
+    FIXTURES,
+    PROVIDER_SCOPES,
+    PUBLIC_BASE_URL,
+    TRUST_SCOPES,
+    ClientKey,
+    RunningServer,
+    Tenant,
+    http_as,
+    postgres_schema,
+    register,
+    require_postgres,
+    wipe,
+)
 
 DEFAULT_PROVIDERS = (
     ("VNCEL", "Test Homecare One"),
@@ -41,10 +56,13 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    # The audit sealer is off: tests seal when they mean to, so the chain they check is theirs.
     return Settings(
         data_dir=tmp_path_factory.mktemp("data"),
-        dev_token=DEV_TOKEN,
+        public_base_url=PUBLIC_BASE_URL,
         log_json=True,
+        audit_seal_seconds=0,
+        jwks_refresh_seconds=0,
         provider_cache_seconds=0,
         run_dispatcher=False,
     )
@@ -56,24 +74,62 @@ def server(database: Database, settings: Settings) -> Iterator[RunningServer]:
         yield running
 
 
+@pytest.fixture(scope="session")
+def tenants() -> dict[str, Tenant]:
+    """The registered clients of every test: two trusts, two providers, a clinician app."""
+    return {
+        tenant.client_id: tenant
+        for tenant in (
+            Tenant("trust-rba", Role.TRUST, "RBA", TRUST_SCOPES, ClientKey.generate("ES384")),
+            Tenant("trust-rbb", Role.TRUST, "RBB", TRUST_SCOPES, ClientKey.generate("RS384")),
+            Tenant("provider-vncel", Role.PROVIDER, "VNCEL", PROVIDER_SCOPES, ClientKey.generate("ES256")),
+            Tenant("provider-vnfkt", Role.PROVIDER, "VNFKT", PROVIDER_SCOPES, ClientKey.generate("ES384")),
+            Tenant(
+                "clinician-app-rba",
+                Role.CLINICIAN_APP,
+                "RBA",
+                CLINICIAN_APP_SCOPES,
+                ClientKey.generate("ES384"),
+            ),
+        )
+    }
+
+
 @pytest.fixture
-def db(database: Database) -> Database:
-    """The session's database, emptied and given the default providers."""
+def db(database: Database, tenants: dict[str, Tenant]) -> Database:
+    """The session's database, emptied and given the default providers and clients."""
     wipe(database)
     with database.write() as session:
         for ods, name in DEFAULT_PROVIDERS:
             add_provider(
                 session, ods_code=ods, name=name, adapter="fhir-rest", settings={}, now=system_clock()
             )
+    for tenant in tenants.values():
+        register(database, tenant)
     return database
 
 
 @pytest.fixture
-def client(server: RunningServer, db: Database) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server.base_url, headers={"Authorization": f"Bearer {DEV_TOKEN}"}, timeout=30
-    ) as http:
-        yield http
+def as_tenant(
+    server: RunningServer, db: Database, tenants: dict[str, Tenant]
+) -> Iterator[Callable[..., httpx.Client]]:
+    """HTTP clients holding a real access token of the named client (optionally fewer scopes)."""
+    opened: list[httpx.Client] = []
+
+    def open_as(client_id: str, scope: str | None = None) -> httpx.Client:
+        http = http_as(server, tenants[client_id], scope)
+        opened.append(http)
+        return http
+
+    yield open_as
+    for http in opened:
+        http.close()
+
+
+@pytest.fixture
+def client(as_tenant: Callable[..., httpx.Client]) -> httpx.Client:
+    """The trust RBA's system, with every trust scope: the sender of the builder's messages."""
+    return as_tenant("trust-rba")
 
 
 @pytest.fixture(scope="session")

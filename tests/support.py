@@ -9,21 +9,36 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from joserfc.jwk import Key
 from sqlalchemy import create_engine, text
 
+from auth.assertion import ASSERTION_TYPE, generate_client_key, private_key, sign_assertion
+from auth.clients import KeySource, add_client
+from auth.identity import Role
 from gateway.store.db import Database
 
 POSTGRES_URL = os.environ.get(
     "HOMECARE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-DEV_TOKEN = "test-development-token"
+# The address the gateway publishes: assertions name its token URL, whatever port the test server has.
+PUBLIC_BASE_URL = "https://homecare-gateway.test"
+TOKEN_URL = f"{PUBLIC_BASE_URL}/auth/token"
+TRUST_SCOPES = (
+    "system/MedicationRequest.c system/MedicationRequest.u system/MedicationRequest.rs "
+    "system/Task.rs system/Subscription.crud"
+)
+PROVIDER_SCOPES = "system/MedicationRequest.rs system/MedicationDispense.c system/Task.rs system/Task.cu"
+CLINICIAN_APP_SCOPES = "system/MedicationRequest.rs system/Task.rs"
 
 
 def in_ci() -> bool:
@@ -76,8 +91,8 @@ def free_port() -> int:
 class RunningServer:
     """A uvicorn server on a free loopback port, in a background thread."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.port = free_port()
+    def __init__(self, app: FastAPI, *, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
         self.server = uvicorn.Server(config)
@@ -99,6 +114,9 @@ class RunningServer:
 
 TABLES_IN_DELETE_ORDER = (
     "outbox",
+    "audit_event",
+    "used_jti",
+    "client",
     "status_event",
     "prescription_item",
     "prescription",
@@ -111,3 +129,79 @@ def wipe(database: Database) -> None:
     with database.write() as session:
         for table in TABLES_IN_DELETE_ORDER:
             session.execute(text(f"DELETE FROM {table}"))
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """A client's key pair as a test holds it: the private key signs, the JWKS is registered."""
+
+    private: Key
+    kid: str
+    algorithm: str
+    jwks: dict[str, Any]
+
+    @classmethod
+    def generate(cls, algorithm: str = "ES384") -> ClientKey:
+        pair = generate_client_key(algorithm)
+        return cls(private_key(pair.private_pem), pair.kid, algorithm, pair.jwks)
+
+    def assertion(self, client_id: str, **overrides: Any) -> str:
+        """A valid assertion for the test gateway; keyword arguments override what sign_assertion gets."""
+        arguments: dict[str, Any] = {
+            "key": self.private,
+            "kid": self.kid,
+            "client_id": client_id,
+            "token_url": TOKEN_URL,
+            "now": int(time.time()),
+            "algorithm": self.algorithm,
+        }
+        arguments.update(overrides)
+        return sign_assertion(**arguments)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A registered client, for tests that act as one."""
+
+    client_id: str
+    role: Role
+    ods_code: str
+    scopes: str
+    key: ClientKey
+
+
+def register(db: Database, tenant: Tenant) -> None:
+    with db.write() as session:
+        add_client(
+            session,
+            client_id=tenant.client_id,
+            role=tenant.role,
+            ods_code=tenant.ods_code,
+            scopes=tenant.scopes,
+            keys=KeySource(jwks=tenant.key.jwks, jwks_url=None),
+            now=datetime.now(UTC),
+        )
+
+
+def token_request(http: httpx.Client, assertion: str, **form: str) -> httpx.Response:
+    data = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion,
+        **form,
+    }
+    return http.post("/auth/token", data=data)
+
+
+def access_token(server: RunningServer, tenant: Tenant, scope: str | None = None) -> str:
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        response = token_request(
+            http, tenant.key.assertion(tenant.client_id), **({"scope": scope} if scope else {})
+        )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+def http_as(server: RunningServer, tenant: Tenant, scope: str | None = None) -> httpx.Client:
+    token = access_token(server, tenant, scope)
+    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)

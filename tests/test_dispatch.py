@@ -35,7 +35,7 @@ FAST = DispatcherSettings(
     breaker_threshold=1000,
     breaker_cooldown_seconds=0,
 )
-DEVELOPER = Caller("test", Role.DEVELOPER, None)
+TRUST = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.c"}))
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def accept(db: Database, count: int = 1, *, seed: int = 1, items: int = 1) -> li
             providers=providers,
             body=body,
             document=orjson.loads(body),
-            caller=DEVELOPER,
+            caller=TRUST,
             request_id=str(uuid.uuid4()),
             clock=system_clock,
         )

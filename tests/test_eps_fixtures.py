@@ -6,6 +6,7 @@ skip when that folder is absent.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import httpx
 import orjson
 import pytest
 
+from auth.identity import Role
 from gateway.store.db import Database
+from tests.support import PROVIDER_SCOPES, TRUST_SCOPES, ClientKey, RunningServer, Tenant, http_as, register
 
 SEND_HOMECARE = (
     "homecare__acute__nominated-pharmacy__clinical-practitioner__1-Process-Request-Send-200_OK.json"
@@ -44,21 +47,41 @@ NOT_YET_SUPPORTED = [
 ]
 
 
-def send(client: httpx.Client, path: Path) -> httpx.Response:
-    return client.post(
-        "/fhir/$process-message", content=path.read_bytes(), headers={"Content-Type": "application/fhir+json"}
+@pytest.fixture
+def sender_clients(server: RunningServer, db: Database) -> Iterator[dict[str, httpx.Client]]:
+    """A system for each sender the EPS examples use (a caller may only send as itself)."""
+    clients: dict[str, httpx.Client] = {}
+    senders = (
+        ("RBA", Role.TRUST, TRUST_SCOPES),
+        ("A83008", Role.TRUST, TRUST_SCOPES),
+        ("VNCEL", Role.PROVIDER, PROVIDER_SCOPES),
+    )
+    for ods, role, scopes in senders:
+        tenant = Tenant(f"eps-sender-{ods.lower()}", role, ods, scopes, ClientKey.generate("ES384"))
+        register(db, tenant)
+        clients[ods] = http_as(server, tenant)
+    yield clients
+    for http in clients.values():
+        http.close()
+
+
+def send(clients: dict[str, httpx.Client], path: Path) -> httpx.Response:
+    body = path.read_bytes()
+    sender = orjson.loads(body)["entry"][0]["resource"]["sender"]["identifier"]["value"]
+    return clients[sender].post(
+        "/fhir/$process-message", content=body, headers={"Content-Type": "application/fhir+json"}
     )
 
 
-def test_the_homecare_order_is_accepted(client: httpx.Client, db: Database, eps_fixtures: Path) -> None:
-    response = send(client, eps_fixtures / SEND_HOMECARE)
+def test_the_homecare_order_is_accepted(sender_clients: dict[str, httpx.Client], eps_fixtures: Path) -> None:
+    response = send(sender_clients, eps_fixtures / SEND_HOMECARE)
     assert response.status_code == 200, response.text
     outcome = response.json()
     documented = orjson.loads((eps_fixtures / "spec__errors__operation-outcome-success.json").read_bytes())
     assert [(i["severity"], i["code"]) for i in outcome["issue"]] == [
         (i["severity"], i["code"]) for i in documented["issue"]
     ]
-    stored = client.get(response.headers["location"])
+    stored = sender_clients["RBA"].get(response.headers["location"])
     assert stored.content == (eps_fixtures / SEND_HOMECARE).read_bytes()
 
 
@@ -69,10 +92,10 @@ def _detail_code(issue: dict[str, Any]) -> str | None:
 
 @pytest.mark.parametrize("request_file", sorted(DOCUMENTED_ERRORS))
 def test_error_examples_fail_with_their_documented_error(
-    client: httpx.Client, db: Database, eps_fixtures: Path, request_file: str
+    sender_clients: dict[str, httpx.Client], eps_fixtures: Path, request_file: str
 ) -> None:
     documented = orjson.loads((eps_fixtures / DOCUMENTED_ERRORS[request_file]).read_bytes())
-    response = send(client, eps_fixtures / request_file)
+    response = send(sender_clients, eps_fixtures / request_file)
     assert response.status_code == 400, response.text
     got = response.json()["issue"]
     for expected in documented["issue"]:
@@ -89,9 +112,9 @@ def test_error_examples_fail_with_their_documented_error(
 
 @pytest.mark.parametrize("request_file", COMMUNITY_SENDS)
 def test_community_and_primary_care_orders_are_refused_as_not_homecare(
-    client: httpx.Client, db: Database, eps_fixtures: Path, request_file: str
+    sender_clients: dict[str, httpx.Client], eps_fixtures: Path, request_file: str
 ) -> None:
-    response = send(client, eps_fixtures / request_file)
+    response = send(sender_clients, eps_fixtures / request_file)
     assert response.status_code == 422, response.text
     (issue,) = response.json()["issue"]
     assert issue["code"] == "business-rule"
@@ -100,9 +123,9 @@ def test_community_and_primary_care_orders_are_refused_as_not_homecare(
 
 @pytest.mark.parametrize("request_file", NOT_YET_SUPPORTED)
 def test_cancel_and_dispense_messages_are_not_supported_yet(
-    client: httpx.Client, db: Database, eps_fixtures: Path, request_file: str
+    sender_clients: dict[str, httpx.Client], eps_fixtures: Path, request_file: str
 ) -> None:
-    response = send(client, eps_fixtures / request_file)
+    response = send(sender_clients, eps_fixtures / request_file)
     assert response.status_code == 422, response.text
     (issue,) = response.json()["issue"]
     assert issue["code"] == "not-supported"

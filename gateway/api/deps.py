@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
+from fastapi.security import OAuth2, SecurityScopes
+from starlette.concurrency import run_in_threadpool
 
-from auth.identity import Caller, Role
+from auth.identity import Caller
+from auth.scopes import SCOPE_DESCRIPTIONS, Scope
+from auth.tokens import InvalidAccessTokenError, TokenService
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.clock import Clock
 from gateway.dispatch.worker import Doorbell
+from gateway.domain import access
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import ProviderDirectory
@@ -26,6 +31,7 @@ class Services:
     providers: ProviderDirectory
     writer: BatchWriter
     doorbell: Doorbell
+    tokens: TokenService
 
 
 async def get_services(request: Request) -> Services:
@@ -35,28 +41,55 @@ async def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
+# SMART Backend Services, as OpenAPI describes it: each route lists the scopes it needs.
+smart_backend_services = OAuth2(
+    flows=OAuthFlows(
+        clientCredentials=OAuthFlowClientCredentials(tokenUrl="/auth/token", scopes=SCOPE_DESCRIPTIONS)
+    ),
+    scheme_name="smart-backend-services",
+    description="Client credentials with a private_key_jwt client assertion "
+    "(see /.well-known/smart-configuration)",
+    auto_error=False,
+)
+
 
 def _unauthenticated(diagnostics: str) -> OperationOutcomeError:
     return OperationOutcomeError(
         401,
         [Issue(IssueType.LOGIN, ErrorCode.ACCESS_DENIED, diagnostics)],
-        headers={"WWW-Authenticate": 'Bearer realm="homecare-gateway"'},
+        headers={"WWW-Authenticate": 'Bearer realm="homecare-gateway", error="invalid_token"'},
     )
 
 
-async def authenticate(request: Request, services: ServicesDep) -> Caller:
-    """The caller behind the bearer token, or a 401 OperationOutcome."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+async def authorise(
+    security_scopes: SecurityScopes,
+    request: Request,
+    services: ServicesDep,
+    authorization: Annotated[str | None, Depends(smart_backend_services)],
+) -> Caller:
+    """The caller behind the bearer access token, holding every scope the route needs; else 401/403."""
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthenticated("A bearer access token is required (Authorization: Bearer ...)")
-    token = token.strip()
-    dev_token = services.settings.dev_token
-    if dev_token and hmac.compare_digest(token.encode(), dev_token.encode()):
-        caller = Caller(client_id="development", role=Role.DEVELOPER, ods_code=None)
-        request.scope["state"]["client_id"] = caller.client_id
-        return caller
-    raise _unauthenticated("The access token is not valid")
+    try:
+        caller = services.tokens.caller_for(token.strip())
+    except InvalidAccessTokenError as exc:
+        raise _unauthenticated(f"The access token is not valid: {exc}") from exc
+    request.scope["state"]["client_id"] = caller.client_id
+    missing = [scope for scope in security_scopes.scopes if not caller.holds(scope)]
+    if missing:
+        await run_in_threadpool(
+            access.record_missing_scope,
+            services.db,
+            caller=caller,
+            needed=Scope.parse(missing[0]),
+            resource_id=request.path_params.get("id"),
+            request_id=request.scope["state"]["request_id"],
+            clock=services.clock,
+        )
+        raise access.missing_scope_error(missing)
+    return caller
 
 
-CurrentCaller = Annotated[Caller, Depends(authenticate)]
+# Authenticated, with no scope of its own (the route checks what the request needs).
+CurrentCaller = Annotated[Caller, Security(authorise)]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
+from auth.tokens import OAuthError
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError, operation_outcome
 from gateway.api.responses import FhirResponse
 from gateway.logs import get_logger
@@ -52,6 +53,12 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return outcome_response(OperationOutcomeError(400, issues))
 
 
+async def _oauth_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OAuthError)
+    # The token endpoint answers as OAuth clients expect (RFC 6749 section 5.2), not in FHIR.
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers={"Cache-Control": "no-store"})
+
+
 def unexpected_error_response(exc: BaseException) -> Response:
     """A 500 that says nothing of the failure but its request id; the log gets type and place only."""
     # Never the exception's message: it may carry patient data.
@@ -81,3 +88,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OperationOutcomeError, _operation_outcome_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OAuthError, _oauth_error)

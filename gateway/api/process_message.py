@@ -10,11 +10,13 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from auth.audit import Action, Outcome
+from auth.identity import Caller
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
-from gateway.api.deps import CurrentCaller, ServicesDep
+from gateway.api.deps import CurrentCaller, Services, ServicesDep
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
-from gateway.domain import intake
+from gateway.domain import access, intake
 from gateway.store.prescriptions import insert_prescription
 
 router = APIRouter(tags=["messaging"])
@@ -77,9 +79,34 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
     return body, document
 
 
+def audit_message(
+    services: Services,
+    caller: Caller,
+    request_id: str,
+    *,
+    outcome: Outcome,
+    status: int,
+    resource_id: str | None = None,
+) -> None:
+    access.record(
+        services.db,
+        caller=caller,
+        action=Action.CREATE,
+        outcome=outcome,
+        resource_type="Bundle",
+        resource_id=resource_id,
+        status=status,
+        request_id=request_id,
+        clock=services.clock,
+    )
+
+
 @router.post(
     "/fhir/$process-message",
     summary="Send a prescription message (EPS-compatible)",
+    description="Needs the scope of the message's event: prescription-order `system/MedicationRequest.c`, "
+    "prescription-order-update `system/MedicationRequest.u`, dispense-notification "
+    "`system/MedicationDispense.c`. The MessageHeader's sender must be the caller's own organisation.",
     response_class=FhirResponse,
     responses={
         200: {
@@ -100,25 +127,47 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
 )
 @router.post("/FHIR/R4/$process-message", include_in_schema=False)
 async def process_message(request: Request, caller: CurrentCaller, services: ServicesDep) -> Response:
-    body, document = await read_fhir_json_body(request, services.settings.max_body_bytes)
+    request_id = request.scope["state"]["request_id"]
+    try:
+        body, document = await read_fhir_json_body(request, services.settings.max_body_bytes)
+        answer = await _receive(services, body=body, document=document, caller=caller, request_id=request_id)
+    except OperationOutcomeError as refusal:
+        await run_in_threadpool(
+            audit_message, services, caller, request_id, outcome=Outcome.REFUSED, status=refusal.status_code
+        )
+        raise
+    if answer.replayed:
+        # An accepted message's audit row is written with it; a replay of it gets one of its own.
+        await run_in_threadpool(
+            audit_message,
+            services,
+            caller,
+            request_id,
+            outcome=Outcome.REPLAYED,
+            status=answer.status_code,
+            resource_id=(answer.location or "").rpartition("/")[2] or None,
+        )
+    headers = {"Location": answer.location} if answer.location else None
+    return FhirResponse(answer.body, status_code=answer.status_code, headers=headers)
+
+
+async def _receive(
+    services: Services, *, body: bytes, document: object, caller: Caller, request_id: str
+) -> intake.IntakeAnswer:
     # Validation is CPU work and runs here; the write joins the next group commit.
     decision = intake.check_message(
         body=body,
         document=document,
         caller=caller,
         providers=services.providers,
-        request_id=request.scope["state"]["request_id"],
+        request_id=request_id,
         clock=services.clock,
     )
     if isinstance(decision, intake.Refusal):
-        answer = await run_in_threadpool(intake.answer_refusal, services.db, decision)
-    else:
-        try:
-            await services.writer.run(partial(insert_prescription, new=decision.rows))
-        except IntegrityError:
-            answer = await run_in_threadpool(intake.resolve_conflict, services.db, decision)
-        else:
-            answer = decision.answer
-            services.doorbell.ring()
-    headers = {"Location": answer.location} if answer.location else None
-    return FhirResponse(answer.body, status_code=answer.status_code, headers=headers)
+        return await run_in_threadpool(intake.answer_refusal, services.db, decision)
+    try:
+        await services.writer.run(partial(insert_prescription, new=decision.rows))
+    except IntegrityError:
+        return await run_in_threadpool(intake.resolve_conflict, services.db, decision)
+    services.doorbell.ring()
+    return decision.answer

@@ -2,49 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Security
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from auth.identity import Caller
-from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
-from gateway.api.deps import CurrentCaller, ServicesDep
+from auth.scopes import READ_PRESCRIPTION
+from gateway.api.deps import ServicesDep, authorise
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
-from gateway.store import prescriptions as store
-from gateway.store.db import Database
+from gateway.domain import reads
 
 router = APIRouter(tags=["read"])
 
-
-def not_found(resource_type: str) -> OperationOutcomeError:
-    # The same answer for "absent" and "another organisation's": existence must not leak.
-    return OperationOutcomeError(
-        404, [Issue(IssueType.NOT_FOUND, ErrorCode.NO_RECORD_FOUND, f"No {resource_type} with this id")]
-    )
-
-
-def _medication_request(db: Database, item_id: str, caller: Caller) -> dict[str, Any]:
-    with db.read() as session:
-        found = store.get_item(session, item_id)
-    if found is None or not caller.may_act_for(found[1].tenant_ods):
-        raise not_found("MedicationRequest")
-    item = found[0]
-    resource: dict[str, Any] = orjson.loads(item.resource)
-    resource["id"] = item.id
-    resource["meta"] = {"lastUpdated": item.updated_at.isoformat()}
-    return resource
-
-
-def _bundle(db: Database, message_id: str, caller: Caller) -> bytes:
-    with db.read() as session:
-        found = store.get_message_body(session, message_id)
-    if found is None or not caller.may_act_for(found[1]):
-        raise not_found("Bundle")
-    return found[0]
+# The Bundle is the prescription as sent: reading it needs the same scope as its MedicationRequests.
+PrescriptionReader = Annotated[Caller, Security(authorise, scopes=[READ_PRESCRIPTION])]
 
 
 @router.get(
@@ -53,11 +27,20 @@ def _bundle(db: Database, message_id: str, caller: Caller) -> bytes:
     response_class=FhirResponse,
     responses={
         200: {"description": "The MedicationRequest", "content": fhir_content("FhirResource")},
-        **outcome_responses(401, 404),
+        **outcome_responses(401, 403, 404),
     },
 )
-async def read_medication_request(id: str, caller: CurrentCaller, services: ServicesDep) -> Response:
-    resource = await run_in_threadpool(_medication_request, services.db, id, caller)
+async def read_medication_request(
+    id: str, request: Request, caller: PrescriptionReader, services: ServicesDep
+) -> Response:
+    resource = await run_in_threadpool(
+        reads.read_medication_request,
+        services.db,
+        item_id=id,
+        caller=caller,
+        request_id=request.scope["state"]["request_id"],
+        clock=services.clock,
+    )
     return FhirResponse(resource)
 
 
@@ -67,9 +50,18 @@ async def read_medication_request(id: str, caller: CurrentCaller, services: Serv
     response_class=FhirResponse,
     responses={
         200: {"description": "The Bundle as received", "content": fhir_content("FhirResource")},
-        **outcome_responses(401, 404),
+        **outcome_responses(401, 403, 404),
     },
 )
-async def read_bundle(id: str, caller: CurrentCaller, services: ServicesDep) -> Response:
-    body = await run_in_threadpool(_bundle, services.db, id, caller)
+async def read_bundle(
+    id: str, request: Request, caller: PrescriptionReader, services: ServicesDep
+) -> Response:
+    body = await run_in_threadpool(
+        reads.read_bundle,
+        services.db,
+        message_id=id,
+        caller=caller,
+        request_id=request.scope["state"]["request_id"],
+        clock=services.clock,
+    )
     return FhirResponse(body)

@@ -15,7 +15,9 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import IntegrityError
 
+from auth.audit import Action, AuditRecord, Outcome
 from auth.identity import Caller
+from auth.scopes import MESSAGE_EVENT_SCOPES
 from fhir_profiles import codes
 from fhir_profiles.homecare import MessageEnvelope, PrescriptionOrder, validate_message
 from fhir_profiles.outcome import (
@@ -27,6 +29,7 @@ from fhir_profiles.outcome import (
     success_outcome,
 )
 from gateway.clock import Clock
+from gateway.domain.access import missing_scope_error
 from gateway.domain.status import Status
 from gateway.store.db import Database
 from gateway.store.prescriptions import (
@@ -81,6 +84,9 @@ def check_message(
     """Everything intake decides without writing: validation, tenancy, the provider registry."""
     result = validate_message(document, body)
     envelope = result.envelope
+    needed = MESSAGE_EVENT_SCOPES.get(envelope.event or "")
+    if needed is not None and not caller.holds(needed):
+        raise missing_scope_error([needed])
     if envelope.sender_ods is not None and not caller.may_act_for(envelope.sender_ods):
         raise OperationOutcomeError(
             403,
@@ -118,7 +124,9 @@ def check_message(
             ],
         )
         return Refusal(error, envelope, digest)
-    rows, answer = _build_rows(order, body=body, digest=digest, request_id=request_id, clock=clock)
+    rows, answer = _build_rows(
+        order, body=body, digest=digest, caller=caller, request_id=request_id, clock=clock
+    )
     return Acceptance(order, digest, rows, answer)
 
 
@@ -158,7 +166,7 @@ def receive_message(
 
 
 def _build_rows(
-    order: PrescriptionOrder, *, body: bytes, digest: str, request_id: str, clock: Clock
+    order: PrescriptionOrder, *, body: bytes, digest: str, caller: Caller, request_id: str, clock: Clock
 ) -> tuple[NewPrescription, IntakeAnswer]:
     now = clock()
     prescription_id = str(uuid.uuid4())
@@ -237,8 +245,18 @@ def _build_rows(
             "updated_at": now,
         }
     ]
+    audit = AuditRecord.by(
+        caller,
+        action=Action.CREATE,
+        outcome=Outcome.SUCCESS,
+        occurred_at=now,
+        request_id=request_id,
+        resource_type="Bundle",
+        resource_id=prescription_id,
+        status=200,
+    )
     new = NewPrescription(
-        message=message, prescription=prescription, items=items, events=events, outbox=outbox
+        message=message, prescription=prescription, items=items, events=events, outbox=outbox, audit=[audit]
     )
     return new, IntakeAnswer(200, response, location, replayed=False, prescription_id=prescription_id)
 

@@ -6,10 +6,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, insert
+from sqlalchemy import ColumnElement, Connection, func, insert
 from sqlmodel import Session, col, select
 
-from gateway.store.models import InboundMessage, OutboxMessage, Prescription, PrescriptionItem, StatusEvent
+from auth.audit import AuditRecord, append
+from auth.identity import Caller
+from auth.tenancy import visible_filter
+from gateway.store.models import (
+    InboundMessage,
+    OutboxMessage,
+    Prescription,
+    PrescriptionItem,
+    StatusEvent,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,7 @@ class NewPrescription:
     items: Sequence[dict[str, Any]]
     events: Sequence[dict[str, Any]]
     outbox: Sequence[dict[str, Any]]
+    audit: Sequence[AuditRecord] = ()
 
 
 _INSERT_MESSAGE = insert(InboundMessage.__table__)  # type: ignore[attr-defined]
@@ -69,34 +79,46 @@ _INSERT_OUTBOX = insert(OutboxMessage.__table__)  # type: ignore[attr-defined]
 
 
 def insert_prescription(connection: Connection, *, new: NewPrescription) -> None:
-    # Core inserts: the hot path of intake needs no ORM machinery.
+    # Core inserts: the hot path of intake needs no ORM machinery. The audit row is written in the
+    # same transaction as the change it records.
     connection.execute(_INSERT_MESSAGE, [new.message])
     connection.execute(_INSERT_PRESCRIPTION, [new.prescription])
     connection.execute(_INSERT_ITEM, list(new.items))
     connection.execute(_INSERT_EVENT, list(new.events))
     connection.execute(_INSERT_OUTBOX, list(new.outbox))
+    append(connection, new.audit)
 
 
 def get_prescription(session: Session, prescription_id: str) -> Prescription | None:
     return session.get(Prescription, prescription_id)
 
 
-def get_item(session: Session, item_id: str) -> tuple[PrescriptionItem, Prescription] | None:
+def visible_to(caller: Caller) -> ColumnElement[bool]:
+    """The tenancy rule (auth.tenancy) over the prescription table: what this caller may see."""
+    return visible_filter(
+        caller, tenant_column=col(Prescription.tenant_ods), provider_column=col(Prescription.provider_ods)
+    )
+
+
+def get_item(
+    session: Session, item_id: str, *, visible: ColumnElement[bool]
+) -> tuple[PrescriptionItem, Prescription] | None:
     row = session.execute(
         select(PrescriptionItem, Prescription)
         .join(Prescription, col(Prescription.id) == col(PrescriptionItem.prescription_id))
-        .where(col(PrescriptionItem.id) == item_id)
+        .where(col(PrescriptionItem.id) == item_id, visible)
     ).first()
     return (row[0], row[1]) if row else None
 
 
-def get_message_body(session: Session, message_id: str) -> tuple[bytes, str] | None:
+def get_message_body(session: Session, message_id: str, *, visible: ColumnElement[bool]) -> bytes | None:
+    """The bytes of an accepted prescription message, if its prescription is visible."""
     row = session.execute(
-        select(col(InboundMessage.body), col(InboundMessage.tenant_ods)).where(
-            col(InboundMessage.id) == message_id
-        )
+        select(col(InboundMessage.body))
+        .join(Prescription, col(Prescription.message_id) == col(InboundMessage.id))
+        .where(col(InboundMessage.id) == message_id, visible)
     ).first()
-    return (row[0], row[1]) if row else None
+    return row[0] if row else None
 
 
 def count_prescriptions(session: Session) -> int:

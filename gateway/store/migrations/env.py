@@ -3,6 +3,7 @@
 from alembic import context
 from sqlmodel import SQLModel
 
+import auth.models  # noqa: F401  (registers auth's tables on the same metadata)
 import gateway.store.models  # noqa: F401  (registers the tables on the metadata)
 
 connection = context.config.attributes["connection"]

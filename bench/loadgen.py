@@ -1,0 +1,201 @@
+"""What the benchmarks share: free ports, waiting for a server, a keep-alive HTTP/1.1 load generator,
+and starting `homecare-gateway serve` with a registered trust client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+from auth.assertion import ASSERTION_TYPE, load_private_key, sign_assertion
+
+# The console script, as an operator runs it.
+GATEWAY = str(Path(sys.executable).with_name("homecare-gateway"))
+CLIENT_ID = "bench-trust"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+async def _connection(
+    port: int, head: bytes, bodies: asyncio.Queue[bytes], latencies: list[float], statuses: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while True:
+            try:
+                body = bodies.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            started = time.perf_counter()
+            writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            status_line = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            statuses.append(int(status_line.split()[1]))
+    finally:
+        writer.close()
+
+
+async def _load(port: int, head: bytes, bodies: list[bytes], concurrency: int) -> dict[str, float]:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    started = time.perf_counter()
+    await asyncio.gather(*(_connection(port, head, queue, latencies, statuses) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ok = sum(1 for status in statuses if status == 200)
+    if ok != len(bodies):
+        raise RuntimeError(f"only {ok} of {len(bodies)} requests answered 200: {sorted(set(statuses))}")
+    quantiles = statistics.quantiles(latencies, n=100)
+    return {"rps": len(bodies) / elapsed, "p50_ms": quantiles[49] * 1000, "p99_ms": quantiles[98] * 1000}
+
+
+def post_all(
+    port: int, path: str, bodies: list[bytes], *, concurrency: int, headers: dict[str, str]
+) -> dict[str, float]:
+    """POST every body over `concurrency` keep-alive connections: requests/s and p50/p99 in ms."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + b"".join(
+        f"{name}: {value}\r\n".encode() for name, value in headers.items()
+    )
+    return asyncio.run(_load(port, head, bodies, concurrency))
+
+
+def report(name: str, figures: dict[str, float]) -> None:
+    print(
+        f"{name:36s} {figures['rps']:8.0f} req/s   "
+        f"p50 {figures['p50_ms']:6.1f} ms   p99 {figures['p99_ms']:6.1f} ms"
+    )
+
+
+def cli(env: dict[str, str], *arguments: str) -> None:
+    subprocess.run([GATEWAY, *arguments], env=env, check=True, capture_output=True)
+
+
+@dataclass
+class BenchGateway:
+    """`homecare-gateway serve` in a temporary folder with a registered trust client (RBA)."""
+
+    folder: Path
+    workers: int = 1
+    scopes: str = "system/MedicationRequest.c"
+    algorithm: str = "ES384"
+    database_url: str | None = None
+    extra_env: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.port = free_port()
+        self.token_url = f"http://127.0.0.1:{self.port}/auth/token"
+        self.env = {
+            **os.environ,
+            "HOMECARE_DATA_DIR": str(self.folder / "gateway"),
+            "HOMECARE_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port}",
+            "HOMECARE_LOG_LEVEL": "WARNING",
+            **(self.extra_env or {}),
+        }
+        self.env.pop("DATABASE_URL", None)
+        if self.database_url:
+            self.env["DATABASE_URL"] = self.database_url
+        cli(self.env, "clients", "keygen", "--out", str(self.folder / "client"), "--alg", self.algorithm)
+        cli(
+            self.env,
+            *("clients", "add", "--client-id", CLIENT_ID, "--role", "trust", "--ods", "RBA"),
+            *("--jwks", str(self.folder / "client.jwks.json"), "--scopes", self.scopes),
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def token_requests(self, count: int) -> list[bytes]:
+        """Form bodies for /auth/token, each with a freshly signed assertion (unique jti)."""
+        key = load_private_key(self.folder / "client.pem")
+        now = int(time.time())
+        return [
+            urlencode(
+                {
+                    "grant_type": "client_credentials",
+                    "client_assertion_type": ASSERTION_TYPE,
+                    "client_assertion": sign_assertion(
+                        key=key, kid=key.thumbprint(), client_id=CLIENT_ID, token_url=self.token_url, now=now
+                    ),
+                }
+            ).encode()
+            for _ in range(count)
+        ]
+
+    def access_token(self) -> str:
+        import httpx
+
+        response = httpx.post(
+            self.token_url,
+            content=self.token_requests(1)[0],
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def __enter__(self) -> BenchGateway:
+        self.process = subprocess.Popen(
+            [GATEWAY, "serve", "--port", str(self.port), "--workers", str(self.workers)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@contextmanager
+def database(url: str | None) -> Iterator[str | None]:
+    """SQLite in the temporary folder (None), or a throw-away schema in the given PostgreSQL database."""
+    if url is None:
+        yield None
+        return
+    from sqlalchemy import create_engine, text
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -1,0 +1,83 @@
+"""Access decisions made for a caller, and the audit rows that record them.
+
+A write's audit row goes into the write's own transaction (see intake); everything else (reads,
+refusals, replayed answers) is recorded here in a small transaction of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from auth.audit import Action, AuditRecord, Outcome, append
+from auth.identity import Caller
+from auth.scopes import Scope
+from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
+from gateway.clock import Clock
+from gateway.store.db import Database
+
+_ACTIONS = {
+    "c": Action.CREATE,
+    "r": Action.READ,
+    "u": Action.UPDATE,
+    "d": Action.DELETE,
+    "s": Action.SEARCH,
+}
+
+
+def record(
+    db: Database,
+    *,
+    caller: Caller,
+    action: Action,
+    outcome: Outcome,
+    resource_type: str | None,
+    resource_id: str | None,
+    status: int,
+    request_id: str,
+    clock: Clock,
+    reason: str | None = None,
+) -> None:
+    entry = AuditRecord.by(
+        caller,
+        action=action,
+        outcome=outcome,
+        occurred_at=clock(),
+        request_id=request_id,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        status=status,
+        reason=reason,
+    )
+    with db.write() as session:
+        append(session.connection(), [entry])
+
+
+def missing_scope_error(missing: Sequence[str]) -> OperationOutcomeError:
+    return OperationOutcomeError(
+        403,
+        [
+            Issue(
+                IssueType.FORBIDDEN,
+                ErrorCode.ACCESS_DENIED,
+                f"The access token does not grant {' '.join(missing)}, which this request needs",
+            )
+        ],
+    )
+
+
+def record_missing_scope(
+    db: Database, *, caller: Caller, needed: Scope, resource_id: str | None, request_id: str, clock: Clock
+) -> None:
+    first = next(letter for letter in "cruds" if letter in needed.permissions)
+    record(
+        db,
+        caller=caller,
+        action=_ACTIONS[first],
+        outcome=Outcome.REFUSED,
+        resource_type=None if needed.resource == "*" else needed.resource,
+        resource_id=resource_id,
+        status=403,
+        request_id=request_id,
+        clock=clock,
+        reason="insufficient_scope",
+    )

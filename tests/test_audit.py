@@ -1,0 +1,244 @@
+"""The audit log: rows for every read, write and refusal, no patient data, and a chain that tells
+when a row was edited, deleted or moved; on both backends, through the function and the CLI."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import text
+from sqlmodel import col, select
+from typer.testing import CliRunner
+
+from auth import audit
+from auth.models import AuditEvent
+from fhir_profiles.builder import PrescriptionMessageBuilder, break_message
+from gateway.app import create_app
+from gateway.cli import app as cli
+from gateway.domain.sealing import seal_audit_log
+from gateway.settings import Settings
+from gateway.store.db import Database
+from tests.support import RunningServer, Tenant, access_token
+
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+AsTenant = Callable[..., httpx.Client]
+
+
+def events(db: Database) -> list[AuditEvent]:
+    with db.read() as session:
+        return list(session.execute(select(AuditEvent).order_by(col(AuditEvent.id))).scalars())
+
+
+def verify(db: Database, **options: object) -> audit.Verification:
+    with db.read() as session:
+        return audit.verify(
+            session,
+            now=datetime.now(UTC),
+            max_unsealed_age=timedelta(seconds=60),
+            **options,  # type: ignore[arg-type]
+        )
+
+
+def post(http: httpx.Client, message: object) -> httpx.Response:
+    return http.post("/fhir/$process-message", content=orjson.dumps(message), headers=FHIR_JSON)
+
+
+def test_writes_reads_and_refusals_are_audited_without_patient_data(
+    as_tenant: AsTenant, db: Database
+) -> None:
+    rba = as_tenant("trust-rba")
+    message = PrescriptionMessageBuilder().build(items=2)
+    nhs_number = message["entry"][3]["resource"]["identifier"][0]["value"]
+    accepted = post(rba, message)
+    assert accepted.status_code == 200
+    bundle_id = accepted.headers["location"].rpartition("/")[2]
+    assert post(rba, message).status_code == 200  # replayed
+    assert (
+        post(
+            rba, break_message(PrescriptionMessageBuilder().build(items=1), "bad-nhs-check-digit")
+        ).status_code
+        == 400
+    )
+    assert rba.get(f"/fhir/Bundle/{bundle_id}").status_code == 200
+    assert as_tenant("trust-rbb").get(f"/fhir/Bundle/{bundle_id}").status_code == 404
+
+    rows = [(e.client_id, e.action, e.resource_type, e.resource_id, e.outcome, e.status) for e in events(db)]
+    api_rows = [row for row in rows if row[1] != "issue-token"]
+    assert api_rows == [
+        ("trust-rba", "create", "Bundle", bundle_id, "success", 200),
+        ("trust-rba", "create", "Bundle", bundle_id, "replayed", 200),
+        ("trust-rba", "create", "Bundle", None, "refused", 400),
+        ("trust-rba", "read", "Bundle", bundle_id, "success", 200),
+        ("trust-rbb", "read", "Bundle", bundle_id, "not-found", 404),
+    ]
+    assert all(e.request_id and e.ods_code and e.role for e in events(db))
+    with db.read() as session:
+        dump = repr(session.execute(text("SELECT * FROM audit_event")).all())
+    assert nhs_number not in dump
+
+
+def test_the_audit_row_of_an_accepted_order_is_in_its_transaction(as_tenant: AsTenant, db: Database) -> None:
+    rba = as_tenant("trust-rba")
+    builder = PrescriptionMessageBuilder(seed=7)
+    first = builder.build(items=1)
+    assert post(rba, first).status_code == 200
+    clash = builder.build(items=1, short_form_id=first["entry"][1]["resource"]["groupIdentifier"]["value"])
+    assert post(rba, clash).status_code == 409  # the insert fails: its success row must not survive
+    outcomes = [e.outcome for e in events(db) if e.action == "create"]
+    assert outcomes == ["success", "refused"]
+
+
+def test_a_scope_refusal_is_audited(as_tenant: AsTenant, db: Database) -> None:
+    writer = as_tenant("trust-rba", scope="system/MedicationRequest.c")
+    some_id = str(uuid.uuid4())
+    assert writer.get(f"/fhir/MedicationRequest/{some_id}").status_code == 403
+    (refusal,) = [e for e in events(db) if e.outcome == "refused"]
+    assert (refusal.action, refusal.resource_type, refusal.resource_id, refusal.reason) == (
+        "read",
+        "MedicationRequest",
+        some_id,
+        "insufficient_scope",
+    )
+
+
+def _audited_activity(http: httpx.Client) -> None:
+    for seed in range(3):
+        response = post(http, PrescriptionMessageBuilder(seed=100 + seed).build(items=1))
+        assert response.status_code == 200
+        http.get(response.headers["location"])
+
+
+def test_a_sealed_chain_verifies(as_tenant: AsTenant, db: Database) -> None:
+    _audited_activity(as_tenant("trust-rba"))
+    assert seal_audit_log(db) == len(events(db)) > 6
+    result = verify(db)
+    assert result.ok, result.problem
+    assert result.head is not None and result.head.seq == result.sealed == len(events(db))
+    assert verify(db, anchors=[result.head]).ok
+
+
+def _sealed_rows(db: Database, http: httpx.Client) -> list[AuditEvent]:
+    _audited_activity(http)
+    seal_audit_log(db)
+    rows = sorted(events(db), key=lambda e: e.seq or 0)
+    assert verify(db).ok
+    return rows
+
+
+def test_verify_names_an_edited_row(as_tenant: AsTenant, db: Database) -> None:
+    rows = _sealed_rows(db, as_tenant("trust-rba"))
+    target = rows[3]
+    with db.write() as session:
+        session.execute(
+            text("UPDATE audit_event SET client_id = 'trust-rbb' WHERE id = :id"), {"id": target.id}
+        )
+    result = verify(db)
+    assert not result.ok
+    assert f"audit row id {target.id} (seq {target.seq}) was edited" in str(result.problem)
+
+
+def test_verify_names_a_deleted_row(as_tenant: AsTenant, db: Database) -> None:
+    rows = _sealed_rows(db, as_tenant("trust-rba"))
+    target = rows[2]
+    with db.write() as session:
+        session.execute(text("DELETE FROM audit_event WHERE id = :id"), {"id": target.id})
+    result = verify(db)
+    assert not result.ok
+    assert f"seq {target.seq} missing after audit row id {rows[1].id}" in str(result.problem)
+    assert "deleted" in str(result.problem)
+
+
+def test_verify_names_reordered_rows(as_tenant: AsTenant, db: Database) -> None:
+    rows = _sealed_rows(db, as_tenant("trust-rba"))
+    first, second = rows[4], rows[5]
+    with db.write() as session:
+        session.execute(text("UPDATE audit_event SET seq = -1 WHERE id = :id"), {"id": first.id})
+        session.execute(
+            text("UPDATE audit_event SET seq = :seq WHERE id = :id"), {"seq": first.seq, "id": second.id}
+        )
+        session.execute(
+            text("UPDATE audit_event SET seq = :seq WHERE id = :id"), {"seq": second.seq, "id": first.id}
+        )
+    result = verify(db)
+    assert not result.ok
+    assert f"audit row id {second.id} (seq {first.seq}) is out of order" in str(result.problem)
+    assert "reordered" in str(result.problem)
+
+
+def test_verify_notices_a_rewritten_chain_or_a_lost_tail_through_an_anchor(
+    as_tenant: AsTenant, db: Database
+) -> None:
+    rows = _sealed_rows(db, as_tenant("trust-rba"))
+    head = verify(db).head
+    assert head is not None
+    with db.write() as session:
+        session.execute(text("DELETE FROM audit_event WHERE id = :id"), {"id": rows[-1].id})
+    assert verify(db).ok, "without an anchor a lost tail is invisible"
+    result = verify(db, anchors=[head])
+    assert not result.ok and "beyond the end of the chain" in str(result.problem)
+
+
+def test_verify_flags_rows_left_unsealed_too_long(db: Database) -> None:
+    old = datetime.now(UTC) - timedelta(minutes=5)
+    with db.write() as session:
+        audit.append(
+            session.connection(),
+            [audit.AuditRecord(occurred_at=old, action=audit.Action.READ, outcome=audit.Outcome.SUCCESS)],
+        )
+    result = verify(db)
+    assert not result.ok and "still unsealed" in str(result.problem)
+    seal_audit_log(db)
+    assert verify(db).ok
+
+
+def _cli_env(db: Database, settings: Settings) -> dict[str, str]:
+    return {
+        "DATABASE_URL": db.url.render_as_string(hide_password=False),
+        "HOMECARE_DATA_DIR": str(settings.data_dir),
+        "HOMECARE_ENVIRONMENT": "development",
+    }
+
+
+def test_the_audit_commands_seal_and_catch_a_tampered_row(
+    as_tenant: AsTenant, db: Database, settings: Settings
+) -> None:
+    _audited_activity(as_tenant("trust-rba"))
+    runner = CliRunner()
+    env = _cli_env(db, settings)
+    sealed = runner.invoke(cli, ["audit", "seal"], env=env)
+    assert sealed.exit_code == 0, sealed.output
+    intact = runner.invoke(cli, ["audit", "verify"], env=env)
+    assert intact.exit_code == 0, intact.output
+    assert "intact" in intact.output
+    target = sorted(events(db), key=lambda e: e.seq or 0)[1]
+    with db.write() as session:
+        session.execute(
+            text("UPDATE audit_event SET outcome = 'not-found' WHERE id = :id"), {"id": target.id}
+        )
+    tampered = runner.invoke(cli, ["audit", "verify"], env=env)
+    assert tampered.exit_code == 1
+    assert f"audit row id {target.id}" in tampered.output and "edited" in tampered.output
+
+
+def test_the_server_seals_by_itself(
+    database: Database, db: Database, settings: Settings, tenants: dict[str, Tenant]
+) -> None:
+    sealing = settings.model_copy(update={"audit_seal_seconds": 0.2})
+    with RunningServer(create_app(sealing, db=database)) as server:
+        access_token(server, tenants["trust-rba"])
+        deadline = time.monotonic() + 10
+        while any(e.seq is None for e in events(db)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert events(db) and all(e.seq is not None for e in events(db))
+    assert verify(db).ok
+
+
+@pytest.mark.parametrize("text_anchor", ["12", "x:abc", "3:" + "0" * 10])
+def test_an_anchor_must_be_seq_and_hash(text_anchor: str) -> None:
+    with pytest.raises(ValueError, match="SEQ:HASH"):
+        audit.ChainHead.parse(text_anchor)

@@ -1,0 +1,315 @@
+"""POST /auth/token over real HTTP: every refusal gets its OAuth error; issued tokens verify."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from sqlmodel import col, select
+
+from auth.clients import KeySource, add_client, disable_client
+from auth.identity import Role
+from auth.models import AuditEvent, Client
+from gateway.store.db import Database
+from tests.support import TOKEN_URL, ClientKey, RunningServer, Tenant, register, token_request
+
+
+@pytest.fixture
+def anonymous(server: RunningServer, db: Database) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def rba(tenants: dict[str, Tenant]) -> Tenant:
+    return tenants["trust-rba"]
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims_for(client_id: str, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": TOKEN_URL,
+        "jti": str(uuid.uuid4()),
+        "exp": now + 120,
+    }
+    claims.update(changes)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def signed(tenant: Tenant, claims: dict[str, Any], **header: Any) -> str:
+    key = tenant.key
+    protected = {
+        name: value for name, value in {"alg": key.algorithm, "kid": key.kid, **header}.items() if value
+    }
+    return jwt.encode(protected, claims, key.private, algorithms=[key.algorithm])
+
+
+def refusals(db: Database) -> list[AuditEvent]:
+    with db.read() as session:
+        return list(session.execute(select(AuditEvent).where(col(AuditEvent.outcome) == "refused")).scalars())
+
+
+def test_a_registered_client_gets_a_short_lived_access_token(
+    anonymous: httpx.Client, rba: Tenant, server: RunningServer
+) -> None:
+    response = token_request(anonymous, rba.key.assertion(rba.client_id))
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["token_type"] == "bearer" and body["expires_in"] == 300
+    assert body["scope"].split() == rba.scopes.split()
+    published = KeySet.import_key_set(anonymous.get("/.well-known/jwks.json").json())
+    token = jwt.decode(body["access_token"], published, algorithms=["ES256"])
+    assert token.header["typ"] == "at+jwt"
+    assert token.claims["client_id"] == "trust-rba"
+    assert token.claims["role"] == "trust" and token.claims["ods_code"] == "RBA"
+    assert token.claims["exp"] - token.claims["iat"] == 300
+
+
+def test_a_client_may_ask_for_fewer_scopes(anonymous: httpx.Client, rba: Tenant) -> None:
+    response = token_request(anonymous, rba.key.assertion(rba.client_id), scope="system/MedicationRequest.r")
+    assert response.status_code == 200, response.text
+    assert response.json()["scope"] == "system/MedicationRequest.r"
+
+
+@pytest.mark.parametrize("algorithm", ["RS512", "RS384", "ES384", "RS256", "ES256"])
+def test_every_accepted_algorithm_works(anonymous: httpx.Client, db: Database, algorithm: str) -> None:
+    tenant = Tenant(
+        f"alg-{algorithm.lower()}", Role.TRUST, "RBC", "system/Task.rs", ClientKey.generate(algorithm)
+    )
+    register(db, tenant)
+    response = token_request(anonymous, tenant.key.assertion(tenant.client_id))
+    assert response.status_code == 200, response.text
+
+
+def test_a_replayed_assertion_is_refused(anonymous: httpx.Client, rba: Tenant, db: Database) -> None:
+    assertion = rba.key.assertion(rba.client_id)
+    assert token_request(anonymous, assertion).status_code == 200
+    again = token_request(anonymous, assertion)
+    assert again.status_code == 401
+    assert again.json()["error"] == "invalid_client"
+    assert "replay" in again.json()["error_description"]
+
+
+def _other_key_same_kid(tenant: Tenant) -> ClientKey:
+    other = ClientKey.generate(tenant.key.algorithm)
+    return ClientKey(other.private, tenant.key.kid, other.algorithm, other.jwks)
+
+
+def _hmac_with_public_key(tenant: Tenant) -> str:
+    # The classic confusion attack: HS256 keyed with the registered public key, done by hand.
+    public_pem = tenant.key.private.as_pem(private=False)
+    header = b64(json.dumps({"alg": "HS256", "kid": tenant.key.kid, "typ": "JWT"}).encode())
+    payload = b64(json.dumps(claims_for(tenant.client_id)).encode())
+    signature = hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(signature)}"
+
+
+def _with_header(assertion: str, **changes: Any) -> str:
+    header, payload, signature = assertion.split(".")
+    decoded = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    return f"{b64(json.dumps({**decoded, **changes}).encode())}.{payload}.{signature}"
+
+
+def _unsigned(tenant: Tenant) -> str:
+    header = b64(json.dumps({"alg": "none", "kid": tenant.key.kid, "typ": "JWT"}).encode())
+    return f"{header}.{b64(json.dumps(claims_for(tenant.client_id)).encode())}."
+
+
+ASSERTIONS: dict[str, Callable[[Tenant], str]] = {
+    "wrong aud": lambda t: t.key.assertion(t.client_id, token_url="https://elsewhere.test/auth/token"),
+    "aud of the FHIR base": lambda t: signed(t, claims_for(t.client_id, aud="https://homecare-gateway.test")),
+    "aud list with another": lambda t: signed(t, claims_for(t.client_id, aud=[TOKEN_URL, "https://x.test"])),
+    "expired": lambda t: t.key.assertion(t.client_id, now=int(time.time()) - 400),
+    "too far in the future": lambda t: t.key.assertion(t.client_id, lifetime=600),
+    "no exp": lambda t: signed(t, claims_for(t.client_id, exp=None)),
+    "no jti": lambda t: signed(t, claims_for(t.client_id, jti=None)),
+    "iss is not sub": lambda t: signed(t, claims_for(t.client_id, sub="someone-else")),
+    "unknown kid": lambda t: t.key.assertion(t.client_id, kid="not-registered"),
+    "no kid": lambda t: signed(t, claims_for(t.client_id), kid=None),
+    "bad signature": lambda t: _other_key_same_kid(t).assertion(t.client_id),
+    "tampered payload": lambda t: (
+        lambda p: f"{p[0]}.{b64(json.dumps(claims_for(t.client_id)).encode())}.{p[2]}"
+    )(t.key.assertion(t.client_id).split(".")),
+    "alg none": _unsigned,
+    "HS256 with the public key as secret": _hmac_with_public_key,
+    "alg not matching the key": lambda t: _with_header(t.key.assertion(t.client_id), alg="ES256"),
+    "unknown client": lambda t: t.key.assertion("nobody-registered-this"),
+}
+
+
+@pytest.mark.parametrize("case", list(ASSERTIONS))
+def test_an_assertion_that_proves_nothing_is_invalid_client(
+    anonymous: httpx.Client, rba: Tenant, db: Database, case: str
+) -> None:
+    response = token_request(anonymous, ASSERTIONS[case](rba))
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_client"
+    assert response.json()["error_description"]
+    assert response.headers["cache-control"] == "no-store"
+    assert [event.reason for event in refusals(db)] == ["invalid_client"]
+
+
+def test_a_disabled_client_gets_no_token(anonymous: httpx.Client, rba: Tenant, db: Database) -> None:
+    with db.write() as session:
+        disable_client(session, rba.client_id, now=datetime.now(UTC))
+    response = token_request(anonymous, rba.key.assertion(rba.client_id))
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+    (refused,) = refusals(db)
+    assert refused.client_id == rba.client_id and refused.ods_code == "RBA"
+
+
+def test_client_id_in_the_form_must_match_the_assertion(anonymous: httpx.Client, rba: Tenant) -> None:
+    response = token_request(anonymous, rba.key.assertion(rba.client_id), client_id="trust-rbb")
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize(
+    ("scope", "error"),
+    [
+        ("system/MedicationDispense.c", "invalid_scope"),
+        ("system/MedicationRequest.cruds", "invalid_scope"),
+        ("patient/MedicationRequest.r", "invalid_scope"),
+        ("openid", "invalid_scope"),
+    ],
+)
+def test_a_scope_not_granted_is_invalid_scope(
+    anonymous: httpx.Client, rba: Tenant, scope: str, error: str
+) -> None:
+    response = token_request(anonymous, rba.key.assertion(rba.client_id), scope=scope)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == error
+
+
+@pytest.mark.parametrize(
+    ("form", "status", "error"),
+    [
+        ({"grant_type": "authorization_code"}, 400, "unsupported_grant_type"),
+        ({"grant_type": "password"}, 400, "unsupported_grant_type"),
+        ({"grant_type": ""}, 400, "invalid_request"),
+        ({"client_assertion_type": "urn:something:else"}, 400, "invalid_request"),
+        ({"client_assertion": ""}, 400, "invalid_request"),
+        ({"client_assertion": "not.a.jwt"}, 400, "invalid_request"),
+        ({"client_assertion": "nothing-like-a-jwt"}, 400, "invalid_request"),
+    ],
+)
+def test_missing_or_malformed_parameters(
+    anonymous: httpx.Client, rba: Tenant, form: dict[str, str], status: int, error: str
+) -> None:
+    response = token_request(anonymous, rba.key.assertion(rba.client_id), **form)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error
+
+
+def test_parameters_must_be_a_form_and_not_repeated(anonymous: httpx.Client, rba: Tenant) -> None:
+    assertion = rba.key.assertion(rba.client_id)
+    as_json = anonymous.post(
+        "/auth/token", json={"grant_type": "client_credentials", "client_assertion": assertion}
+    )
+    assert (as_json.status_code, as_json.json()["error"]) == (400, "invalid_request")
+    repeated = anonymous.post(
+        "/auth/token",
+        content=f"grant_type=client_credentials&grant_type=client_credentials&client_assertion={assertion}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert (repeated.status_code, repeated.json()["error"]) == (400, "invalid_request")
+    missing_grant = anonymous.post("/auth/token", data={"client_assertion": assertion})
+    assert (missing_grant.status_code, missing_grant.json()["error"]) == (400, "invalid_request")
+
+
+def test_discovery_describes_the_token_endpoint(anonymous: httpx.Client) -> None:
+    configuration = anonymous.get("/.well-known/smart-configuration").json()
+    assert configuration["token_endpoint"] == TOKEN_URL
+    assert configuration["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+    assert {"RS512", "RS384", "ES384"} <= set(
+        configuration["token_endpoint_auth_signing_alg_values_supported"]
+    )
+    assert not {"none", "HS256"} & set(configuration["token_endpoint_auth_signing_alg_values_supported"])
+    assert "system/MedicationRequest.c" in configuration["scopes_supported"]
+    keys = anonymous.get("/.well-known/jwks.json").json()["keys"]
+    assert keys and all(key["kid"] and "d" not in key for key in keys)
+
+
+class _JwksServer:
+    """A client's own web server publishing its JWKS, counting fetches."""
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        self.jwks = jwks
+        self.fetches = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.fetches += 1
+                body = json.dumps(outer.jwks).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_jwks_url_is_cached_and_refetched_for_a_new_kid(anonymous: httpx.Client, db: Database) -> None:
+    first, second = ClientKey.generate("ES384"), ClientKey.generate("ES384")
+    published = _JwksServer(first.jwks)
+    try:
+        with db.write() as session:
+            add_client(
+                session,
+                client_id="trust-by-url",
+                role=Role.TRUST,
+                ods_code="RBD",
+                scopes="system/Task.rs",
+                keys=KeySource(jwks=None, jwks_url=published.url),
+                now=datetime.now(UTC),
+            )
+        assert token_request(anonymous, first.assertion("trust-by-url")).status_code == 200
+        assert token_request(anonymous, first.assertion("trust-by-url")).status_code == 200
+        assert published.fetches == 1, "a known kid is served from the cache"
+        published.jwks = {"keys": [*first.jwks["keys"], *second.jwks["keys"]]}
+        rotated = token_request(anonymous, second.assertion("trust-by-url"))
+        assert rotated.status_code == 200, rotated.text
+        assert published.fetches == 2, "an unknown kid fetches the JWKS again"
+    finally:
+        published.close()
+
+
+def test_registered_keys_are_public_keys_only(db: Database) -> None:
+    with db.read() as session:
+        stored = list(session.execute(select(Client)).scalars())
+    assert stored
+    for client in stored:
+        for key in (client.jwks or {}).get("keys", []):
+            assert "d" not in key
