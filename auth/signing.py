@@ -116,6 +116,11 @@ class SigningKeys:
     def verification_keys(self) -> KeySet:
         return self._current().public
 
+    @property
+    def generation(self) -> object:
+        """Changes whenever the key ring does (a rotation): what was checked against it is stale."""
+        return self._current()
+
     def jwks(self) -> dict[str, Any]:
         """The public keys, as published at /.well-known/jwks.json."""
         keys = [

@@ -118,7 +118,7 @@ class TokenService:
         self._lifetime = lifetime_seconds
         self._clock = clock
         # Access token -> (expiry, caller): verified tokens, so a signature is checked once.
-        self._verified: dict[str, tuple[float, Caller]] = {}
+        self._verified: dict[str, tuple[float, Caller, object]] = {}
 
     def issue(self, form: Mapping[str, str], *, request_id: str) -> IssuedToken:
         """An access token for a client that proved its identity, or an OAuthError saying why not."""
@@ -224,17 +224,18 @@ class TokenService:
     def caller_for(self, access_token: str) -> Caller:
         """The caller an access token speaks for; InvalidAccessTokenError if not one of ours, or stale.
 
-        A token's signature is checked once; until it expires its caller is remembered (a client
-        sends the same token with every request for its lifetime).
+        A token's signature is checked once; until it expires, or the key ring changes, its caller
+        is remembered (a client sends the same token with every request for its lifetime).
         """
         now = self._clock().timestamp()
+        generation = self.signing_keys.generation
         remembered = self._verified.get(access_token)
-        if remembered is not None and now < remembered[0]:
+        if remembered is not None and now < remembered[0] and remembered[2] is generation:
             return remembered[1]
         caller, expires_at = self._verify(access_token)
         if len(self._verified) >= _VERIFIED_CACHE_SIZE:
             self._verified.clear()
-        self._verified[access_token] = (expires_at, caller)
+        self._verified[access_token] = (expires_at, caller, self.signing_keys.generation)
         return caller
 
     def _verify(self, access_token: str) -> tuple[Caller, float]:

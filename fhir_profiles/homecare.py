@@ -55,6 +55,8 @@ class PrescriptionOrder:
     prescription_type: str
     patient_deceased: bool
     items: tuple[LineItem, ...]
+    # dispenseRequest.validityPeriod.end when the trust gave one (a FHIR date or dateTime).
+    valid_until: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +321,7 @@ def _check_prescription_order(rules: _Rules, envelope: MessageEnvelope) -> Presc
         prescription_type=str(prescription_type),
         patient_deceased=deceased,
         items=tuple(items),
+        valid_until=_str(_dict(_first(shared.get("dispenseRequest.validityPeriod"))).get("end")),
     )
 
 

@@ -73,7 +73,7 @@ def fhirpath(loc: Sequence[int | str], root: str = "Bundle") -> str:
     return path
 
 
-def _issue_from_error(error: ErrorDetails, prefix: tuple[int | str, ...] = ()) -> Issue:
+def issue_from_error(error: ErrorDetails, prefix: tuple[int | str, ...] = ()) -> Issue:
     kind = error["type"]
     expression = fhirpath(prefix + tuple(error["loc"]))
     element = expression.rsplit(".", 1)[-1]
@@ -197,7 +197,7 @@ def check_bundle_structure(document: Any) -> list[Issue]:
         loc = tuple(error["loc"])
         if error["type"] not in _COVERAGE_GAPS:
             if not (len(loc) >= 2 and loc[0] == "entry" and loc[1] in unknown_entries):
-                issues.append(_issue_from_error(error))
+                issues.append(issue_from_error(error))
             continue
         if len(loc) >= 3 and loc[0] == "entry" and isinstance(loc[1], int) and loc[2] == "resource":
             gap_entries.add(loc[1])
@@ -227,7 +227,7 @@ def _authoritative_issues(
         except ValidationError as exc:
             prefix: tuple[int | str, ...] = ("entry", index, "resource")
             issues.extend(
-                _issue_from_error(e, prefix) for e in exc.errors(include_input=False, include_url=False)
+                issue_from_error(e, prefix) for e in exc.errors(include_input=False, include_url=False)
             )
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             issues.append(
@@ -243,7 +243,7 @@ def _authoritative_issues(
         try:
             r4b_resource_class("Bundle").model_validate(shell)  # type: ignore[union-attr]
         except ValidationError as exc:
-            issues.extend(_issue_from_error(e) for e in exc.errors(include_input=False, include_url=False))
+            issues.extend(issue_from_error(e) for e in exc.errors(include_input=False, include_url=False))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             issues.append(
                 Issue(
@@ -263,6 +263,6 @@ def _authoritative_issues(
             except ValidationError as exc:
                 prefix = ("entry", index)
                 issues.extend(
-                    _issue_from_error(e, prefix) for e in exc.errors(include_input=False, include_url=False)
+                    issue_from_error(e, prefix) for e in exc.errors(include_input=False, include_url=False)
                 )
     return issues

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway import __version__
-from gateway.api import metadata, operations, process_message, read, token
+from gateway.api import metadata, operations, process_message, read, tasks, token
 from gateway.api.deps import Services
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
@@ -72,6 +72,7 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     app.include_router(token.router)
     app.include_router(process_message.router)
     app.include_router(read.router)
+    app.include_router(tasks.router)
     app.include_router(metadata.router)
     app.include_router(operations.router)
     install_error_handlers(app)

@@ -104,11 +104,9 @@ def _worker(database_url: str, data_dir: str) -> subprocess.Popen[bytes]:
         "HOMECARE_RETRY_MAX_ATTEMPTS": "1000",
         "HOMECARE_LOG_LEVEL": "WARNING",
     }
+    log = (Path(data_dir) / "worker.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "gateway.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
 
 
@@ -144,6 +142,9 @@ def run_crash_test(
                     time.sleep(0.01)
                 time.sleep(rng.uniform(0.0, 0.8))
                 sending = _sending(db, worker.pid)
+                if worker.poll() is not None:
+                    output = (Path(data_dir) / "worker.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"a worker exited by itself ({worker.returncode}): {output}")
                 os.kill(worker.pid, signal.SIGKILL)
                 worker.wait()
                 mid_send += 1 if sending else 0

@@ -118,6 +118,8 @@ TABLES_IN_DELETE_ORDER = (
     "used_jti",
     "client",
     "status_event",
+    "query_message",
+    "medication_dispense",
     "prescription_item",
     "prescription",
     "inbound_message",

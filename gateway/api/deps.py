@@ -17,6 +17,7 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeE
 from gateway.clock import Clock
 from gateway.dispatch.worker import Doorbell
 from gateway.domain import access
+from gateway.domain.status_updates import StatusListener
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import ProviderDirectory
@@ -32,6 +33,8 @@ class Services:
     writer: BatchWriter
     doorbell: Doorbell
     tokens: TokenService
+    # Called inside the transaction of every status change (subscriptions hang off it).
+    on_status_change: StatusListener | None = None
 
 
 async def get_services(request: Request) -> Services:

@@ -20,7 +20,8 @@ from sqlalchemy.orm import aliased
 from adapters.base import OrderKind
 from gateway.domain.status import Status
 from gateway.store.db import Database
-from gateway.store.models import InboundMessage, OutboxMessage, Prescription, StatusEvent
+from gateway.store.models import InboundMessage, OutboxMessage, Prescription, PrescriptionItem, StatusEvent
+from gateway.store.status import refresh_prescription_status
 
 PENDING, SENDING, DONE, DEAD = "pending", "sending", "done", "dead"
 GATEWAY_SOURCE = "gateway"
@@ -29,6 +30,7 @@ _outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
 _prescription = Prescription.__table__  # type: ignore[attr-defined]
 _message = InboundMessage.__table__  # type: ignore[attr-defined]
 _event = StatusEvent.__table__  # type: ignore[attr-defined]
+_item = PrescriptionItem.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +138,15 @@ def _set_status(
     detail: dict[str, Any],
     only_from: tuple[Status, ...],
 ) -> None:
+    # The gateway's own steps apply to the line items still at the step before; the prescription's
+    # status then follows from its items.
     changed = connection.execute(
-        update(_prescription)
-        .where(
-            _prescription.c.id == prescription_id, _prescription.c.status.in_([s.value for s in only_from])
-        )
-        .values(status=status.value, updated_at=now)
+        update(_item)
+        .where(_item.c.prescription_id == prescription_id, _item.c.status.in_([s.value for s in only_from]))
+        .values(status=status.value, updated_at=now, version=_item.c.version + 1)
     ).rowcount
     if changed:
+        refresh_prescription_status(connection, prescription_id, now=now)
         connection.execute(
             insert(_event),
             [

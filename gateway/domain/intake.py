@@ -7,9 +7,11 @@ stored, so a corrected resend of a refused message is processed afresh.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import orjson
@@ -201,6 +203,7 @@ def _build_rows(
         "prescription_type": order.prescription_type,
         "message_id": prescription_id,
         "status": Status.QUEUED.value,
+        "valid_until": end_of_validity(order.valid_until),
         "created_at": now,
         "updated_at": now,
     }
@@ -210,6 +213,8 @@ def _build_rows(
             "prescription_id": prescription_id,
             "position": position,
             "item_identifier": item.item_identifier,
+            "tenant_ods": order.sender_ods,
+            "provider_ods": order.performer_ods,
             "resource": orjson.dumps(item.resource),
             "status": Status.QUEUED.value,
             "updated_at": now,
@@ -312,3 +317,15 @@ def resolve_conflict(db: Database, acceptance: Acceptance) -> IntakeAnswer:
                 ],
             )
     raise RuntimeError("integrity error with no conflicting message or prescription")
+
+
+def end_of_validity(end: str | None) -> datetime | None:
+    """The moment a validity period ends: a date means the end of that day (UTC)."""
+    if end is None:
+        return None
+    if len(end) <= 10:
+        year = int(end[:4])
+        month = int(end[5:7]) if len(end) >= 7 else 12
+        day = int(end[8:10]) if len(end) == 10 else calendar.monthrange(year, month)[1]
+        return datetime.combine(date(year, month, day), time.max, tzinfo=UTC)
+    return datetime.fromisoformat(end).astimezone(UTC)

@@ -15,6 +15,7 @@ from auth.identity import Caller
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.clock import Clock
 from gateway.domain import access
+from gateway.domain.status import Status, medication_request_status
 from gateway.store import prescriptions as store
 from gateway.store.db import Database
 
@@ -69,6 +70,8 @@ def read_medication_request(
     resource: dict[str, Any] = orjson.loads(item.resource)
     resource["id"] = item.id
     resource["meta"] = {"lastUpdated": item.updated_at.isoformat()}
+    # The status the gateway derives from the homecare lifecycle, not the one sent.
+    resource["status"] = medication_request_status(Status(item.status))
     return resource
 
 

@@ -8,13 +8,16 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
+    false,
 )
 from sqlmodel import Field, SQLModel
 
@@ -73,6 +76,8 @@ class Prescription(SQLModel, table=True):
     prescription_type: str = Field(sa_column=Column(String(8), nullable=False))
     message_id: str = Field(sa_column=Column(String(36), ForeignKey("inbound_message.id"), nullable=False))
     status: str = Field(sa_column=Column(String(32), nullable=False))
+    partial: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+    valid_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
@@ -81,14 +86,29 @@ class PrescriptionItem(SQLModel, table=True):
     """One MedicationRequest (line item) of a prescription, kept as the trust sent it."""
 
     __tablename__ = "prescription_item"
-    __table_args__ = (Index("ix_prescription_item_prescription", "prescription_id"),)
+    __table_args__ = (
+        Index("ix_prescription_item_prescription", "prescription_id"),
+        Index("ix_item_provider_status", "provider_ods", "status", "updated_at", "id"),
+        Index("ix_item_tenant_status", "tenant_ods", "status", "updated_at", "id"),
+        Index("ix_item_provider_updated", "provider_ods", "updated_at", "id"),
+        Index("ix_item_tenant_updated", "tenant_ods", "updated_at", "id"),
+        Index("ix_item_identifier", "prescription_id", "item_identifier"),
+    )
 
     id: str = Field(sa_column=Column(String(36), primary_key=True))
     prescription_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription.id"), nullable=False))
+    # Copied from the prescription so that status searches are served by one index.
+    tenant_ods: str = Field(sa_column=Column(String(12), nullable=False))
+    provider_ods: str = Field(sa_column=Column(String(12), nullable=False))
     position: int = Field(sa_column=Column(Integer, nullable=False))
     item_identifier: str = Field(sa_column=Column(String(200), nullable=False))
     resource: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     status: str = Field(sa_column=Column(String(32), nullable=False))
+    # The status a query or a cancel request interrupted (where it goes back to).
+    resume_status: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
+    # The newest `lastModified` applied to the item.
+    last_modified: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 
@@ -96,7 +116,10 @@ class StatusEvent(SQLModel, table=True):
     """Append-only log of every status change: the timeline and the KPIs come from here."""
 
     __tablename__ = "status_event"
-    __table_args__ = (Index("ix_status_event_prescription", "prescription_id", "id"),)
+    __table_args__ = (
+        Index("ix_status_event_prescription", "prescription_id", "id"),
+        Index("ix_status_event_item", "item_id", "id"),
+    )
 
     id: int | None = Field(
         default=None,
@@ -109,6 +132,8 @@ class StatusEvent(SQLModel, table=True):
     recorded_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     source: str = Field(sa_column=Column(String(64), nullable=False))
     detail: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # applied, duplicate or superseded (an older update from the same source): kept either way.
+    verdict: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -141,3 +166,33 @@ class OutboxMessage(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=Column(String(500), nullable=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class QueryMessage(SQLModel, table=True):
+    """One message of a query thread about a line item: the provider asks, the trust answers."""
+
+    __tablename__ = "query_message"
+    __table_args__ = (Index("ix_query_message_item", "item_id", "sent_at"),)
+
+    id: str = Field(sa_column=Column(String(36), primary_key=True))
+    prescription_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription.id"), nullable=False))
+    item_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription_item.id"), nullable=False))
+    author_role: str = Field(sa_column=Column(String(16), nullable=False))
+    author_ods: str = Field(sa_column=Column(String(12), nullable=False))
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    sent_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    request_id: str = Field(sa_column=Column(String(64), nullable=False))
+
+
+class MedicationDispenseRecord(SQLModel, table=True):
+    """A MedicationDispense from a provider's dispense-notification, kept as sent."""
+
+    __tablename__ = "medication_dispense"
+    __table_args__ = (Index("ix_medication_dispense_item", "item_id"),)
+
+    id: str = Field(sa_column=Column(String(36), primary_key=True))
+    prescription_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription.id"), nullable=False))
+    item_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription_item.id"), nullable=False))
+    message_id: str = Field(sa_column=Column(String(36), ForeignKey("inbound_message.id"), nullable=False))
+    resource: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -4,7 +4,7 @@ A busy intake path spends most of its database time beginning and committing tra
 queueing for SQLite's single write lock. Requests hand their write (a function of a connection) to
 the `BatchWriter` and await it; the writer takes everything queued, runs the writes together, and
 commits once. Each write is still all-or-nothing and still fails alone: if the batch fails, every
-write in it is retried in its own savepoint, so one conflicting request never takes its neighbours
+write in it is retried in a transaction of its own, so one conflicting request never takes its neighbours
 down with it. Nothing is acknowledged before its commit.
 """
 
@@ -98,22 +98,12 @@ class BatchWriter:
             job.future.set_result(result)
 
     def _write_one_by_one(self, batch: list[_Job[Any]]) -> None:
-        pending = list(batch)
-        try:
-            with self._db.write_connection() as connection:
-                outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
-                for job in pending:
-                    try:
-                        with connection.begin_nested():
-                            outcomes.append((job, job.write(connection), None))
-                    except Exception as exc:  # noqa: BLE001  (handed to the request that owns it)
-                        outcomes.append((job, None, exc))
-        except Exception as exc:  # noqa: BLE001  (the commit itself failed: nothing was written)
-            for job in pending:
+        # Each in a transaction of its own: one write's failure cannot touch another's.
+        for job in batch:
+            try:
+                with self._db.write_connection() as connection:
+                    result = job.write(connection)
+            except Exception as exc:  # noqa: BLE001  (handed to the request that owns the write)
                 job.future.set_exception(exc)
-            return
-        for job, result, error in outcomes:
-            if error is None:
-                job.future.set_result(result)
             else:
-                job.future.set_exception(error)
+                job.future.set_result(result)

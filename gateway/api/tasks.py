@@ -1,0 +1,310 @@
+"""Status through one interface: `Task` reads, searches, history, and providers' status reports."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request, Security
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from auth.identity import Caller
+from auth.scopes import READ_TASKS, UPDATE_TASKS
+from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
+from gateway.api.deps import Services, ServicesDep, authorise
+from gateway.api.process_message import read_fhir_json_body
+from gateway.api.responses import FhirResponse
+from gateway.api.schemas import fhir_content, outcome_responses
+from gateway.domain import task_service
+from gateway.domain.status_updates import Applied
+
+router = APIRouter(tags=["status"])
+
+TaskReader = Annotated[Caller, Security(authorise, scopes=[READ_TASKS])]
+StatusReporter = Annotated[Caller, Security(authorise, scopes=[UPDATE_TASKS])]
+
+_TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The Task as the gateway now holds it", "content": fhir_content("FhirResource")},
+    **outcome_responses(400, 401, 403, 404, 409, 413, 415),
+}
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope["state"]["request_id"])
+
+
+async def _report(
+    request: Request, caller: Caller, services: Services, writes: list[task_service.TaskWrite]
+) -> list[Applied]:
+    return await run_in_threadpool(
+        task_service.report_statuses,
+        services.db,
+        caller=caller,
+        writes=writes,
+        request_id=_request_id(request),
+        clock=services.clock,
+        notify=services.on_status_change,
+    )
+
+
+def _answer(applied: Applied) -> Response:
+    return FhirResponse(
+        applied.task,
+        headers={
+            "ETag": f'W/"{applied.view.version}"',
+            "X-Status-Verdict": applied.verdict.value,
+            "Content-Location": f"/fhir/Task/{applied.view.item_id}/_history/{applied.view.version}",
+        },
+    )
+
+
+@router.post(
+    "/fhir/Task",
+    summary="Report a line item's status (a PSU-style Task: basedOn, focus, businessStatus, lastModified)",
+    response_class=FhirResponse,
+    responses=_TASK_RESPONSES,
+)
+async def create_task(request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
+    _, task = await read_fhir_json_body(request, services.settings.max_body_bytes)
+    (applied,) = await _report(request, caller, services, [task_service.TaskWrite(task, None, "Task")])
+    return _answer(applied)
+
+
+@router.put(
+    "/fhir/Task/{id}",
+    summary="Report a line item's status on its Task id",
+    response_class=FhirResponse,
+    responses=_TASK_RESPONSES,
+)
+async def update_task(id: str, request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
+    _, task = await read_fhir_json_body(request, services.settings.max_body_bytes)
+    (applied,) = await _report(request, caller, services, [task_service.TaskWrite(task, id, "Task")])
+    return _answer(applied)
+
+
+@router.post(
+    "/fhir",
+    summary="A transaction Bundle of up to 50 status Tasks, applied all together or not at all",
+    response_class=FhirResponse,
+    responses={
+        200: {"description": "transaction-response Bundle", "content": fhir_content("FhirResource")},
+        **outcome_responses(400, 401, 403, 404, 409, 413, 415),
+    },
+)
+async def transaction(request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
+    _, bundle = await read_fhir_json_body(request, services.settings.max_body_bytes)
+    writes = _transaction_writes(bundle)
+    applied = await _report(request, caller, services, writes)
+    return FhirResponse(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": [
+                {
+                    "resource": result.task,
+                    "response": {
+                        "status": "200 OK",
+                        "location": f"Task/{result.view.item_id}/_history/{result.view.version}",
+                        "etag": f'W/"{result.view.version}"',
+                    },
+                }
+                for result in applied
+            ],
+        }
+    )
+
+
+def _transaction_writes(bundle: Any) -> list[task_service.TaskWrite]:
+    if (
+        not isinstance(bundle, dict)
+        or bundle.get("resourceType") != "Bundle"
+        or bundle.get("type") != "transaction"
+    ):
+        raise OperationOutcomeError(
+            400,
+            [
+                Issue(
+                    IssueType.STRUCTURE,
+                    ErrorCode.INVALID_VALUE,
+                    "Send a Bundle of type 'transaction'",
+                    "Bundle.type",
+                )
+            ],
+        )
+    entries = bundle.get("entry")
+    if not isinstance(entries, list) or not entries:
+        raise OperationOutcomeError(
+            400,
+            [
+                Issue(
+                    IssueType.REQUIRED,
+                    ErrorCode.MISSING_FIELD,
+                    "The transaction has no entries",
+                    "Bundle.entry",
+                )
+            ],
+        )
+    writes: list[task_service.TaskWrite] = []
+    issues: list[Issue] = []
+    for index, raw in enumerate(entries):
+        entry: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        request: dict[str, Any] = entry["request"] if isinstance(entry.get("request"), dict) else {}
+        method, url = request.get("method"), request.get("url")
+        where = f"Bundle.entry[{index}]"
+        if method == "POST" and url == "Task":
+            writes.append(task_service.TaskWrite(entry.get("resource"), None, f"{where}.resource"))
+        elif method == "PUT" and isinstance(url, str) and url.startswith("Task/") and url.count("/") == 1:
+            writes.append(
+                task_service.TaskWrite(entry.get("resource"), url.removeprefix("Task/"), f"{where}.resource")
+            )
+        else:
+            issues.append(
+                Issue(
+                    IssueType.NOT_SUPPORTED,
+                    ErrorCode.INVALID_VALUE,
+                    "Each entry is POST Task or PUT Task/{id}",
+                    f"{where}.request",
+                )
+            )
+    if issues:
+        raise OperationOutcomeError(400, issues)
+    return writes
+
+
+@router.get(
+    "/fhir/Task/{id}",
+    summary="Read a line item's Task",
+    response_class=FhirResponse,
+    responses={200: _TASK_RESPONSES[200], **outcome_responses(401, 403, 404)},
+)
+async def read_task(id: str, request: Request, caller: TaskReader, services: ServicesDep) -> Response:
+    task = await run_in_threadpool(
+        task_service.read_task,
+        services.db,
+        caller=caller,
+        item_id=id,
+        request_id=_request_id(request),
+        clock=services.clock,
+    )
+    return FhirResponse(task)
+
+
+@router.get(
+    "/fhir/Task/{id}/_history",
+    summary="The timeline of a line item: every event in order, with its source and verdict",
+    response_class=FhirResponse,
+    responses={
+        200: {"description": "history Bundle", "content": fhir_content("FhirResource")},
+        **outcome_responses(401, 403, 404),
+    },
+)
+async def task_history(id: str, request: Request, caller: TaskReader, services: ServicesDep) -> Response:
+    bundle = await run_in_threadpool(
+        task_service.task_history,
+        services.db,
+        caller=caller,
+        item_id=id,
+        base_url=services.settings.base_url,
+        request_id=_request_id(request),
+        clock=services.clock,
+    )
+    return FhirResponse(bundle)
+
+
+_SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "searchset Bundle", "content": fhir_content("FhirResource")},
+    **outcome_responses(400, 401, 403, 413, 415),
+}
+
+
+@router.get(
+    "/fhir/Task",
+    summary="Search Tasks: owner, requester, business-status, focus:identifier, based-on:identifier, "
+    "_lastUpdated, _count, _sort (patient:identifier only with POST _search)",
+    response_class=FhirResponse,
+    responses=_SEARCH_RESPONSES,
+)
+async def search_tasks(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
+    parameters = list(request.query_params.multi_items())
+    query = "&".join(f"{k}={v}" for k, v in parameters if k != "_page_token")
+    base = f"{services.settings.base_url}/fhir/Task"
+    bundle = await run_in_threadpool(
+        task_service.search_tasks,
+        services.db,
+        caller=caller,
+        parameters=parameters,
+        patient_allowed=False,
+        self_url=f"{base}?{query}" if query else base,
+        next_url=f"{base}?{query}" if query else base,
+        request_id=_request_id(request),
+        clock=services.clock,
+    )
+    return FhirResponse(bundle)
+
+
+@router.post(
+    "/fhir/Task/_search",
+    summary="Search Tasks with the parameters in a form body (the way to search by NHS number)",
+    response_class=FhirResponse,
+    responses=_SEARCH_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "additionalProperties": {"type": "string"}}
+                }
+            }
+        }
+    },
+)
+async def search_tasks_by_post(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
+    parameters = await _search_form(request) + list(request.query_params.multi_items())
+    base = f"{services.settings.base_url}/fhir/Task/_search"
+    bundle = await run_in_threadpool(
+        task_service.search_tasks,
+        services.db,
+        caller=caller,
+        parameters=parameters,
+        patient_allowed=True,
+        # The parameters stay in the body: repeat the POST with the token from the next link.
+        self_url=base,
+        next_url=base,
+        request_id=_request_id(request),
+        clock=services.clock,
+    )
+    return FhirResponse(bundle)
+
+
+_MAX_SEARCH_FORM_BYTES = 16_384
+
+
+async def _search_form(request: Request) -> list[tuple[str, str]]:
+    """Search parameters from an `application/x-www-form-urlencoded` body (it may be empty)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_SEARCH_FORM_BYTES:
+            raise OperationOutcomeError(
+                413, [Issue(IssueType.TOO_LONG, ErrorCode.PAYLOAD_TOO_LARGE, "The search form is too large")]
+            )
+    if not body.strip():
+        return []
+    if media_type != "application/x-www-form-urlencoded":
+        raise OperationOutcomeError(
+            415,
+            [
+                Issue(
+                    IssueType.NOT_SUPPORTED,
+                    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                    "Send search parameters as application/x-www-form-urlencoded",
+                )
+            ],
+        )
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True, max_num_fields=64)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise OperationOutcomeError(
+            400, [Issue(IssueType.STRUCTURE, ErrorCode.INVALID_VALUE, "The search form cannot be parsed")]
+        ) from exc

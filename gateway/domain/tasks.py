@@ -1,0 +1,126 @@
+"""FHIR `Task` views of line items: one Task per item (its id is the item's gateway id)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fhir_profiles import codes
+from fhir_profiles.identifiers import (
+    NHS_NUMBER_SYSTEM,
+    ODS_SYSTEM,
+    ORDER_ITEM_NUMBER_SYSTEM,
+    PRESCRIPTION_ORDER_NUMBER_SYSTEM,
+)
+from gateway.domain.status import DEFINITIONS, STATUS_SYSTEM, Status, task_status
+
+TASK_IDENTIFIER_SYSTEM = "https://homecare-gateway.nhs.uk/Id/task"
+PARTIAL_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-PrescriptionPartial"
+VERDICT_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-StatusVerdict"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemView:
+    """What a Task shows of one line item (read from the item and its prescription)."""
+
+    item_id: str
+    item_identifier: str
+    prescription_id: str
+    short_form_id: str
+    tenant_ods: str
+    provider_ods: str
+    nhs_number: str
+    status: str
+    version: int
+    last_modified: datetime | None
+    updated_at: datetime
+    created_at: datetime
+    prescription_status: str
+    partial: bool
+
+
+def fhir_instant(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def render_task(view: ItemView, *, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Task of a line item; `detail` is what the newest status event said (reason, delivery)."""
+    status = Status(view.status)
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "id": view.item_id,
+        "meta": {"versionId": str(view.version), "lastUpdated": fhir_instant(view.updated_at)},
+        "identifier": [{"system": TASK_IDENTIFIER_SYSTEM, "value": view.item_id}],
+        "basedOn": [
+            {"identifier": {"system": PRESCRIPTION_ORDER_NUMBER_SYSTEM, "value": view.short_form_id}}
+        ],
+        "status": task_status(status),
+        "businessStatus": {
+            "coding": [{"system": STATUS_SYSTEM, "code": status.value, "display": DEFINITIONS[status]}]
+        },
+        "intent": "order",
+        "focus": {
+            "reference": f"MedicationRequest/{view.item_id}",
+            "identifier": {"system": ORDER_ITEM_NUMBER_SYSTEM, "value": view.item_identifier},
+        },
+        "for": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.nhs_number}},
+        "authoredOn": fhir_instant(view.created_at),
+        "lastModified": fhir_instant(view.last_modified or view.updated_at),
+        "requester": {"identifier": {"system": ODS_SYSTEM, "value": view.tenant_ods}},
+        "owner": {"identifier": {"system": ODS_SYSTEM, "value": view.provider_ods}},
+        "extension": [
+            {
+                "url": PARTIAL_URL,
+                "extension": [
+                    {"url": "prescriptionStatus", "valueCode": view.prescription_status},
+                    {"url": "partial", "valueBoolean": view.partial},
+                ],
+            }
+        ],
+    }
+    if detail:
+        _add_detail(task, detail)
+    return task
+
+
+def _add_detail(task: dict[str, Any], detail: dict[str, Any]) -> None:
+    reason = detail.get("reason")
+    if isinstance(reason, dict) and (reason.get("code") or reason.get("text")):
+        concept: dict[str, Any] = {}
+        if reason.get("code"):
+            concept["coding"] = [{"system": codes.STATUS_REASON_SYSTEM, "code": reason["code"]}]
+        if reason.get("text"):
+            concept["text"] = reason["text"]
+        task["statusReason"] = concept
+    party = detail.get("responsible_party")
+    if isinstance(party, str):
+        task["extension"].append(
+            {
+                "url": codes.RESPONSIBLE_PARTY_URL,
+                "valueCoding": {"system": codes.RESPONSIBLE_PARTY_SYSTEM, "code": party},
+            }
+        )
+    outputs: list[dict[str, Any]] = []
+    window = detail.get("delivery_window")
+    if isinstance(window, dict):
+        outputs.append(
+            {
+                "type": _output_type(codes.TASK_OUTPUT_DELIVERY_WINDOW, "Delivery window"),
+                "valuePeriod": {key: window[key] for key in ("start", "end") if key in window},
+            }
+        )
+    attempt = detail.get("delivery_attempt")
+    if isinstance(attempt, int):
+        outputs.append(
+            {
+                "type": _output_type(codes.TASK_OUTPUT_DELIVERY_ATTEMPT, "Delivery attempt"),
+                "valueInteger": attempt,
+            }
+        )
+    if outputs:
+        task["output"] = outputs
+
+
+def _output_type(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": codes.TASK_OUTPUT_SYSTEM, "code": code, "display": display}]}
