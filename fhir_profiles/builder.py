@@ -315,6 +315,52 @@ class PrescriptionMessageBuilder:
         }
 
 
+def build_cancellation(
+    order: Message,
+    *,
+    item_positions: list[int] | None = None,
+    reason: tuple[str, str] = ("0001", "Prescribing Error"),
+    rng: random.Random | None = None,
+) -> Message:
+    """The trust's prescription-order-update cancelling some (default: all) items of `order`."""
+    source = rng or random.Random()
+    cancel = copy.deepcopy(order)
+    cancel["identifier"] = {
+        "system": "https://tools.ietf.org/html/rfc4122",
+        "value": str(uuid.UUID(int=source.getrandbits(128), version=4)),
+    }
+    header = cancel["entry"][0]["resource"]
+    header["eventCoding"] = {
+        "system": codes.MESSAGE_EVENT_SYSTEM,
+        "code": codes.EVENT_PRESCRIPTION_ORDER_UPDATE,
+        "display": "Prescription Order Update",
+    }
+    requests = [e for e in cancel["entry"] if e["resource"]["resourceType"] == "MedicationRequest"]
+    keep = set(range(len(requests))) if item_positions is None else set(item_positions)
+    dropped = {id(entry) for position, entry in enumerate(requests) if position not in keep}
+    cancel["entry"] = [
+        entry
+        for entry in cancel["entry"]
+        if id(entry) not in dropped and entry["resource"]["resourceType"] != "Provenance"
+    ]
+    kept_urls = {entry.get("fullUrl") for entry in cancel["entry"]}
+    header["focus"] = [focus for focus in header.get("focus", []) if focus.get("reference") in kept_urls]
+    for entry in cancel["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "MedicationRequest":
+            resource["status"] = "cancelled"
+            resource["statusReason"] = {
+                "coding": [
+                    {
+                        "system": "https://fhir.nhs.uk/CodeSystem/medicationrequest-status-reason",
+                        "code": reason[0],
+                        "display": reason[1],
+                    }
+                ]
+            }
+    return cancel
+
+
 # --- Deliberately broken messages --------------------------------------------------------------
 
 

@@ -60,6 +60,34 @@ class PrescriptionOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancellation:
+    """A validated prescription-order-update: the trust cancels some or all items of a prescription."""
+
+    bundle_identifier: str
+    sender_ods: str
+    short_form_id: str
+    # Line item identifier -> (EPS cancellation reason code, its display).
+    items: tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DispensedItem:
+    short_form_id: str
+    item_identifier: str
+    handed_over: str | None
+    resource: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DispenseNotification:
+    """A validated dispense-notification from a provider: what it dispensed, item by item."""
+
+    bundle_identifier: str
+    sender_ods: str
+    dispenses: tuple[DispensedItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MessageEnvelope:
     """What every message carries, whatever its event: enough to route and key it."""
 
@@ -73,6 +101,8 @@ class ValidationResult:
     envelope: MessageEnvelope
     issues: list[Issue] = field(default_factory=list)
     order: PrescriptionOrder | None = None
+    cancellation: Cancellation | None = None
+    dispense: DispenseNotification | None = None
 
     @property
     def ok(self) -> bool:
@@ -176,12 +206,16 @@ def validate_message(document: Any, raw: bytes | None = None) -> ValidationResul
     event = _check_message_header(rules)
     if event == codes.EVENT_PRESCRIPTION_ORDER:
         result.order = _check_prescription_order(rules, result.envelope)
+    elif event == codes.EVENT_PRESCRIPTION_ORDER_UPDATE:
+        result.cancellation = _check_cancellation(rules, result.envelope)
+    elif event == codes.EVENT_DISPENSE_NOTIFICATION:
+        result.dispense = _check_dispense_notification(rules, result.envelope)
     elif event in codes.KNOWN_MESSAGE_EVENTS:
         rules.add(
             IssueType.NOT_SUPPORTED,
             ErrorCode.UNSUPPORTED_MESSAGE_EVENT,
-            f"Message event '{event}' is not supported yet by this gateway; "
-            "it accepts 'prescription-order' messages",
+            f"Message event '{event}' is not one a homecare gateway receives; send prescription-order, "
+            "prescription-order-update or dispense-notification",
             "Bundle.entry[0].resource.eventCoding.code",
         )
     if event == codes.EVENT_PRESCRIPTION_ORDER:
@@ -191,6 +225,8 @@ def validate_message(document: Any, raw: bytes | None = None) -> ValidationResul
     result.issues.extend(issue for issue in rules.issues if issue.expression not in located)
     if not result.ok:
         result.order = None
+        result.cancellation = None
+        result.dispense = None
     return result
 
 
@@ -591,3 +627,137 @@ def _walk_references(rules: _Rules, node: dict[str, Any], stack: list[str]) -> N
                 stack.append(key if child is value else f"{key}[{position}]")
                 _walk_references(rules, child, stack)
                 stack.pop()
+
+
+CANCELLATION_REASON_SYSTEM = "https://fhir.nhs.uk/CodeSystem/medicationrequest-status-reason"
+NON_DISPENSING_REASON_URL = (
+    "https://fhir.nhs.uk/StructureDefinition/Extension-DM-PrescriptionNonDispensingReason"
+)
+
+
+def _check_cancellation(rules: _Rules, envelope: MessageEnvelope) -> Cancellation | None:
+    """One MedicationRequest per item to cancel, status cancelled, with an EPS cancellation reason."""
+    requests = [(i, r) for i, r in rules.entries if r.get("resourceType") == "MedicationRequest"]
+    if not requests:
+        rules.missing("Bundle.entry", "A MedicationRequest for each line item to cancel")
+        return None
+    if len(requests) > MAX_LINE_ITEMS:
+        rules.invalid("Bundle.entry", f"A prescription has at most {MAX_LINE_ITEMS} items to cancel")
+    short_forms: set[str] = set()
+    items: list[tuple[str, str, str]] = []
+    prescription_type = None
+    for index, request in requests:
+        base = f"Bundle.entry[{index}].resource"
+        if request.get("status") != "cancelled":
+            rules.invalid(f"{base}.status", "A cancellation's MedicationRequest has status 'cancelled'")
+        reason = next(
+            (
+                _dict(coding)
+                for coding in _list(_dict(request.get("statusReason")).get("coding"))
+                if _dict(coding).get("system") == CANCELLATION_REASON_SYSTEM
+                and _str(_dict(coding).get("code"))
+            ),
+            None,
+        )
+        if reason is None:
+            rules.missing(f"{base}.statusReason", f"The cancellation reason ({CANCELLATION_REASON_SYSTEM})")
+        short_form = _str(_dict(request.get("groupIdentifier")).get("value"))
+        if short_form is None or not is_valid_short_form_id(short_form):
+            rules.invalid(f"{base}.groupIdentifier.value", "A valid short-form prescription ID is required")
+        else:
+            short_forms.add(short_form)
+        item_id = next(
+            (
+                _str(_dict(identifier).get("value"))
+                for identifier in _list(request.get("identifier"))
+                if _dict(identifier).get("system") == ORDER_ITEM_NUMBER_SYSTEM
+            ),
+            None,
+        )
+        if item_id is None:
+            rules.missing(f"{base}.identifier", f"The line item identifier ({ORDER_ITEM_NUMBER_SYSTEM})")
+        elif reason is not None:
+            items.append((item_id, str(reason["code"]), str(reason.get("display") or "")))
+        type_code = _str(
+            _dict(_extension(request, codes.PRESCRIPTION_TYPE_URL).get("valueCoding")).get("code")
+        )
+        prescription_type = prescription_type or type_code
+    if len(short_forms) > 1:
+        rules.invalid("Bundle.entry", "Every item to cancel must belong to the same prescription")
+    if prescription_type is not None and not prescription_type.startswith(codes.HOMECARE_TYPE_PREFIX):
+        rules.add(
+            IssueType.BUSINESS_RULE,
+            ErrorCode.NOT_HOMECARE_PRESCRIPTION,
+            "This gateway takes homecare prescriptions only (prescription type 12xx)",
+            f"Bundle.entry[{requests[0][0]}].resource.extension('{codes.PRESCRIPTION_TYPE_URL}')",
+        )
+    if (
+        rules.issues
+        or envelope.bundle_identifier is None
+        or envelope.sender_ods is None
+        or len(short_forms) != 1
+    ):
+        return None
+    return Cancellation(envelope.bundle_identifier, envelope.sender_ods, short_forms.pop(), tuple(items))
+
+
+def _check_dispense_notification(rules: _Rules, envelope: MessageEnvelope) -> DispenseNotification | None:
+    """Each MedicationDispense names its item (the prescription it authorises, contained or by
+    identifier); all of them agree on any non-dispensing reason, as EPS requires."""
+    dispenses = [(i, r) for i, r in rules.entries if r.get("resourceType") == "MedicationDispense"]
+    if not dispenses:
+        rules.missing("Bundle.entry", "At least one MedicationDispense")
+        return None
+    found: list[DispensedItem] = []
+    reasons: set[str | None] = set()
+    for index, dispense in dispenses:
+        base = f"Bundle.entry[{index}].resource"
+        authorising = _authorising_request(dispense)
+        short_form = _str(_dict(authorising.get("groupIdentifier")).get("value"))
+        item_id = next(
+            (
+                _str(_dict(identifier).get("value"))
+                for identifier in _list(authorising.get("identifier"))
+                if _dict(identifier).get("system") == ORDER_ITEM_NUMBER_SYSTEM
+            ),
+            None,
+        )
+        if short_form is None or item_id is None:
+            rules.missing(
+                f"{base}.authorizingPrescription",
+                "The authorising MedicationRequest with its prescription ID and line item identifier",
+            )
+            continue
+        reason = _dict(_extension(dispense, NON_DISPENSING_REASON_URL).get("valueCoding")).get("code")
+        reasons.add(reason if isinstance(reason, str) else None)
+        handed_over = _str(dispense.get("whenHandedOver"))
+        found.append(DispensedItem(short_form, item_id, handed_over, dispense))
+    if len(reasons) > 1:
+        rules.add(
+            IssueType.INVALID,
+            ErrorCode.INVALID_VALUE,
+            "Expected all MedicationDispenses to have the same value for "
+            "MedicationDispense.extension:prescriptionNonDispensingReason",
+            "MedicationDispense.extension:prescriptionNonDispensingReason",
+        )
+    if rules.issues or envelope.bundle_identifier is None or envelope.sender_ods is None:
+        return None
+    return DispenseNotification(envelope.bundle_identifier, envelope.sender_ods, tuple(found))
+
+
+def _authorising_request(dispense: dict[str, Any]) -> dict[str, Any]:
+    contained = {
+        _str(resource.get("id")): resource
+        for resource in (_dict(item) for item in _list(dispense.get("contained")))
+        if resource.get("resourceType") == "MedicationRequest"
+    }
+    for reference in _list(dispense.get("authorizingPrescription")):
+        target = _str(_dict(reference).get("reference"))
+        if target and target.startswith("#") and target[1:] in contained:
+            return contained[target[1:]]
+        identifier = _dict(_dict(reference).get("identifier"))
+        if identifier:
+            # An identifier-only reference names the line item; the prescription comes from an extension.
+            group = _dict(_extension(_dict(reference), codes.PRESCRIPTION_ID_URL).get("valueIdentifier"))
+            return {"identifier": [identifier], "groupIdentifier": group}
+    return {}

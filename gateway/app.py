@@ -11,13 +11,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway import __version__
-from gateway.api import metadata, operations, process_message, read, tasks, token
+from gateway.api import communications, metadata, operations, process_message, read, tasks, token
 from gateway.api.deps import Services
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.schemas import FHIR_SCHEMAS
 from gateway.clock import Clock, system_clock
 from gateway.dispatch.worker import Dispatcher
+from gateway.domain.expiry import run_expiry
 from gateway.domain.sealing import run_housekeeping
 from gateway.security import build_token_service
 from gateway.settings import Settings
@@ -43,6 +44,11 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         running = asyncio.create_task(dispatcher.run(stop)) if settings.run_dispatcher else None
+        expiring = (
+            asyncio.create_task(run_expiry(database, clock=clock, interval=settings.expiry_check_seconds))
+            if settings.run_dispatcher
+            else None
+        )
         housekeeping = (
             asyncio.create_task(run_housekeeping(database, tokens, interval=settings.audit_seal_seconds))
             if settings.audit_seal_seconds
@@ -52,8 +58,9 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
             yield
         finally:
             stop.set()
-            if housekeeping is not None:
-                housekeeping.cancel()
+            for background in (housekeeping, expiring):
+                if background is not None:
+                    background.cancel()
             if running is not None:
                 await running
             writer.close()
@@ -73,6 +80,7 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     app.include_router(process_message.router)
     app.include_router(read.router)
     app.include_router(tasks.router)
+    app.include_router(communications.router)
     app.include_router(metadata.router)
     app.include_router(operations.router)
     install_error_handlers(app)

@@ -10,6 +10,7 @@ import uvicorn
 from auth.signing import SigningKeys, ensure_signing_key
 from gateway.clock import system_clock
 from gateway.dispatch.worker import Dispatcher
+from gateway.domain.expiry import run_expiry
 from gateway.domain.sealing import run_housekeeping
 from gateway.logs import configure_logging, get_logger
 from gateway.security import build_token_service
@@ -71,16 +72,20 @@ def run_worker() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        housekeeping = (
-            asyncio.create_task(run_housekeeping(database, tokens, interval=settings.audit_seal_seconds))
-            if settings.audit_seal_seconds
-            else None
-        )
+        background = [
+            asyncio.create_task(
+                run_expiry(database, clock=system_clock, interval=settings.expiry_check_seconds)
+            )
+        ]
+        if settings.audit_seal_seconds:
+            background.append(
+                asyncio.create_task(run_housekeeping(database, tokens, interval=settings.audit_seal_seconds))
+            )
         try:
             await dispatcher.run(stop)
         finally:
-            if housekeeping is not None:
-                housekeeping.cancel()
+            for task in background:
+                task.cancel()
             tokens.close()
             database.dispose()
 

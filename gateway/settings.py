@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(default=12, ge=1)
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, ge=0)
+    expiry_check_seconds: float = Field(default=60.0, gt=0, description="How often expiry is checked.")
+    cancel_wait_seconds: float = Field(
+        default=5.0, ge=0, description="How long a cancellation waits for the provider's answer before 202."
+    )
     provider_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts its copy of the provider registry."
     )

@@ -32,6 +32,9 @@ DOCUMENTED_ERRORS = {
     "errors__4-Process-Request-Send-400_invalid_intent.json": (
         "errors__4-Process-Response-Send-400_invalid_intent.json"
     ),
+    "errors__3-Process-Request-Dispense-400_Invalid_Value.json": (
+        "errors__3-Process-Response-Dispense-400_Invalid_Value.json"
+    ),
 }
 COMMUNITY_SENDS = [
     "community__acute__nominated-pharmacy__clinical-practitioner__1-Process-Request-Send-200_OK.json",
@@ -39,9 +42,10 @@ COMMUNITY_SENDS = [
     "primary-care__acute__nominated-pharmacy__medical-prescriber__cancellations__2-Process-Request-Send-200_OK.json",
     "spec__errors__prescription-order-update__R-0006-Prescription.json",
 ]
-NOT_YET_SUPPORTED = [
-    "homecare__acute__nominated-pharmacy__clinical-practitioner__1-Process-Request-Dispense-200_OK.json",
-    "errors__3-Process-Request-Dispense-400_Invalid_Value.json",
+DISPENSE_HOMECARE = (
+    "homecare__acute__nominated-pharmacy__clinical-practitioner__1-Process-Request-Dispense-200_OK.json"
+)
+NOT_HOMECARE_CANCELS = [
     "community__acute__nominated-pharmacy__clinical-practitioner__1-Process-Request-Cancel-200_OK.json",
     "primary-care__acute__nominated-pharmacy__medical-prescriber__cancellations__2-Process-Request-Cancel-200_OK.json",
 ]
@@ -121,12 +125,23 @@ def test_community_and_primary_care_orders_are_refused_as_not_homecare(
     assert _detail_code(issue) == "NOT_HOMECARE_PRESCRIPTION"
 
 
-@pytest.mark.parametrize("request_file", NOT_YET_SUPPORTED)
-def test_cancel_and_dispense_messages_are_not_supported_yet(
+@pytest.mark.parametrize("request_file", NOT_HOMECARE_CANCELS)
+def test_cancellations_of_other_prescription_types_are_refused_as_not_homecare(
     sender_clients: dict[str, httpx.Client], eps_fixtures: Path, request_file: str
 ) -> None:
     response = send(sender_clients, eps_fixtures / request_file)
     assert response.status_code == 422, response.text
-    (issue,) = response.json()["issue"]
-    assert issue["code"] == "not-supported"
-    assert "not supported yet" in issue["diagnostics"]
+    assert [_detail_code(issue) for issue in response.json()["issue"]] == ["NOT_HOMECARE_PRESCRIPTION"]
+
+
+def test_the_homecare_dispense_notification_follows_its_order(
+    sender_clients: dict[str, httpx.Client], eps_fixtures: Path
+) -> None:
+    assert send(sender_clients, eps_fixtures / SEND_HOMECARE).status_code == 200
+    response = send(sender_clients, eps_fixtures / DISPENSE_HOMECARE)
+    assert response.status_code == 200, response.text
+    assert response.json()["issue"][0]["severity"] == "information"
+    tasks = sender_clients["VNCEL"].get("/fhir/Task", params={"owner": "VNCEL"}).json()["entry"]
+    assert {entry["resource"]["businessStatus"]["coding"][0]["code"] for entry in tasks} == {"dispensed"}
+    again = send(sender_clients, eps_fixtures / DISPENSE_HOMECARE)
+    assert again.status_code == 200 and again.content == response.content, "a resubmission is replayed"

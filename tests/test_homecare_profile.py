@@ -48,7 +48,7 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     "missing-resource-type": (400, "MISSING_FIELD", "Bundle.entry[3].resource.resourceType"),
     "wrong-json-type": (400, "INVALID_VALUE", "Bundle.entry[1].resource.dispenseRequest.quantity.value"),
     "deceased-patient": (422, "PATIENT_DECEASED", "Bundle.entry[3].resource.deceased"),
-    "event-cancel": (422, "UNSUPPORTED_MESSAGE_EVENT", "Bundle.entry[0].resource.eventCoding.code"),
+    "event-cancel": (400, "MISSING_FIELD", "Bundle.entry[1].resource.statusReason"),
     "event-unknown": (400, "INVALID_VALUE", "Bundle.entry[0].resource.eventCoding.code"),
     "no-bundle-identifier": (400, "MISSING_FIELD", "Bundle.identifier.value"),
     "no-performer": (400, "MISSING_FIELD", "Bundle.entry[1].resource.dispenseRequest.performer.identifier"),

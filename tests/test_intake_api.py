@@ -84,7 +84,7 @@ def test_plain_application_json_is_accepted(client: httpx.Client, db: Database) 
         ("status-bogus", 400, "INVALID_VALUE"),
         ("community-prescription-type", 422, "NOT_HOMECARE_PRESCRIPTION"),
         ("unknown-performer", 422, "UNKNOWN_PROVIDER"),
-        ("event-cancel", 422, "UNSUPPORTED_MESSAGE_EVENT"),
+        ("event-cancel", 400, "MISSING_FIELD"),
         ("no-sender", 400, "MISSING_FIELD"),
         ("unknown-resource-type", 400, "INVALID_RESOURCE_TYPE"),
         ("wrong-json-type", 400, "INVALID_VALUE"),

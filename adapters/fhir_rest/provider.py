@@ -39,7 +39,7 @@ from adapters.fhir_rest.status_tasks import DeliveryWindow, Reason, status_task,
 from fhir_profiles import codes
 from fhir_profiles.homecare import validate_message
 from fhir_profiles.identifiers import ORDER_ITEM_NUMBER_SYSTEM
-from fhir_profiles.outcome import ErrorCode, operation_outcome, status_for, success_outcome
+from fhir_profiles.outcome import operation_outcome, status_for, success_outcome
 
 log = logging.getLogger(__name__)
 
@@ -349,9 +349,7 @@ class ProviderSimulator:
             return _refusal(400, "structure", "invalid-json", "The body is not valid JSON"), "invalid"
 
         result = validate_message(document)
-        if result.envelope.event == codes.EVENT_PRESCRIPTION_ORDER_UPDATE and all(
-            issue.detail is ErrorCode.UNSUPPORTED_MESSAGE_EVENT for issue in result.issues
-        ):
+        if result.cancellation is not None:
             return self._cancel(key, digest, document, headers)
         if result.order is None:
             return Answer(status_for(result.issues), operation_outcome(result.issues)), "invalid"

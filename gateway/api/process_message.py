@@ -16,7 +16,7 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeE
 from gateway.api.deps import CurrentCaller, Services, ServicesDep
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
-from gateway.domain import access, intake
+from gateway.domain import access, cancellation, dispensing, intake
 from gateway.store.prescriptions import insert_prescription
 
 router = APIRouter(tags=["messaging"])
@@ -165,9 +165,59 @@ async def _receive(
     )
     if isinstance(decision, intake.Refusal):
         return await run_in_threadpool(intake.answer_refusal, services.db, decision)
+    if isinstance(decision, intake.CancelRequest):
+        return await _cancel(services, decision, body=body, caller=caller, request_id=request_id)
+    if isinstance(decision, intake.DispenseRequest):
+        try:
+            status, answer = await run_in_threadpool(
+                dispensing.receive_dispense_notification,
+                services.db,
+                notification=decision.notification,
+                body=body,
+                digest=decision.digest,
+                caller=caller,
+                request_id=request_id,
+                clock=services.clock,
+                notify=services.on_status_change,
+            )
+        except IntegrityError:
+            return await run_in_threadpool(
+                intake.earlier_answer, services.db, decision.envelope, decision.digest
+            )
+        return intake.IntakeAnswer(status, answer, None, replayed=False)
     try:
         await services.writer.run(partial(insert_prescription, new=decision.rows))
     except IntegrityError:
         return await run_in_threadpool(intake.resolve_conflict, services.db, decision)
     services.doorbell.ring()
     return decision.answer
+
+
+async def _cancel(
+    services: Services, decision: intake.CancelRequest, *, body: bytes, caller: Caller, request_id: str
+) -> intake.IntakeAnswer:
+    try:
+        answer = await run_in_threadpool(
+            cancellation.receive_cancellation,
+            services.db,
+            cancellation=decision.cancellation,
+            body=body,
+            digest=decision.digest,
+            caller=caller,
+            request_id=request_id,
+            clock=services.clock,
+            notify=services.on_status_change,
+        )
+    except IntegrityError:
+        return await run_in_threadpool(intake.earlier_answer, services.db, decision.envelope, decision.digest)
+    if answer.waiting_for_provider:
+        services.doorbell.ring()
+        # The provider usually answers in time: then the trust gets the outcome now, not only later.
+        answer = await run_in_threadpool(
+            cancellation.await_provider_answer,
+            services.db,
+            answer,
+            wait_seconds=services.settings.cancel_wait_seconds,
+        )
+    location = f"/fhir/Bundle/{answer.prescription_id}"
+    return intake.IntakeAnswer(answer.status_code, answer.body, location, replayed=False)

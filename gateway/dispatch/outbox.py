@@ -18,6 +18,7 @@ from sqlalchemy import Connection, and_, exists, func, insert, or_, select, upda
 from sqlalchemy.orm import aliased
 
 from adapters.base import OrderKind
+from gateway.domain.cancellation import StatusListener, provider_answered_cancel
 from gateway.domain.status import Status
 from gateway.store.db import Database
 from gateway.store.models import InboundMessage, OutboxMessage, Prescription, PrescriptionItem, StatusEvent
@@ -104,7 +105,7 @@ def claim_due(
                 _message.c.request_id,
             )
             .join(_prescription, _prescription.c.id == _outbox.c.prescription_id)
-            .join(_message, _message.c.id == _prescription.c.message_id)
+            .join(_message, _message.c.id == func.coalesce(_outbox.c.message_id, _prescription.c.message_id))
             .where(_outbox.c.id.in_(ids))
             .order_by(_outbox.c.id)
         ).all()
@@ -163,8 +164,11 @@ def _set_status(
         )
 
 
-def record_delivered(db: Database, claimed: ClaimedMessage, *, owner: str, now: datetime) -> bool:
-    """The provider's system took the message: `sent`. False if the lease was lost meanwhile."""
+def record_delivered(
+    db: Database, claimed: ClaimedMessage, *, owner: str, now: datetime, notify: StatusListener | None = None
+) -> bool:
+    """The provider's system took the message: an order is `sent`, a cancellation is agreed.
+    False if the lease was lost meanwhile (another worker has the message now)."""
     with db.write_connection() as connection:
         done = connection.execute(
             update(_outbox)
@@ -182,11 +186,28 @@ def record_delivered(db: Database, claimed: ClaimedMessage, *, owner: str, now: 
                 detail={"provider": claimed.provider_ods, "attempts": claimed.attempts + 1},
                 only_from=(Status.QUEUED,),
             )
+        else:
+            provider_answered_cancel(
+                connection,
+                prescription_id=claimed.prescription_id,
+                provider_ods=claimed.provider_ods,
+                agreed=True,
+                reason=None,
+                now=now,
+                notify=notify,
+            )
     return True
 
 
 def record_rejected(
-    db: Database, claimed: ClaimedMessage, *, owner: str, now: datetime, reason: str, code: str | None
+    db: Database,
+    claimed: ClaimedMessage,
+    *,
+    owner: str,
+    now: datetime,
+    reason: str,
+    code: str | None,
+    notify: StatusListener | None = None,
 ) -> bool:
     """The provider refused the message for good: `rejected`, with its reason."""
     with db.write_connection() as connection:
@@ -205,6 +226,16 @@ def record_rejected(
                 now=now,
                 detail={"provider": claimed.provider_ods, "reason": reason[:500], "code": code},
                 only_from=(Status.QUEUED, Status.SENT),
+            )
+        else:
+            provider_answered_cancel(
+                connection,
+                prescription_id=claimed.prescription_id,
+                provider_ods=claimed.provider_ods,
+                agreed=False,
+                reason=reason,
+                now=now,
+                notify=notify,
             )
     return True
 

@@ -24,6 +24,7 @@ from gateway.clock import Clock
 from gateway.dispatch import outbox
 from gateway.dispatch.policy import CircuitBreaker
 from gateway.dispatch.settings import DispatcherSettings
+from gateway.domain.cancellation import StatusListener
 from gateway.logs import get_logger
 from gateway.metrics import BREAKER_OPEN, SENDS
 from gateway.store.db import Database
@@ -57,9 +58,11 @@ class Dispatcher:
         settings: DispatcherSettings | None = None,
         doorbell: Doorbell | None = None,
         seed: int | None = None,
+        on_status_change: StatusListener | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
+        self._notify = on_status_change
         self._settings = settings or DispatcherSettings()
         self._doorbell = doorbell or Doorbell()
         self._rng = random.Random(seed)  # noqa: S311  (jitter, not security)
@@ -190,12 +193,13 @@ class Dispatcher:
                 now=now,
                 reason=result.reason or "rejected by the provider",
                 code=result.code,
+                notify=self._notify,
             )
             bound.info("order_rejected_by_provider", recorded=recorded)
         else:
             SENDS.labels(provider=message.provider_ods, outcome="delivered").inc()
             recorded = await asyncio.to_thread(
-                outbox.record_delivered, self._db, message, owner=self.owner, now=now
+                outbox.record_delivered, self._db, message, owner=self.owner, now=now, notify=self._notify
             )
             bound.info("order_delivered", recorded=recorded)
 

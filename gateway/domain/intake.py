@@ -18,10 +18,16 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 
 from auth.audit import Action, AuditRecord, Outcome
-from auth.identity import Caller
+from auth.identity import Caller, Role
 from auth.scopes import MESSAGE_EVENT_SCOPES
 from fhir_profiles import codes
-from fhir_profiles.homecare import MessageEnvelope, PrescriptionOrder, validate_message
+from fhir_profiles.homecare import (
+    Cancellation,
+    DispenseNotification,
+    MessageEnvelope,
+    PrescriptionOrder,
+    validate_message,
+)
 from fhir_profiles.outcome import (
     ErrorCode,
     Issue,
@@ -74,6 +80,20 @@ class Acceptance:
     answer: IntakeAnswer
 
 
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    cancellation: Cancellation
+    envelope: MessageEnvelope
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class DispenseRequest:
+    notification: DispenseNotification
+    envelope: MessageEnvelope
+    digest: str
+
+
 def check_message(
     *,
     body: bytes,
@@ -82,7 +102,7 @@ def check_message(
     providers: ProviderDirectory,
     request_id: str,
     clock: Clock,
-) -> Acceptance | Refusal:
+) -> Acceptance | CancelRequest | DispenseRequest | Refusal:
     """Everything intake decides without writing: validation, tenancy, the provider registry."""
     result = validate_message(document, body)
     envelope = result.envelope
@@ -103,6 +123,22 @@ def check_message(
             ],
         )
     digest = hashlib.sha256(body).hexdigest()
+    if result.ok and result.cancellation is not None:
+        return CancelRequest(result.cancellation, envelope, digest)
+    if result.ok and result.dispense is not None:
+        if caller.role is not Role.PROVIDER:
+            raise OperationOutcomeError(
+                403,
+                [
+                    Issue(
+                        IssueType.FORBIDDEN,
+                        ErrorCode.ACCESS_DENIED,
+                        "Dispense notifications come from the homecare provider",
+                        "Bundle.entry[0].resource.eventCoding.code",
+                    )
+                ],
+            )
+        return DispenseRequest(result.dispense, envelope, digest)
     if not result.ok or result.order is None:
         return Refusal(OperationOutcomeError(status_for(result.issues), result.issues), envelope, digest)
     order = result.order
@@ -132,6 +168,14 @@ def check_message(
     return Acceptance(order, digest, rows, answer)
 
 
+def earlier_answer(db: Database, envelope: MessageEnvelope, digest: str) -> IntakeAnswer:
+    """After a write found this message's identifier taken: the original answer, or a conflict."""
+    earlier = _earlier_answer(db, envelope, digest)
+    if earlier is None:
+        raise RuntimeError("integrity error with no earlier message")
+    return earlier
+
+
 def answer_refusal(db: Database, refusal: Refusal) -> IntakeAnswer:
     """The earlier answer when this refused message resubmits an accepted one; else the refusal."""
     earlier = _earlier_answer(db, refusal.envelope, refusal.digest)
@@ -159,6 +203,8 @@ def receive_message(
     )
     if isinstance(decision, Refusal):
         return answer_refusal(db, decision)
+    if not isinstance(decision, Acceptance):
+        raise ValueError("receive_message takes prescription orders; the API handles the other events")
     try:
         with db.write_connection() as connection:
             insert_prescription(connection, new=decision.rows)

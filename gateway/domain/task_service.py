@@ -18,7 +18,8 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeE
 from fhir_profiles.status_task import read_status_task
 from gateway.clock import Clock
 from gateway.domain import access
-from gateway.domain.status import DEFINITIONS, STATUS_SYSTEM, Status, task_status
+from gateway.domain.queries import record_query_message
+from gateway.domain.status import DEFINITIONS, STATUS_SYSTEM, Status, Verdict, task_status
 from gateway.domain.status_updates import Applied, apply_report, not_found
 from gateway.domain.tasks import VERDICT_URL, fhir_instant, render_task
 from gateway.store import status as store
@@ -90,6 +91,17 @@ def report_statuses(
                     failures.append(refusal)
                     continue
                 applied.append(result)
+                if report.status == Status.QUERY.value and result.verdict is Verdict.APPLIED:
+                    question = report.detail.get("note") or (report.detail.get("reason") or {}).get("text")
+                    record_query_message(
+                        connection,
+                        result.view,
+                        author_role="provider",
+                        author_ods=caller.ods_code,
+                        text=str(question or "Query raised (no text given)"),
+                        sent_at=report.occurred_at,
+                        request_id=request_id,
+                    )
                 if notify is not None:
                     notify(connection, result, now)
             if failures:

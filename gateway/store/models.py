@@ -158,6 +158,8 @@ class OutboxMessage(SQLModel, table=True):
     kind: str = Field(sa_column=Column(String(16), nullable=False))
     provider_ods: str = Field(sa_column=Column(String(12), nullable=False))
     idempotency_key: str = Field(sa_column=Column(String(80), nullable=False))
+    # The message to send when it is not the prescription's order (e.g. a cancellation).
+    message_id: str | None = Field(default=None, sa_column=Column(String(36), nullable=True))
     state: str = Field(sa_column=Column(String(16), nullable=False))
     attempts: int = Field(sa_column=Column(Integer, nullable=False))
     due_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -65,6 +65,17 @@ def item_by_reference(short_form_id: str, item_identifier: str, provider_ods: st
     return condition
 
 
+def item_by_tenant_reference(
+    short_form_id: str, item_identifier: str, tenant_ods: str
+) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = and_(
+        prescription_table.c.short_form_id == short_form_id,
+        item_table.c.item_identifier == item_identifier,
+        item_table.c.tenant_ods == tenant_ods,
+    )
+    return condition
+
+
 def item_by_id(item_id: str) -> ColumnElement[bool]:
     condition: ColumnElement[bool] = item_table.c.id == item_id
     return condition
@@ -163,3 +174,36 @@ def refresh_prescription_status(
     condition = item_table.c.id == item_id if item_id else item_table.c.prescription_id == prescription_id
     row = connection.execute(views_query().where(condition).order_by(item_table.c.position).limit(1)).one()
     return view_from_row(row)
+
+
+def set_item_status_directly(
+    connection: Connection,
+    view: ItemView,
+    status: Status,
+    *,
+    source: str,
+    detail: dict[str, Any],
+    now: datetime,
+) -> ItemView:
+    """A decision of the gateway's own, outside any provider's history (e.g. cancelled before sending)."""
+    connection.execute(
+        insert(event_table),
+        [
+            {
+                "prescription_id": view.prescription_id,
+                "item_id": view.item_id,
+                "status": status.value,
+                "occurred_at": now,
+                "recorded_at": now,
+                "source": source,
+                "detail": detail,
+                "verdict": None,
+            }
+        ],
+    )
+    connection.execute(
+        update(item_table)
+        .where(item_table.c.id == view.item_id)
+        .values(status=status.value, resume_status=None, version=item_table.c.version + 1, updated_at=now)
+    )
+    return refresh_prescription_status(connection, view.prescription_id, now=now, item_id=view.item_id)

@@ -51,6 +51,10 @@ def upgrade() -> None:
         batch.add_column(sa.Column("verdict", sa.String(16), nullable=True))
     op.create_index("ix_status_event_item", "status_event", ["item_id", "id"])
 
+    with op.batch_alter_table("outbox") as batch:
+        # The message a row sends when it is not the prescription's order (a cancellation).
+        batch.add_column(sa.Column("message_id", sa.String(36), nullable=True))
+
     op.create_table(
         "query_message",
         sa.Column("id", sa.String(36), primary_key=True),
@@ -78,6 +82,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("medication_dispense")
     op.drop_table("query_message")
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_column("message_id")
     op.drop_index("ix_status_event_item", "status_event")
     with op.batch_alter_table("status_event") as batch:
         batch.drop_column("verdict")
