@@ -15,7 +15,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -132,9 +132,18 @@ class _Order:
 class ProviderSimulator:
     """A homecare provider's order system, as seen through FHIR `$process-message`."""
 
-    def __init__(self, config: SimulatorConfig, *, time_source: SimulationTime | None = None) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        *,
+        time_source: SimulationTime | None = None,
+        status_token: Callable[[], str] | None = None,
+    ) -> None:
         self._config = config
         self._time: SimulationTime = time_source or RealTime()
+        # Where a fresh bearer token for status_url comes from (e.g. client credentials at the
+        # gateway); called from a worker thread before each status report. Overrides status_token.
+        self._status_token = status_token
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None
@@ -494,7 +503,9 @@ class ProviderSimulator:
         assert self._http is not None, "start() not called"
         config = self._config
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
-        if config.status_token:
+        if self._status_token is not None:
+            headers["Authorization"] = f"Bearer {await asyncio.to_thread(self._status_token)}"
+        elif config.status_token:
             headers["Authorization"] = f"Bearer {config.status_token}"
         if correlation_id:
             headers["X-Correlation-ID"] = correlation_id

@@ -30,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
@@ -203,13 +203,14 @@ class SimulatorServer:
         port: int = 0,
         config: SimulatorConfig | None = None,
         time_source: SimulationTime | None = None,
+        status_token: Callable[[], str] | None = None,
         **settings: Any,
     ) -> None:
         if config is None:
             config = SimulatorConfig(ods=ods, seed=seed, **settings)
         elif settings:
             config = config.updated(settings)
-        self.simulator = ProviderSimulator(config, time_source=time_source)
+        self.simulator = ProviderSimulator(config, time_source=time_source, status_token=status_token)
         self.host = host
         self._port = port
         self._socket: socket.socket | None = None
