@@ -11,7 +11,16 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway import __version__
-from gateway.api import communications, metadata, operations, process_message, read, tasks, token
+from gateway.api import (
+    codesystems,
+    communications,
+    metadata,
+    operations,
+    process_message,
+    read,
+    tasks,
+    token,
+)
 from gateway.api.deps import Services
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
@@ -82,6 +91,7 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     app.include_router(tasks.router)
     app.include_router(communications.router)
     app.include_router(metadata.router)
+    app.include_router(codesystems.router)
     app.include_router(operations.router)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)

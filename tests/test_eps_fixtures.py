@@ -143,5 +143,16 @@ def test_the_homecare_dispense_notification_follows_its_order(
     assert response.json()["issue"][0]["severity"] == "information"
     tasks = sender_clients["VNCEL"].get("/fhir/Task", params={"owner": "VNCEL"}).json()["entry"]
     assert {entry["resource"]["businessStatus"]["coding"][0]["code"] for entry in tasks} == {"dispensed"}
+    item_id = tasks[0]["resource"]["id"]
+    dispenses = sender_clients["RBA"].get(
+        "/fhir/MedicationDispense", params={"prescription": f"MedicationRequest/{item_id}"}
+    )
+    assert dispenses.status_code == 200
+    (first, *_) = dispenses.json()["entry"]
+    assert first["resource"]["authorizingPrescription"] == [{"reference": f"MedicationRequest/{item_id}"}]
+    assert sender_clients["RBA"].get(f"/fhir/MedicationDispense/{first['resource']['id']}").status_code == 200
+    assert (
+        sender_clients["A83008"].get(f"/fhir/MedicationDispense/{first['resource']['id']}").status_code == 404
+    )
     again = send(sender_clients, eps_fixtures / DISPENSE_HOMECARE)
     assert again.status_code == 200 and again.content == response.content, "a resubmission is replayed"

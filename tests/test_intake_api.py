@@ -268,8 +268,16 @@ def test_the_capability_statement_tells_what_is_implemented(client: httpx.Client
     assert statement["resourceType"] == "CapabilityStatement"
     assert statement["fhirVersion"] == "4.0.1"
     rest = statement["rest"][0]
-    assert {r["type"]: [i["code"] for i in r["interaction"]] for r in rest["resource"]} == {
-        "MedicationRequest": ["read"],
-        "Bundle": ["read"],
-    }
+    interactions = {r["type"]: {i["code"] for i in r["interaction"]} for r in rest["resource"]}
+    assert interactions["MedicationRequest"] == {"read"}
+    assert interactions["Task"] == {"read", "search-type", "create", "update", "history-instance"}
     assert [op["name"] for op in rest["operation"]] == ["process-message"]
+    events = {m["definition"].rpartition("|")[2] for m in statement["messaging"][0]["supportedMessage"]}
+    assert events == {"prescription-order", "prescription-order-update", "dispense-notification"}
+
+
+def test_the_status_code_system_is_published(client: httpx.Client, db: Database) -> None:
+    code_system = client.get("/fhir/CodeSystem/homecare-status").json()
+    assert code_system["url"] == "https://homecare-gateway.nhs.uk/CodeSystem/homecare-status"
+    codes = {concept["code"]: concept for concept in code_system["concept"]}
+    assert len(codes) == 16 and codes["delivered"]["property"][0]["valueBoolean"] is True

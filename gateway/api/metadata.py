@@ -30,8 +30,9 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "documentation": (
-                    "Trusts send homecare prescription-order messages with $process-message; "
-                    "prescription-order-update and dispense-notification are refused as not supported yet."
+                    "Trusts send homecare prescription-order and prescription-order-update (cancel) "
+                    "messages with $process-message; providers send dispense-notification messages and "
+                    "report each line item's status as a Task (one Task per line item)."
                 ),
                 "security": {
                     "service": [
@@ -49,7 +50,36 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 "resource": [
                     {"type": "MedicationRequest", "interaction": [{"code": "read"}]},
                     {"type": "Bundle", "interaction": [{"code": "read"}]},
+                    {
+                        "type": "Task",
+                        "interaction": [
+                            {"code": "read"},
+                            {"code": "search-type"},
+                            {"code": "create"},
+                            {"code": "update"},
+                            {"code": "history-instance"},
+                        ],
+                        "searchParam": [
+                            {"name": name, "type": kind}
+                            for name, kind in (
+                                ("owner", "token"),
+                                ("requester", "token"),
+                                ("business-status", "token"),
+                                ("focus:identifier", "token"),
+                                ("based-on:identifier", "token"),
+                                ("patient:identifier", "token"),
+                                ("_lastUpdated", "date"),
+                            )
+                        ],
+                    },
+                    {
+                        "type": "MedicationDispense",
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    },
+                    {"type": "Communication", "interaction": [{"code": "create"}, {"code": "search-type"}]},
+                    {"type": "CodeSystem", "interaction": [{"code": "read"}]},
                 ],
+                "interaction": [{"code": "transaction", "documentation": "Up to 50 status Tasks"}],
                 "operation": [
                     {
                         "name": "process-message",
@@ -64,8 +94,9 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 "supportedMessage": [
                     {
                         "mode": "receiver",
-                        "definition": "https://fhir.nhs.uk/CodeSystem/message-event|prescription-order",
+                        "definition": f"https://fhir.nhs.uk/CodeSystem/message-event|{event}",
                     }
+                    for event in ("prescription-order", "prescription-order-update", "dispense-notification")
                 ],
             }
         ],

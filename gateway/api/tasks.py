@@ -16,7 +16,7 @@ from gateway.api.deps import Services, ServicesDep, authorise
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
-from gateway.domain import task_service
+from gateway.domain import dispenses, task_service
 from gateway.domain.status_updates import Applied
 
 router = APIRouter(tags=["status"])
@@ -308,3 +308,52 @@ async def _search_form(request: Request) -> list[tuple[str, str]]:
         raise OperationOutcomeError(
             400, [Issue(IssueType.STRUCTURE, ErrorCode.INVALID_VALUE, "The search form cannot be parsed")]
         ) from exc
+
+
+@router.get(
+    "/fhir/MedicationDispense/{id}",
+    summary="Read a MedicationDispense a provider sent in a dispense-notification",
+    response_class=FhirResponse,
+    responses={200: _TASK_RESPONSES[200], **outcome_responses(401, 403, 404)},
+)
+async def read_dispense(id: str, request: Request, caller: TaskReader, services: ServicesDep) -> Response:
+    resource = await run_in_threadpool(
+        dispenses.read_dispense,
+        services.db,
+        caller=caller,
+        dispense_id=id,
+        request_id=_request_id(request),
+        clock=services.clock,
+    )
+    return FhirResponse(resource)
+
+
+@router.get(
+    "/fhir/MedicationDispense",
+    summary="The MedicationDispenses of a line item: prescription=MedicationRequest/{id}",
+    response_class=FhirResponse,
+    responses=_SEARCH_RESPONSES,
+)
+async def search_dispenses(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
+    prescription = request.query_params.get("prescription", "")
+    if not prescription.startswith("MedicationRequest/") or prescription.count("/") != 1:
+        raise OperationOutcomeError(
+            400,
+            [
+                Issue(
+                    IssueType.REQUIRED,
+                    ErrorCode.MISSING_FIELD,
+                    "Search with prescription=MedicationRequest/{id}",
+                    "prescription",
+                )
+            ],
+        )
+    bundle = await run_in_threadpool(
+        dispenses.dispenses_of_item,
+        services.db,
+        caller=caller,
+        item_id=prescription.removeprefix("MedicationRequest/"),
+        request_id=_request_id(request),
+        clock=services.clock,
+    )
+    return FhirResponse(bundle)
