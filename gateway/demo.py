@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -14,6 +15,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from adapters.fhir_rest.simulator import SimulatorServer
 from auth.assertion import generate_client_key, load_private_key, request_access_token, sign_assertion
 from auth.clients import KeySource, add_client, get_client
 from auth.identity import Role
@@ -24,7 +26,7 @@ from gateway.clock import system_clock
 from gateway.server import prepare
 from gateway.settings import Settings
 from gateway.store.db import Database
-from gateway.store.providers import add_provider, list_providers
+from gateway.store.providers import add_provider, list_providers, update_provider
 
 console = Console()
 
@@ -37,19 +39,60 @@ DEMO_PROVIDERS = (
 )
 
 
-def _register_demo_providers(database: Database) -> None:
+def _register_demo_providers(database: Database, simulators: dict[str, SimulatorServer]) -> None:
+    """The demo providers, pointing at this run's simulators (their ports change between runs)."""
     with database.write() as session:
         known = {provider.ods_code for provider in list_providers(session)}
         for ods, name, adapter in DEMO_PROVIDERS:
-            if ods not in known:
+            settings = {"base_url": simulators[ods].base_url, "timeout_seconds": 5.0}
+            if ods in known:
+                update_provider(session, ods, now=system_clock(), settings=settings, enabled=True)
+            else:
                 add_provider(
-                    session, ods_code=ods, name=name, adapter=adapter, settings={}, now=system_clock()
+                    session, ods_code=ods, name=name, adapter=adapter, settings=settings, now=system_clock()
                 )
 
 
-def _register_demo_trust(database: Database, data_dir: Path) -> Path:
-    """A trust client for the demo: its key pair in the data folder, its public key registered."""
-    key_path = data_dir / f"{DEMO_CLIENT}.pem"
+class _TokenCache:
+    """A provider simulator's access tokens: fetched with client credentials, reused for 4 minutes."""
+
+    def __init__(self, token_url: str, key_path: Path, client_id: str) -> None:
+        self._token_url, self._key_path, self._client_id = token_url, key_path, client_id
+        self._token: str | None = None
+        self._fetched = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._token is None or time.monotonic() - self._fetched > 240:
+                self._token = _demo_token(self._token_url, self._key_path, self._client_id)
+                self._fetched = time.monotonic()
+            return self._token
+
+
+def _start_simulators(base_url: str, token_url: str, keys: dict[str, Path]) -> dict[str, SimulatorServer]:
+    """Two homecare providers on loopback that move orders through the lifecycle and report back."""
+    behaviour: dict[str, dict[str, Any]] = {
+        "VNCEL": {"step_delay_seconds": 3.0},
+        "VNFKT": {"step_delay_seconds": 4.0, "delivery_failure_rate": 0.4, "query_rate": 0.2},
+    }
+    simulators = {}
+    for ods, _, _ in DEMO_PROVIDERS:
+        simulator = SimulatorServer(
+            ods,
+            seed=2026,
+            status_url=f"{base_url}/fhir/Task",
+            status_token=_TokenCache(token_url, keys[ods], f"demo-provider-{ods.lower()}"),
+            **behaviour[ods],
+        )
+        simulator.start()
+        simulators[ods] = simulator
+    return simulators
+
+
+def _register_demo_client(database: Database, data_dir: Path, client_id: str, role: Role, ods: str) -> Path:
+    """A demo client: its key pair in the data folder (owner-only), its public key registered."""
+    key_path = data_dir / f"{client_id}.pem"
     if not key_path.exists():
         pair = generate_client_key(DEMO_CLIENT_ALGORITHM)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -59,24 +102,24 @@ def _register_demo_trust(database: Database, data_dir: Path) -> Path:
         key_path.with_suffix(".jwks.json").write_text(json.dumps(pair.jwks, indent=2), encoding="utf-8")
     jwks = json.loads(key_path.with_suffix(".jwks.json").read_text(encoding="utf-8"))
     with database.write() as session:
-        if get_client(session, DEMO_CLIENT) is None:
+        if get_client(session, client_id) is None:
             add_client(
                 session,
-                client_id=DEMO_CLIENT,
-                role=Role.TRUST,
-                ods_code=DEMO_TRUST,
-                scopes=" ".join(ROLE_CEILINGS[Role.TRUST]),
+                client_id=client_id,
+                role=role,
+                ods_code=ods,
+                scopes=" ".join(ROLE_CEILINGS[role]),
                 keys=KeySource(jwks=jwks, jwks_url=None),
                 now=system_clock(),
             )
     return key_path
 
 
-def _demo_token(token_url: str, key_path: Path) -> str:
-    """An access token the way any trust system gets one: a signed assertion, then the token endpoint."""
+def _demo_token(token_url: str, key_path: Path, client_id: str = DEMO_CLIENT) -> str:
+    """An access token the way any client gets one: a signed assertion, then the token endpoint."""
     key = load_private_key(key_path)
     assertion = sign_assertion(
-        key=key, kid=key.thumbprint(), client_id=DEMO_CLIENT, token_url=token_url, now=int(time.time())
+        key=key, kid=key.thumbprint(), client_id=client_id, token_url=token_url, now=int(time.time())
     )
     with httpx.Client(timeout=10) as http:
         response = request_access_token(http, token_url=token_url, assertion=assertion)
@@ -102,7 +145,9 @@ def _send_samples(base_url: str, token: str, count: int) -> None:
     console.print(table)
 
 
-def _print_guide(base_url: str, token_url: str, key_path: Path, data_dir: Path) -> None:
+def _print_guide(
+    base_url: str, token_url: str, key_path: Path, data_dir: Path, simulators: dict[str, SimulatorServer]
+) -> None:
     example = Path("examples/prescription-order.json")
     console.print(
         f"""
@@ -111,6 +156,9 @@ def _print_guide(base_url: str, token_url: str, key_path: Path, data_dir: Path) 
   API documentation   {base_url}/docs
   Capability          curl {base_url}/fhir/metadata
   Demo trust client   {DEMO_CLIENT} (ODS {DEMO_TRUST}), private key {key_path}
+  Provider simulators {"; ".join(f"{ods} {sim.base_url}" for ods, sim in simulators.items())}
+                      (orders they hold: {", ".join(sim.control_url + "/orders" for sim in simulators.values())})
+  Metrics             curl {base_url}/metrics
 
 Get an access token (valid 5 minutes) as the demo trust system:
   TOKEN=$(homecare-gateway token --token-only --client-id {DEMO_CLIENT} --key {key_path} \\
@@ -121,6 +169,10 @@ Send a prescription:
        --data-binary @{example}
 Read it back: follow the Location header, e.g.
   curl -H "Authorization: Bearer $TOKEN" {base_url}/fhir/Bundle/<id>
+Watch the status the providers report (a Task per line item, newest change first):
+  curl -H "Authorization: Bearer $TOKEN" "{base_url}/fhir/Task?_count=20"
+  curl -H "Authorization: Bearer $TOKEN" "{base_url}/fhir/Task?business-status=delivery-failed"
+  curl -H "Authorization: Bearer $TOKEN" {base_url}/fhir/Task/<id>/_history
 """,
         soft_wrap=True,
     )
@@ -129,13 +181,21 @@ Read it back: follow the Location header, e.g.
 def run_demo(*, port: int, prescriptions: int) -> None:
     if "HOMECARE_DATA_DIR" not in os.environ and "DATABASE_URL" not in os.environ:
         os.environ["HOMECARE_DATA_DIR"] = "var/demo"
+    os.environ.setdefault("HOMECARE_LOG_LEVEL", "WARNING")
     base_url = f"http://127.0.0.1:{port}"
     os.environ.setdefault("HOMECARE_PUBLIC_BASE_URL", base_url)
     settings = Settings()
     prepare(settings)
     database = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
-    _register_demo_providers(database)
-    key_path = _register_demo_trust(database, settings.data_dir)
+    key_path = _register_demo_client(database, settings.data_dir, DEMO_CLIENT, Role.TRUST, DEMO_TRUST)
+    provider_keys = {
+        ods: _register_demo_client(
+            database, settings.data_dir, f"demo-provider-{ods.lower()}", Role.PROVIDER, ods
+        )
+        for ods, _, _ in DEMO_PROVIDERS
+    }
+    simulators = _start_simulators(base_url, settings.token_url, provider_keys)
+    _register_demo_providers(database, simulators)
 
     server = uvicorn.Server(
         uvicorn.Config(
@@ -149,8 +209,12 @@ def run_demo(*, port: int, prescriptions: int) -> None:
                 return
             threading.Event().wait(0.05)
         _send_samples(base_url, _demo_token(settings.token_url, key_path), prescriptions)
-        _print_guide(base_url, settings.token_url, key_path, settings.data_dir)
+        _print_guide(base_url, settings.token_url, key_path, settings.data_dir, simulators)
 
     threading.Thread(target=after_start, name="demo-samples", daemon=True).start()
-    server.run()
-    database.dispose()
+    try:
+        server.run()
+    finally:
+        for simulator in simulators.values():
+            simulator.stop()
+        database.dispose()
