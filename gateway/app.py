@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway import __version__
-from gateway.api import metadata, operations, process_message, read, token
+from gateway.api import metadata, operations, process_message, read, subscriptions, token
 from gateway.api.deps import Services
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
@@ -36,8 +36,10 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     )
     database = db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
     writer = BatchWriter(database)
-    dispatcher = Dispatcher(database, clock=clock, settings=settings.dispatcher_settings())
     tokens = build_token_service(settings, database, clock)
+    dispatcher = Dispatcher(
+        database, clock=clock, settings=settings.dispatcher_settings(), signing_keys=tokens.signing_keys
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -72,6 +74,7 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     app.include_router(token.router)
     app.include_router(process_message.router)
     app.include_router(read.router)
+    app.include_router(subscriptions.router)
     app.include_router(metadata.router)
     app.include_router(operations.router)
     install_error_handlers(app)

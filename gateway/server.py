@@ -65,8 +65,13 @@ def run_worker() -> None:
 
     async def main() -> None:
         database = Database(settings.resolved_database_url, pool_size=4)
-        dispatcher = Dispatcher(database, clock=system_clock, settings=settings.dispatcher_settings())
         tokens = build_token_service(settings, database, system_clock)
+        dispatcher = Dispatcher(
+            database,
+            clock=system_clock,
+            settings=settings.dispatcher_settings(),
+            signing_keys=tokens.signing_keys,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

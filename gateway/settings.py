@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(default=12, ge=1)
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, ge=0)
+    notification_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long a subscriber's endpoint has to answer a notification."
+    )
+    subscription_error_after: int = Field(
+        default=5,
+        ge=1,
+        description="Failed notification deliveries in a row that put a subscription in error.",
+    )
     provider_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts its copy of the provider registry."
     )
@@ -100,6 +108,8 @@ class Settings(BaseSettings):
             ),
             breaker_threshold=self.breaker_threshold,
             breaker_cooldown_seconds=self.breaker_cooldown_seconds,
+            notification_timeout_seconds=self.notification_timeout_seconds,
+            subscription_error_after=self.subscription_error_after,
         )
 
     @property

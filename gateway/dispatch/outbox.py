@@ -4,8 +4,10 @@ Claims are leases: a worker that dies mid-send leaves its rows in `sending` unti
 then any worker claims them again (the provider may see a message twice, never zero times; the
 idempotency key lets it notice). On PostgreSQL claims use `FOR UPDATE SKIP LOCKED`, so workers on
 any number of machines never claim the same row at once; on SQLite the claim runs under the single
-write lock, which gives the same guarantee. A message is only claimable when no earlier message of
-the same prescription is still pending or sending: a cancel never overtakes its order.
+write lock, which gives the same guarantee. A message is only claimable when no earlier message with
+the same ordering key is still pending or sending: a provider message's key is its prescription, so a
+cancel never overtakes its order; a notification's is its subscription (`sub:<id>`), so a subscriber
+gets its notifications in order and they never wait behind sends to providers.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy.orm import aliased
 from adapters.base import OrderKind
 from gateway.domain.status import Status
 from gateway.store.db import Database
-from gateway.store.models import InboundMessage, OutboxMessage, Prescription, StatusEvent
+from gateway.store.models import InboundMessage, OutboxMessage, Prescription, StatusEvent, Subscription
 
 PENDING, SENDING, DONE, DEAD = "pending", "sending", "done", "dead"
 GATEWAY_SOURCE = "gateway"
@@ -29,6 +31,8 @@ _outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
 _prescription = Prescription.__table__  # type: ignore[attr-defined]
 _message = InboundMessage.__table__  # type: ignore[attr-defined]
 _event = StatusEvent.__table__  # type: ignore[attr-defined]
+_subscription = Subscription.__table__  # type: ignore[attr-defined]
+_is_provider_message = _outbox.c.subscription_id.is_(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,24 @@ class ClaimedMessage:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedNotification:
+    """A claimed notification with what its delivery needs: the subscriber's channel and the payload.
+
+    `headers` are the subscriber's own (an Authorization header, say): never log them.
+    """
+
+    outbox_id: int
+    subscription_id: str
+    prescription_id: str
+    idempotency_key: str
+    attempts: int
+    payload: bytes | None
+    endpoint: str
+    headers: tuple[str, ...]
+    subscription_status: str
+
+
 def claim_due(
     db: Database,
     *,
@@ -55,12 +77,17 @@ def claim_due(
     lease: timedelta,
     limit: int,
     skip_providers: frozenset[str] = frozenset(),
-) -> list[ClaimedMessage]:
-    """Lease up to `limit` due messages to `owner`; expired leases of dead workers count as due."""
+    notifications: bool = True,
+) -> list[ClaimedMessage | ClaimedNotification]:
+    """Lease up to `limit` due messages to `owner`; expired leases of dead workers count as due.
+
+    `skip_providers` holds back messages to those providers (not notifications about their
+    prescriptions); `notifications=False` leaves notifications to dispatchers that can sign them.
+    """
     earlier = aliased(_outbox)
     blocked_by_earlier = exists().where(
         and_(
-            earlier.c.prescription_id == _outbox.c.prescription_id,
+            earlier.c.ordering_key == _outbox.c.ordering_key,
             earlier.c.id < _outbox.c.id,
             earlier.c.state.in_((PENDING, SENDING)),
         )
@@ -76,7 +103,9 @@ def claim_due(
         .limit(limit)
     )
     if skip_providers:
-        query = query.where(_outbox.c.provider_ods.not_in(sorted(skip_providers)))
+        query = query.where(or_(~_is_provider_message, _outbox.c.provider_ods.not_in(sorted(skip_providers))))
+    if not notifications:
+        query = query.where(_is_provider_message)
     with db.write_connection() as connection:
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True, of=_outbox)
@@ -103,10 +132,26 @@ def claim_due(
             )
             .join(_prescription, _prescription.c.id == _outbox.c.prescription_id)
             .join(_message, _message.c.id == _prescription.c.message_id)
+            .where(_outbox.c.id.in_(ids), _is_provider_message)
+            .order_by(_outbox.c.id)
+        ).all()
+        notification_rows = connection.execute(
+            select(
+                _outbox.c.id,
+                _outbox.c.subscription_id,
+                _outbox.c.prescription_id,
+                _outbox.c.idempotency_key,
+                _outbox.c.attempts,
+                _outbox.c.payload,
+                _subscription.c.endpoint,
+                _subscription.c.headers,
+                _subscription.c.status,
+            )
+            .join(_subscription, _subscription.c.id == _outbox.c.subscription_id)
             .where(_outbox.c.id.in_(ids))
             .order_by(_outbox.c.id)
         ).all()
-    return [
+    provider_messages: list[ClaimedMessage | ClaimedNotification] = [
         ClaimedMessage(
             outbox_id=row[0],
             prescription_id=row[1],
@@ -121,9 +166,25 @@ def claim_due(
         )
         for row in rows
     ]
+    notifications_claimed: list[ClaimedMessage | ClaimedNotification] = [
+        ClaimedNotification(
+            outbox_id=row[0],
+            subscription_id=row[1],
+            prescription_id=row[2],
+            idempotency_key=row[3],
+            attempts=row[4],
+            payload=row[5],
+            endpoint=row[6],
+            headers=tuple(row[7] or ()),
+            subscription_status=row[8],
+        )
+        for row in notification_rows
+    ]
+    return sorted(provider_messages + notifications_claimed, key=lambda claimed: claimed.outbox_id)
 
 
-def _still_ours(owner: str, outbox_id: int) -> Any:
+def still_ours(owner: str, outbox_id: int) -> Any:
+    """The condition that a claimed row is still leased to `owner`: only then is its result recorded."""
     return and_(_outbox.c.id == outbox_id, _outbox.c.state == SENDING, _outbox.c.lease_owner == owner)
 
 
@@ -165,7 +226,7 @@ def record_delivered(db: Database, claimed: ClaimedMessage, *, owner: str, now: 
     with db.write_connection() as connection:
         done = connection.execute(
             update(_outbox)
-            .where(_still_ours(owner, claimed.outbox_id))
+            .where(still_ours(owner, claimed.outbox_id))
             .values(state=DONE, lease_owner=None, lease_until=None, last_error=None, updated_at=now)
         ).rowcount
         if not done:
@@ -189,7 +250,7 @@ def record_rejected(
     with db.write_connection() as connection:
         done = connection.execute(
             update(_outbox)
-            .where(_still_ours(owner, claimed.outbox_id))
+            .where(still_ours(owner, claimed.outbox_id))
             .values(state=DONE, lease_owner=None, lease_until=None, last_error=reason[:500], updated_at=now)
         ).rowcount
         if not done:
@@ -229,7 +290,7 @@ def record_failure(
         else:
             values.update(state=PENDING, due_at=retry_at)
         changed = connection.execute(
-            update(_outbox).where(_still_ours(owner, claimed.outbox_id)).values(**values)
+            update(_outbox).where(still_ours(owner, claimed.outbox_id)).values(**values)
         )
         if not changed.rowcount:
             return False
@@ -252,8 +313,11 @@ def record_failure(
 def redrive(
     db: Database, *, now: datetime, prescription_id: str | None = None, provider_ods: str | None = None
 ) -> int:
-    """Put dead messages back in the queue (after the provider is fixed); returns how many."""
-    conditions = [_outbox.c.state == DEAD]
+    """Put dead messages to providers back in the queue (after the provider is fixed); returns how many.
+
+    Dead notifications stay dead: their subscription is in error, and the subscriber resynchronises.
+    """
+    conditions = [_outbox.c.state == DEAD, _is_provider_message]
     if prescription_id is not None:
         conditions.append(_outbox.c.prescription_id == prescription_id)
     if provider_ods is not None:
@@ -307,7 +371,7 @@ def stats(db: Database, *, now: datetime) -> OutboxStats:
         dead_by_provider: dict[str, int] = dict(
             connection.execute(
                 select(_outbox.c.provider_ods, func.count())
-                .where(_outbox.c.state == DEAD)
+                .where(_outbox.c.state == DEAD, _is_provider_message)
                 .group_by(_outbox.c.provider_ods)
             ).all()
         )
