@@ -81,38 +81,38 @@ def endpoint_problem(url: str, *, allow_loopback_http: bool) -> str | None:
     development; in production no loopback or private address either (the gateway must not be
     pointed at its own network)."""
     if len(url) > MAX_ENDPOINT_LENGTH:
-        return f"the endpoint is longer than {MAX_ENDPOINT_LENGTH} characters"
+        return f"The endpoint is longer than {MAX_ENDPOINT_LENGTH} characters"
     if any(character.isspace() or ord(character) < 0x20 for character in url):
-        return "the endpoint contains spaces or control characters"
+        return "The endpoint contains spaces or control characters"
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        return "the endpoint is not a valid URL"
+        return "The endpoint is not a valid URL"
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("https", "http") or not host:
-        return "the endpoint must be an absolute https:// URL"
+        return "The endpoint must be an absolute https:// URL"
     if parts.username is not None or parts.password is not None:
-        return "the endpoint may not carry credentials: send them in channel.header"
+        return "The endpoint may not carry credentials: send them in channel.header"
     if parts.fragment:
-        return "the endpoint may not have a #fragment"
+        return "The endpoint may not have a #fragment"
     if port == 0:
-        return "the endpoint's port is not valid"
+        return "The endpoint's port is not valid"
     loopback = host in _LOOPBACK_NAMES
     if parts.scheme == "http" and not (allow_loopback_http and loopback):
         return (
-            "the endpoint must use https (plain http is accepted for 127.0.0.1 and localhost, "
+            "The endpoint must use https (plain http is accepted for 127.0.0.1 and localhost, "
             "in development only)"
         )
     if not allow_loopback_http:
         if loopback or host.endswith(".localhost"):
-            return "the endpoint may not be a loopback address"
+            return "The endpoint may not be a loopback address"
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             return None
         if not address.is_global:
-            return "the endpoint may not be a private, loopback or reserved address"
+            return "The endpoint may not be a private, loopback or reserved address"
     return None
 
 
@@ -141,15 +141,15 @@ def _header_issues(headers: Any) -> tuple[list[Issue], tuple[str, ...]]:
         name, value = name.strip(), value.strip()
         problem = None
         if len(header) > MAX_HEADER_LENGTH:
-            problem = f"a channel header may be at most {MAX_HEADER_LENGTH} characters"
+            problem = f"A channel header may be at most {MAX_HEADER_LENGTH} characters"
         elif not colon or not _HEADER_NAME.match(name):
-            problem = "a channel header is 'Name: value', with an HTTP header name"
+            problem = "A channel header is 'Name: value', with an HTTP header name"
         elif not value or not _HEADER_VALUE.match(value):
-            problem = f"header '{name}' needs a value without line breaks or control characters"
+            problem = f"Header '{name}' needs a value without line breaks or control characters"
         elif name.lower() in RESERVED_HEADERS:
-            problem = f"header '{name}' is set by the gateway (or by HTTP) and cannot be chosen"
+            problem = f"Header '{name}' is set by the gateway (or by HTTP) and cannot be chosen"
         elif name.lower() in seen:
-            problem = f"header '{name}' is given twice"
+            problem = f"Header '{name}' is given twice"
         if problem:
             issues.append(_issue(IssueType.VALUE, ErrorCode.INVALID_VALUE, problem, expression))
             continue
@@ -206,7 +206,7 @@ def _own_rules(
             _issue(
                 IssueType.TOO_LONG,
                 ErrorCode.INVALID_VALUE,
-                f"reason may be at most {MAX_REASON_LENGTH} characters",
+                f"The reason may be at most {MAX_REASON_LENGTH} characters",
                 "Subscription.reason",
             )
         )
@@ -229,7 +229,12 @@ def _own_rules(
         end = _instant(end_text)
         if end is not None and end <= now:
             issues.append(
-                _issue(IssueType.VALUE, ErrorCode.INVALID_VALUE, "end is in the past", "Subscription.end")
+                _issue(
+                    IssueType.VALUE,
+                    ErrorCode.INVALID_VALUE,
+                    "The end is in the past: a subscription ends in the future",
+                    "Subscription.end",
+                )
             )
     channel = document.get("channel")
     endpoint: str | None = None
