@@ -271,5 +271,6 @@ def test_the_capability_statement_tells_what_is_implemented(client: httpx.Client
     assert {r["type"]: [i["code"] for i in r["interaction"]] for r in rest["resource"]} == {
         "MedicationRequest": ["read"],
         "Bundle": ["read"],
+        "Subscription": ["create", "read", "search-type", "delete"],
     }
     assert [op["name"] for op in rest["operation"]] == ["process-message"]
