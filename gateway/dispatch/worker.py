@@ -33,6 +33,7 @@ from gateway.notify import delivery
 from gateway.store.db import Database
 from gateway.store.models import Provider
 from gateway.store.providers import list_providers
+from gateway.store.subscriptions import ACTIVE
 
 log = get_logger("gateway.dispatch")
 
@@ -260,7 +261,7 @@ class Dispatcher:
             prescription_id=notification.prescription_id,
             attempt=notification.attempts + 1,
         )
-        if notification.subscription_status != "active":
+        if notification.subscription_status != ACTIVE:
             NOTIFICATIONS.labels(outcome="dropped").inc()
             await asyncio.to_thread(
                 delivery.record_dropped, self._db, notification, owner=self.owner, now=self._clock()

@@ -25,7 +25,8 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeE
 from gateway.clock import Clock
 from gateway.dispatch.outbox import DEAD, PENDING
 from gateway.domain import access
-from gateway.notify.criteria import parse_criteria
+from gateway.logs import get_logger
+from gateway.notify.criteria import CriteriaError, parse_criteria
 from gateway.notify.subscription import check_subscription, subscription_resource
 from gateway.store import subscriptions as store
 from gateway.store.db import Database
@@ -38,6 +39,7 @@ NOTIFICATION_KEY_PREFIX = "notification-"
 SUBSCRIBER_ROLES = frozenset({Role.TRUST, Role.CLINICIAN_APP})
 
 _outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
+log = get_logger("gateway.notify")
 
 
 def ordering_key(subscription_id: str) -> str:
@@ -62,13 +64,19 @@ def enqueue_notifications(
     Each notification carries the Task's JSON bytes as they are now (or nothing, for subscriptions
     without a payload), so a subscriber sees every state in the order the changes were made.
     """
-    matching = [
-        (subscription_id, payload_type)
-        for subscription_id, criteria, payload_type in store.active_subscriptions(
-            connection, tenant_ods=tenant_ods, now=now
-        )
-        if parse_criteria(criteria).matches(owner_ods=provider_ods, business_status=business_status)
-    ]
+    matching: list[tuple[str, str | None]] = []
+    for subscription_id, criteria, payload_type in store.active_subscriptions(
+        connection, tenant_ods=tenant_ods, now=now
+    ):
+        try:
+            wanted = parse_criteria(criteria).matches(owner_ods=provider_ods, business_status=business_status)
+        except CriteriaError:
+            # Checked when it was created; if a later release reads it differently, the status change
+            # must still be recorded. The subscriber is told nothing rather than something wrong.
+            log.warning("subscription_criteria_unusable", subscription_id=subscription_id)
+            continue
+        if wanted:
+            matching.append((subscription_id, payload_type))
     if not matching:
         return 0
     snapshot = orjson.dumps(task)

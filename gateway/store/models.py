@@ -144,8 +144,9 @@ class OutboxMessage(SQLModel, table=True):
     resource as it was when the change was made.
 
     States: `pending` (due at `due_at`), `sending` (claimed by `lease_owner` until `lease_until`),
-    `done` (the provider's system answered for it), `dead` (retries exhausted; re-drivable).
-    Messages with the same `ordering_key` go out one at a time, in id order: the prescription id for
+    `done` (the provider's system, or the subscriber, answered for it), `dead` (retries exhausted: a
+    provider message can be re-driven; a notification is never sent once its subscription is in error
+    or off). Messages with the same `ordering_key` go out one at a time, in id order: the prescription id for
     provider messages, `sub:<subscription id>` for notifications.
     """
 
