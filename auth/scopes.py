@@ -63,6 +63,9 @@ SEARCH_PRESCRIPTIONS = "system/MedicationRequest.s"
 READ_TASKS = "system/Task.rs"
 UPDATE_TASKS = "system/Task.cu"
 SUBSCRIPTIONS = "system/Subscription.crud"
+CREATE_SUBSCRIPTION = "system/Subscription.c"
+READ_SUBSCRIPTIONS = "system/Subscription.r"
+DELETE_SUBSCRIPTION = "system/Subscription.d"
 
 MESSAGE_EVENT_SCOPES: dict[str, str] = {
     "prescription-order": PRESCRIPTION_ORDER,

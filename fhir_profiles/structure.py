@@ -73,9 +73,9 @@ def fhirpath(loc: Sequence[int | str], root: str = "Bundle") -> str:
     return path
 
 
-def issue_from_error(error: ErrorDetails, prefix: tuple[int | str, ...] = ()) -> Issue:
+def issue_from_error(error: ErrorDetails, prefix: tuple[int | str, ...] = (), root: str = "Bundle") -> Issue:
     kind = error["type"]
-    expression = fhirpath(prefix + tuple(error["loc"]))
+    expression = fhirpath(prefix + tuple(error["loc"]), root)
     element = expression.rsplit(".", 1)[-1]
     if kind in {"missing", "model_field_validation.missing", "union_tag_not_found"}:
         what = "resourceType" if kind == "union_tag_not_found" else element
@@ -266,3 +266,36 @@ def _authoritative_issues(
                     issue_from_error(e, prefix) for e in exc.errors(include_input=False, include_url=False)
                 )
     return issues
+
+
+def check_resource_structure(document: dict[str, Any]) -> list[Issue]:
+    """Every structural problem fhir.resources R4B finds in one resource given as parsed JSON, with
+    FHIRPaths from its type (`Subscription.channel.type`); empty when it is sound."""
+    resource_type = document.get("resourceType")
+    model = r4b_resource_class(resource_type) if isinstance(resource_type, str) else None
+    if model is None or not isinstance(resource_type, str):
+        return [
+            Issue(
+                IssueType.STRUCTURE,
+                ErrorCode.INVALID_RESOURCE_TYPE,
+                "resourceType must name a FHIR R4 resource type",
+                "resourceType",
+            )
+        ]
+    try:
+        model.model_validate(document)
+    except ValidationError as exc:
+        return [
+            issue_from_error(error, root=resource_type)
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return [
+            Issue(
+                IssueType.STRUCTURE,
+                ErrorCode.INVALID_VALUE,
+                f"Resource could not be read as FHIR R4 {resource_type}: {type(exc).__name__}",
+                resource_type,
+            )
+        ]
+    return []

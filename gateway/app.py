@@ -18,6 +18,7 @@ from gateway.api import (
     operations,
     process_message,
     read,
+    subscriptions,
     tasks,
     token,
 )
@@ -29,6 +30,7 @@ from gateway.clock import Clock, system_clock
 from gateway.dispatch.worker import Dispatcher
 from gateway.domain.expiry import run_expiry
 from gateway.domain.sealing import run_housekeeping
+from gateway.notify.service import notify_status_change
 from gateway.security import build_token_service
 from gateway.settings import Settings
 from gateway.store.db import Database
@@ -46,15 +48,25 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     )
     database = db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
     writer = BatchWriter(database)
-    dispatcher = Dispatcher(database, clock=clock, settings=settings.dispatcher_settings())
     tokens = build_token_service(settings, database, clock)
+    dispatcher = Dispatcher(
+        database,
+        clock=clock,
+        settings=settings.dispatcher_settings(),
+        signing_keys=tokens.signing_keys,
+        on_status_change=notify_status_change,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         running = asyncio.create_task(dispatcher.run(stop)) if settings.run_dispatcher else None
         expiring = (
-            asyncio.create_task(run_expiry(database, clock=clock, interval=settings.expiry_check_seconds))
+            asyncio.create_task(
+                run_expiry(
+                    database, clock=clock, interval=settings.expiry_check_seconds, notify=notify_status_change
+                )
+            )
             if settings.run_dispatcher
             else None
         )
@@ -84,12 +96,14 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
         writer=writer,
         doorbell=dispatcher.doorbell,
         tokens=tokens,
+        on_status_change=notify_status_change,
     )
     app.include_router(token.router)
     app.include_router(process_message.router)
     app.include_router(read.router)
     app.include_router(tasks.router)
     app.include_router(communications.router)
+    app.include_router(subscriptions.router)
     app.include_router(metadata.router)
     app.include_router(codesystems.router)
     app.include_router(operations.router)

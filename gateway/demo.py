@@ -82,7 +82,7 @@ def _start_simulators(base_url: str, token_url: str, keys: dict[str, Path]) -> d
             ods,
             seed=2026,
             status_url=f"{base_url}/fhir/Task",
-            status_token=_TokenCache(token_url, keys[ods], f"demo-provider-{ods.lower()}"),
+            status_token_source=_TokenCache(token_url, keys[ods], f"demo-provider-{ods.lower()}"),
             **behaviour[ods],
         )
         simulator.start()

@@ -47,6 +47,9 @@ def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
     root.setLevel(numeric_level)
     # The gateway writes its own access line (without query strings); uvicorn's would repeat the URL.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request it makes with its full URL at INFO: a subscriber's endpoint may carry a
+    # token in its query string. The dispatcher logs its sends itself, by id.
+    logging.getLogger("httpx").setLevel(max(numeric_level, logging.WARNING))
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -21,6 +21,12 @@ SENDS = Counter(
     ["provider", "outcome"],
     registry=REGISTRY,
 )
+NOTIFICATIONS = Counter(
+    "homecare_notifications",
+    "Notification attempts to subscribers by outcome (delivered, retry, dead, dropped)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 BREAKER_OPEN = Gauge(
     "homecare_dispatch_breaker_open",
     "1 while this process's circuit breaker for the provider is open",

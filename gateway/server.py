@@ -13,6 +13,7 @@ from gateway.dispatch.worker import Dispatcher
 from gateway.domain.expiry import run_expiry
 from gateway.domain.sealing import run_housekeeping
 from gateway.logs import configure_logging, get_logger
+from gateway.notify.service import notify_status_change
 from gateway.security import build_token_service
 from gateway.settings import Settings
 from gateway.store.db import Database
@@ -66,15 +67,26 @@ def run_worker() -> None:
 
     async def main() -> None:
         database = Database(settings.resolved_database_url, pool_size=4)
-        dispatcher = Dispatcher(database, clock=system_clock, settings=settings.dispatcher_settings())
         tokens = build_token_service(settings, database, system_clock)
+        dispatcher = Dispatcher(
+            database,
+            clock=system_clock,
+            settings=settings.dispatcher_settings(),
+            signing_keys=tokens.signing_keys,
+            on_status_change=notify_status_change,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         background = [
             asyncio.create_task(
-                run_expiry(database, clock=system_clock, interval=settings.expiry_check_seconds)
+                run_expiry(
+                    database,
+                    clock=system_clock,
+                    interval=settings.expiry_check_seconds,
+                    notify=notify_status_change,
+                )
             )
         ]
         if settings.audit_seal_seconds:

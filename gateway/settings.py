@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     cancel_wait_seconds: float = Field(
         default=5.0, ge=0, description="How long a cancellation waits for the provider's answer before 202."
     )
+    notification_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long a subscriber's endpoint has to answer a notification."
+    )
+    subscription_error_after: int = Field(
+        default=5,
+        ge=1,
+        description="Failed notification deliveries in a row that put a subscription in error.",
+    )
     provider_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts its copy of the provider registry."
     )
@@ -104,6 +112,8 @@ class Settings(BaseSettings):
             ),
             breaker_threshold=self.breaker_threshold,
             breaker_cooldown_seconds=self.breaker_cooldown_seconds,
+            notification_timeout_seconds=self.notification_timeout_seconds,
+            subscription_error_after=self.subscription_error_after,
         )
 
     @property

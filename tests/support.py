@@ -114,6 +114,7 @@ class RunningServer:
 
 TABLES_IN_DELETE_ORDER = (
     "outbox",
+    "subscription",
     "audit_event",
     "used_jti",
     "client",

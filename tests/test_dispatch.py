@@ -238,6 +238,7 @@ def test_a_later_message_never_overtakes_an_earlier_one(db: Database) -> None:
                     "kind": "cancel",
                     "provider_ods": "VNCEL",
                     "idempotency_key": f"cancel-{prescription_id}",
+                    "ordering_key": prescription_id,
                     "state": "pending",
                     "attempts": 0,
                     "due_at": now,

@@ -62,7 +62,7 @@ def simulator_for(
     db: Database, server: RunningServer, token: Callable[[], str], **config: Any
 ) -> Iterator[SimulatorServer]:
     with SimulatorServer(
-        "VNCEL", seed=5, status_url=f"{server.base_url}/fhir/Task", status_token=token, **config
+        "VNCEL", seed=5, status_url=f"{server.base_url}/fhir/Task", status_token_source=token, **config
     ) as simulator:
         with db.write() as session:
             update_provider(

@@ -137,13 +137,13 @@ class ProviderSimulator:
         config: SimulatorConfig,
         *,
         time_source: SimulationTime | None = None,
-        status_token: Callable[[], str] | None = None,
+        status_token_source: Callable[[], str] | None = None,
     ) -> None:
         self._config = config
         self._time: SimulationTime = time_source or RealTime()
         # Where a fresh bearer token for status_url comes from (e.g. client credentials at the
         # gateway); called from a worker thread before each status report. Overrides status_token.
-        self._status_token = status_token
+        self._status_token = status_token_source
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None

@@ -203,14 +203,16 @@ class SimulatorServer:
         port: int = 0,
         config: SimulatorConfig | None = None,
         time_source: SimulationTime | None = None,
-        status_token: Callable[[], str] | None = None,
+        status_token_source: Callable[[], str] | None = None,
         **settings: Any,
     ) -> None:
         if config is None:
             config = SimulatorConfig(ods=ods, seed=seed, **settings)
         elif settings:
             config = config.updated(settings)
-        self.simulator = ProviderSimulator(config, time_source=time_source, status_token=status_token)
+        self.simulator = ProviderSimulator(
+            config, time_source=time_source, status_token_source=status_token_source
+        )
         self.host = host
         self._port = port
         self._socket: socket.socket | None = None

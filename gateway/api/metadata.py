@@ -78,6 +78,20 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                     },
                     {"type": "Communication", "interaction": [{"code": "create"}, {"code": "search-type"}]},
                     {"type": "CodeSystem", "interaction": [{"code": "read"}]},
+                    {
+                        "type": "Subscription",
+                        "documentation": (
+                            "rest-hook subscriptions of a trust to the status of its own prescriptions; "
+                            "criteria Task, with owner and business-status; notifications signed with a "
+                            "detached JWS (X-Signature) that verifies with /.well-known/jwks.json"
+                        ),
+                        "interaction": [
+                            {"code": "create"},
+                            {"code": "read"},
+                            {"code": "search-type"},
+                            {"code": "delete"},
+                        ],
+                    },
                 ],
                 "interaction": [{"code": "transaction", "documentation": "Up to 50 status Tasks"}],
                 "operation": [

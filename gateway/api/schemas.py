@@ -314,6 +314,60 @@ FHIR_SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "SubscriptionRequest": {
+        "description": (
+            "A FHIR R4 Subscription to the status of the trust's own prescriptions: status `requested`, "
+            "criteria `Task` optionally with `owner` and `business-status` parameters, and a rest-hook "
+            "channel to an https endpoint. `payload` application/fhir+json sends the Task; without it the "
+            "body is empty. `header` lists headers the subscriber wants on every notification "
+            "('Name: value'); their values are never shown again."
+        ),
+        "type": "object",
+        "required": ["resourceType", "status", "reason", "criteria", "channel"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Subscription"]},
+            "status": {"type": "string", "enum": ["requested"]},
+            "reason": _STRING,
+            "criteria": {"type": "string", "pattern": r"^Task(\?\S+)?$"},
+            "end": {"type": "string", "format": "date-time"},
+            "channel": {
+                "type": "object",
+                "required": ["type", "endpoint"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["rest-hook"]},
+                    "endpoint": {"type": "string", "pattern": r"^https://\S+$"},
+                    "payload": {"type": "string", "enum": ["application/fhir+json"]},
+                    "header": {"type": "array", "items": _STRING},
+                },
+                "additionalProperties": False,
+            },
+        },
+        "additionalProperties": False,
+    },
+    "Subscription": {
+        "type": "object",
+        "required": ["resourceType", "id", "status", "reason", "criteria", "channel"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Subscription"]},
+            "id": {"type": "string"},
+            "meta": {"type": "object", "properties": {"lastUpdated": {"type": "string"}}},
+            "status": {"type": "string", "enum": ["requested", "active", "error", "off"]},
+            "reason": {"type": "string"},
+            "criteria": {"type": "string"},
+            "end": {"type": "string"},
+            "error": {"type": "string"},
+            "channel": {
+                "type": "object",
+                "required": ["type", "endpoint"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["rest-hook"]},
+                    "endpoint": {"type": "string"},
+                    "payload": {"type": "string"},
+                    "header": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
     "FhirResource": {
         "type": "object",
         "required": ["resourceType"],

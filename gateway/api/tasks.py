@@ -37,7 +37,7 @@ def _request_id(request: Request) -> str:
 async def _report(
     request: Request, caller: Caller, services: Services, writes: list[task_service.TaskWrite]
 ) -> list[Applied]:
-    return await run_in_threadpool(
+    applied = await run_in_threadpool(
         task_service.report_statuses,
         services.db,
         caller=caller,
@@ -46,6 +46,8 @@ async def _report(
         clock=services.clock,
         notify=services.on_status_change,
     )
+    services.doorbell.ring()  # notifications for subscribers are queued: send them now
+    return applied
 
 
 def _answer(applied: Applied) -> Response:

@@ -4,8 +4,10 @@ Claims are leases: a worker that dies mid-send leaves its rows in `sending` unti
 then any worker claims them again (the provider may see a message twice, never zero times; the
 idempotency key lets it notice). On PostgreSQL claims use `FOR UPDATE SKIP LOCKED`, so workers on
 any number of machines never claim the same row at once; on SQLite the claim runs under the single
-write lock, which gives the same guarantee. A message is only claimable when no earlier message of
-the same prescription is still pending or sending: a cancel never overtakes its order.
+write lock, which gives the same guarantee. A message is only claimable when no earlier message with
+the same ordering key is still pending or sending: a provider message's key is its prescription, so a
+cancel never overtakes its order; a notification's is its subscription (`sub:<id>`), so a subscriber
+gets its notifications in order and they never wait behind sends to providers.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ from sqlalchemy.orm import aliased
 
 from adapters.base import OrderKind
 from gateway.domain.cancellation import StatusListener, provider_answered_cancel
-from gateway.domain.status import Status
+from gateway.domain.status import Status, Verdict
+from gateway.domain.status_updates import Applied
+from gateway.domain.tasks import render_task
 from gateway.store.db import Database
-from gateway.store.models import InboundMessage, OutboxMessage, Prescription, PrescriptionItem, StatusEvent
-from gateway.store.status import refresh_prescription_status
+from gateway.store.models import (
+    InboundMessage,
+    OutboxMessage,
+    Prescription,
+    PrescriptionItem,
+    StatusEvent,
+    Subscription,
+)
+from gateway.store.status import refresh_prescription_status, view_from_row, views_query
 
 PENDING, SENDING, DONE, DEAD = "pending", "sending", "done", "dead"
 GATEWAY_SOURCE = "gateway"
@@ -32,6 +43,8 @@ _prescription = Prescription.__table__  # type: ignore[attr-defined]
 _message = InboundMessage.__table__  # type: ignore[attr-defined]
 _event = StatusEvent.__table__  # type: ignore[attr-defined]
 _item = PrescriptionItem.__table__  # type: ignore[attr-defined]
+_subscription = Subscription.__table__  # type: ignore[attr-defined]
+_is_provider_message = _outbox.c.subscription_id.is_(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +63,24 @@ class ClaimedMessage:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedNotification:
+    """A claimed notification with what its delivery needs: the subscriber's channel and the payload.
+
+    `headers` are the subscriber's own (an Authorization header, say): never log them.
+    """
+
+    outbox_id: int
+    subscription_id: str
+    prescription_id: str
+    idempotency_key: str
+    attempts: int
+    payload: bytes | None
+    endpoint: str
+    headers: tuple[str, ...]
+    subscription_status: str
+
+
 def claim_due(
     db: Database,
     *,
@@ -58,12 +89,17 @@ def claim_due(
     lease: timedelta,
     limit: int,
     skip_providers: frozenset[str] = frozenset(),
-) -> list[ClaimedMessage]:
-    """Lease up to `limit` due messages to `owner`; expired leases of dead workers count as due."""
+    notifications: bool = True,
+) -> list[ClaimedMessage | ClaimedNotification]:
+    """Lease up to `limit` due messages to `owner`; expired leases of dead workers count as due.
+
+    `skip_providers` holds back messages to those providers (not notifications about their
+    prescriptions); `notifications=False` leaves notifications to dispatchers that can sign them.
+    """
     earlier = aliased(_outbox)
     blocked_by_earlier = exists().where(
         and_(
-            earlier.c.prescription_id == _outbox.c.prescription_id,
+            earlier.c.ordering_key == _outbox.c.ordering_key,
             earlier.c.id < _outbox.c.id,
             earlier.c.state.in_((PENDING, SENDING)),
         )
@@ -79,7 +115,9 @@ def claim_due(
         .limit(limit)
     )
     if skip_providers:
-        query = query.where(_outbox.c.provider_ods.not_in(sorted(skip_providers)))
+        query = query.where(or_(~_is_provider_message, _outbox.c.provider_ods.not_in(sorted(skip_providers))))
+    if not notifications:
+        query = query.where(_is_provider_message)
     with db.write_connection() as connection:
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True, of=_outbox)
@@ -106,10 +144,26 @@ def claim_due(
             )
             .join(_prescription, _prescription.c.id == _outbox.c.prescription_id)
             .join(_message, _message.c.id == func.coalesce(_outbox.c.message_id, _prescription.c.message_id))
+            .where(_outbox.c.id.in_(ids), _is_provider_message)
+            .order_by(_outbox.c.id)
+        ).all()
+        notification_rows = connection.execute(
+            select(
+                _outbox.c.id,
+                _outbox.c.subscription_id,
+                _outbox.c.prescription_id,
+                _outbox.c.idempotency_key,
+                _outbox.c.attempts,
+                _outbox.c.payload,
+                _subscription.c.endpoint,
+                _subscription.c.headers,
+                _subscription.c.status,
+            )
+            .join(_subscription, _subscription.c.id == _outbox.c.subscription_id)
             .where(_outbox.c.id.in_(ids))
             .order_by(_outbox.c.id)
         ).all()
-    return [
+    provider_messages: list[ClaimedMessage | ClaimedNotification] = [
         ClaimedMessage(
             outbox_id=row[0],
             prescription_id=row[1],
@@ -124,9 +178,25 @@ def claim_due(
         )
         for row in rows
     ]
+    notifications_claimed: list[ClaimedMessage | ClaimedNotification] = [
+        ClaimedNotification(
+            outbox_id=row[0],
+            subscription_id=row[1],
+            prescription_id=row[2],
+            idempotency_key=row[3],
+            attempts=row[4],
+            payload=row[5],
+            endpoint=row[6],
+            headers=tuple(row[7] or ()),
+            subscription_status=row[8],
+        )
+        for row in notification_rows
+    ]
+    return sorted(provider_messages + notifications_claimed, key=lambda claimed: claimed.outbox_id)
 
 
-def _still_ours(owner: str, outbox_id: int) -> Any:
+def still_ours(owner: str, outbox_id: int) -> Any:
+    """The condition that a claimed row is still leased to `owner`: only then is its result recorded."""
     return and_(_outbox.c.id == outbox_id, _outbox.c.state == SENDING, _outbox.c.lease_owner == owner)
 
 
@@ -138,6 +208,7 @@ def _set_status(
     now: datetime,
     detail: dict[str, Any],
     only_from: tuple[Status, ...],
+    notify: StatusListener | None = None,
 ) -> None:
     # The gateway's own steps apply to the line items still at the step before; the prescription's
     # status then follows from its items.
@@ -148,6 +219,8 @@ def _set_status(
     ).rowcount
     if changed:
         refresh_prescription_status(connection, prescription_id, now=now)
+        if notify is not None:
+            _tell_listener(connection, prescription_id, status, now, notify)
         connection.execute(
             insert(_event),
             [
@@ -164,6 +237,18 @@ def _set_status(
         )
 
 
+def _tell_listener(
+    connection: Connection, prescription_id: str, status: Status, now: datetime, notify: StatusListener
+) -> None:
+    """The items the gateway itself just moved, offered to the listener (subscriptions) like any change."""
+    rows = connection.execute(
+        views_query().where(_item.c.prescription_id == prescription_id, _item.c.status == status.value)
+    ).all()
+    for row in rows:
+        view = view_from_row(row)
+        notify(connection, Applied(task=render_task(view), verdict=Verdict.APPLIED, view=view), now)
+
+
 def record_delivered(
     db: Database, claimed: ClaimedMessage, *, owner: str, now: datetime, notify: StatusListener | None = None
 ) -> bool:
@@ -172,7 +257,7 @@ def record_delivered(
     with db.write_connection() as connection:
         done = connection.execute(
             update(_outbox)
-            .where(_still_ours(owner, claimed.outbox_id))
+            .where(still_ours(owner, claimed.outbox_id))
             .values(state=DONE, lease_owner=None, lease_until=None, last_error=None, updated_at=now)
         ).rowcount
         if not done:
@@ -185,6 +270,7 @@ def record_delivered(
                 now=now,
                 detail={"provider": claimed.provider_ods, "attempts": claimed.attempts + 1},
                 only_from=(Status.QUEUED,),
+                notify=notify,
             )
         else:
             provider_answered_cancel(
@@ -213,7 +299,7 @@ def record_rejected(
     with db.write_connection() as connection:
         done = connection.execute(
             update(_outbox)
-            .where(_still_ours(owner, claimed.outbox_id))
+            .where(still_ours(owner, claimed.outbox_id))
             .values(state=DONE, lease_owner=None, lease_until=None, last_error=reason[:500], updated_at=now)
         ).rowcount
         if not done:
@@ -226,6 +312,7 @@ def record_rejected(
                 now=now,
                 detail={"provider": claimed.provider_ods, "reason": reason[:500], "code": code},
                 only_from=(Status.QUEUED, Status.SENT),
+                notify=notify,
             )
         else:
             provider_answered_cancel(
@@ -248,6 +335,7 @@ def record_failure(
     now: datetime,
     error: str,
     retry_at: datetime | None,
+    notify: StatusListener | None = None,
 ) -> bool:
     """A retryable failure: due again at `retry_at`, or dead (`undeliverable`) when it is None."""
     with db.write_connection() as connection:
@@ -263,7 +351,7 @@ def record_failure(
         else:
             values.update(state=PENDING, due_at=retry_at)
         changed = connection.execute(
-            update(_outbox).where(_still_ours(owner, claimed.outbox_id)).values(**values)
+            update(_outbox).where(still_ours(owner, claimed.outbox_id)).values(**values)
         )
         if not changed.rowcount:
             return False
@@ -279,6 +367,7 @@ def record_failure(
                     "error": error[:200],
                 },
                 only_from=(Status.QUEUED,),
+                notify=notify,
             )
     return True
 
@@ -286,8 +375,11 @@ def record_failure(
 def redrive(
     db: Database, *, now: datetime, prescription_id: str | None = None, provider_ods: str | None = None
 ) -> int:
-    """Put dead messages back in the queue (after the provider is fixed); returns how many."""
-    conditions = [_outbox.c.state == DEAD]
+    """Put dead messages to providers back in the queue (after the provider is fixed); returns how many.
+
+    Dead notifications stay dead: their subscription is in error, and the subscriber resynchronises.
+    """
+    conditions = [_outbox.c.state == DEAD, _is_provider_message]
     if prescription_id is not None:
         conditions.append(_outbox.c.prescription_id == prescription_id)
     if provider_ods is not None:
@@ -341,7 +433,7 @@ def stats(db: Database, *, now: datetime) -> OutboxStats:
         dead_by_provider: dict[str, int] = dict(
             connection.execute(
                 select(_outbox.c.provider_ods, func.count())
-                .where(_outbox.c.state == DEAD)
+                .where(_outbox.c.state == DEAD, _is_provider_message)
                 .group_by(_outbox.c.provider_ods)
             ).all()
         )

@@ -1,4 +1,4 @@
-"""How a dispatcher behaves: polling, leases, concurrency, retries and breakers."""
+"""How a dispatcher behaves: polling, leases, concurrency, retries, breakers and notifications."""
 
 from __future__ import annotations
 
@@ -15,3 +15,6 @@ class DispatcherSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker_threshold: int = 5
     breaker_cooldown_seconds: float = 30.0
+    notification_timeout_seconds: float = 10.0
+    # Failed deliveries in a row after which a subscription goes into `error`.
+    subscription_error_after: int = 5

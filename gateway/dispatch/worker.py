@@ -1,10 +1,12 @@
-"""The dispatcher: claims due outbox messages and sends each through its provider's adapter.
+"""The dispatcher: claims due outbox messages and sends each through its provider's adapter, or, for
+a notification, to its subscriber's rest-hook endpoint (see `gateway.notify.delivery`).
 
 It runs inside `homecare-gateway serve` by default and alone as `homecare-gateway worker`; any
 number of them may run against one database. Sends run concurrently (up to `max_in_flight`), one
-message per prescription at a time, each under a lease. Failures are retried with exponential
-backoff and jitter; a provider that keeps failing trips its circuit breaker; a message that spends
-its retry budget is dead and its prescription `undeliverable` until an operator re-drives it.
+message per prescription (or per subscription) at a time, each under a lease. Failures are retried
+with exponential backoff and jitter; a provider that keeps failing trips its circuit breaker; a
+message that spends its retry budget is dead and its prescription `undeliverable` until an operator
+re-drives it. A subscription whose deliveries keep failing goes into `error`.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ from typing import Any
 
 from adapters.base import Adapter, AdapterTransportError, Order
 from adapters.registry import AdapterRegistryError, create_adapter
+from auth.signing import SigningKeys
 from gateway.clock import Clock
 from gateway.dispatch import outbox
 from gateway.dispatch.policy import CircuitBreaker
 from gateway.dispatch.settings import DispatcherSettings
 from gateway.domain.cancellation import StatusListener
 from gateway.logs import get_logger
-from gateway.metrics import BREAKER_OPEN, SENDS
+from gateway.metrics import BREAKER_OPEN, NOTIFICATIONS, SENDS
+from gateway.notify import delivery
 from gateway.store.db import Database
 from gateway.store.models import Provider
 from gateway.store.providers import list_providers
+from gateway.store.subscriptions import ACTIVE
 
 log = get_logger("gateway.dispatch")
 
@@ -59,10 +64,13 @@ class Dispatcher:
         doorbell: Doorbell | None = None,
         seed: int | None = None,
         on_status_change: StatusListener | None = None,
+        signing_keys: SigningKeys | None = None,
     ) -> None:
+        """Without `signing_keys` the dispatcher sends to providers only and leaves notifications
+        (which must be signed) to dispatchers that have them."""
         self._db = db
         self._clock = clock
-        self._notify = on_status_change
+        self._status_listener = on_status_change
         self._settings = settings or DispatcherSettings()
         self._doorbell = doorbell or Doorbell()
         self._rng = random.Random(seed)  # noqa: S311  (jitter, not security)
@@ -73,6 +81,8 @@ class Dispatcher:
         self._adapters: dict[str, tuple[tuple[str, str], Adapter]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
         self._send_finished = asyncio.Event()
+        self._signing_keys = signing_keys
+        self._rest_hooks: delivery.RestHookSender | None = None
 
     @property
     def doorbell(self) -> Doorbell:
@@ -103,7 +113,7 @@ class Dispatcher:
         for future in pending:
             future.cancel()
 
-    async def _claim(self) -> list[outbox.ClaimedMessage]:
+    async def _claim(self) -> list[outbox.ClaimedMessage | outbox.ClaimedNotification]:
         room = self._settings.max_in_flight - len(self._in_flight)
         if room <= 0:
             return []
@@ -115,11 +125,20 @@ class Dispatcher:
             lease=timedelta(seconds=self._settings.lease_seconds),
             limit=room,
             skip_providers=self._breaker.open_providers(),
+            notifications=self._signing_keys is not None,
         )
         if claimed:
-            providers = await asyncio.to_thread(self._load_providers)
+            providers = (
+                await asyncio.to_thread(self._load_providers)
+                if any(isinstance(message, outbox.ClaimedMessage) for message in claimed)
+                else {}
+            )
             for message in claimed:
-                task = asyncio.create_task(self._send(message, providers.get(message.provider_ods)))
+                task = asyncio.create_task(
+                    self._notify(message)
+                    if isinstance(message, outbox.ClaimedNotification)
+                    else self._send(message, providers.get(message.provider_ods))
+                )
                 self._in_flight.add(task)
                 task.add_done_callback(self._finished)
         return claimed
@@ -193,13 +212,18 @@ class Dispatcher:
                 now=now,
                 reason=result.reason or "rejected by the provider",
                 code=result.code,
-                notify=self._notify,
+                notify=self._status_listener,
             )
             bound.info("order_rejected_by_provider", recorded=recorded)
         else:
             SENDS.labels(provider=message.provider_ods, outcome="delivered").inc()
             recorded = await asyncio.to_thread(
-                outbox.record_delivered, self._db, message, owner=self.owner, now=now, notify=self._notify
+                outbox.record_delivered,
+                self._db,
+                message,
+                owner=self.owner,
+                now=now,
+                notify=self._status_listener,
             )
             bound.info("order_delivered", recorded=recorded)
 
@@ -222,6 +246,7 @@ class Dispatcher:
             now=now,
             error=reason,
             retry_at=retry_at,
+            notify=self._status_listener,
         )
         if delay is None:
             bound.error("order_undeliverable", reason=reason[:200])
@@ -230,8 +255,70 @@ class Dispatcher:
                 "send_failed_will_retry", reason=reason[:200], retry_in=round(delay.total_seconds(), 2)
             )
 
+    def _rest_hook_sender(self) -> delivery.RestHookSender:
+        if self._rest_hooks is None:
+            assert self._signing_keys is not None, "notifications are only claimed with signing keys"
+            self._rest_hooks = delivery.RestHookSender(
+                self._signing_keys, timeout_seconds=self._settings.notification_timeout_seconds
+            )
+        return self._rest_hooks
+
+    async def _notify(self, notification: outbox.ClaimedNotification) -> None:
+        # Never the endpoint or the headers in a log line: either may carry the subscriber's secrets.
+        bound = log.bind(
+            outbox_id=notification.outbox_id,
+            subscription_id=notification.subscription_id,
+            prescription_id=notification.prescription_id,
+            attempt=notification.attempts + 1,
+        )
+        if notification.subscription_status != ACTIVE:
+            NOTIFICATIONS.labels(outcome="dropped").inc()
+            await asyncio.to_thread(
+                delivery.record_dropped, self._db, notification, owner=self.owner, now=self._clock()
+            )
+            bound.info("notification_dropped", subscription_status=notification.subscription_status)
+            return
+        try:
+            result = await self._rest_hook_sender().post(notification)
+        except Exception as exc:  # noqa: BLE001  (a signing or client bug must not lose the notification)
+            result = delivery.DeliveryResult(delivered=False, error=f"gateway error {type(exc).__name__}")
+        now = self._clock()
+        if result.delivered:
+            NOTIFICATIONS.labels(outcome="delivered").inc()
+            recorded = await asyncio.to_thread(
+                delivery.record_notified, self._db, notification, owner=self.owner, now=now
+            )
+            bound.info("notification_delivered", recorded=recorded)
+            return
+        error = result.error or "not delivered"
+        delay = self._settings.retry.next_delay(
+            notification.attempts + 1, self._rng, retry_after=result.retry_after
+        )
+        outcome = await asyncio.to_thread(
+            delivery.record_not_notified,
+            self._db,
+            notification,
+            owner=self.owner,
+            now=now,
+            error=error,
+            retry_at=None if delay is None else now + delay,
+            error_after=self._settings.subscription_error_after,
+        )
+        NOTIFICATIONS.labels(
+            outcome="dead" if outcome is delivery.FailureOutcome.SUBSCRIPTION_ERROR else "retry"
+        ).inc()
+        if outcome is delivery.FailureOutcome.SUBSCRIPTION_ERROR:
+            bound.error("subscription_in_error", reason=error[:200])
+        elif delay is not None:
+            bound.warning(
+                "notification_failed_will_retry", reason=error[:200], retry_in=round(delay.total_seconds(), 2)
+            )
+
     async def aclose(self) -> None:
         adapters = [adapter for _, adapter in self._adapters.values()]
         self._adapters.clear()
         for adapter in adapters:
             await adapter.aclose()
+        if self._rest_hooks is not None:
+            rest_hooks, self._rest_hooks = self._rest_hooks, None
+            await rest_hooks.aclose()

@@ -143,6 +143,7 @@ def receive_cancellation(
                     {
                         "prescription_id": prescription_id,
                         "kind": "cancel",
+                        "ordering_key": prescription_id,
                         "provider_ods": items[0][0].provider_ods,
                         "idempotency_key": f"cancel-{message_id}",
                         "message_id": message_id,

@@ -289,6 +289,7 @@ def _build_rows(
             "kind": "new",
             "provider_ods": order.performer_ods,
             "idempotency_key": f"order-{prescription_id}",
+            "ordering_key": prescription_id,
             "state": "pending",
             "attempts": 0,
             "due_at": now,

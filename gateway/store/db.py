@@ -111,14 +111,29 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (safe to run on every start)."""
+        self.alembic("upgrade", "head")
+
+    def alembic(self, action: str, revision: str) -> None:
+        """Run an Alembic command (`upgrade`, `downgrade`) to `revision` on this database."""
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
-        with self.write_engine.begin() as connection:
-            if not self.is_sqlite:
-                # Several processes may start at once; one migrates, the others wait and find it done.
-                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4242001)")
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        with self.write_engine.connect() as connection:
+            if self.is_sqlite:
+                # SQLite alters a table by copying it, which foreign keys would forbid; they are switched
+                # off outside the transaction (the only place SQLite allows it) and checked after.
+                connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+            try:
+                with connection.begin():
+                    if not self.is_sqlite:
+                        # Several processes may start at once; one migrates, the others wait and find it done.
+                        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4242001)")
+                    config.attributes["connection"] = connection
+                    getattr(command, action)(config, revision)
+                    if self.is_sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                        raise RuntimeError("the migration left rows whose foreign keys do not resolve")
+            finally:
+                if self.is_sqlite:
+                    connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
     def dispose(self) -> None:
         self.engine.dispose()

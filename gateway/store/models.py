@@ -65,6 +65,7 @@ class Prescription(SQLModel, table=True):
         UniqueConstraint("tenant_ods", "short_form_id", name="uq_prescription_short_form"),
         Index("ix_prescription_nhs_number", "nhs_number"),
         Index("ix_prescription_provider_status", "provider_ods", "status"),
+        Index("ix_prescription_valid_until", "valid_until"),
     )
 
     id: str = Field(sa_column=Column(String(36), primary_key=True))
@@ -136,11 +137,43 @@ class StatusEvent(SQLModel, table=True):
     verdict: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
 
 
+class Subscription(SQLModel, table=True):
+    """A trust's FHIR Subscription (rest-hook) to the status of its prescriptions.
+
+    States: `requested` (never stored: a new one is checked and made `active` at once), `active`,
+    `error` (deliveries kept failing; `error` says why), `off` (deleted by its owner). `headers` are
+    what the subscriber asked to receive (an Authorization header, say): stored, sent, never logged.
+    """
+
+    __tablename__ = "subscription"
+    __table_args__ = (Index("ix_subscription_tenant_status", "tenant_ods", "status"),)
+
+    id: str = Field(sa_column=Column(String(36), primary_key=True))
+    tenant_ods: str = Field(sa_column=Column(String(12), nullable=False))
+    client_id: str = Field(sa_column=Column(String(100), nullable=False))
+    criteria: str = Field(sa_column=Column(String(500), nullable=False))
+    endpoint: str = Field(sa_column=Column(String(2000), nullable=False))
+    payload: str | None = Field(default=None, sa_column=Column(String(40), nullable=True))
+    headers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(String(500), nullable=True))
+    failure_count: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    reason: str = Field(sa_column=Column(String(500), nullable=False))
+    end_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
 class OutboxMessage(SQLModel, table=True):
-    """A message waiting to go to a provider (an order or a cancel); written with the change it carries.
+    """A message waiting to go out, written with the change it carries: an order or a cancel for a
+    provider, or (with `subscription_id` set) a notification to a subscriber, whose `payload` is the
+    resource as it was when the change was made.
 
     States: `pending` (due at `due_at`), `sending` (claimed by `lease_owner` until `lease_until`),
-    `done` (the provider's system answered for it), `dead` (retries exhausted; re-drivable).
+    `done` (the provider's system, or the subscriber, answered for it), `dead` (retries exhausted: a
+    provider message can be re-driven; a notification is never sent once its subscription is in error
+    or off). Messages with the same `ordering_key` go out one at a time, in id order: the prescription id for
+    provider messages, `sub:<subscription id>` for notifications.
     """
 
     __tablename__ = "outbox"
@@ -148,6 +181,8 @@ class OutboxMessage(SQLModel, table=True):
         UniqueConstraint("idempotency_key", name="uq_outbox_idempotency_key"),
         Index("ix_outbox_due", "state", "due_at"),
         Index("ix_outbox_prescription", "prescription_id", "id"),
+        Index("ix_outbox_ordering", "ordering_key", "id"),
+        Index("ix_outbox_subscription", "subscription_id", "state"),
     )
 
     id: int | None = Field(
@@ -168,6 +203,11 @@ class OutboxMessage(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=Column(String(500), nullable=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    ordering_key: str = Field(sa_column=Column(String(80), nullable=False))
+    subscription_id: str | None = Field(
+        default=None, sa_column=Column(String(36), ForeignKey("subscription.id"), nullable=True)
+    )
+    payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 
 
 class QueryMessage(SQLModel, table=True):

@@ -1,0 +1,195 @@
+"""Delivering notifications over rest-hook channels, and recording what became of each.
+
+A notification is POSTed to the subscriber's endpoint: the Task snapshot (or an empty body), the
+subscriber's own headers, `Content-Type: application/fhir+json`, `X-Request-ID` (the notification's
+id, the same on every retry, so a subscriber can drop a repeat) and `X-Signature` (a detached JWS of
+the body; see `signature`). A 2xx answer is delivery; anything else is retried with the dispatcher's
+backoff. After `error_after` failures in a row the subscription is put in `error` and its queued
+notifications die with it, so a subscriber never sees a later state after a lost one: it
+resubscribes and reads the current state instead. Any delivery resets the count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import httpx
+from sqlalchemy import select, update
+
+from auth.signing import SigningKeys
+from gateway import __version__
+from gateway.dispatch.outbox import DEAD, DONE, PENDING, ClaimedNotification, still_ours
+from gateway.notify.service import NOTIFICATION_KEY_PREFIX, kill_pending_notifications
+from gateway.notify.signature import SIGNATURE_HEADER, sign_detached
+from gateway.notify.subscription import FHIR_JSON
+from gateway.store.db import Database
+from gateway.store.models import OutboxMessage, Subscription
+from gateway.store.subscriptions import ACTIVE, ERROR
+
+_outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
+_subscription = Subscription.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    delivered: bool
+    error: str | None = None
+    retry_after: float | None = None
+
+
+def notification_id(notification: ClaimedNotification) -> str:
+    """The notification's own id, sent as X-Request-ID on every attempt."""
+    return notification.idempotency_key.removeprefix(NOTIFICATION_KEY_PREFIX)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+class RestHookSender:
+    """Posts notifications with one shared HTTP client; signs each body with the gateway's key."""
+
+    def __init__(self, signing_keys: SigningKeys, *, timeout_seconds: float) -> None:
+        self._signing_keys = signing_keys
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_seconds),
+            follow_redirects=False,
+            headers={"User-Agent": f"homecare-gateway/{__version__}"},
+        )
+
+    def headers_for(self, notification: ClaimedNotification, body: bytes) -> list[tuple[str, str]]:
+        headers = []
+        for header in notification.headers:
+            name, _, value = header.partition(":")
+            headers.append((name.strip(), value.strip()))
+        headers += [
+            ("Content-Type", FHIR_JSON),
+            ("X-Request-ID", notification_id(notification)),
+            (SIGNATURE_HEADER, sign_detached(body, self._signing_keys.signing_key)),
+        ]
+        return headers
+
+    async def post(self, notification: ClaimedNotification) -> DeliveryResult:
+        body = notification.payload or b""
+        try:
+            # Streamed and never read: a subscriber's answer is its status code, whatever its size.
+            async with self._http.stream(
+                "POST", notification.endpoint, content=body, headers=self.headers_for(notification, body)
+            ) as response:
+                if response.is_success:
+                    return DeliveryResult(delivered=True)
+                return DeliveryResult(
+                    delivered=False,
+                    error=f"the endpoint answered HTTP {response.status_code}",
+                    retry_after=_retry_after(response),
+                )
+        except httpx.TimeoutException as exc:
+            return DeliveryResult(delivered=False, error=f"no answer in time ({type(exc).__name__})")
+        except httpx.HTTPError as exc:
+            # The type only: an exception's text may repeat the URL, and the URL may hold a token.
+            return DeliveryResult(
+                delivered=False, error=f"could not reach the endpoint ({type(exc).__name__})"
+            )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def record_notified(db: Database, claimed: ClaimedNotification, *, owner: str, now: datetime) -> bool:
+    """Delivered: the row is done and the subscription's failure count starts again."""
+    with db.write_connection() as connection:
+        done = connection.execute(
+            update(_outbox)
+            .where(still_ours(owner, claimed.outbox_id))
+            .values(state=DONE, lease_owner=None, lease_until=None, last_error=None, updated_at=now)
+        ).rowcount
+        if not done:
+            return False
+        connection.execute(
+            update(_subscription)
+            .where(_subscription.c.id == claimed.subscription_id, _subscription.c.failure_count != 0)
+            .values(failure_count=0)
+        )
+    return True
+
+
+class FailureOutcome(StrEnum):
+    RETRY = "retry"
+    SUBSCRIPTION_ERROR = "error"  # this failure put the subscription in error; its notifications died
+    DROPPED = "dropped"  # the subscription was no longer active: nothing was sent
+    LEASE_LOST = "lease-lost"
+
+
+def record_dropped(db: Database, claimed: ClaimedNotification, *, owner: str, now: datetime) -> bool:
+    """A notification whose subscription was turned off or failed before it went: dead, unsent."""
+    with db.write_connection() as connection:
+        changed = connection.execute(
+            update(_outbox)
+            .where(still_ours(owner, claimed.outbox_id))
+            .values(
+                state=DEAD,
+                lease_owner=None,
+                lease_until=None,
+                last_error=f"not sent: the subscription is {claimed.subscription_status}",
+                updated_at=now,
+            )
+        ).rowcount
+    return bool(changed)
+
+
+def record_not_notified(
+    db: Database,
+    claimed: ClaimedNotification,
+    *,
+    owner: str,
+    now: datetime,
+    error: str,
+    retry_at: datetime | None,
+    error_after: int,
+) -> FailureOutcome:
+    """A failed attempt: due again at `retry_at`, unless this was the subscription's `error_after`th
+    failure in a row (or the retry budget is spent), which puts the subscription in error."""
+    with db.write_connection() as connection:
+        failures = (
+            connection.execute(
+                select(_subscription.c.failure_count).where(_subscription.c.id == claimed.subscription_id)
+            ).scalar_one()
+            + 1
+        )
+        give_up = retry_at is None or failures >= error_after
+        values: dict[str, object] = {
+            "attempts": claimed.attempts + 1,
+            "lease_owner": None,
+            "lease_until": None,
+            "last_error": error[:500],
+            "updated_at": now,
+        }
+        values.update({"state": DEAD} if give_up else {"state": PENDING, "due_at": retry_at})
+        changed = connection.execute(
+            update(_outbox).where(still_ours(owner, claimed.outbox_id)).values(**values)
+        )
+        if not changed.rowcount:
+            return FailureOutcome.LEASE_LOST
+        subscription_values: dict[str, object] = {"failure_count": failures}
+        if give_up:
+            subscription_values.update(
+                status=ERROR,
+                error=f"{failures} deliveries in a row failed; the last: {error}"[:500],
+                updated_at=now,
+            )
+        connection.execute(
+            update(_subscription)
+            .where(_subscription.c.id == claimed.subscription_id, _subscription.c.status == ACTIVE)
+            .values(**subscription_values)
+        )
+        if give_up:
+            kill_pending_notifications(
+                connection,
+                claimed.subscription_id,
+                now=now,
+                reason="not sent: the subscription went into error",
+            )
+    return FailureOutcome.SUBSCRIPTION_ERROR if give_up else FailureOutcome.RETRY

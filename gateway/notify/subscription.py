@@ -1,0 +1,355 @@
+"""The FHIR R4 Subscription a trust sends, checked; and the stored one, rendered back as FHIR.
+
+Structure is fhir.resources R4B's to judge; then the gateway's own rules: a new subscription is
+`requested`, its criteria are ones we support (see `criteria`), its channel is a rest-hook to an
+https endpoint (plain http to loopback in development only), its payload FHIR JSON or none (an
+empty-body notification), its headers well-formed and not ones the gateway sets itself. Every
+problem is collected before answering, each with the FHIRPath of its element.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
+from fhir_profiles.structure import check_resource_structure
+from gateway.notify.criteria import CriteriaError, parse_criteria
+from gateway.store.models import Subscription
+
+FHIR_JSON = "application/fhir+json"
+REST_HOOK = "rest-hook"
+SUBSCRIPTION_STATUSES = frozenset({"requested", "active", "error", "off"})
+CHANNEL_TYPES = frozenset({"rest-hook", "websocket", "email", "sms", "message"})
+MAX_HEADERS = 10
+MAX_HEADER_LENGTH = 1000
+MAX_ENDPOINT_LENGTH = 2000
+MAX_REASON_LENGTH = 500
+REDACTED = "[redacted]"
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,100}$")
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
+# Set by the gateway on every notification, or by HTTP itself: a subscriber cannot choose them.
+RESERVED_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "content-type",
+        "expect",
+        "host",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "x-request-id",
+        "x-signature",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRequest:
+    """A checked request to subscribe: what the gateway stores."""
+
+    criteria: str
+    reason: str
+    endpoint: str
+    payload: str | None
+    headers: tuple[str, ...]
+    end: datetime | None
+
+
+def _issue(code: IssueType, detail: ErrorCode, diagnostics: str, expression: str) -> Issue:
+    return Issue(code, detail, diagnostics, expression)
+
+
+def _missing(expression: str) -> Issue:
+    element = expression.rsplit(".", 1)[-1]
+    return _issue(
+        IssueType.REQUIRED, ErrorCode.MISSING_FIELD, f"Required element '{element}' is missing", expression
+    )
+
+
+def endpoint_problem(url: str, *, allow_loopback_http: bool) -> str | None:
+    """Why the gateway will not post to `url`, or None. Plain http only to loopback, and only in
+    development; in production no loopback or private address either (the gateway must not be
+    pointed at its own network)."""
+    if len(url) > MAX_ENDPOINT_LENGTH:
+        return f"The endpoint is longer than {MAX_ENDPOINT_LENGTH} characters"
+    if any(character.isspace() or ord(character) < 0x20 for character in url):
+        return "The endpoint contains spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "The endpoint is not a valid URL"
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("https", "http") or not host:
+        return "The endpoint must be an absolute https:// URL"
+    if parts.username is not None or parts.password is not None:
+        return "The endpoint may not carry credentials: send them in channel.header"
+    if parts.fragment:
+        return "The endpoint may not have a #fragment"
+    if port == 0:
+        return "The endpoint's port is not valid"
+    loopback = host in _LOOPBACK_NAMES
+    if parts.scheme == "http" and not (allow_loopback_http and loopback):
+        return (
+            "The endpoint must use https (plain http is accepted for 127.0.0.1 and localhost, "
+            "in development only)"
+        )
+    if not allow_loopback_http:
+        if loopback or host.endswith(".localhost"):
+            return "The endpoint may not be a loopback address"
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        if not address.is_global:
+            return "The endpoint may not be a private, loopback or reserved address"
+    return None
+
+
+def _header_issues(headers: Any) -> tuple[list[Issue], tuple[str, ...]]:
+    if headers is None:
+        return [], ()
+    if not isinstance(headers, list):
+        return [], ()  # structure already says so
+    issues: list[Issue] = []
+    kept: list[str] = []
+    if len(headers) > MAX_HEADERS:
+        issues.append(
+            _issue(
+                IssueType.TOO_LONG,
+                ErrorCode.INVALID_VALUE,
+                f"At most {MAX_HEADERS} channel headers are accepted",
+                "Subscription.channel.header",
+            )
+        )
+    seen: set[str] = set()
+    for index, header in enumerate(headers):
+        expression = f"Subscription.channel.header[{index}]"
+        if not isinstance(header, str):
+            continue
+        name, colon, value = header.partition(":")
+        name, value = name.strip(), value.strip()
+        problem = None
+        if len(header) > MAX_HEADER_LENGTH:
+            problem = f"A channel header may be at most {MAX_HEADER_LENGTH} characters"
+        elif not colon or not _HEADER_NAME.match(name):
+            problem = "A channel header is 'Name: value', with an HTTP header name"
+        elif not value or not _HEADER_VALUE.match(value):
+            problem = f"Header '{name}' needs a value without line breaks or control characters"
+        elif name.lower() in RESERVED_HEADERS:
+            problem = f"Header '{name}' is set by the gateway (or by HTTP) and cannot be chosen"
+        elif name.lower() in seen:
+            problem = f"Header '{name}' is given twice"
+        if problem:
+            issues.append(_issue(IssueType.VALUE, ErrorCode.INVALID_VALUE, problem, expression))
+            continue
+        seen.add(name.lower())
+        kept.append(f"{name}: {value}")
+    return issues, tuple(kept)
+
+
+def _instant(value: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _string(document: dict[str, Any], name: str) -> str | None:
+    value = document.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _own_rules(
+    document: dict[str, Any], *, now: datetime, allow_loopback_http: bool
+) -> tuple[list[Issue], SubscriptionRequest | None]:
+    issues: list[Issue] = []
+    for name in ("status", "reason", "criteria", "channel"):
+        if document.get(name) is None:
+            issues.append(_missing(f"Subscription.{name}"))
+    if document.get("modifierExtension"):
+        issues.append(
+            _issue(
+                IssueType.NOT_SUPPORTED,
+                ErrorCode.INVALID_VALUE,
+                "Modifier extensions are not supported on a Subscription",
+                "Subscription.modifierExtension",
+            )
+        )
+    status = _string(document, "status")
+    if status is not None and status != "requested":
+        issues.append(
+            _issue(
+                IssueType.VALUE,
+                ErrorCode.INVALID_VALUE,
+                f"'{status[:40]}' is not a Subscription status"
+                if status not in SUBSCRIPTION_STATUSES
+                else f"A new Subscription's status must be 'requested', not '{status}': the gateway "
+                "makes it 'active' when it accepts it",
+                "Subscription.status",
+            )
+        )
+    reason = _string(document, "reason")
+    if reason is not None and len(reason) > MAX_REASON_LENGTH:
+        issues.append(
+            _issue(
+                IssueType.TOO_LONG,
+                ErrorCode.INVALID_VALUE,
+                f"The reason may be at most {MAX_REASON_LENGTH} characters",
+                "Subscription.reason",
+            )
+        )
+    criteria = _string(document, "criteria")
+    if criteria is not None:
+        try:
+            parse_criteria(criteria)
+        except CriteriaError as refused:
+            issues.append(
+                _issue(
+                    IssueType.NOT_SUPPORTED,
+                    ErrorCode.INVALID_VALUE,
+                    f"Criteria '{criteria[:200]}' cannot be used: {refused}",
+                    "Subscription.criteria",
+                )
+            )
+    end: datetime | None = None
+    end_text = _string(document, "end")
+    if end_text is not None:
+        end = _instant(end_text)
+        if end is not None and end <= now:
+            issues.append(
+                _issue(
+                    IssueType.VALUE,
+                    ErrorCode.INVALID_VALUE,
+                    "The end is in the past: a subscription ends in the future",
+                    "Subscription.end",
+                )
+            )
+    channel = document.get("channel")
+    endpoint: str | None = None
+    payload: str | None = None
+    headers: tuple[str, ...] = ()
+    if isinstance(channel, dict):
+        if channel.get("modifierExtension"):
+            issues.append(
+                _issue(
+                    IssueType.NOT_SUPPORTED,
+                    ErrorCode.INVALID_VALUE,
+                    "Modifier extensions are not supported on a Subscription channel",
+                    "Subscription.channel.modifierExtension",
+                )
+            )
+        channel_type = _string(channel, "type")
+        if channel.get("type") is None:
+            issues.append(_missing("Subscription.channel.type"))
+        elif channel_type is not None and channel_type != REST_HOOK:
+            issues.append(
+                _issue(
+                    IssueType.NOT_SUPPORTED if channel_type in CHANNEL_TYPES else IssueType.VALUE,
+                    ErrorCode.INVALID_VALUE,
+                    f"Channel type '{channel_type[:40]}' is not supported: only rest-hook",
+                    "Subscription.channel.type",
+                )
+            )
+        endpoint = _string(channel, "endpoint")
+        if channel.get("endpoint") is None:
+            issues.append(_missing("Subscription.channel.endpoint"))
+        elif endpoint is not None:
+            problem = endpoint_problem(endpoint, allow_loopback_http=allow_loopback_http)
+            if problem:
+                issues.append(
+                    _issue(IssueType.VALUE, ErrorCode.INVALID_VALUE, problem, "Subscription.channel.endpoint")
+                )
+        payload_text = _string(channel, "payload")
+        if payload_text is not None:
+            payload = payload_text.split(";", 1)[0].strip().lower()
+            if payload != FHIR_JSON:
+                issues.append(
+                    _issue(
+                        IssueType.NOT_SUPPORTED,
+                        ErrorCode.INVALID_VALUE,
+                        f"Payload '{payload_text[:60]}' is not supported: use {FHIR_JSON}, or leave "
+                        "payload out for notifications with an empty body",
+                        "Subscription.channel.payload",
+                    )
+                )
+        header_issues, headers = _header_issues(channel.get("header"))
+        issues.extend(header_issues)
+    if issues or criteria is None or reason is None or endpoint is None:
+        return issues, None
+    return issues, SubscriptionRequest(
+        criteria=criteria, reason=reason, endpoint=endpoint, payload=payload, headers=headers, end=end
+    )
+
+
+def check_subscription(document: Any, *, now: datetime, allow_loopback_http: bool) -> SubscriptionRequest:
+    """The subscription asked for, or an OperationOutcomeError (400) with every problem found."""
+    if not isinstance(document, dict):
+        raise OperationOutcomeError(
+            400,
+            [
+                Issue(
+                    IssueType.STRUCTURE,
+                    ErrorCode.INVALID_VALUE,
+                    "The body must be a JSON object holding a FHIR Subscription",
+                )
+            ],
+        )
+    if document.get("resourceType") != "Subscription":
+        raise OperationOutcomeError(
+            400,
+            [
+                Issue(
+                    IssueType.STRUCTURE,
+                    ErrorCode.INVALID_RESOURCE_TYPE,
+                    "The body must be a FHIR Subscription",
+                    "resourceType",
+                )
+            ],
+        )
+    issues = check_resource_structure(document)
+    rule_issues, request = _own_rules(document, now=now, allow_loopback_http=allow_loopback_http)
+    reported = {issue.expression for issue in issues}
+    issues.extend(issue for issue in rule_issues if issue.expression not in reported)
+    if issues or request is None:
+        raise OperationOutcomeError(400, issues)
+    return request
+
+
+def redacted(header: str) -> str:
+    """A stored channel header as it is shown back: its name only (values are often credentials)."""
+    return f"{header.partition(':')[0]}: {REDACTED}"
+
+
+def subscription_resource(subscription: Subscription) -> dict[str, Any]:
+    """A stored subscription as FHIR R4 JSON; header values are never shown again."""
+    channel: dict[str, Any] = {"type": REST_HOOK, "endpoint": subscription.endpoint}
+    if subscription.payload:
+        channel["payload"] = subscription.payload
+    if subscription.headers:
+        channel["header"] = [redacted(header) for header in subscription.headers]
+    resource: dict[str, Any] = {
+        "resourceType": "Subscription",
+        "id": subscription.id,
+        "meta": {"lastUpdated": subscription.updated_at.isoformat()},
+        "status": subscription.status,
+        "reason": subscription.reason,
+        "criteria": subscription.criteria,
+        "channel": channel,
+    }
+    if subscription.end_at is not None:
+        resource["end"] = subscription.end_at.isoformat()
+    if subscription.error:
+        resource["error"] = subscription.error
+    return resource
