@@ -254,35 +254,7 @@ def record_delivered(
 ) -> bool:
     """The provider's system took the message: an order is `sent`, a cancellation is agreed.
     False if the lease was lost meanwhile (another worker has the message now)."""
-    with db.write_connection() as connection:
-        done = connection.execute(
-            update(_outbox)
-            .where(still_ours(owner, claimed.outbox_id))
-            .values(state=DONE, lease_owner=None, lease_until=None, last_error=None, updated_at=now)
-        ).rowcount
-        if not done:
-            return False
-        if claimed.kind == "new":
-            _set_status(
-                connection,
-                prescription_id=claimed.prescription_id,
-                status=Status.SENT,
-                now=now,
-                detail={"provider": claimed.provider_ods, "attempts": claimed.attempts + 1},
-                only_from=(Status.QUEUED,),
-                notify=notify,
-            )
-        else:
-            provider_answered_cancel(
-                connection,
-                prescription_id=claimed.prescription_id,
-                provider_ods=claimed.provider_ods,
-                agreed=True,
-                reason=None,
-                now=now,
-                notify=notify,
-            )
-    return True
+    return _record_answer(db, claimed, owner=owner, now=now, refusal=None, notify=notify)
 
 
 def record_rejected(
@@ -295,33 +267,62 @@ def record_rejected(
     code: str | None,
     notify: StatusListener | None = None,
 ) -> bool:
-    """The provider refused the message for good: `rejected`, with its reason."""
+    """The provider refused the message for good: an order is `rejected` with the reason, a
+    cancellation refused (the items go back where they were)."""
+    return _record_answer(db, claimed, owner=owner, now=now, refusal=(reason[:500], code), notify=notify)
+
+
+def _record_answer(
+    db: Database,
+    claimed: ClaimedMessage,
+    *,
+    owner: str,
+    now: datetime,
+    refusal: tuple[str, str | None] | None,
+    notify: StatusListener | None,
+) -> bool:
     with db.write_connection() as connection:
         done = connection.execute(
             update(_outbox)
             .where(still_ours(owner, claimed.outbox_id))
-            .values(state=DONE, lease_owner=None, lease_until=None, last_error=reason[:500], updated_at=now)
+            .values(
+                state=DONE,
+                lease_owner=None,
+                lease_until=None,
+                last_error=refusal[0] if refusal else None,
+                updated_at=now,
+            )
         ).rowcount
         if not done:
             return False
-        if claimed.kind == "new":
+        if claimed.kind != "new":
+            provider_answered_cancel(
+                connection,
+                prescription_id=claimed.prescription_id,
+                provider_ods=claimed.provider_ods,
+                agreed=refusal is None,
+                reason=refusal[0] if refusal else None,
+                now=now,
+                notify=notify,
+            )
+        elif refusal is None:
+            _set_status(
+                connection,
+                prescription_id=claimed.prescription_id,
+                status=Status.SENT,
+                now=now,
+                detail={"provider": claimed.provider_ods, "attempts": claimed.attempts + 1},
+                only_from=(Status.QUEUED,),
+                notify=notify,
+            )
+        else:
             _set_status(
                 connection,
                 prescription_id=claimed.prescription_id,
                 status=Status.REJECTED,
                 now=now,
-                detail={"provider": claimed.provider_ods, "reason": reason[:500], "code": code},
+                detail={"provider": claimed.provider_ods, "reason": refusal[0], "code": refusal[1]},
                 only_from=(Status.QUEUED, Status.SENT),
-                notify=notify,
-            )
-        else:
-            provider_answered_cancel(
-                connection,
-                prescription_id=claimed.prescription_id,
-                provider_ods=claimed.provider_ods,
-                agreed=False,
-                reason=reason,
-                now=now,
                 notify=notify,
             )
     return True

@@ -52,6 +52,33 @@ def record(
         append(session.connection(), [entry])
 
 
+def record_lookup(
+    db: Database,
+    *,
+    caller: Caller,
+    resource_type: str,
+    resource_id: str | None,
+    found: bool,
+    request_id: str,
+    clock: Clock,
+    action: Action = Action.READ,
+    reason: str | None = None,
+) -> None:
+    """Audit a read or a search: found (200), or not there for this caller (404)."""
+    record(
+        db,
+        caller=caller,
+        action=action,
+        outcome=Outcome.SUCCESS if found else Outcome.NOT_FOUND,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        status=200 if found else 404,
+        request_id=request_id,
+        clock=clock,
+        reason=reason,
+    )
+
+
 def missing_scope_error(missing: Sequence[str]) -> OperationOutcomeError:
     return OperationOutcomeError(
         403,

@@ -30,6 +30,7 @@ from gateway.domain.tasks import ItemView
 from gateway.store import status as store
 from gateway.store.db import Database
 from gateway.store.models import InboundMessage, OutboxMessage
+from gateway.store.prescriptions import message_row
 
 _message = InboundMessage.__table__  # type: ignore[attr-defined]
 _outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -165,19 +166,19 @@ def receive_cancellation(
         connection.execute(
             insert(_message),
             [
-                {
-                    "id": message_id,
-                    "tenant_ods": cancellation.sender_ods,
-                    "bundle_identifier": cancellation.bundle_identifier,
-                    "event": codes.EVENT_PRESCRIPTION_ORDER_UPDATE,
-                    "body_sha256": digest,
-                    "body": body,
-                    "response_status": answer.status_code,
-                    "response_body": answer.body,
-                    "response_location": None,
-                    "request_id": request_id,
-                    "received_at": now,
-                }
+                message_row(
+                    message_id=message_id,
+                    tenant_ods=cancellation.sender_ods,
+                    bundle_identifier=cancellation.bundle_identifier,
+                    event=codes.EVENT_PRESCRIPTION_ORDER_UPDATE,
+                    digest=digest,
+                    body=body,
+                    response_status=answer.status_code,
+                    response_body=answer.body,
+                    location=None,
+                    request_id=request_id,
+                    received_at=now,
+                )
             ],
         )
         append(

@@ -43,14 +43,12 @@ def read_dispense(
 ) -> dict[str, Any]:
     with db.read() as session:
         row = session.connection().execute(_query(caller).where(_dispense.c.id == dispense_id)).first()
-    access.record(
+    access.record_lookup(
         db,
         caller=caller,
-        action=Action.READ,
-        outcome=Outcome.SUCCESS if row else Outcome.NOT_FOUND,
         resource_type="MedicationDispense",
         resource_id=dispense_id,
-        status=200 if row else 404,
+        found=row is not None,
         request_id=request_id,
         clock=clock,
     )

@@ -20,6 +20,7 @@ from gateway.domain.status_updates import change_item, not_found, provider_sourc
 from gateway.store import status as store
 from gateway.store.db import Database
 from gateway.store.models import InboundMessage, MedicationDispenseRecord
+from gateway.store.prescriptions import message_row
 
 _message = InboundMessage.__table__  # type: ignore[attr-defined]
 _dispense = MedicationDispenseRecord.__table__  # type: ignore[attr-defined]
@@ -61,19 +62,19 @@ def receive_dispense_notification(
         connection.execute(
             insert(_message),
             [
-                {
-                    "id": message_id,
-                    "tenant_ods": notification.sender_ods,
-                    "bundle_identifier": notification.bundle_identifier,
-                    "event": codes.EVENT_DISPENSE_NOTIFICATION,
-                    "body_sha256": digest,
-                    "body": body,
-                    "response_status": 200,
-                    "response_body": answer,
-                    "response_location": None,
-                    "request_id": request_id,
-                    "received_at": now,
-                }
+                message_row(
+                    message_id=message_id,
+                    tenant_ods=notification.sender_ods,
+                    bundle_identifier=notification.bundle_identifier,
+                    event=codes.EVENT_DISPENSE_NOTIFICATION,
+                    digest=digest,
+                    body=body,
+                    response_status=200,
+                    response_body=answer,
+                    location=None,
+                    request_id=request_id,
+                    received_at=now,
+                )
             ],
         )
         for dispense_id, dispensed in zip(recorded, notification.dispenses, strict=True):

@@ -45,6 +45,7 @@ from gateway.store.prescriptions import (
     StoredResponse,
     find_message_response,
     insert_prescription,
+    message_row,
     prescription_id_taken,
 )
 from gateway.store.providers import ProviderDirectory
@@ -226,19 +227,19 @@ def _build_rows(
             + ", ".join(f"MedicationRequest/{item_id}" for item_id in item_ids)
         )
     )
-    message = {
-        "id": prescription_id,
-        "tenant_ods": order.sender_ods,
-        "bundle_identifier": order.bundle_identifier,
-        "event": codes.EVENT_PRESCRIPTION_ORDER,
-        "body_sha256": digest,
-        "body": body,
-        "response_status": 200,
-        "response_body": response,
-        "response_location": location,
-        "request_id": request_id,
-        "received_at": now,
-    }
+    message = message_row(
+        message_id=prescription_id,
+        tenant_ods=order.sender_ods,
+        bundle_identifier=order.bundle_identifier,
+        event=codes.EVENT_PRESCRIPTION_ORDER,
+        digest=digest,
+        body=body,
+        response_status=200,
+        response_body=response,
+        location=location,
+        request_id=request_id,
+        received_at=now,
+    )
     prescription = {
         "id": prescription_id,
         "tenant_ods": order.sender_ods,

@@ -202,16 +202,15 @@ def query_thread(
             if visible
             else []
         )
-    access.record(
+    access.record_lookup(
         db,
         caller=caller,
-        action=Action.SEARCH,
-        outcome=Outcome.SUCCESS if visible else Outcome.NOT_FOUND,
         resource_type="Communication",
         resource_id=item_id,
-        status=200 if visible else 404,
+        found=bool(visible),
         request_id=request_id,
         clock=clock,
+        action=Action.SEARCH,
     )
     if not visible:
         raise not_found()

@@ -10,7 +10,6 @@ from typing import Any
 
 import orjson
 
-from auth.audit import Action, Outcome
 from auth.identity import Caller
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.clock import Clock
@@ -26,36 +25,13 @@ def not_found(resource_type: str) -> OperationOutcomeError:
     )
 
 
-def _audit_read(
-    db: Database,
-    *,
-    caller: Caller,
-    resource_type: str,
-    resource_id: str,
-    found: bool,
-    request_id: str,
-    clock: Clock,
-) -> None:
-    access.record(
-        db,
-        caller=caller,
-        action=Action.READ,
-        outcome=Outcome.SUCCESS if found else Outcome.NOT_FOUND,
-        resource_type=resource_type,
-        resource_id=resource_id,
-        status=200 if found else 404,
-        request_id=request_id,
-        clock=clock,
-    )
-
-
 def read_medication_request(
     db: Database, *, item_id: str, caller: Caller, request_id: str, clock: Clock
 ) -> dict[str, Any]:
     """One line item as the trust sent it, with the gateway's id and when it last changed."""
     with db.read() as session:
         found = store.get_item(session, item_id, visible=store.visible_to(caller))
-    _audit_read(
+    access.record_lookup(
         db,
         caller=caller,
         resource_type="MedicationRequest",
@@ -79,7 +55,7 @@ def read_bundle(db: Database, *, message_id: str, caller: Caller, request_id: st
     """The prescription message exactly as received."""
     with db.read() as session:
         body = store.get_message_body(session, message_id, visible=store.visible_to(caller))
-    _audit_read(
+    access.record_lookup(
         db,
         caller=caller,
         resource_type="Bundle",

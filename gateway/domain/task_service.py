@@ -163,14 +163,12 @@ def read_task(db: Database, *, caller: Caller, item_id: str, request_id: str, cl
             store.views_query().where(store.item_by_id(item_id), _visible(caller))
         ).first()
         detail = store.latest_detail(connection, item_id) if row else None
-    access.record(
+    access.record_lookup(
         db,
         caller=caller,
-        action=Action.READ,
-        outcome=Outcome.SUCCESS if row else Outcome.NOT_FOUND,
         resource_type="Task",
         resource_id=item_id,
-        status=200 if row else 404,
+        found=row is not None,
         request_id=request_id,
         clock=clock,
     )
@@ -189,14 +187,12 @@ def task_history(
             store.views_query().where(store.item_by_id(item_id), _visible(caller))
         ).first()
         events = _events(connection, item_id) if row else []
-    access.record(
+    access.record_lookup(
         db,
         caller=caller,
-        action=Action.READ,
-        outcome=Outcome.SUCCESS if row else Outcome.NOT_FOUND,
         resource_type="Task",
         resource_id=item_id,
-        status=200 if row else 404,
+        found=row is not None,
         request_id=request_id,
         clock=clock,
         reason="history",

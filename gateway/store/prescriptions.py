@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, func, insert
@@ -57,6 +58,36 @@ def prescription_id_taken(session: Session, *, tenant_ods: str, short_form_id: s
         )
     ).first()
     return found is not None
+
+
+def message_row(
+    *,
+    message_id: str,
+    tenant_ods: str,
+    bundle_identifier: str,
+    event: str,
+    digest: str,
+    body: bytes,
+    response_status: int,
+    response_body: bytes,
+    location: str | None,
+    request_id: str,
+    received_at: datetime,
+) -> dict[str, Any]:
+    """An accepted message as stored: its exact bytes and the answer it got (for replays)."""
+    return {
+        "id": message_id,
+        "tenant_ods": tenant_ods,
+        "bundle_identifier": bundle_identifier,
+        "event": event,
+        "body_sha256": digest,
+        "body": body,
+        "response_status": response_status,
+        "response_body": response_body,
+        "response_location": location,
+        "request_id": request_id,
+        "received_at": received_at,
+    }
 
 
 @dataclass(frozen=True, slots=True)
