@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Security
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from auth.identity import Caller
 from auth.scopes import PRESCRIPTION_ORDER_UPDATE, READ_TASKS
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
-from gateway.api.deps import ServicesDep, authorise
+from gateway.api.deps import ServicesDep, authorise, for_caller
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
@@ -35,13 +34,12 @@ ThreadReader = Annotated[Caller, Security(authorise, scopes=[READ_TASKS])]
 )
 async def answer_query(request: Request, caller: QueryAnswerer, services: ServicesDep) -> Response:
     _, communication = await read_fhir_json_body(request, services.settings.max_body_bytes)
-    resource = await run_in_threadpool(
+    resource = await for_caller(
+        services,
+        request,
+        caller,
         queries.answer_query,
-        services.db,
-        caller=caller,
         communication=communication,
-        request_id=request.scope["state"]["request_id"],
-        clock=services.clock,
         notify=services.on_status_change,
     )
     return FhirResponse(
@@ -64,12 +62,11 @@ async def query_thread(request: Request, caller: ThreadReader, services: Service
         raise OperationOutcomeError(
             400, [Issue(IssueType.REQUIRED, ErrorCode.MISSING_FIELD, "Search with about=Task/{id}", "about")]
         )
-    bundle = await run_in_threadpool(
+    bundle = await for_caller(
+        services,
+        request,
+        caller,
         queries.query_thread,
-        services.db,
-        caller=caller,
         item_id=about.removeprefix("Task/"),
-        request_id=request.scope["state"]["request_id"],
-        clock=services.clock,
     )
     return FhirResponse(bundle)

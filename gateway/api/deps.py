@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from functools import partial
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
@@ -43,6 +45,30 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+T = TypeVar("T")
+
+
+def request_id(request: Request) -> str:
+    """The id the request middleware gave this request (echoed as X-Request-ID, written to the audit)."""
+    return str(request.scope["state"]["request_id"])
+
+
+async def for_caller(
+    services: Services, request: Request, caller: Caller, action: Callable[..., T], /, **arguments: Any
+) -> T:
+    """Run a domain action for the caller in a worker thread, with the database, request id and clock."""
+    return await run_in_threadpool(
+        partial(
+            action,
+            services.db,
+            caller=caller,
+            request_id=request_id(request),
+            clock=services.clock,
+            **arguments,
+        )
+    )
+
 
 # SMART Backend Services, as OpenAPI describes it: each route lists the scopes it needs.
 smart_backend_services = OAuth2(
@@ -87,7 +113,7 @@ async def authorise(
             caller=caller,
             needed=Scope.parse(missing[0]),
             resource_id=request.path_params.get("id"),
-            request_id=request.scope["state"]["request_id"],
+            request_id=request_id(request),
             clock=services.clock,
         )
         raise access.missing_scope_error(missing)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Security
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from auth.identity import Caller
 from auth.scopes import READ_PRESCRIPTION
-from gateway.api.deps import ServicesDep, authorise
+from gateway.api.deps import ServicesDep, authorise, for_caller
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
 from gateway.domain import reads
@@ -33,13 +32,12 @@ PrescriptionReader = Annotated[Caller, Security(authorise, scopes=[READ_PRESCRIP
 async def read_medication_request(
     id: str, request: Request, caller: PrescriptionReader, services: ServicesDep
 ) -> Response:
-    resource = await run_in_threadpool(
+    resource = await for_caller(
+        services,
+        request,
+        caller,
         reads.read_medication_request,
-        services.db,
         item_id=id,
-        caller=caller,
-        request_id=request.scope["state"]["request_id"],
-        clock=services.clock,
     )
     return FhirResponse(resource)
 
@@ -56,12 +54,11 @@ async def read_medication_request(
 async def read_bundle(
     id: str, request: Request, caller: PrescriptionReader, services: ServicesDep
 ) -> Response:
-    body = await run_in_threadpool(
+    body = await for_caller(
+        services,
+        request,
+        caller,
         reads.read_bundle,
-        services.db,
         message_id=id,
-        caller=caller,
-        request_id=request.scope["state"]["request_id"],
-        clock=services.clock,
     )
     return FhirResponse(body)

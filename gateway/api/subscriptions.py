@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Security
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from auth.audit import Action, Outcome
 from auth.identity import Caller
 from auth.scopes import CREATE_SUBSCRIPTION, DELETE_SUBSCRIPTION, READ_SUBSCRIPTIONS
 from fhir_profiles.outcome import OperationOutcomeError
-from gateway.api.deps import ServicesDep, authorise
+from gateway.api.deps import ServicesDep, authorise, for_caller
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
@@ -56,31 +55,28 @@ SubscriptionDeleter = Annotated[Caller, Security(authorise, scopes=[DELETE_SUBSC
 async def create_subscription(
     request: Request, caller: SubscriptionCreator, services: ServicesDep
 ) -> Response:
-    request_id = request.scope["state"]["request_id"]
     try:
         _, document = await read_fhir_json_body(request, services.settings.max_body_bytes)
     except OperationOutcomeError as refusal:
-        await run_in_threadpool(
+        await for_caller(
+            services,
+            request,
+            caller,
             access.record,
-            services.db,
-            caller=caller,
             action=Action.CREATE,
             outcome=Outcome.REFUSED,
             resource_type=service.RESOURCE_TYPE,
             resource_id=None,
             status=refusal.status_code,
-            request_id=request_id,
-            clock=services.clock,
         )
         raise
-    created = await run_in_threadpool(
+    created = await for_caller(
+        services,
+        request,
+        caller,
         service.create_subscription,
-        services.db,
         document=document,
-        caller=caller,
         allow_loopback_http=services.settings.is_development,
-        request_id=request_id,
-        clock=services.clock,
     )
     return FhirResponse(created.resource, status_code=201, headers={"Location": created.location})
 
@@ -97,13 +93,12 @@ async def create_subscription(
 async def search_subscriptions(
     request: Request, caller: SubscriptionReader, services: ServicesDep
 ) -> Response:
-    bundle = await run_in_threadpool(
+    bundle = await for_caller(
+        services,
+        request,
+        caller,
         service.search_subscriptions,
-        services.db,
-        caller=caller,
         base_url=services.settings.base_url,
-        request_id=request.scope["state"]["request_id"],
-        clock=services.clock,
     )
     return FhirResponse(bundle)
 
@@ -120,13 +115,12 @@ async def search_subscriptions(
 async def read_subscription(
     id: str, request: Request, caller: SubscriptionReader, services: ServicesDep
 ) -> Response:
-    resource = await run_in_threadpool(
+    resource = await for_caller(
+        services,
+        request,
+        caller,
         service.read_subscription,
-        services.db,
         subscription_id=id,
-        caller=caller,
-        request_id=request.scope["state"]["request_id"],
-        clock=services.clock,
     )
     return FhirResponse(resource)
 
@@ -143,12 +137,11 @@ async def read_subscription(
 async def delete_subscription(
     id: str, request: Request, caller: SubscriptionDeleter, services: ServicesDep
 ) -> Response:
-    resource = await run_in_threadpool(
+    resource = await for_caller(
+        services,
+        request,
+        caller,
         service.delete_subscription,
-        services.db,
         subscription_id=id,
-        caller=caller,
-        request_id=request.scope["state"]["request_id"],
-        clock=services.clock,
     )
     return FhirResponse(resource)

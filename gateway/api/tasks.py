@@ -6,13 +6,12 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Security
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from auth.identity import Caller
 from auth.scopes import READ_TASKS, UPDATE_TASKS
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
-from gateway.api.deps import Services, ServicesDep, authorise
+from gateway.api.deps import Services, ServicesDep, authorise, for_caller
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
@@ -30,20 +29,15 @@ _TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _request_id(request: Request) -> str:
-    return str(request.scope["state"]["request_id"])
-
-
 async def _report(
     request: Request, caller: Caller, services: Services, writes: list[task_service.TaskWrite]
 ) -> list[Applied]:
-    applied = await run_in_threadpool(
+    applied = await for_caller(
+        services,
+        request,
+        caller,
         task_service.report_statuses,
-        services.db,
-        caller=caller,
         writes=writes,
-        request_id=_request_id(request),
-        clock=services.clock,
         notify=services.on_status_change,
     )
     services.doorbell.ring()  # notifications for subscribers are queued: send them now
@@ -181,13 +175,12 @@ def _transaction_writes(bundle: Any) -> list[task_service.TaskWrite]:
     responses={200: _TASK_RESPONSES[200], **outcome_responses(401, 403, 404)},
 )
 async def read_task(id: str, request: Request, caller: TaskReader, services: ServicesDep) -> Response:
-    task = await run_in_threadpool(
+    task = await for_caller(
+        services,
+        request,
+        caller,
         task_service.read_task,
-        services.db,
-        caller=caller,
         item_id=id,
-        request_id=_request_id(request),
-        clock=services.clock,
     )
     return FhirResponse(task)
 
@@ -202,14 +195,13 @@ async def read_task(id: str, request: Request, caller: TaskReader, services: Ser
     },
 )
 async def task_history(id: str, request: Request, caller: TaskReader, services: ServicesDep) -> Response:
-    bundle = await run_in_threadpool(
+    bundle = await for_caller(
+        services,
+        request,
+        caller,
         task_service.task_history,
-        services.db,
-        caller=caller,
         item_id=id,
         base_url=services.settings.base_url,
-        request_id=_request_id(request),
-        clock=services.clock,
     )
     return FhirResponse(bundle)
 
@@ -231,16 +223,15 @@ async def search_tasks(request: Request, caller: TaskReader, services: ServicesD
     parameters = list(request.query_params.multi_items())
     query = "&".join(f"{k}={v}" for k, v in parameters if k != "_page_token")
     base = f"{services.settings.base_url}/fhir/Task"
-    bundle = await run_in_threadpool(
+    bundle = await for_caller(
+        services,
+        request,
+        caller,
         task_service.search_tasks,
-        services.db,
-        caller=caller,
         parameters=parameters,
         patient_allowed=False,
         self_url=f"{base}?{query}" if query else base,
         next_url=f"{base}?{query}" if query else base,
-        request_id=_request_id(request),
-        clock=services.clock,
     )
     return FhirResponse(bundle)
 
@@ -263,17 +254,16 @@ async def search_tasks(request: Request, caller: TaskReader, services: ServicesD
 async def search_tasks_by_post(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
     parameters = await _search_form(request) + list(request.query_params.multi_items())
     base = f"{services.settings.base_url}/fhir/Task/_search"
-    bundle = await run_in_threadpool(
+    bundle = await for_caller(
+        services,
+        request,
+        caller,
         task_service.search_tasks,
-        services.db,
-        caller=caller,
         parameters=parameters,
         patient_allowed=True,
         # The parameters stay in the body: repeat the POST with the token from the next link.
         self_url=base,
         next_url=base,
-        request_id=_request_id(request),
-        clock=services.clock,
     )
     return FhirResponse(bundle)
 
@@ -319,13 +309,12 @@ async def _search_form(request: Request) -> list[tuple[str, str]]:
     responses={200: _TASK_RESPONSES[200], **outcome_responses(401, 403, 404)},
 )
 async def read_dispense(id: str, request: Request, caller: TaskReader, services: ServicesDep) -> Response:
-    resource = await run_in_threadpool(
+    resource = await for_caller(
+        services,
+        request,
+        caller,
         dispenses.read_dispense,
-        services.db,
-        caller=caller,
         dispense_id=id,
-        request_id=_request_id(request),
-        clock=services.clock,
     )
     return FhirResponse(resource)
 
@@ -350,12 +339,11 @@ async def search_dispenses(request: Request, caller: TaskReader, services: Servi
                 )
             ],
         )
-    bundle = await run_in_threadpool(
+    bundle = await for_caller(
+        services,
+        request,
+        caller,
         dispenses.dispenses_of_item,
-        services.db,
-        caller=caller,
         item_id=prescription.removeprefix("MedicationRequest/"),
-        request_id=_request_id(request),
-        clock=services.clock,
     )
     return FhirResponse(bundle)
