@@ -126,7 +126,7 @@ def receive_cancellation(
             for view, reason in items:
                 if Status(view.status) is Status.CANCEL_REQUESTED:
                     continue
-                applied = change_item(
+                change_item(
                     connection,
                     view,
                     status=Status.CANCEL_REQUESTED,
@@ -135,9 +135,8 @@ def receive_cancellation(
                     detail=reason,
                     now=now,
                     expression="Bundle.entry",
+                    notify=notify,
                 )
-                if notify is not None:
-                    notify(connection, applied, now)
             connection.execute(
                 insert(_outbox),
                 [
@@ -294,7 +293,7 @@ def provider_answered_cancel(
         detail: dict[str, Any] = {"cancellation_answer": "agreed" if agreed else "refused"}
         if reason:
             detail["reason"] = {"code": None, "text": reason[:500]}
-        applied = change_item(
+        change_item(
             connection,
             view,
             status=target,
@@ -303,9 +302,8 @@ def provider_answered_cancel(
             detail=detail,
             now=now,
             expression=None,
+            notify=notify,
         )
-        if notify is not None:
-            notify(connection, applied, now)
 
 
 def _reason_text(connection: Connection, item_id: str) -> str | None:

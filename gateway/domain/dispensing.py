@@ -99,11 +99,10 @@ def receive_dispense_notification(
                     detail={"implied_by": "dispense-notification"},
                     now=now,
                     expression="MedicationDispense",
+                    notify=notify,
                 )
                 view = accepted.view
-                if notify is not None:
-                    notify(connection, accepted, now)
-            applied = change_item(
+            change_item(
                 connection,
                 view,
                 status=Status.DISPENSED,
@@ -112,9 +111,8 @@ def receive_dispense_notification(
                 detail={"medication_dispense": True},
                 now=now,
                 expression="MedicationDispense",
+                notify=notify,
             )
-            if notify is not None:
-                notify(connection, applied, now)
             connection.execute(
                 insert(_dispense),
                 [

@@ -48,7 +48,7 @@ def expire_due(db: Database, *, now: datetime, notify: StatusListener | None = N
                 .values(state="cancelled", updated_at=now)
             )
             try:
-                applied = change_item(
+                change_item(
                     connection,
                     view,
                     status=Status.EXPIRED,
@@ -57,12 +57,11 @@ def expire_due(db: Database, *, now: datetime, notify: StatusListener | None = N
                     detail={"reason": {"code": "validity-period-ended", "text": "Validity period ended"}},
                     now=now,
                     expression=None,
+                    notify=notify,
                 )
             except OperationOutcomeError:
                 continue
             expired += 1
-            if notify is not None:
-                notify(connection, applied, now)
     return expired
 
 

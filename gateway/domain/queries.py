@@ -136,7 +136,7 @@ def answer_query(
             request_id=request_id,
         )
         if Status(view.status) is Status.QUERY:
-            applied = change_item(
+            change_item(
                 connection,
                 view,
                 status=Status(resume or Status.SENT),
@@ -145,9 +145,8 @@ def answer_query(
                 detail={"query_answered": message_id},
                 now=now,
                 expression="Communication",
+                notify=notify,
             )
-            if notify is not None:
-                notify(connection, applied, now)
     access.record(
         db,
         caller=caller,

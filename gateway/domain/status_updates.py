@@ -139,8 +139,12 @@ def change_item(
     detail: dict[str, Any],
     now: datetime,
     expression: str | None,
+    notify: StatusListener | None = None,
 ) -> Applied:
-    """One update to one locked item, judged against everything the item has been through."""
+    """One update to one locked item, judged against everything the item has been through.
+
+    The listener (subscriptions hang off it) hears the change in the same transaction.
+    """
     if Status(view.status) in _GATEWAY_FINAL and not store.item_history(connection, view.item_id):
         raise illegal(IllegalTransition(Status(view.status), status), expression)
     history = store.item_history(connection, view.item_id)
@@ -162,4 +166,7 @@ def change_item(
         now=now,
     )
     task = render_task(changed, detail=store.latest_detail(connection, view.item_id))
-    return Applied(task=task, verdict=verdict, view=changed)
+    applied = Applied(task=task, verdict=verdict, view=changed)
+    if notify is not None:
+        notify(connection, applied, now)
+    return applied
