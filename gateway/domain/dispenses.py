@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from auth.audit import Action, Outcome
+from auth.audit import Action
 from auth.identity import Caller
 from auth.tenancy import visible_filter
 from gateway.clock import Clock
@@ -66,16 +66,15 @@ def dispenses_of_item(
             .execute(_query(caller).where(_dispense.c.item_id == item_id).order_by(_dispense.c.created_at))
             .all()
         )
-    access.record(
+    access.record_lookup(
         db,
         caller=caller,
-        action=Action.SEARCH,
-        outcome=Outcome.SUCCESS,
         resource_type="MedicationDispense",
         resource_id=item_id,
-        status=200,
+        found=True,
         request_id=request_id,
         clock=clock,
+        action=Action.SEARCH,
     )
     return {
         "resourceType": "Bundle",

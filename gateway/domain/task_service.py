@@ -381,16 +381,15 @@ def search_tasks(
             .execute(store.views_query().where(*conditions).order_by(*order).limit(count + 1))
             .all()
         )
-    access.record(
+    access.record_lookup(
         db,
         caller=caller,
-        action=Action.SEARCH,
-        outcome=Outcome.SUCCESS,
         resource_type="Task",
         resource_id=None,
-        status=200,
+        found=True,
         request_id=request_id,
         clock=clock,
+        action=Action.SEARCH,
     )
     views = [store.view_from_row(row) for row in rows[:count]]
     links = [{"relation": "self", "url": self_url}]
