@@ -21,7 +21,7 @@ from sqlalchemy.orm import aliased
 
 from adapters.base import OrderKind
 from gateway.domain.cancellation import StatusListener, provider_answered_cancel
-from gateway.domain.status import Status, Verdict
+from gateway.domain.status import GATEWAY_SOURCE, Status, Verdict
 from gateway.domain.status_updates import Applied
 from gateway.domain.tasks import render_task
 from gateway.store.db import Database
@@ -36,7 +36,6 @@ from gateway.store.models import (
 from gateway.store.status import refresh_prescription_status, view_from_row, views_query
 
 PENDING, SENDING, DONE, DEAD = "pending", "sending", "done", "dead"
-GATEWAY_SOURCE = "gateway"
 
 _outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
 _prescription = Prescription.__table__  # type: ignore[attr-defined]

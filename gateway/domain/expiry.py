@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fhir_profiles.outcome import OperationOutcomeError
 from gateway.clock import Clock
 from gateway.domain.cancellation import StatusListener
-from gateway.domain.status import BEFORE_DISPENSED, Status
+from gateway.domain.status import BEFORE_DISPENSED, GATEWAY_SOURCE, Status
 from gateway.domain.status_updates import change_item
 from gateway.logs import get_logger
 from gateway.store import status as store
@@ -20,7 +20,6 @@ from gateway.store.models import OutboxMessage
 
 log = get_logger("gateway.expiry")
 _outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
-GATEWAY_SOURCE = "gateway"
 
 
 def expire_due(db: Database, *, now: datetime, notify: StatusListener | None = None, limit: int = 500) -> int:

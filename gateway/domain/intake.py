@@ -38,7 +38,7 @@ from fhir_profiles.outcome import (
 )
 from gateway.clock import Clock
 from gateway.domain.access import missing_scope_error
-from gateway.domain.status import Status
+from gateway.domain.status import GATEWAY_SOURCE, Status
 from gateway.store.db import Database
 from gateway.store.prescriptions import (
     NewPrescription,
@@ -49,8 +49,6 @@ from gateway.store.prescriptions import (
     prescription_id_taken,
 )
 from gateway.store.providers import ProviderDirectory
-
-GATEWAY_SOURCE = "gateway"
 
 
 @dataclass(frozen=True, slots=True)

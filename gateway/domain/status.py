@@ -35,6 +35,9 @@ class Status(StrEnum):
 
 S = Status
 
+# The `source` of the events the gateway records itself (a provider's are `provider:<ODS>`).
+GATEWAY_SOURCE = "gateway"
+
 DEFINITIONS: Mapping[Status, str] = {
     S.RECEIVED: "Validated and stored by the gateway",
     S.QUEUED: "Waiting to be sent to the provider, or retrying",

@@ -64,6 +64,7 @@ class Prescription(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("tenant_ods", "short_form_id", name="uq_prescription_short_form"),
         Index("ix_prescription_nhs_number", "nhs_number"),
+        Index("ix_prescription_short_form_id", "short_form_id"),
         Index("ix_prescription_provider_status", "provider_ods", "status"),
         Index("ix_prescription_valid_until", "valid_until"),
     )
