@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import BenchGateway, cli, database, free_port, post_all, wait_for_port
+from bench.loadgen import BenchGateway, ServerProcess, cli, database, free_port, post_all
 from fhir_profiles.builder import PrescriptionMessageBuilder
 
 PROVIDER = "VNCEL"
@@ -52,25 +51,17 @@ def prescriptions(count: int, seed: int) -> list[tuple[str, bytes]]:
     return made
 
 
-class Simulator:
+class Simulator(ServerProcess):
     """The provider simulator in its own process, so it shares no interpreter with the load."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Simulator:
         command = [sys.executable, "-m", "adapters.fhir_rest.simulator", "--port", str(self.port)]
-        command += ["--ods", PROVIDER, "--no-lifecycle"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
+        self.start([*command, "--ods", PROVIDER, "--no-lifecycle"])
         return self
-
-    def __exit__(self, *_: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
 
     def received(self, expected: int, timeout: float = 120) -> dict[str, float]:
         """Short-form ID -> epoch seconds the simulator took the order, once `expected` are there."""

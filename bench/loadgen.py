@@ -10,14 +10,13 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
 from auth.assertion import ASSERTION_TYPE, load_private_key, sign_assertion
+from gateway.store.db import throwaway_schema
 
 # The console script, as an operator runs it.
 GATEWAY = str(Path(sys.executable).with_name("homecare-gateway"))
@@ -106,6 +105,25 @@ def cli(env: dict[str, str], *arguments: str) -> None:
     subprocess.run([GATEWAY, *arguments], env=env, check=True, capture_output=True)
 
 
+class ServerProcess:
+    """A server in a child process on `self.port`, stopped (SIGTERM) when the `with` block ends."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port)
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
+
 @dataclass
 class BenchClient:
     """A registered API client with its own key pair, which signs assertions and fetches tokens."""
@@ -164,7 +182,7 @@ class BenchClient:
 
 
 @dataclass
-class BenchGateway:
+class BenchGateway(ServerProcess):
     """`homecare-gateway serve` in a temporary folder with a registered trust client (RBA by default)."""
 
     folder: Path
@@ -190,7 +208,6 @@ class BenchGateway:
         if self.database_url:
             self.env["DATABASE_URL"] = self.database_url
         self.client = self.add_client(self.client_id, role="trust", ods=self.ods, scopes=self.scopes)
-        self.process: subprocess.Popen[bytes] | None = None
 
     def add_client(self, client_id: str, *, role: str, ods: str, scopes: str) -> BenchClient:
         return BenchClient(
@@ -204,35 +221,10 @@ class BenchGateway:
         return self.client.access_token()
 
     def __enter__(self) -> BenchGateway:
-        self.process = subprocess.Popen(
-            [GATEWAY, "serve", "--port", str(self.port), "--workers", str(self.workers)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
+        self.start([GATEWAY, "serve", "--port", str(self.port), "--workers", str(self.workers)], self.env)
         return self
 
-    def __exit__(self, *_: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
 
-
-@contextmanager
-def database(url: str | None) -> Iterator[str | None]:
+def database(url: str | None) -> AbstractContextManager[str | None]:
     """SQLite in the temporary folder (None), or a throw-away schema in the given PostgreSQL database."""
-    if url is None:
-        yield None
-        return
-    from sqlalchemy import create_engine, text
-
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    return nullcontext(None) if url is None else throwaway_schema(url, "bench")

@@ -6,9 +6,7 @@ import os
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +22,7 @@ from sqlalchemy import create_engine, text
 from auth.assertion import ASSERTION_TYPE, generate_client_key, private_key, sign_assertion
 from auth.clients import KeySource, add_client
 from auth.identity import Role
-from gateway.store.db import Database
+from gateway.store.db import Database, throwaway_schema
 
 POSTGRES_URL = os.environ.get(
     "HOMECARE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -67,19 +65,9 @@ def require_postgres() -> None:
     pytest.skip(message + " -- set CI=true to make this a failure")
 
 
-@contextmanager
-def postgres_schema() -> Iterator[str]:
+def postgres_schema() -> AbstractContextManager[str]:
     """A throw-away schema in the test database; yields a URL whose search_path is that schema."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    return throwaway_schema(POSTGRES_URL, "t")
 
 
 def free_port() -> int:

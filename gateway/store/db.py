@@ -12,6 +12,7 @@ import random
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 from sqlmodel import Session
@@ -154,3 +155,21 @@ def _begin_immediate(dbapi_connection: sqlite3.Connection) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(random.uniform(0.0001, 0.0005))  # noqa: S311  (jitter, not security)
+
+
+@contextmanager
+def throwaway_schema(url: str, prefix: str = "scratch") -> Iterator[str]:
+    """A new PostgreSQL schema, dropped with everything in it afterwards (for tests and benchmarks).
+
+    Yields `url` with the connection's search_path set to that schema.
+    """
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalise_url(url))
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
