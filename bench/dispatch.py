@@ -87,7 +87,8 @@ async def paced(port: int, token: str, load: list[tuple[str, bytes]], rate: floa
     answered: dict[str, float] = {}
     failures: list[int] = []
     headers = {"Content-Type": "application/fhir+json", "Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    # Idle connections are let go before the server's keep-alive timeout (5 s) can close them under a request.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
 
         async def send(short_form: str, body: bytes) -> None:

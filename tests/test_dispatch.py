@@ -250,7 +250,8 @@ def test_a_later_message_never_overtakes_an_earlier_one(db: Database) -> None:
     first = outbox.claim_due(db, owner="a", now=now, lease=timedelta(seconds=30), limit=10)
     assert [m.kind for m in first] == ["new"]
     assert outbox.claim_due(db, owner="b", now=now, lease=timedelta(seconds=30), limit=10) == []
-    assert outbox.record_delivered(db, first[0], owner="a", now=now)
+    with db.write_connection() as connection:
+        assert outbox.record_delivered(connection, first[0], owner="a", now=now)
     second = outbox.claim_due(db, owner="b", now=now, lease=timedelta(seconds=30), limit=10)
     assert [m.kind for m in second] == ["cancel"]
 
@@ -269,10 +270,11 @@ def test_a_claim_left_by_a_dead_worker_is_taken_again_after_its_lease(db: Databa
         db, owner="other", now=now + timedelta(seconds=11), lease=timedelta(seconds=10), limit=10
     )
     assert again.outbox_id == claimed.outbox_id
-    assert not outbox.record_delivered(db, claimed, owner="dead-worker", now=now), (
-        "a lost lease records nothing"
-    )
-    assert outbox.record_delivered(db, again, owner="other", now=now)
+    with db.write_connection() as connection:
+        assert not outbox.record_delivered(connection, claimed, owner="dead-worker", now=now), (
+            "a lost lease records nothing"
+        )
+        assert outbox.record_delivered(connection, again, owner="other", now=now)
 
 
 def test_concurrent_workers_never_claim_the_same_row(db: Database) -> None:

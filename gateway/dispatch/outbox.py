@@ -249,15 +249,20 @@ def _tell_listener(
 
 
 def record_delivered(
-    db: Database, claimed: ClaimedMessage, *, owner: str, now: datetime, notify: StatusListener | None = None
+    connection: Connection,
+    claimed: ClaimedMessage,
+    *,
+    owner: str,
+    now: datetime,
+    notify: StatusListener | None = None,
 ) -> bool:
     """The provider's system took the message: an order is `sent`, a cancellation is agreed.
     False if the lease was lost meanwhile (another worker has the message now)."""
-    return _record_answer(db, claimed, owner=owner, now=now, refusal=None, notify=notify)
+    return _record_answer(connection, claimed, owner=owner, now=now, refusal=None, notify=notify)
 
 
 def record_rejected(
-    db: Database,
+    connection: Connection,
     claimed: ClaimedMessage,
     *,
     owner: str,
@@ -268,11 +273,13 @@ def record_rejected(
 ) -> bool:
     """The provider refused the message for good: an order is `rejected` with the reason, a
     cancellation refused (the items go back where they were)."""
-    return _record_answer(db, claimed, owner=owner, now=now, refusal=(reason[:500], code), notify=notify)
+    return _record_answer(
+        connection, claimed, owner=owner, now=now, refusal=(reason[:500], code), notify=notify
+    )
 
 
 def _record_answer(
-    db: Database,
+    connection: Connection,
     claimed: ClaimedMessage,
     *,
     owner: str,
@@ -280,55 +287,54 @@ def _record_answer(
     refusal: tuple[str, str | None] | None,
     notify: StatusListener | None,
 ) -> bool:
-    with db.write_connection() as connection:
-        done = connection.execute(
-            update(_outbox)
-            .where(still_ours(owner, claimed.outbox_id))
-            .values(
-                state=DONE,
-                lease_owner=None,
-                lease_until=None,
-                last_error=refusal[0] if refusal else None,
-                updated_at=now,
-            )
-        ).rowcount
-        if not done:
-            return False
-        if claimed.kind != "new":
-            provider_answered_cancel(
-                connection,
-                prescription_id=claimed.prescription_id,
-                provider_ods=claimed.provider_ods,
-                agreed=refusal is None,
-                reason=refusal[0] if refusal else None,
-                now=now,
-                notify=notify,
-            )
-        elif refusal is None:
-            _set_status(
-                connection,
-                prescription_id=claimed.prescription_id,
-                status=Status.SENT,
-                now=now,
-                detail={"provider": claimed.provider_ods, "attempts": claimed.attempts + 1},
-                only_from=(Status.QUEUED,),
-                notify=notify,
-            )
-        else:
-            _set_status(
-                connection,
-                prescription_id=claimed.prescription_id,
-                status=Status.REJECTED,
-                now=now,
-                detail={"provider": claimed.provider_ods, "reason": refusal[0], "code": refusal[1]},
-                only_from=(Status.QUEUED, Status.SENT),
-                notify=notify,
-            )
+    done = connection.execute(
+        update(_outbox)
+        .where(still_ours(owner, claimed.outbox_id))
+        .values(
+            state=DONE,
+            lease_owner=None,
+            lease_until=None,
+            last_error=refusal[0] if refusal else None,
+            updated_at=now,
+        )
+    ).rowcount
+    if not done:
+        return False
+    if claimed.kind != "new":
+        provider_answered_cancel(
+            connection,
+            prescription_id=claimed.prescription_id,
+            provider_ods=claimed.provider_ods,
+            agreed=refusal is None,
+            reason=refusal[0] if refusal else None,
+            now=now,
+            notify=notify,
+        )
+    elif refusal is None:
+        _set_status(
+            connection,
+            prescription_id=claimed.prescription_id,
+            status=Status.SENT,
+            now=now,
+            detail={"provider": claimed.provider_ods, "attempts": claimed.attempts + 1},
+            only_from=(Status.QUEUED,),
+            notify=notify,
+        )
+    else:
+        _set_status(
+            connection,
+            prescription_id=claimed.prescription_id,
+            status=Status.REJECTED,
+            now=now,
+            detail={"provider": claimed.provider_ods, "reason": refusal[0], "code": refusal[1]},
+            only_from=(Status.QUEUED, Status.SENT),
+            notify=notify,
+        )
     return True
 
 
 def record_failure(
-    db: Database,
+    connection: Connection,
     claimed: ClaimedMessage,
     *,
     owner: str,
@@ -338,37 +344,34 @@ def record_failure(
     notify: StatusListener | None = None,
 ) -> bool:
     """A retryable failure: due again at `retry_at`, or dead (`undeliverable`) when it is None."""
-    with db.write_connection() as connection:
-        values: dict[str, Any] = {
-            "attempts": claimed.attempts + 1,
-            "lease_owner": None,
-            "lease_until": None,
-            "last_error": error[:500],
-            "updated_at": now,
-        }
-        if retry_at is None:
-            values["state"] = DEAD
-        else:
-            values.update(state=PENDING, due_at=retry_at)
-        changed = connection.execute(
-            update(_outbox).where(still_ours(owner, claimed.outbox_id)).values(**values)
+    values: dict[str, Any] = {
+        "attempts": claimed.attempts + 1,
+        "lease_owner": None,
+        "lease_until": None,
+        "last_error": error[:500],
+        "updated_at": now,
+    }
+    if retry_at is None:
+        values["state"] = DEAD
+    else:
+        values.update(state=PENDING, due_at=retry_at)
+    changed = connection.execute(update(_outbox).where(still_ours(owner, claimed.outbox_id)).values(**values))
+    if not changed.rowcount:
+        return False
+    if retry_at is None and claimed.kind == "new":
+        _set_status(
+            connection,
+            prescription_id=claimed.prescription_id,
+            status=Status.UNDELIVERABLE,
+            now=now,
+            detail={
+                "provider": claimed.provider_ods,
+                "attempts": claimed.attempts + 1,
+                "error": error[:200],
+            },
+            only_from=(Status.QUEUED,),
+            notify=notify,
         )
-        if not changed.rowcount:
-            return False
-        if retry_at is None and claimed.kind == "new":
-            _set_status(
-                connection,
-                prescription_id=claimed.prescription_id,
-                status=Status.UNDELIVERABLE,
-                now=now,
-                detail={
-                    "provider": claimed.provider_ods,
-                    "attempts": claimed.attempts + 1,
-                    "error": error[:200],
-                },
-                only_from=(Status.QUEUED,),
-                notify=notify,
-            )
     return True
 
 

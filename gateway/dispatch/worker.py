@@ -17,8 +17,10 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from adapters.base import Adapter, AdapterTransportError, Order
 from adapters.registry import AdapterRegistryError, create_adapter
@@ -35,8 +37,10 @@ from gateway.store.db import Database
 from gateway.store.models import Provider
 from gateway.store.providers import list_providers
 from gateway.store.subscriptions import ACTIVE
+from gateway.store.writer import BatchWriter
 
 log = get_logger("gateway.dispatch")
+T = TypeVar("T")
 
 
 class Doorbell:
@@ -83,6 +87,8 @@ class Dispatcher:
         self._send_finished = asyncio.Event()
         self._signing_keys = signing_keys
         self._rest_hooks: delivery.RestHookSender | None = None
+        # Outcomes are recorded in group commits: under load one transaction records many sends.
+        self._writer = BatchWriter(db)
 
     @property
     def doorbell(self) -> Doorbell:
@@ -142,6 +148,10 @@ class Dispatcher:
                 self._in_flight.add(task)
                 task.add_done_callback(self._finished)
         return claimed
+
+    async def _record(self, write: Callable[..., T], claimed: Any, **values: Any) -> T:
+        """Record what became of a claimed message, if this dispatcher still holds its lease."""
+        return await self._writer.run(partial(write, claimed=claimed, owner=self.owner, **values))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -204,11 +214,9 @@ class Dispatcher:
         now = self._clock()
         if not result.is_delivered:
             SENDS.labels(provider=message.provider_ods, outcome="rejected").inc()
-            recorded = await asyncio.to_thread(
+            recorded = await self._record(
                 outbox.record_rejected,
-                self._db,
                 message,
-                owner=self.owner,
                 now=now,
                 reason=result.reason or "rejected by the provider",
                 code=result.code,
@@ -217,13 +225,8 @@ class Dispatcher:
             bound.info("order_rejected_by_provider", recorded=recorded)
         else:
             SENDS.labels(provider=message.provider_ods, outcome="delivered").inc()
-            recorded = await asyncio.to_thread(
-                outbox.record_delivered,
-                self._db,
-                message,
-                owner=self.owner,
-                now=now,
-                notify=self._status_listener,
+            recorded = await self._record(
+                outbox.record_delivered, message, now=now, notify=self._status_listener
             )
             bound.info("order_delivered", recorded=recorded)
 
@@ -238,11 +241,9 @@ class Dispatcher:
         now = self._clock()
         retry_at = None if delay is None else now + delay
         SENDS.labels(provider=message.provider_ods, outcome="dead" if retry_at is None else "retry").inc()
-        await asyncio.to_thread(
+        await self._record(
             outbox.record_failure,
-            self._db,
             message,
-            owner=self.owner,
             now=now,
             error=reason,
             retry_at=retry_at,
@@ -273,9 +274,7 @@ class Dispatcher:
         )
         if notification.subscription_status != ACTIVE:
             NOTIFICATIONS.labels(outcome="dropped").inc()
-            await asyncio.to_thread(
-                delivery.record_dropped, self._db, notification, owner=self.owner, now=self._clock()
-            )
+            await self._record(delivery.record_dropped, notification, now=self._clock())
             bound.info("notification_dropped", subscription_status=notification.subscription_status)
             return
         try:
@@ -285,20 +284,16 @@ class Dispatcher:
         now = self._clock()
         if result.delivered:
             NOTIFICATIONS.labels(outcome="delivered").inc()
-            recorded = await asyncio.to_thread(
-                delivery.record_notified, self._db, notification, owner=self.owner, now=now
-            )
+            recorded = await self._record(delivery.record_notified, notification, now=now)
             bound.info("notification_delivered", recorded=recorded)
             return
         error = result.error or "not delivered"
         delay = self._settings.retry.next_delay(
             notification.attempts + 1, self._rng, retry_after=result.retry_after
         )
-        outcome = await asyncio.to_thread(
+        outcome = await self._record(
             delivery.record_not_notified,
-            self._db,
             notification,
-            owner=self.owner,
             now=now,
             error=error,
             retry_at=None if delay is None else now + delay,
@@ -322,3 +317,5 @@ class Dispatcher:
         if self._rest_hooks is not None:
             rest_hooks, self._rest_hooks = self._rest_hooks, None
             await rest_hooks.aclose()
+        writer, self._writer = self._writer, BatchWriter(self._db)  # ready should it run again
+        await asyncio.to_thread(writer.close)

@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from auth.signing import SigningKeys
 from gateway import __version__
@@ -24,7 +24,6 @@ from gateway.dispatch.outbox import DEAD, DONE, PENDING, ClaimedNotification, st
 from gateway.notify.service import NOTIFICATION_KEY_PREFIX, kill_pending_notifications
 from gateway.notify.signature import SIGNATURE_HEADER, sign_detached
 from gateway.notify.subscription import FHIR_JSON
-from gateway.store.db import Database
 from gateway.store.models import OutboxMessage, Subscription
 from gateway.store.subscriptions import ACTIVE, ERROR
 
@@ -98,21 +97,22 @@ class RestHookSender:
         await self._http.aclose()
 
 
-def record_notified(db: Database, claimed: ClaimedNotification, *, owner: str, now: datetime) -> bool:
+def record_notified(
+    connection: Connection, claimed: ClaimedNotification, *, owner: str, now: datetime
+) -> bool:
     """Delivered: the row is done and the subscription's failure count starts again."""
-    with db.write_connection() as connection:
-        done = connection.execute(
-            update(_outbox)
-            .where(still_ours(owner, claimed.outbox_id))
-            .values(state=DONE, lease_owner=None, lease_until=None, last_error=None, updated_at=now)
-        ).rowcount
-        if not done:
-            return False
-        connection.execute(
-            update(_subscription)
-            .where(_subscription.c.id == claimed.subscription_id, _subscription.c.failure_count != 0)
-            .values(failure_count=0)
-        )
+    done = connection.execute(
+        update(_outbox)
+        .where(still_ours(owner, claimed.outbox_id))
+        .values(state=DONE, lease_owner=None, lease_until=None, last_error=None, updated_at=now)
+    ).rowcount
+    if not done:
+        return False
+    connection.execute(
+        update(_subscription)
+        .where(_subscription.c.id == claimed.subscription_id, _subscription.c.failure_count != 0)
+        .values(failure_count=0)
+    )
     return True
 
 
@@ -123,25 +123,26 @@ class FailureOutcome(StrEnum):
     LEASE_LOST = "lease-lost"
 
 
-def record_dropped(db: Database, claimed: ClaimedNotification, *, owner: str, now: datetime) -> bool:
+def record_dropped(
+    connection: Connection, claimed: ClaimedNotification, *, owner: str, now: datetime
+) -> bool:
     """A notification whose subscription was turned off or failed before it went: dead, unsent."""
-    with db.write_connection() as connection:
-        changed = connection.execute(
-            update(_outbox)
-            .where(still_ours(owner, claimed.outbox_id))
-            .values(
-                state=DEAD,
-                lease_owner=None,
-                lease_until=None,
-                last_error=f"not sent: the subscription is {claimed.subscription_status}",
-                updated_at=now,
-            )
-        ).rowcount
+    changed = connection.execute(
+        update(_outbox)
+        .where(still_ours(owner, claimed.outbox_id))
+        .values(
+            state=DEAD,
+            lease_owner=None,
+            lease_until=None,
+            last_error=f"not sent: the subscription is {claimed.subscription_status}",
+            updated_at=now,
+        )
+    ).rowcount
     return bool(changed)
 
 
 def record_not_notified(
-    db: Database,
+    connection: Connection,
     claimed: ClaimedNotification,
     *,
     owner: str,
@@ -152,44 +153,41 @@ def record_not_notified(
 ) -> FailureOutcome:
     """A failed attempt: due again at `retry_at`, unless this was the subscription's `error_after`th
     failure in a row (or the retry budget is spent), which puts the subscription in error."""
-    with db.write_connection() as connection:
-        failures = (
-            connection.execute(
-                select(_subscription.c.failure_count).where(_subscription.c.id == claimed.subscription_id)
-            ).scalar_one()
-            + 1
-        )
-        give_up = retry_at is None or failures >= error_after
-        values: dict[str, object] = {
-            "attempts": claimed.attempts + 1,
-            "lease_owner": None,
-            "lease_until": None,
-            "last_error": error[:500],
-            "updated_at": now,
-        }
-        values.update({"state": DEAD} if give_up else {"state": PENDING, "due_at": retry_at})
-        changed = connection.execute(
-            update(_outbox).where(still_ours(owner, claimed.outbox_id)).values(**values)
-        )
-        if not changed.rowcount:
-            return FailureOutcome.LEASE_LOST
-        subscription_values: dict[str, object] = {"failure_count": failures}
-        if give_up:
-            subscription_values.update(
-                status=ERROR,
-                error=f"{failures} deliveries in a row failed; the last: {error}"[:500],
-                updated_at=now,
-            )
+    failures = (
         connection.execute(
-            update(_subscription)
-            .where(_subscription.c.id == claimed.subscription_id, _subscription.c.status == ACTIVE)
-            .values(**subscription_values)
+            select(_subscription.c.failure_count).where(_subscription.c.id == claimed.subscription_id)
+        ).scalar_one()
+        + 1
+    )
+    give_up = retry_at is None or failures >= error_after
+    values: dict[str, object] = {
+        "attempts": claimed.attempts + 1,
+        "lease_owner": None,
+        "lease_until": None,
+        "last_error": error[:500],
+        "updated_at": now,
+    }
+    values.update({"state": DEAD} if give_up else {"state": PENDING, "due_at": retry_at})
+    changed = connection.execute(update(_outbox).where(still_ours(owner, claimed.outbox_id)).values(**values))
+    if not changed.rowcount:
+        return FailureOutcome.LEASE_LOST
+    subscription_values: dict[str, object] = {"failure_count": failures}
+    if give_up:
+        subscription_values.update(
+            status=ERROR,
+            error=f"{failures} deliveries in a row failed; the last: {error}"[:500],
+            updated_at=now,
         )
-        if give_up:
-            kill_pending_notifications(
-                connection,
-                claimed.subscription_id,
-                now=now,
-                reason="not sent: the subscription went into error",
-            )
+    connection.execute(
+        update(_subscription)
+        .where(_subscription.c.id == claimed.subscription_id, _subscription.c.status == ACTIVE)
+        .values(**subscription_values)
+    )
+    if give_up:
+        kill_pending_notifications(
+            connection,
+            claimed.subscription_id,
+            now=now,
+            reason="not sent: the subscription went into error",
+        )
     return FailureOutcome.SUBSCRIPTION_ERROR if give_up else FailureOutcome.RETRY
