@@ -26,6 +26,7 @@ class IssueType(StrEnum):
 
     INVALID = "invalid"
     STRUCTURE = "structure"
+    INCOMPLETE = "incomplete"
     REQUIRED = "required"
     VALUE = "value"
     INVARIANT = "invariant"

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 import uuid
 
 import httpx
 import orjson
 import pytest
+from sqlalchemy import text
 
 from fhir_profiles.builder import PrescriptionMessageBuilder, break_message
 from gateway.logs import configure_logging
 from gateway.store.db import Database
+from tests.support import RunningServer
 
 
 @pytest.fixture
@@ -60,3 +64,36 @@ def test_log_lines_are_json_with_ids_and_no_patient_data(
     assert any(r["request_id"] == request_id and r["status"] == 200 for r in access)
     for secret in secrets:
         assert secret not in output, "patient data reached the log"
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_server_error(
+    json_logs: None,
+    client: httpx.Client,
+    server: RunningServer,
+    db: Database,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    body = orjson.dumps(PrescriptionMessageBuilder(seed=42).build(items=1))
+    head = (
+        "POST /fhir/$process-message HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {client.headers['authorization']}\r\nContent-Type: application/fhir+json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + body[: len(body) // 2])
+        time.sleep(0.2)
+    output = ""
+    deadline = time.monotonic() + 10
+    while "client_disconnected" not in output and time.monotonic() < deadline:
+        time.sleep(0.05)
+        output += capfd.readouterr().out
+    assert "client_disconnected" in output
+    assert "unhandled_error" not in output
+    with db.read() as session:
+        assert session.execute(text("SELECT count(*) FROM inbound_message")).scalar_one() == 0
+    assert (
+        client.post(
+            "/fhir/$process-message", content=body, headers={"Content-Type": "application/fhir+json"}
+        ).status_code
+        == 200
+    )

@@ -40,7 +40,7 @@ import orjson
 import uvicorn
 from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -100,7 +100,10 @@ def create_simulator_app(simulator: ProviderSimulator) -> Starlette:
     """The simulator as an ASGI app; its lifespan starts and stops the lifecycle machinery."""
 
     async def process_message(request: Request) -> Response:
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the sender went away mid-request (e.g. a killed dispatcher)
+            return Response(status_code=400)
         return _render(await simulator.receive(body, dict(request.headers)))
 
     async def metadata(request: Request) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from auth.tokens import OAuthError
@@ -59,6 +60,24 @@ async def _oauth_error(_: Request, exc: Exception) -> Response:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers={"Cache-Control": "no-store"})
 
 
+async def _client_disconnect(_: Request, exc: Exception) -> Response:
+    # The client hung up before its body arrived: nothing was read, so nothing was stored, and no
+    # one is left to read an answer. Not a failure of the gateway.
+    log.info("client_disconnected")
+    return outcome_response(
+        OperationOutcomeError(
+            400,
+            [
+                Issue(
+                    IssueType.INCOMPLETE,
+                    ErrorCode.INVALID_VALUE,
+                    "The connection closed before the whole request arrived; nothing was stored",
+                )
+            ],
+        )
+    )
+
+
 def unexpected_error_response(exc: BaseException) -> Response:
     """A 500 that says nothing of the failure but its request id; the log gets type and place only."""
     # Never the exception's message: it may carry patient data.
@@ -89,3 +108,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OAuthError, _oauth_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
