@@ -199,6 +199,19 @@ def still_ours(owner: str, outbox_id: int) -> Any:
     return and_(_outbox.c.id == outbox_id, _outbox.c.state == SENDING, _outbox.c.lease_owner == owner)
 
 
+def release_claim(
+    connection: Connection, owner: str, outbox_id: int, *, now: datetime, **values: Any
+) -> bool:
+    """End `owner`'s lease on a claimed row, setting `values` (its new state...); False when the lease
+    was lost meanwhile (another worker has the row now) and nothing was changed."""
+    changed = connection.execute(
+        update(_outbox)
+        .where(still_ours(owner, outbox_id))
+        .values(lease_owner=None, lease_until=None, updated_at=now, **values)
+    )
+    return bool(changed.rowcount)
+
+
 def _set_status(
     connection: Connection,
     *,
@@ -287,18 +300,9 @@ def _record_answer(
     refusal: tuple[str, str | None] | None,
     notify: StatusListener | None,
 ) -> bool:
-    done = connection.execute(
-        update(_outbox)
-        .where(still_ours(owner, claimed.outbox_id))
-        .values(
-            state=DONE,
-            lease_owner=None,
-            lease_until=None,
-            last_error=refusal[0] if refusal else None,
-            updated_at=now,
-        )
-    ).rowcount
-    if not done:
+    if not release_claim(
+        connection, owner, claimed.outbox_id, now=now, state=DONE, last_error=refusal[0] if refusal else None
+    ):
         return False
     if claimed.kind != "new":
         provider_answered_cancel(
@@ -344,19 +348,9 @@ def record_failure(
     notify: StatusListener | None = None,
 ) -> bool:
     """A retryable failure: due again at `retry_at`, or dead (`undeliverable`) when it is None."""
-    values: dict[str, Any] = {
-        "attempts": claimed.attempts + 1,
-        "lease_owner": None,
-        "lease_until": None,
-        "last_error": error[:500],
-        "updated_at": now,
-    }
-    if retry_at is None:
-        values["state"] = DEAD
-    else:
-        values.update(state=PENDING, due_at=retry_at)
-    changed = connection.execute(update(_outbox).where(still_ours(owner, claimed.outbox_id)).values(**values))
-    if not changed.rowcount:
+    values: dict[str, Any] = {"attempts": claimed.attempts + 1, "last_error": error[:500]}
+    values.update({"state": DEAD} if retry_at is None else {"state": PENDING, "due_at": retry_at})
+    if not release_claim(connection, owner, claimed.outbox_id, now=now, **values):
         return False
     if retry_at is None and claimed.kind == "new":
         _set_status(

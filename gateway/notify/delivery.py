@@ -20,14 +20,13 @@ from sqlalchemy import Connection, select, update
 
 from auth.signing import SigningKeys
 from gateway import __version__
-from gateway.dispatch.outbox import DEAD, DONE, PENDING, ClaimedNotification, still_ours
+from gateway.dispatch.outbox import DEAD, DONE, PENDING, ClaimedNotification, release_claim
 from gateway.notify.service import NOTIFICATION_KEY_PREFIX, kill_pending_notifications
 from gateway.notify.signature import SIGNATURE_HEADER, sign_detached
 from gateway.notify.subscription import FHIR_JSON
-from gateway.store.models import OutboxMessage, Subscription
+from gateway.store.models import Subscription
 from gateway.store.subscriptions import ACTIVE, ERROR
 
-_outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
 _subscription = Subscription.__table__  # type: ignore[attr-defined]
 
 
@@ -101,12 +100,7 @@ def record_notified(
     connection: Connection, claimed: ClaimedNotification, *, owner: str, now: datetime
 ) -> bool:
     """Delivered: the row is done and the subscription's failure count starts again."""
-    done = connection.execute(
-        update(_outbox)
-        .where(still_ours(owner, claimed.outbox_id))
-        .values(state=DONE, lease_owner=None, lease_until=None, last_error=None, updated_at=now)
-    ).rowcount
-    if not done:
+    if not release_claim(connection, owner, claimed.outbox_id, now=now, state=DONE, last_error=None):
         return False
     connection.execute(
         update(_subscription)
@@ -127,18 +121,14 @@ def record_dropped(
     connection: Connection, claimed: ClaimedNotification, *, owner: str, now: datetime
 ) -> bool:
     """A notification whose subscription was turned off or failed before it went: dead, unsent."""
-    changed = connection.execute(
-        update(_outbox)
-        .where(still_ours(owner, claimed.outbox_id))
-        .values(
-            state=DEAD,
-            lease_owner=None,
-            lease_until=None,
-            last_error=f"not sent: the subscription is {claimed.subscription_status}",
-            updated_at=now,
-        )
-    ).rowcount
-    return bool(changed)
+    return release_claim(
+        connection,
+        owner,
+        claimed.outbox_id,
+        now=now,
+        state=DEAD,
+        last_error=f"not sent: the subscription is {claimed.subscription_status}",
+    )
 
 
 def record_not_notified(
@@ -160,16 +150,9 @@ def record_not_notified(
         + 1
     )
     give_up = retry_at is None or failures >= error_after
-    values: dict[str, object] = {
-        "attempts": claimed.attempts + 1,
-        "lease_owner": None,
-        "lease_until": None,
-        "last_error": error[:500],
-        "updated_at": now,
-    }
+    values: dict[str, object] = {"attempts": claimed.attempts + 1, "last_error": error[:500]}
     values.update({"state": DEAD} if give_up else {"state": PENDING, "due_at": retry_at})
-    changed = connection.execute(update(_outbox).where(still_ours(owner, claimed.outbox_id)).values(**values))
-    if not changed.rowcount:
+    if not release_claim(connection, owner, claimed.outbox_id, now=now, **values):
         return FailureOutcome.LEASE_LOST
     subscription_values: dict[str, object] = {"failure_count": failures}
     if give_up:
