@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import aliased
@@ -162,20 +162,9 @@ def claim_due(
             .where(_outbox.c.id.in_(ids))
             .order_by(_outbox.c.id)
         ).all()
+    # The provider-message select lists its columns in ClaimedMessage's field order.
     provider_messages: list[ClaimedMessage | ClaimedNotification] = [
-        ClaimedMessage(
-            outbox_id=row[0],
-            prescription_id=row[1],
-            kind=row[2],
-            provider_ods=row[3],
-            idempotency_key=row[4],
-            attempts=row[5],
-            short_form_id=row[6],
-            tenant_ods=row[7],
-            body=row[8],
-            request_id=row[9],
-        )
-        for row in rows
+        ClaimedMessage(*row) for row in cast(list[Any], rows)
     ]
     notifications_claimed: list[ClaimedMessage | ClaimedNotification] = [
         ClaimedNotification(
