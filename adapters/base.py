@@ -19,6 +19,8 @@ Adapters are found through the entry-point group `homecare_gateway.adapters` (se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -135,3 +137,20 @@ class Adapter(Protocol):
     async def aclose(self) -> None:
         """Release connections; the adapter is not used again."""
         ...
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP-date (RFC 9110 §10.2.3); None when
+    absent or unreadable. The one parser, for adapters and the gateway's own HTTP deliveries alike."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

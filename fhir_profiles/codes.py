@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 MESSAGE_EVENT_SYSTEM = "https://fhir.nhs.uk/CodeSystem/message-event"
 PRESCRIPTION_TYPE_URL = "https://fhir.nhs.uk/StructureDefinition/Extension-DM-PrescriptionType"
 PRESCRIPTION_TYPE_SYSTEM = "https://fhir.nhs.uk/CodeSystem/prescription-type"
@@ -76,26 +78,30 @@ LINK_TYPE = frozenset({"replaced-by", "replaces", "refer", "seealso"})
 # --- Status from providers (DESIGN §4, §5) -------------------------------------------------------
 # Providers report per line item with PSU-style Tasks whose businessStatus uses this code system.
 HOMECARE_STATUS_SYSTEM = "https://homecare-gateway.nhs.uk/CodeSystem/homecare-status"
-HOMECARE_STATUS_CODES = frozenset(
-    {
-        "received",
-        "queued",
-        "sent",
-        "accepted",
-        "rejected",
-        "query",
-        "in-preparation",
-        "dispensed",
-        "delivery-scheduled",
-        "out-for-delivery",
-        "delivered",
-        "delivery-failed",
-        "cancel-requested",
-        "cancelled",
-        "expired",
-        "undeliverable",
-    }
-)
+
+
+class HomecareStatus(StrEnum):
+    """The homecare-status codes: the only list of them (the gateway's transition table uses it)."""
+
+    RECEIVED = "received"
+    QUEUED = "queued"
+    SENT = "sent"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    QUERY = "query"
+    IN_PREPARATION = "in-preparation"
+    DISPENSED = "dispensed"
+    DELIVERY_SCHEDULED = "delivery-scheduled"
+    OUT_FOR_DELIVERY = "out-for-delivery"
+    DELIVERED = "delivered"
+    DELIVERY_FAILED = "delivery-failed"
+    CANCEL_REQUESTED = "cancel-requested"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    UNDELIVERABLE = "undeliverable"
+
+
+HOMECARE_STATUS_CODES = frozenset(status.value for status in HomecareStatus)
 # Why a provider rejected, queried or failed to deliver an item (Task.statusReason, and the
 # OperationOutcome details of a refused order).
 STATUS_REASON_SYSTEM = "https://homecare-gateway.nhs.uk/CodeSystem/homecare-status-reason"

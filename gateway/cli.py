@@ -77,7 +77,7 @@ def worker() -> None:
 @outbox_app.command("status")
 def outbox_status() -> None:
     """Depth, due messages, age of the oldest and dead letters by provider."""
-    from gateway.dispatch.outbox import stats
+    from gateway.store.outbox import stats
 
     settings = Settings()
     database = _database(settings)
@@ -97,12 +97,15 @@ def outbox_redrive(
     provider: Annotated[str | None, typer.Option(help="Only this provider's ODS code.")] = None,
 ) -> None:
     """Send dead messages again (after fixing the provider or its settings)."""
-    from gateway.dispatch.outbox import redrive
+    from gateway.domain.context import Context
+    from gateway.domain.delivery import redrive
+    from gateway.notify.service import notify_status_change
 
     settings = Settings()
     database = _database(settings)
     database.migrate()
-    count = redrive(database, now=system_clock(), prescription_id=prescription, provider_ods=provider)
+    context = Context(database, listener=notify_status_change)
+    count = redrive(context, prescription_id=prescription, provider_ods=provider)
     console.print(f"{count} message(s) queued again.")
 
 

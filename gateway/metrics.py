@@ -10,8 +10,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.clock import Clock
-from gateway.dispatch.outbox import stats
 from gateway.store.db import Database
+from gateway.store.outbox import stats
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

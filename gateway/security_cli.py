@@ -38,9 +38,9 @@ from auth.models import Client
 from auth.signing import rotate_signing_keys
 from fhir_profiles.identifiers import is_ods_code
 from gateway.clock import system_clock
-from gateway.domain.sealing import seal_audit_log
 from gateway.security import http_for_key_sets
 from gateway.settings import Settings
+from gateway.store.audit import seal_audit_log
 from gateway.store.db import Database
 from gateway.store.providers import list_providers
 

@@ -9,12 +9,8 @@ import uvicorn
 
 from auth.signing import SigningKeys, ensure_signing_key
 from gateway.clock import system_clock
-from gateway.dispatch.worker import Dispatcher
-from gateway.domain.expiry import run_expiry
-from gateway.domain.sealing import run_housekeeping
 from gateway.logs import configure_logging, get_logger
-from gateway.notify.service import notify_status_change
-from gateway.security import build_token_service
+from gateway.runner import Runtime
 from gateway.settings import Settings
 from gateway.store.db import Database
 
@@ -66,39 +62,17 @@ def run_worker() -> None:
     prepare(settings)
 
     async def main() -> None:
-        database = Database(settings.resolved_database_url, pool_size=4)
-        tokens = build_token_service(settings, database, system_clock)
-        dispatcher = Dispatcher(
-            database,
-            clock=system_clock,
-            settings=settings.dispatcher_settings(),
-            signing_keys=tokens.signing_keys,
-            on_status_change=notify_status_change,
-        )
-        stop = asyncio.Event()
+        runtime = Runtime.create(replace_pool(settings), clock=system_clock)
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        background = [
-            asyncio.create_task(
-                run_expiry(
-                    database,
-                    clock=system_clock,
-                    interval=settings.expiry_check_seconds,
-                    notify=notify_status_change,
-                )
-            )
-        ]
-        if settings.audit_seal_seconds:
-            background.append(
-                asyncio.create_task(run_housekeeping(database, tokens, interval=settings.audit_seal_seconds))
-            )
-        try:
-            await dispatcher.run(stop)
-        finally:
-            for task in background:
-                task.cancel()
-            tokens.close()
-            database.dispose()
+        async with runtime.running(dispatch=True) as stop:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+        runtime.context.db.dispose()
 
     asyncio.run(main())
+
+
+def replace_pool(settings: Settings) -> Settings:
+    """A worker needs few connections: its sends wait on the network, not the database."""
+    return settings.model_copy(update={"db_pool_size": 4})

@@ -32,10 +32,11 @@ from adapters.fhir_rest.simulator import SimulatorServer
 from auth.identity import Caller, Role
 from fhir_profiles.builder import PrescriptionMessageBuilder
 from gateway.clock import system_clock
-from gateway.dispatch.outbox import stats
-from gateway.domain.intake import receive_message
+from gateway.domain.context import Context
+from gateway.domain.intake import receive_message_blocking
 from gateway.store.db import Database
-from gateway.store.providers import ProviderDirectory, add_provider, list_providers, update_provider
+from gateway.store.outbox import stats
+from gateway.store.providers import add_provider, list_providers, update_provider
 
 
 @dataclass(frozen=True)
@@ -63,21 +64,16 @@ class CrashReport:
 
 def _accept(db: Database, count: int, seed: int) -> list[str]:
     builder = PrescriptionMessageBuilder(seed=seed)
-    providers = ProviderDirectory(db, ttl=0)
+    context = Context.for_database(db)
     caller = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.c"}))
     keys = []
     for _ in range(count):
         body = orjson.dumps(builder.build(items=1))
-        answer = receive_message(
-            db,
-            providers=providers,
-            body=body,
-            document=orjson.loads(body),
-            caller=caller,
-            request_id=str(uuid.uuid4()),
-            clock=system_clock,
+        answer = receive_message_blocking(
+            context, body=body, document=orjson.loads(body), caller=caller, request_id=str(uuid.uuid4())
         )
         keys.append(f"order-{answer.prescription_id}")
+    context.close()
     return keys
 
 

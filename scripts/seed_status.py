@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import text
 
 from fhir_profiles.identifiers import generate_nhs_number, generate_short_form_id
-from gateway.domain.status import GATEWAY_SOURCE, Status, prescription_status
-from gateway.domain.status_updates import provider_source
+from gateway.domain.status import GATEWAY_SOURCE, Status, prescription_status, provider_source
 from gateway.store.db import Database
 from gateway.store.providers import add_provider
 

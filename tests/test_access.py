@@ -216,12 +216,12 @@ def test_the_same_prescription_id_in_two_trusts_stays_apart(as_tenant: AsTenant,
 def test_the_tenancy_rule_and_its_query_filter_agree(role: Role, ods: str, visible: bool) -> None:
     from sqlmodel import select
 
-    from gateway.store import prescriptions as store
+    from gateway.store.items import prescription_visible_to
     from gateway.store.models import Prescription
 
     caller = Caller(client_id="x", role=role, ods_code=ods)
     assert may_see(caller, tenant_ods="RBA", provider_ods="VNCEL") is visible
-    query = select(Prescription.id).where(store.visible_to(caller))
+    query = select(Prescription.id).where(prescription_visible_to(caller))
     compiled = str(query.compile(compile_kwargs={"literal_binds": True}))
     column = "tenant_ods" if role is not Role.PROVIDER else "provider_ods"
     assert f"prescription.{column} = '{ods}'" in compiled

@@ -20,8 +20,8 @@ from auth.models import AuditEvent
 from fhir_profiles.builder import PrescriptionMessageBuilder, break_message
 from gateway.app import create_app
 from gateway.cli import app as cli
-from gateway.domain.sealing import seal_audit_log
 from gateway.settings import Settings
+from gateway.store.audit import seal_audit_log
 from gateway.store.db import Database
 from tests.support import RunningServer, Tenant, access_token
 

@@ -39,8 +39,8 @@ def test_concurrent_identical_submissions_create_one_prescription(
     assert {r.status_code for r in responses} == {200}
     assert len({r.content for r in responses}) == 1, "every racer gets the same answer"
     assert len({r.headers["location"] for r in responses}) == 1
-    with db.read() as session:
-        assert store.count_prescriptions(session) == 1
+    with db.snapshot() as tx:
+        assert store.count_prescriptions(tx) == 1
 
 
 def test_concurrent_bundles_reusing_one_prescription_id_accept_exactly_one(
@@ -55,5 +55,5 @@ def test_concurrent_bundles_reusing_one_prescription_id_accept_exactly_one(
     responses = _race(server, tenants["trust-rba"], bodies)
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] + [409] * (RACERS - 1), statuses
-    with db.read() as session:
-        assert store.count_prescriptions(session) == 1
+    with db.snapshot() as tx:
+        assert store.count_prescriptions(tx) == 1

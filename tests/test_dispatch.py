@@ -18,14 +18,17 @@ from adapters.fhir_rest.simulator import SimulatorServer
 from auth.identity import Caller, Role
 from fhir_profiles.builder import PrescriptionMessageBuilder
 from gateway.clock import system_clock
-from gateway.dispatch import outbox
 from gateway.dispatch.policy import RetryPolicy
 from gateway.dispatch.settings import DispatcherSettings
 from gateway.dispatch.worker import Dispatcher
-from gateway.domain.intake import receive_message
-from gateway.store.db import Database
+from gateway.domain.context import Context
+from gateway.domain.delivery import DeliveryOutcome, Recorded, record_provider_outcome, redrive
+from gateway.domain.intake import receive_message_blocking
+from gateway.store import outbox
+from gateway.store.db import Database, Tx
 from gateway.store.models import OutboxMessage
-from gateway.store.providers import ProviderDirectory, update_provider
+from gateway.store.outbox import ClaimedMessage
+from gateway.store.providers import update_provider
 
 FAST = DispatcherSettings(
     poll_seconds=0.02,
@@ -54,22 +57,26 @@ def simulator(db: Database) -> Iterator[SimulatorServer]:
 def accept(db: Database, count: int = 1, *, seed: int = 1, items: int = 1) -> list[tuple[str, bytes]]:
     """Prescriptions accepted through the intake service: (gateway id, the exact bytes)."""
     builder = PrescriptionMessageBuilder(seed=seed)
-    providers = ProviderDirectory(db, ttl=0)
+    context = Context.for_database(db)
     accepted = []
     for _ in range(count):
         body = orjson.dumps(builder.build(items=items))
-        answer = receive_message(
-            db,
-            providers=providers,
-            body=body,
-            document=orjson.loads(body),
-            caller=TRUST,
-            request_id=str(uuid.uuid4()),
-            clock=system_clock,
+        answer = receive_message_blocking(
+            context, body=body, document=orjson.loads(body), caller=TRUST, request_id=str(uuid.uuid4())
         )
         assert answer.prescription_id is not None
         accepted.append((answer.prescription_id, body))
+    context.close()
     return accepted
+
+
+def record_delivered(tx: Tx, claimed: Any, *, owner: str, now: Any) -> bool:
+    """The provider took the message: recorded unless the lease was lost."""
+    assert isinstance(claimed, ClaimedMessage)
+    recorded = record_provider_outcome(
+        tx, claimed, DeliveryOutcome.delivered(), owner=owner, now=now, retry_at=None, listener=None
+    )
+    return recorded is not Recorded.LEASE_LOST
 
 
 def dispatch(
@@ -133,7 +140,8 @@ def test_an_accepted_prescription_reaches_its_provider_byte_for_byte(
     assert status_of(db, prescription_id) == "queued"
     dispatch(db)
     assert status_of(db, prescription_id) == "sent"
-    assert [status for status, _ in events_of(db, prescription_id)] == ["received", "queued", "sent"]
+    # Received and queued as a prescription; each line item's move to `sent` is an event of its own.
+    assert [status for status, _ in events_of(db, prescription_id)] == ["received", "queued", "sent", "sent"]
     (order,) = simulator.orders()
     assert order.message == body, "the provider gets the trust's bytes unchanged"
     assert order.idempotency_key == f"order-{prescription_id}"
@@ -206,7 +214,7 @@ def test_retries_spent_make_it_undeliverable_and_a_redrive_delivers_it(
     assert status_of(db, prescription_id) == "undeliverable"
     assert outbox.stats(db, now=system_clock()).by_provider_dead == {"VNCEL": 1}
     simulator.configure(down=False)
-    assert outbox.redrive(db, now=system_clock(), provider_ods="VNCEL") == 1
+    assert redrive(Context(db), provider_ods="VNCEL") == 1
     assert status_of(db, prescription_id) == "queued"
     dispatch(db)
     assert status_of(db, prescription_id) == "sent"
@@ -250,8 +258,8 @@ def test_a_later_message_never_overtakes_an_earlier_one(db: Database) -> None:
     first = outbox.claim_due(db, owner="a", now=now, lease=timedelta(seconds=30), limit=10)
     assert [m.kind for m in first] == ["new"]
     assert outbox.claim_due(db, owner="b", now=now, lease=timedelta(seconds=30), limit=10) == []
-    with db.write_connection() as connection:
-        assert outbox.record_delivered(connection, first[0], owner="a", now=now)
+    with db.transaction() as tx:
+        assert record_delivered(tx, first[0], owner="a", now=now)
     second = outbox.claim_due(db, owner="b", now=now, lease=timedelta(seconds=30), limit=10)
     assert [m.kind for m in second] == ["cancel"]
 
@@ -270,11 +278,9 @@ def test_a_claim_left_by_a_dead_worker_is_taken_again_after_its_lease(db: Databa
         db, owner="other", now=now + timedelta(seconds=11), lease=timedelta(seconds=10), limit=10
     )
     assert again.outbox_id == claimed.outbox_id
-    with db.write_connection() as connection:
-        assert not outbox.record_delivered(connection, claimed, owner="dead-worker", now=now), (
-            "a lost lease records nothing"
-        )
-        assert outbox.record_delivered(connection, again, owner="other", now=now)
+    with db.transaction() as tx:
+        assert not record_delivered(tx, claimed, owner="dead-worker", now=now), "a lost lease records nothing"
+        assert record_delivered(tx, again, owner="other", now=now)
 
 
 def test_concurrent_workers_never_claim_the_same_row(db: Database) -> None:

@@ -32,8 +32,8 @@ def codes(response: httpx.Response) -> list[str]:
 
 
 def prescriptions_stored(db: Database) -> int:
-    with db.read() as session:
-        return store.count_prescriptions(session)
+    with db.snapshot() as tx:
+        return store.count_prescriptions(tx)
 
 
 def test_a_valid_order_is_accepted_stored_and_read_back(client: httpx.Client, db: Database) -> None:

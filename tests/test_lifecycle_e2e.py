@@ -21,6 +21,7 @@ from gateway.clock import system_clock
 from gateway.dispatch.policy import RetryPolicy
 from gateway.dispatch.settings import DispatcherSettings
 from gateway.dispatch.worker import Dispatcher
+from gateway.domain.context import Context
 from gateway.domain.expiry import expire_due
 from gateway.store.db import Database
 from gateway.store.providers import update_provider
@@ -287,6 +288,6 @@ def test_a_prescription_past_its_validity_expires(client: httpx.Client, db: Data
     response = client.post("/fhir/$process-message", content=orjson.dumps(message), headers=FHIR)
     assert response.status_code == 200
     item = response.json()["issue"][0]["diagnostics"].split("MedicationRequest/")[1].strip()
-    assert expire_due(db, now=system_clock()) == 1
+    assert expire_due(Context(db), now=system_clock()) == 1
     assert statuses(client, [item]) == ["expired"]
-    assert expire_due(db, now=system_clock()) == 0
+    assert expire_due(Context(db), now=system_clock()) == 0

@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
-from gateway.dispatch import outbox
+from gateway.store import outbox
 from gateway.store.db import Database
 from tests.support import postgres_schema, require_postgres
 

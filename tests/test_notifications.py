@@ -2,8 +2,8 @@
 transaction of a status change, sent by the dispatcher to a receiver that verifies every signature
 with the JWKS the running gateway publishes, in order, retried, and the subscription put in error.
 
-Status intake is not here yet, so each test changes status as it will: `enqueue_notifications`
-inside `db.write_connection()` with a hand-built Task.
+Each test changes status as status intake does: `enqueue_notifications` inside a transaction
+(`db.transaction()`) with a hand-built Task.
 """
 
 from __future__ import annotations
@@ -30,18 +30,18 @@ from fhir_profiles.builder import PrescriptionMessageBuilder
 from fhir_profiles.codes import HOMECARE_STATUS_SYSTEM
 from fhir_profiles.identifiers import ODS_SYSTEM, PRESCRIPTION_ORDER_NUMBER_SYSTEM
 from gateway.clock import system_clock
-from gateway.dispatch import outbox
 from gateway.dispatch.policy import RetryPolicy
 from gateway.dispatch.settings import DispatcherSettings
 from gateway.dispatch.worker import Dispatcher
-from gateway.domain.intake import receive_message
+from gateway.domain.context import Context
+from gateway.domain.intake import receive_message_blocking
 from gateway.logs import configure_logging
 from gateway.notify.receiver import ReceiverServer
 from gateway.notify.service import enqueue_notifications
 from gateway.notify.signature import SignatureError, sign_detached, verify_detached
 from gateway.settings import Settings
+from gateway.store import outbox
 from gateway.store.db import Database
-from gateway.store.providers import ProviderDirectory
 from tests.support import RunningServer, free_port
 
 AsTenant = Callable[..., httpx.Client]
@@ -119,15 +119,11 @@ class Prescription:
         body = orjson.dumps(
             PrescriptionMessageBuilder(seed=seed).build(items=1, sender_ods=sender, performer_ods=provider)
         )
-        answer = receive_message(
-            db,
-            providers=ProviderDirectory(db, ttl=0),
-            body=body,
-            document=orjson.loads(body),
-            caller=caller,
-            request_id=str(uuid.uuid4()),
-            clock=system_clock,
+        context = Context.for_database(db)
+        answer = receive_message_blocking(
+            context, body=body, document=orjson.loads(body), caller=caller, request_id=str(uuid.uuid4())
         )
+        context.close()
         assert answer.prescription_id is not None
         self.db, self.id, self.tenant, self.provider = db, answer.prescription_id, sender, provider
         with db.write_connection() as connection:
@@ -164,9 +160,9 @@ class Prescription:
         """Change status as status intake will: in one transaction with the notifications it queues."""
         moment = now or datetime.now(UTC)
         task = self.task(status, moment)
-        with self.db.write_connection() as connection:
+        with self.db.transaction() as tx:
             queued = enqueue_notifications(
-                connection,
+                tx,
                 tenant_ods=self.tenant,
                 provider_ods=self.provider,
                 prescription_id=self.id,
@@ -305,9 +301,9 @@ def test_a_subscription_past_its_end_is_not_notified(as_tenant: AsTenant, db: Da
 def test_a_change_rolled_back_notifies_nobody(as_tenant: AsTenant, db: Database) -> None:
     subscribe(as_tenant("trust-rba"), "https://ehr.example.nhs.uk/hook")
     prescription = Prescription(db)
-    with pytest.raises(RuntimeError), db.write_connection() as connection:
+    with pytest.raises(RuntimeError), db.transaction() as tx:
         enqueue_notifications(
-            connection,
+            tx,
             tenant_ods="RBA",
             provider_ods="VNCEL",
             prescription_id=prescription.id,

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.domain.status import (
     TERMINAL,
+    Actor,
     IllegalTransition,
     ItemState,
     Status,
@@ -27,11 +28,35 @@ T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 PROVIDER = "provider:VNCEL"
 
 
+# Who makes each move in these walks (DESIGN.md §10): the gateway moves the order to the provider and
+# expires it, the trust cancels, the provider reports everything else.
+MOVER = {
+    S.QUEUED: Actor.GATEWAY,
+    S.SENT: Actor.GATEWAY,
+    S.UNDELIVERABLE: Actor.GATEWAY,
+    S.EXPIRED: Actor.GATEWAY,
+    S.CANCEL_REQUESTED: Actor.TRUST,
+}
+
+
+def mover(status: Status, current: Status) -> Actor:
+    if status is S.CANCELLED and current is not S.CANCEL_REQUESTED:
+        return Actor.TRUST
+    if status is S.REJECTED and current is S.QUEUED:
+        return Actor.GATEWAY
+    return MOVER.get(status, Actor.PROVIDER)
+
+
 def walk(*statuses: Status, start: Status = S.SENT) -> ItemState:
     state = ItemState(start)
     for status in statuses:
-        state = step(state, status)
+        state = step(state, status, mover(status, state.status))
     return state
+
+
+def anyone(state: ItemState) -> frozenset[Status]:
+    """Every status some actor may move `state` to."""
+    return frozenset().union(*(allowed_next(state, actor) for actor in Actor))
 
 
 def update(status: Status, minute: int, sequence: int, source: str = PROVIDER) -> StatusUpdate:
@@ -68,36 +93,39 @@ def test_illegal_transitions_name_the_current_and_requested_status(
 ) -> None:
     state = walk(*path)
     with pytest.raises(IllegalTransition) as refused:
-        step(state, illegal)
+        step(state, illegal, mover(illegal, state.status))
     assert refused.value.current is state.status and refused.value.requested is illegal
     assert str(state.status) in str(refused.value) and str(illegal) in str(refused.value)
 
 
 def test_terminal_states_go_nowhere() -> None:
     for status in TERMINAL:
-        assert allowed_next(ItemState(status)) == frozenset()
+        assert anyone(ItemState(status)) == frozenset()
 
 
 def test_a_query_returns_to_the_status_it_interrupted_or_moves_on() -> None:
     state = walk(S.ACCEPTED, S.IN_PREPARATION, S.QUERY)
     assert state.resume is S.IN_PREPARATION
-    assert allowed_next(state) == {S.IN_PREPARATION, S.DISPENSED, S.REJECTED, S.CANCEL_REQUESTED, S.EXPIRED}
-    state = step(state, S.IN_PREPARATION)
+    assert anyone(state) == {S.IN_PREPARATION, S.DISPENSED, S.REJECTED, S.CANCEL_REQUESTED, S.EXPIRED}
+    assert allowed_next(state, Actor.TRUST) == {S.IN_PREPARATION, S.CANCEL_REQUESTED}
+    state = step(state, S.IN_PREPARATION, Actor.TRUST)
     assert state.status is S.IN_PREPARATION and state.resume is None
 
 
 def test_a_refused_cancel_goes_back_where_it_was_and_an_agreed_one_ends_it() -> None:
     state = walk(S.ACCEPTED, S.CANCEL_REQUESTED)
-    assert step(state, S.ACCEPTED).status is S.ACCEPTED
-    assert step(state, S.CANCELLED).status is S.CANCELLED
+    assert step(state, S.ACCEPTED, Actor.PROVIDER).status is S.ACCEPTED
+    assert step(state, S.CANCELLED, Actor.PROVIDER).status is S.CANCELLED
     with pytest.raises(IllegalTransition):
-        step(state, S.DISPENSED)
+        step(state, S.DISPENSED, Actor.PROVIDER)
+    with pytest.raises(IllegalTransition):
+        step(state, S.CANCELLED, Actor.TRUST)
 
 
 def test_an_order_never_sent_can_be_cancelled_at_once() -> None:
-    assert S.CANCELLED in allowed_next(ItemState(S.QUEUED))
-    assert S.CANCELLED in allowed_next(ItemState(S.UNDELIVERABLE))
-    assert S.CANCELLED not in allowed_next(ItemState(S.ACCEPTED))
+    assert S.CANCELLED in allowed_next(ItemState(S.QUEUED), Actor.TRUST)
+    assert S.CANCELLED in allowed_next(ItemState(S.UNDELIVERABLE), Actor.TRUST)
+    assert S.CANCELLED not in anyone(ItemState(S.ACCEPTED))
 
 
 def test_a_failed_delivery_can_be_rescheduled_then_delivered() -> None:
@@ -140,11 +168,11 @@ def provider_histories(draw: st.DrawFn) -> list[StatusUpdate]:
     state = ItemState(S.SENT)
     history: list[StatusUpdate] = []
     for minute in range(1, draw(st.integers(min_value=1, max_value=12)) + 1):
-        options = sorted(allowed_next(state) - {S.CANCEL_REQUESTED, S.EXPIRED, S.CANCELLED})
+        options = sorted(allowed_next(state, Actor.PROVIDER) - {S.CANCELLED})
         if state.status in TERMINAL or not options:
             break
         status = draw(st.sampled_from(options))
-        state = step(state, status)
+        state = step(state, status, Actor.PROVIDER)
         history.append(StatusUpdate(status, T0 + timedelta(minutes=minute), PROVIDER, minute))
     return history
 

@@ -19,6 +19,7 @@ from auth.signing import ensure_signing_key
 from fhir_profiles.outcome import OperationOutcomeError
 from gateway.app import create_app
 from gateway.clock import system_clock
+from gateway.domain.context import Context
 from gateway.notify import service
 from gateway.notify.criteria import CriteriaError, parse_criteria
 from gateway.notify.subscription import endpoint_problem
@@ -385,12 +386,11 @@ def test_only_a_trusts_systems_may_subscribe_even_holding_the_scope(db: Database
     provider = Caller("provider-x", Role.PROVIDER, "VNCEL", frozenset({"system/Subscription.crud"}))
     with pytest.raises(OperationOutcomeError) as refused:
         service.create_subscription(
-            db,
+            Context(db),
             document=subscription(),
             caller=provider,
             allow_loopback_http=False,
             request_id=str(uuid.uuid4()),
-            clock=system_clock,
         )
     assert refused.value.status_code == 403
     assert audit_rows(db) == [("create", "refused", None, 403)]

@@ -20,14 +20,12 @@ How answers map (DESIGN §10):
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 from pydantic import BaseModel
 
-from adapters.base import Adapter, AdapterTransportError, Health, Order, SendResult
+from adapters.base import Adapter, AdapterTransportError, Health, Order, SendResult, retry_after_seconds
 from adapters.fhir_rest.settings import FhirRestSettings
 from adapters.fhir_rest.tokens import ClientCredentialsTokens
 
@@ -163,19 +161,3 @@ def _outcome_reason(response: httpx.Response) -> tuple[str | None, str | None]:
             code = detail_code or (issue.get("code") if isinstance(issue.get("code"), str) else None)
     reason = "; ".join(reasons)[:_MAX_REASON_LENGTH] or None
     return reason, code
-
-
-def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """`Retry-After` as seconds from now: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

@@ -14,7 +14,7 @@ from gateway.api.deps import ServicesDep, authorise, for_caller
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
-from gateway.domain import queries
+from gateway.domain import provider_queries
 
 router = APIRouter(tags=["status"])
 
@@ -38,9 +38,8 @@ async def answer_query(request: Request, caller: QueryAnswerer, services: Servic
         services,
         request,
         caller,
-        queries.answer_query,
+        provider_queries.answer_query,
         communication=communication,
-        notify=services.on_status_change,
     )
     return FhirResponse(
         resource, status_code=201, headers={"Location": f"/fhir/Communication/{resource['id']}"}
@@ -66,7 +65,7 @@ async def query_thread(request: Request, caller: ThreadReader, services: Service
         services,
         request,
         caller,
-        queries.query_thread,
+        provider_queries.query_thread,
         item_id=about.removeprefix("Task/"),
     )
     return FhirResponse(bundle)

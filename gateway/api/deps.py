@@ -17,26 +17,27 @@ from auth.scopes import SCOPE_DESCRIPTIONS, Scope
 from auth.tokens import InvalidAccessTokenError, TokenService
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.clock import Clock
-from gateway.dispatch.worker import Doorbell
 from gateway.domain import access
-from gateway.domain.status_updates import StatusListener
+from gateway.domain.context import Context
 from gateway.settings import Settings
 from gateway.store.db import Database
-from gateway.store.providers import ProviderDirectory
-from gateway.store.writer import BatchWriter
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
+    """What the routes were built with: the settings, the domain's context and the token service."""
+
     settings: Settings
-    db: Database
-    clock: Clock
-    providers: ProviderDirectory
-    writer: BatchWriter
-    doorbell: Doorbell
+    context: Context
     tokens: TokenService
-    # Called inside the transaction of every status change (subscriptions hang off it).
-    on_status_change: StatusListener | None = None
+
+    @property
+    def db(self) -> Database:
+        return self.context.db
+
+    @property
+    def clock(self) -> Clock:
+        return self.context.clock
 
 
 async def get_services(request: Request) -> Services:
@@ -57,16 +58,9 @@ def request_id(request: Request) -> str:
 async def for_caller(
     services: Services, request: Request, caller: Caller, action: Callable[..., T], /, **arguments: Any
 ) -> T:
-    """Run a domain action for the caller in a worker thread, with the database, request id and clock."""
+    """Run a domain action for the caller in a worker thread, with the context and the request id."""
     return await run_in_threadpool(
-        partial(
-            action,
-            services.db,
-            caller=caller,
-            request_id=request_id(request),
-            clock=services.clock,
-            **arguments,
-        )
+        partial(action, services.context, caller=caller, request_id=request_id(request), **arguments)
     )
 
 

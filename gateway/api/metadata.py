@@ -34,65 +34,8 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                     "messages with $process-message; providers send dispense-notification messages and "
                     "report each line item's status as a Task (one Task per line item)."
                 ),
-                "security": {
-                    "service": [
-                        {
-                            "coding": [
-                                {
-                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                                    "code": "OAuth",
-                                }
-                            ]
-                        }
-                    ],
-                    "description": "Bearer access token in the Authorization header.",
-                },
-                "resource": [
-                    {"type": "MedicationRequest", "interaction": [{"code": "read"}]},
-                    {"type": "Bundle", "interaction": [{"code": "read"}]},
-                    {
-                        "type": "Task",
-                        "interaction": [
-                            {"code": "read"},
-                            {"code": "search-type"},
-                            {"code": "create"},
-                            {"code": "update"},
-                            {"code": "history-instance"},
-                        ],
-                        "searchParam": [
-                            {"name": name, "type": kind}
-                            for name, kind in (
-                                ("owner", "token"),
-                                ("requester", "token"),
-                                ("business-status", "token"),
-                                ("focus:identifier", "token"),
-                                ("based-on:identifier", "token"),
-                                ("patient:identifier", "token"),
-                                ("_lastUpdated", "date"),
-                            )
-                        ],
-                    },
-                    {
-                        "type": "MedicationDispense",
-                        "interaction": [{"code": "read"}, {"code": "search-type"}],
-                    },
-                    {"type": "Communication", "interaction": [{"code": "create"}, {"code": "search-type"}]},
-                    {"type": "CodeSystem", "interaction": [{"code": "read"}]},
-                    {
-                        "type": "Subscription",
-                        "documentation": (
-                            "rest-hook subscriptions of a trust to the status of its own prescriptions; "
-                            "criteria Task, with owner and business-status; notifications signed with a "
-                            "detached JWS (X-Signature) that verifies with /.well-known/jwks.json"
-                        ),
-                        "interaction": [
-                            {"code": "create"},
-                            {"code": "read"},
-                            {"code": "search-type"},
-                            {"code": "delete"},
-                        ],
-                    },
-                ],
+                "security": _SECURITY,
+                "resource": _resources(),
                 "interaction": [{"code": "transaction", "documentation": "Up to 50 status Tasks"}],
                 "operation": [
                     {
@@ -102,19 +45,86 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 ],
             }
         ],
-        "messaging": [
+        "messaging": _MESSAGING,
+    }
+
+
+_SECURITY: dict[str, Any] = {
+    "service": [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "OAuth",
+                }
+            ]
+        }
+    ],
+    "description": "Bearer access token in the Authorization header.",
+}
+
+
+def _resources() -> list[dict[str, Any]]:
+    return [
+        {"type": "MedicationRequest", "interaction": [{"code": "read"}]},
+        {"type": "Bundle", "interaction": [{"code": "read"}]},
+        {
+            "type": "Task",
+            "interaction": [
+                {"code": "read"},
+                {"code": "search-type"},
+                {"code": "create"},
+                {"code": "update"},
+                {"code": "history-instance"},
+            ],
+            "searchParam": [
+                {"name": name, "type": kind}
+                for name, kind in (
+                    ("owner", "token"),
+                    ("requester", "token"),
+                    ("business-status", "token"),
+                    ("focus:identifier", "token"),
+                    ("based-on:identifier", "token"),
+                    ("patient:identifier", "token"),
+                    ("_lastUpdated", "date"),
+                )
+            ],
+        },
+        {
+            "type": "MedicationDispense",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+        },
+        {"type": "Communication", "interaction": [{"code": "create"}, {"code": "search-type"}]},
+        {"type": "CodeSystem", "interaction": [{"code": "read"}]},
+        {
+            "type": "Subscription",
+            "documentation": (
+                "rest-hook subscriptions of a trust to the status of its own prescriptions; "
+                "criteria Task, with owner and business-status; notifications signed with a "
+                "detached JWS (X-Signature) that verifies with /.well-known/jwks.json"
+            ),
+            "interaction": [
+                {"code": "create"},
+                {"code": "read"},
+                {"code": "search-type"},
+                {"code": "delete"},
+            ],
+        },
+    ]
+
+
+_MESSAGING: list[dict[str, Any]] = [
+    {
+        "documentation": "EPS-shaped message Bundles; the homecare prescription types (12xx) only.",
+        "supportedMessage": [
             {
-                "documentation": "EPS-shaped message Bundles; the homecare prescription types (12xx) only.",
-                "supportedMessage": [
-                    {
-                        "mode": "receiver",
-                        "definition": f"https://fhir.nhs.uk/CodeSystem/message-event|{event}",
-                    }
-                    for event in ("prescription-order", "prescription-order-update", "dispense-notification")
-                ],
+                "mode": "receiver",
+                "definition": f"https://fhir.nhs.uk/CodeSystem/message-event|{event}",
             }
+            for event in ("prescription-order", "prescription-order-update", "dispense-notification")
         ],
     }
+]
 
 
 @router.get(

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import orjson
 from fastapi import APIRouter, Request
-from sqlalchemy.exc import IntegrityError
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from auth.audit import Action, Outcome
-from auth.identity import Caller
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
-from gateway.api.deps import CurrentCaller, Services, ServicesDep
+from gateway.api.deps import CurrentCaller, ServicesDep, request_id
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
-from gateway.domain import access, cancellation, dispensing, intake
-from gateway.store.prescriptions import insert_prescription
+from gateway.domain import intake
 
 router = APIRouter(tags=["messaging"])
 
@@ -79,28 +72,6 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
     return body, document
 
 
-def audit_message(
-    services: Services,
-    caller: Caller,
-    request_id: str,
-    *,
-    outcome: Outcome,
-    status: int,
-    resource_id: str | None = None,
-) -> None:
-    access.record(
-        services.db,
-        caller=caller,
-        action=Action.CREATE,
-        outcome=outcome,
-        resource_type="Bundle",
-        resource_id=resource_id,
-        status=status,
-        request_id=request_id,
-        clock=services.clock,
-    )
-
-
 @router.post(
     "/fhir/$process-message",
     summary="Send a prescription message (EPS-compatible)",
@@ -127,97 +98,15 @@ def audit_message(
 )
 @router.post("/FHIR/R4/$process-message", include_in_schema=False)
 async def process_message(request: Request, caller: CurrentCaller, services: ServicesDep) -> Response:
-    request_id = request.scope["state"]["request_id"]
     try:
         body, document = await read_fhir_json_body(request, services.settings.max_body_bytes)
-        answer = await _receive(services, body=body, document=document, caller=caller, request_id=request_id)
     except OperationOutcomeError as refusal:
-        await run_in_threadpool(
-            audit_message, services, caller, request_id, outcome=Outcome.REFUSED, status=refusal.status_code
+        await intake.record_refusal(
+            services.context, caller=caller, request_id=request_id(request), refusal=refusal
         )
         raise
-    if answer.replayed:
-        # An accepted message's audit row is written with it; a replay of it gets one of its own.
-        await run_in_threadpool(
-            audit_message,
-            services,
-            caller,
-            request_id,
-            outcome=Outcome.REPLAYED,
-            status=answer.status_code,
-            resource_id=(answer.location or "").rpartition("/")[2] or None,
-        )
+    answer = await intake.receive_message(
+        services.context, body=body, document=document, caller=caller, request_id=request_id(request)
+    )
     headers = {"Location": answer.location} if answer.location else None
     return FhirResponse(answer.body, status_code=answer.status_code, headers=headers)
-
-
-async def _receive(
-    services: Services, *, body: bytes, document: object, caller: Caller, request_id: str
-) -> intake.IntakeAnswer:
-    # Validation is CPU work and runs here; the write joins the next group commit.
-    decision = intake.check_message(
-        body=body,
-        document=document,
-        caller=caller,
-        providers=services.providers,
-        request_id=request_id,
-        clock=services.clock,
-    )
-    if isinstance(decision, intake.Refusal):
-        return await run_in_threadpool(intake.answer_refusal, services.db, decision)
-    if isinstance(decision, intake.CancelRequest):
-        return await _cancel(services, decision, body=body, caller=caller, request_id=request_id)
-    if isinstance(decision, intake.DispenseRequest):
-        try:
-            status, answer = await run_in_threadpool(
-                dispensing.receive_dispense_notification,
-                services.db,
-                notification=decision.notification,
-                body=body,
-                digest=decision.digest,
-                caller=caller,
-                request_id=request_id,
-                clock=services.clock,
-                notify=services.on_status_change,
-            )
-        except IntegrityError:
-            return await run_in_threadpool(
-                intake.earlier_answer, services.db, decision.envelope, decision.digest
-            )
-        return intake.IntakeAnswer(status, answer, None, replayed=False)
-    try:
-        await services.writer.run(partial(insert_prescription, new=decision.rows))
-    except IntegrityError:
-        return await run_in_threadpool(intake.resolve_conflict, services.db, decision)
-    services.doorbell.ring()
-    return decision.answer
-
-
-async def _cancel(
-    services: Services, decision: intake.CancelRequest, *, body: bytes, caller: Caller, request_id: str
-) -> intake.IntakeAnswer:
-    try:
-        answer = await run_in_threadpool(
-            cancellation.receive_cancellation,
-            services.db,
-            cancellation=decision.cancellation,
-            body=body,
-            digest=decision.digest,
-            caller=caller,
-            request_id=request_id,
-            clock=services.clock,
-            notify=services.on_status_change,
-        )
-    except IntegrityError:
-        return await run_in_threadpool(intake.earlier_answer, services.db, decision.envelope, decision.digest)
-    if answer.waiting_for_provider:
-        services.doorbell.ring()
-        # The provider usually answers in time: then the trust gets the outcome now, not only later.
-        answer = await run_in_threadpool(
-            cancellation.await_provider_answer,
-            services.db,
-            answer,
-            wait_seconds=services.settings.cancel_wait_seconds,
-        )
-    location = f"/fhir/Bundle/{answer.prescription_id}"
-    return intake.IntakeAnswer(answer.status_code, answer.body, location, replayed=False)

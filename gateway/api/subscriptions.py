@@ -12,7 +12,6 @@ from typing import Annotated
 from fastapi import APIRouter, Request, Security
 from starlette.responses import Response
 
-from auth.audit import Action, Outcome
 from auth.identity import Caller
 from auth.scopes import CREATE_SUBSCRIPTION, DELETE_SUBSCRIPTION, READ_SUBSCRIPTIONS
 from fhir_profiles.outcome import OperationOutcomeError
@@ -20,7 +19,6 @@ from gateway.api.deps import ServicesDep, authorise, for_caller
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
-from gateway.domain import access
 from gateway.notify import service
 
 router = APIRouter(tags=["subscriptions"])
@@ -58,17 +56,7 @@ async def create_subscription(
     try:
         _, document = await read_fhir_json_body(request, services.settings.max_body_bytes)
     except OperationOutcomeError as refusal:
-        await for_caller(
-            services,
-            request,
-            caller,
-            access.record,
-            action=Action.CREATE,
-            outcome=Outcome.REFUSED,
-            resource_type=service.RESOURCE_TYPE,
-            resource_id=None,
-            status=refusal.status_code,
-        )
+        await for_caller(services, request, caller, service.record_refused_create, status=refusal.status_code)
         raise
     created = await for_caller(
         services,

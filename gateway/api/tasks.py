@@ -15,8 +15,8 @@ from gateway.api.deps import Services, ServicesDep, authorise, for_caller
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
-from gateway.domain import dispenses, task_service
-from gateway.domain.status_updates import Applied
+from gateway.domain import status_reports, task_reads
+from gateway.domain.status_authority import Applied
 
 router = APIRouter(tags=["status"])
 
@@ -30,17 +30,10 @@ _TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 async def _report(
-    request: Request, caller: Caller, services: Services, writes: list[task_service.TaskWrite]
+    request: Request, caller: Caller, services: Services, writes: list[status_reports.TaskWrite]
 ) -> list[Applied]:
-    applied = await for_caller(
-        services,
-        request,
-        caller,
-        task_service.report_statuses,
-        writes=writes,
-        notify=services.on_status_change,
-    )
-    services.doorbell.ring()  # notifications for subscribers are queued: send them now
+    applied = await for_caller(services, request, caller, status_reports.report_statuses, writes=writes)
+    services.context.wake_dispatcher()  # notifications for subscribers are queued: send them now
     return applied
 
 
@@ -63,7 +56,7 @@ def _answer(applied: Applied) -> Response:
 )
 async def create_task(request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
     _, task = await read_fhir_json_body(request, services.settings.max_body_bytes)
-    (applied,) = await _report(request, caller, services, [task_service.TaskWrite(task, None, "Task")])
+    (applied,) = await _report(request, caller, services, [status_reports.TaskWrite(task, None, "Task")])
     return _answer(applied)
 
 
@@ -75,7 +68,7 @@ async def create_task(request: Request, caller: StatusReporter, services: Servic
 )
 async def update_task(id: str, request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
     _, task = await read_fhir_json_body(request, services.settings.max_body_bytes)
-    (applied,) = await _report(request, caller, services, [task_service.TaskWrite(task, id, "Task")])
+    (applied,) = await _report(request, caller, services, [status_reports.TaskWrite(task, id, "Task")])
     return _answer(applied)
 
 
@@ -111,7 +104,7 @@ async def transaction(request: Request, caller: StatusReporter, services: Servic
     )
 
 
-def _transaction_writes(bundle: Any) -> list[task_service.TaskWrite]:
+def _transaction_writes(bundle: Any) -> list[status_reports.TaskWrite]:
     if (
         not isinstance(bundle, dict)
         or bundle.get("resourceType") != "Bundle"
@@ -141,7 +134,7 @@ def _transaction_writes(bundle: Any) -> list[task_service.TaskWrite]:
                 )
             ],
         )
-    writes: list[task_service.TaskWrite] = []
+    writes: list[status_reports.TaskWrite] = []
     issues: list[Issue] = []
     for index, raw in enumerate(entries):
         entry: dict[str, Any] = raw if isinstance(raw, dict) else {}
@@ -149,10 +142,12 @@ def _transaction_writes(bundle: Any) -> list[task_service.TaskWrite]:
         method, url = request.get("method"), request.get("url")
         where = f"Bundle.entry[{index}]"
         if method == "POST" and url == "Task":
-            writes.append(task_service.TaskWrite(entry.get("resource"), None, f"{where}.resource"))
+            writes.append(status_reports.TaskWrite(entry.get("resource"), None, f"{where}.resource"))
         elif method == "PUT" and isinstance(url, str) and url.startswith("Task/") and url.count("/") == 1:
             writes.append(
-                task_service.TaskWrite(entry.get("resource"), url.removeprefix("Task/"), f"{where}.resource")
+                status_reports.TaskWrite(
+                    entry.get("resource"), url.removeprefix("Task/"), f"{where}.resource"
+                )
             )
         else:
             issues.append(
@@ -179,7 +174,7 @@ async def read_task(id: str, request: Request, caller: TaskReader, services: Ser
         services,
         request,
         caller,
-        task_service.read_task,
+        task_reads.read_task,
         item_id=id,
     )
     return FhirResponse(task)
@@ -199,7 +194,7 @@ async def task_history(id: str, request: Request, caller: TaskReader, services: 
         services,
         request,
         caller,
-        task_service.task_history,
+        task_reads.task_history,
         item_id=id,
         base_url=services.settings.base_url,
     )
@@ -227,7 +222,7 @@ async def search_tasks(request: Request, caller: TaskReader, services: ServicesD
         services,
         request,
         caller,
-        task_service.search_tasks,
+        task_reads.search_tasks,
         parameters=parameters,
         patient_allowed=False,
         self_url=f"{base}?{query}" if query else base,
@@ -258,7 +253,7 @@ async def search_tasks_by_post(request: Request, caller: TaskReader, services: S
         services,
         request,
         caller,
-        task_service.search_tasks,
+        task_reads.search_tasks,
         parameters=parameters,
         patient_allowed=True,
         # The parameters stay in the body: repeat the POST with the token from the next link.
@@ -300,50 +295,3 @@ async def _search_form(request: Request) -> list[tuple[str, str]]:
         raise OperationOutcomeError(
             400, [Issue(IssueType.STRUCTURE, ErrorCode.INVALID_VALUE, "The search form cannot be parsed")]
         ) from exc
-
-
-@router.get(
-    "/fhir/MedicationDispense/{id}",
-    summary="Read a MedicationDispense a provider sent in a dispense-notification",
-    response_class=FhirResponse,
-    responses={200: _TASK_RESPONSES[200], **outcome_responses(401, 403, 404)},
-)
-async def read_dispense(id: str, request: Request, caller: TaskReader, services: ServicesDep) -> Response:
-    resource = await for_caller(
-        services,
-        request,
-        caller,
-        dispenses.read_dispense,
-        dispense_id=id,
-    )
-    return FhirResponse(resource)
-
-
-@router.get(
-    "/fhir/MedicationDispense",
-    summary="The MedicationDispenses of a line item: prescription=MedicationRequest/{id}",
-    response_class=FhirResponse,
-    responses=_SEARCH_RESPONSES,
-)
-async def search_dispenses(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
-    prescription = request.query_params.get("prescription", "")
-    if not prescription.startswith("MedicationRequest/") or prescription.count("/") != 1:
-        raise OperationOutcomeError(
-            400,
-            [
-                Issue(
-                    IssueType.REQUIRED,
-                    ErrorCode.MISSING_FIELD,
-                    "Search with prescription=MedicationRequest/{id}",
-                    "prescription",
-                )
-            ],
-        )
-    bundle = await for_caller(
-        services,
-        request,
-        caller,
-        dispenses.dispenses_of_item,
-        item_id=prescription.removeprefix("MedicationRequest/"),
-    )
-    return FhirResponse(bundle)

@@ -17,30 +17,25 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from adapters.base import Adapter, AdapterTransportError, Order
-from adapters.registry import AdapterRegistryError, create_adapter
 from auth.signing import SigningKeys
 from gateway.clock import Clock
-from gateway.dispatch import outbox
 from gateway.dispatch.policy import CircuitBreaker
+from gateway.dispatch.provider_channel import ProviderChannel
 from gateway.dispatch.settings import DispatcherSettings
-from gateway.domain.cancellation import StatusListener
+from gateway.domain.delivery import DeliveryChannel, DeliveryOutcome, OutcomeKind, Recorded
+from gateway.domain.status_authority import StatusListener
 from gateway.logs import get_logger
-from gateway.metrics import BREAKER_OPEN, NOTIFICATIONS, SENDS
-from gateway.notify import delivery
+from gateway.metrics import BREAKER_OPEN
+from gateway.notify.rest_hook import RestHookChannel
+from gateway.store import outbox
 from gateway.store.db import Database
-from gateway.store.models import Provider
-from gateway.store.providers import list_providers
-from gateway.store.subscriptions import ACTIVE
+from gateway.store.outbox import Claimed, ClaimedMessage, ClaimedNotification
 from gateway.store.writer import BatchWriter
 
 log = get_logger("gateway.dispatch")
-T = TypeVar("T")
 
 
 class Doorbell:
@@ -74,7 +69,6 @@ class Dispatcher:
         (which must be signed) to dispatchers that have them."""
         self._db = db
         self._clock = clock
-        self._status_listener = on_status_change
         self._settings = settings or DispatcherSettings()
         self._doorbell = doorbell or Doorbell()
         self._rng = random.Random(seed)  # noqa: S311  (jitter, not security)
@@ -82,11 +76,17 @@ class Dispatcher:
             threshold=self._settings.breaker_threshold, cooldown=self._settings.breaker_cooldown_seconds
         )
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._adapters: dict[str, tuple[tuple[str, str], Adapter]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
         self._send_finished = asyncio.Event()
-        self._signing_keys = signing_keys
-        self._rest_hooks: delivery.RestHookSender | None = None
+        self._channels: dict[type[Any], DeliveryChannel[Any]] = {
+            ClaimedMessage: ProviderChannel(db, listener=on_status_change)
+        }
+        if signing_keys is not None:
+            self._channels[ClaimedNotification] = RestHookChannel(
+                signing_keys,
+                timeout_seconds=self._settings.notification_timeout_seconds,
+                error_after=self._settings.subscription_error_after,
+            )
         # Outcomes are recorded in group commits: under load one transaction records many sends.
         self._writer = BatchWriter(db)
 
@@ -119,7 +119,7 @@ class Dispatcher:
         for future in pending:
             future.cancel()
 
-    async def _claim(self) -> list[outbox.ClaimedMessage | outbox.ClaimedNotification]:
+    async def _claim(self) -> list[Claimed]:
         room = self._settings.max_in_flight - len(self._in_flight)
         if room <= 0:
             return []
@@ -131,191 +131,72 @@ class Dispatcher:
             lease=timedelta(seconds=self._settings.lease_seconds),
             limit=room,
             skip_providers=self._breaker.open_providers(),
-            notifications=self._signing_keys is not None,
+            notifications=ClaimedNotification in self._channels,
         )
-        if claimed:
-            providers = (
-                await asyncio.to_thread(self._load_providers)
-                if any(isinstance(message, outbox.ClaimedMessage) for message in claimed)
-                else {}
-            )
-            for message in claimed:
-                task = asyncio.create_task(
-                    self._notify(message)
-                    if isinstance(message, outbox.ClaimedNotification)
-                    else self._send(message, providers.get(message.provider_ods))
-                )
-                self._in_flight.add(task)
-                task.add_done_callback(self._finished)
+        for kind, channel in self._channels.items():
+            await channel.prepare([message for message in claimed if isinstance(message, kind)])
+        for message in claimed:
+            task = asyncio.create_task(self._deliver(self._channels[type(message)], message))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
         return claimed
-
-    async def _record(self, write: Callable[..., T], claimed: Any, **values: Any) -> T:
-        """Record what became of a claimed message, if this dispatcher still holds its lease."""
-        return await self._writer.run(partial(write, claimed=claimed, owner=self.owner, **values))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         self._send_finished.set()
 
-    def _load_providers(self) -> dict[str, Provider]:
-        with self._db.read() as session:
-            return {provider.ods_code: provider for provider in list_providers(session)}
-
-    def _adapter_for(self, provider: Provider) -> Adapter:
-        fingerprint = (provider.adapter, repr(sorted(provider.settings.items())))
-        cached = self._adapters.get(provider.ods_code)
-        if cached is not None and cached[0] == fingerprint:
-            return cached[1]
-        adapter = create_adapter(provider.adapter, dict(provider.settings))
-        if cached is not None:
-            asyncio.get_running_loop().create_task(cached[1].aclose())
-        self._adapters[provider.ods_code] = (fingerprint, adapter)
-        return adapter
-
-    async def _send(self, message: outbox.ClaimedMessage, provider: Provider | None) -> None:
+    async def _deliver(self, channel: DeliveryChannel[Any], message: Claimed) -> None:
+        # Never a message's body, endpoint or headers in a log line: they carry patient data or secrets.
         bound = log.bind(
+            channel=channel.name,
             outbox_id=message.outbox_id,
             prescription_id=message.prescription_id,
-            provider=message.provider_ods,
             attempt=message.attempts + 1,
         )
-        if provider is None:
-            await self._retry_later(message, "provider is no longer registered", None, bound)
-            return
-        try:
-            adapter = self._adapter_for(provider)
-        except AdapterRegistryError as exc:
-            # Retried: an operator can fix the provider's settings and the message still goes.
-            bound.error("provider_adapter_unusable", problem=str(exc)[:200])
-            await self._retry_later(message, str(exc), None, bound)
-            return
-        order = Order(
-            kind=message.kind,
-            prescription_id=message.prescription_id,
-            short_form_id=message.short_form_id,
-            tenant_ods=message.tenant_ods,
-            provider_ods=message.provider_ods,
-            message=message.body,
-            request_id=message.request_id,
-            correlation_id=message.prescription_id,
-        )
-        try:
-            result = await adapter.send(order, idempotency_key=message.idempotency_key)
-        except AdapterTransportError as exc:
-            if exc.credentials_problem:
-                bound.warning("provider_refused_credentials", reason=exc.reason[:200])
-            await self._retry_later(message, exc.reason, exc.retry_after, bound)
-            return
-        except Exception as exc:  # noqa: BLE001  (an adapter bug must not lose the message: retry it)
-            await self._retry_later(message, f"adapter error {type(exc).__name__}", None, bound)
-            return
-        self._breaker.record_success(message.provider_ods)
-        BREAKER_OPEN.labels(provider=message.provider_ods).set(0)
+        outcome = await channel.deliver(message)
+        destination = channel.destination(message)
+        retry_at = None
+        if outcome.kind is OutcomeKind.FAILED:
+            if destination is not None:
+                self._breaker.record_failure(destination)
+            delay = self._settings.retry.next_delay(
+                message.attempts + 1, self._rng, retry_after=outcome.retry_after
+            )
+            retry_at = None if delay is None else self._clock() + delay
+        elif destination is not None:
+            self._breaker.record_success(destination)
+        if destination is not None:
+            BREAKER_OPEN.labels(provider=destination).set(
+                1 if self._breaker.state(destination) == "open" else 0
+            )
         now = self._clock()
-        if not result.is_delivered:
-            SENDS.labels(provider=message.provider_ods, outcome="rejected").inc()
-            recorded = await self._record(
-                outbox.record_rejected,
-                message,
-                now=now,
-                reason=result.reason or "rejected by the provider",
-                code=result.code,
-                notify=self._status_listener,
-            )
-            bound.info("order_rejected_by_provider", recorded=recorded)
-        else:
-            SENDS.labels(provider=message.provider_ods, outcome="delivered").inc()
-            recorded = await self._record(
-                outbox.record_delivered, message, now=now, notify=self._status_listener
-            )
-            bound.info("order_delivered", recorded=recorded)
-
-    async def _retry_later(
-        self, message: outbox.ClaimedMessage, reason: str, retry_after: float | None, bound: Any
-    ) -> None:
-        self._breaker.record_failure(message.provider_ods)
-        BREAKER_OPEN.labels(provider=message.provider_ods).set(
-            1 if self._breaker.state(message.provider_ods) == "open" else 0
+        recorded = await self._writer.run(
+            lambda tx: channel.record(tx, message, outcome, owner=self.owner, now=now, retry_at=retry_at)
         )
-        delay = self._settings.retry.next_delay(message.attempts + 1, self._rng, retry_after=retry_after)
-        now = self._clock()
-        retry_at = None if delay is None else now + delay
-        SENDS.labels(provider=message.provider_ods, outcome="dead" if retry_at is None else "retry").inc()
-        await self._record(
-            outbox.record_failure,
-            message,
-            now=now,
-            error=reason,
-            retry_at=retry_at,
-            notify=self._status_listener,
-        )
-        if delay is None:
-            bound.error("order_undeliverable", reason=reason[:200])
-        else:
-            bound.warning(
-                "send_failed_will_retry", reason=reason[:200], retry_in=round(delay.total_seconds(), 2)
-            )
-
-    def _rest_hook_sender(self) -> delivery.RestHookSender:
-        if self._rest_hooks is None:
-            assert self._signing_keys is not None, "notifications are only claimed with signing keys"
-            self._rest_hooks = delivery.RestHookSender(
-                self._signing_keys, timeout_seconds=self._settings.notification_timeout_seconds
-            )
-        return self._rest_hooks
-
-    async def _notify(self, notification: outbox.ClaimedNotification) -> None:
-        # Never the endpoint or the headers in a log line: either may carry the subscriber's secrets.
-        bound = log.bind(
-            outbox_id=notification.outbox_id,
-            subscription_id=notification.subscription_id,
-            prescription_id=notification.prescription_id,
-            attempt=notification.attempts + 1,
-        )
-        if notification.subscription_status != ACTIVE:
-            NOTIFICATIONS.labels(outcome="dropped").inc()
-            await self._record(delivery.record_dropped, notification, now=self._clock())
-            bound.info("notification_dropped", subscription_status=notification.subscription_status)
-            return
-        try:
-            result = await self._rest_hook_sender().post(notification)
-        except Exception as exc:  # noqa: BLE001  (a signing or client bug must not lose the notification)
-            result = delivery.DeliveryResult(delivered=False, error=f"gateway error {type(exc).__name__}")
-        now = self._clock()
-        if result.delivered:
-            NOTIFICATIONS.labels(outcome="delivered").inc()
-            recorded = await self._record(delivery.record_notified, notification, now=now)
-            bound.info("notification_delivered", recorded=recorded)
-            return
-        error = result.error or "not delivered"
-        delay = self._settings.retry.next_delay(
-            notification.attempts + 1, self._rng, retry_after=result.retry_after
-        )
-        outcome = await self._record(
-            delivery.record_not_notified,
-            notification,
-            now=now,
-            error=error,
-            retry_at=None if delay is None else now + delay,
-            error_after=self._settings.subscription_error_after,
-        )
-        NOTIFICATIONS.labels(
-            outcome="dead" if outcome is delivery.FailureOutcome.SUBSCRIPTION_ERROR else "retry"
-        ).inc()
-        if outcome is delivery.FailureOutcome.SUBSCRIPTION_ERROR:
-            bound.error("subscription_in_error", reason=error[:200])
-        elif delay is not None:
-            bound.warning(
-                "notification_failed_will_retry", reason=error[:200], retry_in=round(delay.total_seconds(), 2)
-            )
+        channel.observe(message, recorded)
+        retry_in = None if retry_at is None else round((retry_at - now).total_seconds(), 2)
+        _log_outcome(channel, bound, outcome, recorded, retry_in=retry_in)
 
     async def aclose(self) -> None:
-        adapters = [adapter for _, adapter in self._adapters.values()]
-        self._adapters.clear()
-        for adapter in adapters:
-            await adapter.aclose()
-        if self._rest_hooks is not None:
-            rest_hooks, self._rest_hooks = self._rest_hooks, None
-            await rest_hooks.aclose()
+        for channel in self._channels.values():
+            await channel.aclose()
         writer, self._writer = self._writer, BatchWriter(self._db)  # ready should it run again
         await asyncio.to_thread(writer.close)
+
+
+def _log_outcome(
+    channel: DeliveryChannel[Any],
+    bound: Any,
+    outcome: DeliveryOutcome,
+    recorded: Recorded,
+    *,
+    retry_in: float | None,
+) -> None:
+    event = channel.log_events.get(recorded, f"delivery_{recorded.value}")
+    reason = (outcome.reason or "")[:200] or None
+    if recorded is Recorded.RETRY:
+        bound.warning(event, reason=reason, retry_in=retry_in)
+    elif recorded is Recorded.DEAD:
+        bound.error(event, reason=reason)
+    else:
+        bound.info(event, reason=reason)

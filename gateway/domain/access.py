@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from auth.audit import Action, AuditRecord, Outcome, append
+from auth.audit import Action, AuditRecord, Outcome
 from auth.identity import Caller
 from auth.scopes import Scope
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.clock import Clock
+from gateway.store import audit
 from gateway.store.db import Database
 
 _ACTIONS = {
@@ -48,8 +49,8 @@ def record(
         status=status,
         reason=reason,
     )
-    with db.write() as session:
-        append(session.connection(), [entry])
+    with db.transaction() as tx:
+        audit.record(tx, [entry])
 
 
 def record_lookup(

@@ -10,208 +10,106 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
-from sqlalchemy import Connection, insert, select, update
-
-from auth.audit import Action, AuditRecord, Outcome, append
-from auth.identity import Caller
+from auth.audit import Action
 from fhir_profiles import codes
 from fhir_profiles.homecare import Cancellation
-from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError, success_outcome
-from gateway.clock import Clock
-from gateway.domain.status import BEFORE_DISPENSED, NOT_YET_AT_PROVIDER, Status
-from gateway.domain.status_updates import Applied, change_item, provider_source, trust_source
-from gateway.domain.tasks import ItemView
-from gateway.store import status as store
-from gateway.store.db import Database
-from gateway.store.models import InboundMessage, OutboxMessage
-from gateway.store.prescriptions import message_row
+from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
+from gateway.domain.context import Context, in_thread
+from gateway.domain.messages import (
+    IntakeAnswer,
+    Received,
+    audit_entry,
+    earlier_answer,
+    informational,
+    stored_message,
+)
+from gateway.domain.status import (
+    BEFORE_DISPENSED,
+    NOT_YET_AT_PROVIDER,
+    Status,
+    Verdict,
+    provider_source,
+    trust_source,
+)
+from gateway.domain.status_authority import StatusListener, change_status
+from gateway.store import audit, events, items, messages, outbox
+from gateway.store.db import Tx
+from gateway.store.errors import AlreadyStored
+from gateway.store.items import ItemKey, ItemView
 
-_message = InboundMessage.__table__  # type: ignore[attr-defined]
-_outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
-
-StatusListener = Callable[[Connection, Applied, datetime], None]
-
-
-@dataclass(frozen=True, slots=True)
-class CancelAnswer:
-    status_code: int
-    body: bytes
-    prescription_id: str
-    item_ids: tuple[str, ...]
-    waiting_for_provider: bool
-
-
-def _outcome(
-    status_code: int, text: str, prescription_id: str, item_ids: list[str], *, waiting: bool
-) -> CancelAnswer:
-    return CancelAnswer(
-        status_code, orjson.dumps(success_outcome(text)), prescription_id, tuple(item_ids), waiting
-    )
+_CANCELLABLE = BEFORE_DISPENSED | {Status.CANCEL_REQUESTED}
 
 
-def receive_cancellation(
-    db: Database,
-    *,
-    cancellation: Cancellation,
-    body: bytes,
-    digest: str,
-    caller: Caller,
-    request_id: str,
-    clock: Clock,
-    notify: StatusListener | None,
-) -> CancelAnswer:
-    now = clock()
+async def receive_cancellation(ctx: Context, received: Received) -> IntakeAnswer:
+    cancellation = received.result.cancellation
+    assert cancellation is not None, "an accepted prescription-order-update carries its cancellation"
+    try:
+        earlier = await in_thread(earlier_answer, ctx, received.envelope, received.digest)
+        if earlier is not None:
+            return earlier
+        answer, prescription_id, item_ids = await in_thread(_cancel, ctx, received, cancellation)
+    except AlreadyStored:
+        earlier = await in_thread(earlier_answer, ctx, received.envelope, received.digest)
+        assert earlier is not None, "the collision was with an earlier message"
+        return earlier
+    if answer.status_code == 202:
+        ctx.wake_dispatcher()
+        # The provider usually answers in time: then the trust gets the outcome now, not only later.
+        answer = await in_thread(_await_provider_answer, ctx, answer, item_ids)
+    return IntakeAnswer(answer.status_code, answer.body, f"/fhir/Bundle/{prescription_id}")
+
+
+def _cancel(
+    ctx: Context, received: Received, cancellation: Cancellation
+) -> tuple[IntakeAnswer, str, list[str]]:
+    now = ctx.clock()
     message_id = str(uuid.uuid4())
-    with db.write_connection() as connection:
-        items = _items_to_cancel(connection, cancellation, for_update=not db.is_sqlite)
-        prescription_id = items[0][0].prescription_id
-        too_late = [
-            view
-            for view, _ in items
-            if Status(view.status) not in BEFORE_DISPENSED | {Status.CANCEL_REQUESTED}
-        ]
-        if too_late:
-            raise OperationOutcomeError(
-                409,
-                [
-                    Issue(
-                        IssueType.BUSINESS_RULE,
-                        ErrorCode.NOT_ALLOWED,
-                        f"Too late to cancel: line item {view.item_identifier} is '{view.status}'",
-                        "Bundle.entry",
-                    )
-                    for view in too_late
-                ],
-            )
-        order_state = connection.execute(
-            select(_outbox.c.state).where(
-                _outbox.c.prescription_id == prescription_id, _outbox.c.kind == "new"
-            )
-        ).scalar_one_or_none()
-        all_items = connection.execute(
-            select(store.item_table.c.id).where(store.item_table.c.prescription_id == prescription_id)
-        ).all()
-        never_sent = order_state in ("pending", "dead") and all(
-            Status(view.status) in NOT_YET_AT_PROVIDER for view, _ in items
-        )
-        if never_sent and len(items) == len(all_items):
-            connection.execute(
-                update(_outbox)
-                .where(_outbox.c.prescription_id == prescription_id, _outbox.c.kind == "new")
-                .values(state="cancelled", updated_at=now)
-            )
-            for view, reason in items:
-                store.set_item_status_directly(
-                    connection,
-                    view,
-                    Status.CANCELLED,
-                    source=trust_source(caller.ods_code),
-                    detail=reason,
-                    now=now,
-                )
-            answer = _outcome(
-                200,
-                "Cancelled: the provider had not yet received the order",
-                prescription_id,
-                [view.item_id for view, _ in items],
-                waiting=False,
-            )
+    with ctx.db.transaction() as tx:
+        located = _items_to_cancel(tx, cancellation)
+        prescription_id = located[0][0].prescription_id
+        _refuse_too_late([view for view, _ in located])
+        if _never_sent(tx, prescription_id, [view for view, _ in located]):
+            answer = _cancel_unsent(ctx, tx, located, caller_ods=received.caller.ods_code, now=now)
         else:
-            for view, reason in items:
-                if Status(view.status) is Status.CANCEL_REQUESTED:
-                    continue
-                change_item(
-                    connection,
-                    view,
-                    status=Status.CANCEL_REQUESTED,
-                    occurred_at=now,
-                    source=trust_source(caller.ods_code),
-                    detail=reason,
-                    now=now,
-                    expression="Bundle.entry",
-                    notify=notify,
-                )
-            connection.execute(
-                insert(_outbox),
-                [
-                    {
-                        "prescription_id": prescription_id,
-                        "kind": "cancel",
-                        "ordering_key": prescription_id,
-                        "provider_ods": items[0][0].provider_ods,
-                        "idempotency_key": f"cancel-{message_id}",
-                        "message_id": message_id,
-                        "state": "pending",
-                        "attempts": 0,
-                        "due_at": now,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                ],
+            answer = _ask_the_provider(
+                ctx, tx, located, caller_ods=received.caller.ods_code, message_id=message_id, now=now
             )
-            answer = _outcome(
-                202,
-                "Cancellation requested from the provider; its answer comes through the items' Tasks",
-                prescription_id,
-                [view.item_id for view, _ in items],
-                waiting=True,
-            )
-        connection.execute(
-            insert(_message),
-            [
-                message_row(
-                    message_id=message_id,
-                    tenant_ods=cancellation.sender_ods,
-                    bundle_identifier=cancellation.bundle_identifier,
-                    event=codes.EVENT_PRESCRIPTION_ORDER_UPDATE,
-                    digest=digest,
-                    body=body,
-                    response_status=answer.status_code,
-                    response_body=answer.body,
-                    location=None,
-                    request_id=request_id,
-                    received_at=now,
-                )
-            ],
+        messages.insert_message(
+            tx,
+            stored_message(
+                received,
+                message_id=message_id,
+                event=codes.EVENT_PRESCRIPTION_ORDER_UPDATE,
+                answer=answer,
+                now=now,
+            ),
         )
-        append(
-            connection,
+        audit.record(
+            tx,
             [
-                AuditRecord.by(
-                    caller,
+                audit_entry(
+                    received,
                     action=Action.UPDATE,
-                    outcome=Outcome.SUCCESS,
-                    occurred_at=now,
-                    request_id=request_id,
                     resource_type="Bundle",
                     resource_id=prescription_id,
                     status=answer.status_code,
+                    now=now,
                     reason="cancel",
                 )
             ],
         )
-    return answer
+    return answer, prescription_id, [view.item_id for view, _ in located]
 
 
-def _items_to_cancel(
-    connection: Connection, cancellation: Cancellation, *, for_update: bool
-) -> list[tuple[ItemView, dict[str, Any]]]:
+def _items_to_cancel(tx: Tx, cancellation: Cancellation) -> list[tuple[ItemView, dict[str, Any]]]:
     found: list[tuple[ItemView, dict[str, Any]]] = []
     for item_identifier, code, display in cancellation.items:
-        located = store.lock_item(
-            connection,
-            store.item_by_tenant_reference(
-                cancellation.short_form_id, item_identifier, cancellation.sender_ods
-            ),
-            for_update=for_update,
-        )
-        if located is None:
+        key = ItemKey.of_trust(cancellation.short_form_id, item_identifier, cancellation.sender_ods)
+        view = items.find(tx, key, for_change=True)
+        if view is None:
             raise OperationOutcomeError(
                 404,
                 [
@@ -224,41 +122,111 @@ def _items_to_cancel(
                     )
                 ],
             )
-        found.append((located[0], {"reason": {"code": code, "text": display or None}, "cancellation": True}))
+        found.append((view, {"reason": {"code": code, "text": display or None}, "cancellation": True}))
     return found
 
 
-def await_provider_answer(db: Database, answer: CancelAnswer, *, wait_seconds: float) -> CancelAnswer:
-    """Wait a little for the provider's answer, so the trust often learns the outcome at once."""
-    deadline = time.monotonic() + wait_seconds
-    while answer.waiting_for_provider and time.monotonic() < deadline:
-        with db.read() as session:
-            rows = (
-                session.connection()
-                .execute(store.views_query().where(store.item_table.c.id.in_(answer.item_ids)))
-                .all()
+def _refuse_too_late(views: list[ItemView]) -> None:
+    too_late = [view for view in views if Status(view.status) not in _CANCELLABLE]
+    if too_late:
+        raise OperationOutcomeError(
+            409,
+            [
+                Issue(
+                    IssueType.BUSINESS_RULE,
+                    ErrorCode.NOT_ALLOWED,
+                    f"Too late to cancel: line item {view.item_identifier} is '{view.status}'",
+                    "Bundle.entry",
+                )
+                for view in too_late
+            ],
+        )
+
+
+def _never_sent(tx: Tx, prescription_id: str, views: list[ItemView]) -> bool:
+    """Whether the whole order is still ours: not sent, every item named, none at the provider."""
+    order_state = outbox.order_state(tx, prescription_id)
+    return (
+        order_state in (outbox.State.PENDING, outbox.State.DEAD)
+        and all(Status(view.status) in NOT_YET_AT_PROVIDER for view in views)
+        and len(views) == len(items.statuses_of(tx, prescription_id))
+    )
+
+
+def _cancel_unsent(
+    ctx: Context, tx: Tx, located: list[tuple[ItemView, dict[str, Any]]], *, caller_ods: str, now: datetime
+) -> IntakeAnswer:
+    outbox.withdraw_order(tx, located[0][0].prescription_id, now=now)
+    for view, reason in located:
+        change_status(
+            tx,
+            view,
+            Status.CANCELLED,
+            source=trust_source(caller_ods),
+            occurred_at=now,
+            detail=reason,
+            now=now,
+            listener=ctx.listener,
+            expression="Bundle.entry",
+        )
+    return informational(200, "Cancelled: the provider had not yet received the order")
+
+
+def _ask_the_provider(
+    ctx: Context,
+    tx: Tx,
+    located: list[tuple[ItemView, dict[str, Any]]],
+    *,
+    caller_ods: str,
+    message_id: str,
+    now: datetime,
+) -> IntakeAnswer:
+    for view, reason in located:
+        if Status(view.status) is not Status.CANCEL_REQUESTED:
+            change_status(
+                tx,
+                view,
+                Status.CANCEL_REQUESTED,
+                source=trust_source(caller_ods),
+                occurred_at=now,
+                detail=reason,
+                now=now,
+                listener=ctx.listener,
+                expression="Bundle.entry",
             )
-            views = [store.view_from_row(row) for row in rows]
+    first = located[0][0]
+    outbox.enqueue(
+        tx,
+        [
+            outbox.cancellation(
+                prescription_id=first.prescription_id,
+                provider_ods=first.provider_ods,
+                message_id=message_id,
+                now=now,
+            )
+        ],
+    )
+    return informational(
+        202, "Cancellation requested from the provider; its answer comes through the items' Tasks"
+    )
+
+
+def _await_provider_answer(ctx: Context, answer: IntakeAnswer, item_ids: list[str]) -> IntakeAnswer:
+    """Wait a little for the provider's answer, so the trust often learns the outcome at once."""
+    deadline = time.monotonic() + ctx.cancel_wait_seconds
+    while time.monotonic() < deadline:
+        with ctx.db.snapshot() as tx:
+            views = items.with_ids(tx, item_ids)
             if all(Status(view.status) is Status.CANCELLED for view in views):
-                return _outcome(
-                    200,
-                    "Cancelled by the provider",
-                    answer.prescription_id,
-                    list(answer.item_ids),
-                    waiting=False,
-                )
+                return informational(200, "Cancelled by the provider")
             if not any(Status(view.status) is Status.CANCEL_REQUESTED for view in views):
-                reason = next(
-                    (text for view in views if (text := _reason_text(session.connection(), view.item_id))),
-                    "no reason given",
-                )
                 raise OperationOutcomeError(
                     409,
                     [
                         Issue(
                             IssueType.BUSINESS_RULE,
                             ErrorCode.NOT_ALLOWED,
-                            f"The provider refused the cancellation: {reason}",
+                            f"The provider refused the cancellation: {_refusal_reason(tx, views)}",
                             "Bundle.entry",
                         )
                     ],
@@ -267,46 +235,40 @@ def await_provider_answer(db: Database, answer: CancelAnswer, *, wait_seconds: f
     return answer
 
 
+def _refusal_reason(tx: Tx, views: list[ItemView]) -> str:
+    for view in views:
+        reason = (events.latest_detail(tx, view.item_id, verdict=Verdict.APPLIED.value) or {}).get("reason")
+        text = reason.get("text") if isinstance(reason, dict) else None
+        if text:
+            return str(text)
+    return "no reason given"
+
+
 def provider_answered_cancel(
-    connection: Connection,
+    tx: Tx,
     *,
     prescription_id: str,
     provider_ods: str,
     agreed: bool,
     reason: str | None,
     now: datetime,
-    notify: StatusListener | None,
+    listener: StatusListener | None,
 ) -> None:
     """The provider's system answered our cancel message: cancelled, or back where they were."""
-    rows = connection.execute(
-        store.views_query()
-        .add_columns(store.item_table.c.resume_status)
-        .where(
-            store.item_table.c.prescription_id == prescription_id,
-            store.item_table.c.status == Status.CANCEL_REQUESTED.value,
-        )
-    ).all()
-    for row in rows:
-        view = store.view_from_row(row[: len(store.VIEW_COLUMNS)])
-        resume = row[len(store.VIEW_COLUMNS)]
-        target = Status.CANCELLED if agreed else Status(resume or Status.SENT)
+    for view in items.of_prescription(
+        tx, prescription_id, statuses=[Status.CANCEL_REQUESTED.value], for_change=True
+    ):
+        target = Status.CANCELLED if agreed else Status(view.resume_status or Status.SENT)
         detail: dict[str, Any] = {"cancellation_answer": "agreed" if agreed else "refused"}
         if reason:
             detail["reason"] = {"code": None, "text": reason[:500]}
-        change_item(
-            connection,
+        change_status(
+            tx,
             view,
-            status=target,
-            occurred_at=now,
+            target,
             source=provider_source(provider_ods),
+            occurred_at=now,
             detail=detail,
             now=now,
-            expression=None,
-            notify=notify,
+            listener=listener,
         )
-
-
-def _reason_text(connection: Connection, item_id: str) -> str | None:
-    reason = (store.latest_detail(connection, item_id) or {}).get("reason")
-    text = reason.get("text") if isinstance(reason, dict) else None
-    return str(text) if text else None

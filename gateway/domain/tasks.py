@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,31 +12,12 @@ from fhir_profiles.identifiers import (
     ORDER_ITEM_NUMBER_SYSTEM,
     PRESCRIPTION_ORDER_NUMBER_SYSTEM,
 )
-from gateway.domain.status import DEFINITIONS, STATUS_SYSTEM, Status, task_status
+from gateway.domain.status import Status, business_status, task_status
+from gateway.store.items import ItemView
 
 TASK_IDENTIFIER_SYSTEM = "https://homecare-gateway.nhs.uk/Id/task"
 PARTIAL_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-PrescriptionPartial"
 VERDICT_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-StatusVerdict"
-
-
-@dataclass(frozen=True, slots=True)
-class ItemView:
-    """What a Task shows of one line item (read from the item and its prescription)."""
-
-    item_id: str
-    item_identifier: str
-    prescription_id: str
-    short_form_id: str
-    tenant_ods: str
-    provider_ods: str
-    nhs_number: str
-    status: str
-    version: int
-    last_modified: datetime | None
-    updated_at: datetime
-    created_at: datetime
-    prescription_status: str
-    partial: bool
 
 
 def fhir_instant(moment: datetime) -> str:
@@ -56,9 +36,7 @@ def render_task(view: ItemView, *, detail: dict[str, Any] | None = None) -> dict
             {"identifier": {"system": PRESCRIPTION_ORDER_NUMBER_SYSTEM, "value": view.short_form_id}}
         ],
         "status": task_status(status),
-        "businessStatus": {
-            "coding": [{"system": STATUS_SYSTEM, "code": status.value, "display": DEFINITIONS[status]}]
-        },
+        "businessStatus": business_status(status),
         "intent": "order",
         "focus": {
             "reference": f"MedicationRequest/{view.item_id}",

@@ -1,4 +1,4 @@
-"""Delivering notifications over rest-hook channels, and recording what became of each.
+"""Posting notifications to subscribers' rest-hook endpoints (the channel around it: `rest_hook`).
 
 A notification is POSTed to the subscriber's endpoint: the Task snapshot (or an empty body), the
 subscriber's own headers, `Content-Type: application/fhir+json`, `X-Request-ID` (the notification's
@@ -12,22 +12,15 @@ resubscribes and reads the current state instead. Any delivery resets the count.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from enum import StrEnum
 
 import httpx
-from sqlalchemy import Connection, select, update
 
+from adapters.base import retry_after_seconds
 from auth.signing import SigningKeys
 from gateway import __version__
-from gateway.dispatch.outbox import DEAD, DONE, PENDING, ClaimedNotification, release_claim
-from gateway.notify.service import NOTIFICATION_KEY_PREFIX, kill_pending_notifications
 from gateway.notify.signature import SIGNATURE_HEADER, sign_detached
 from gateway.notify.subscription import FHIR_JSON
-from gateway.store.models import Subscription
-from gateway.store.subscriptions import ACTIVE, ERROR
-
-_subscription = Subscription.__table__  # type: ignore[attr-defined]
+from gateway.store.outbox import NOTIFICATION_KEY_PREFIX, ClaimedNotification
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +33,6 @@ class DeliveryResult:
 def notification_id(notification: ClaimedNotification) -> str:
     """The notification's own id, sent as X-Request-ID on every attempt."""
     return notification.idempotency_key.removeprefix(NOTIFICATION_KEY_PREFIX)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
 
 
 class RestHookSender:
@@ -82,7 +70,7 @@ class RestHookSender:
                 return DeliveryResult(
                     delivered=False,
                     error=f"the endpoint answered HTTP {response.status_code}",
-                    retry_after=_retry_after(response),
+                    retry_after=retry_after_seconds(response.headers.get("retry-after")),
                 )
         except httpx.TimeoutException as exc:
             return DeliveryResult(delivered=False, error=f"no answer in time ({type(exc).__name__})")
@@ -94,83 +82,3 @@ class RestHookSender:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-
-def record_notified(
-    connection: Connection, claimed: ClaimedNotification, *, owner: str, now: datetime
-) -> bool:
-    """Delivered: the row is done and the subscription's failure count starts again."""
-    if not release_claim(connection, owner, claimed.outbox_id, now=now, state=DONE, last_error=None):
-        return False
-    connection.execute(
-        update(_subscription)
-        .where(_subscription.c.id == claimed.subscription_id, _subscription.c.failure_count != 0)
-        .values(failure_count=0)
-    )
-    return True
-
-
-class FailureOutcome(StrEnum):
-    RETRY = "retry"
-    SUBSCRIPTION_ERROR = "error"  # this failure put the subscription in error; its notifications died
-    DROPPED = "dropped"  # the subscription was no longer active: nothing was sent
-    LEASE_LOST = "lease-lost"
-
-
-def record_dropped(
-    connection: Connection, claimed: ClaimedNotification, *, owner: str, now: datetime
-) -> bool:
-    """A notification whose subscription was turned off or failed before it went: dead, unsent."""
-    return release_claim(
-        connection,
-        owner,
-        claimed.outbox_id,
-        now=now,
-        state=DEAD,
-        last_error=f"not sent: the subscription is {claimed.subscription_status}",
-    )
-
-
-def record_not_notified(
-    connection: Connection,
-    claimed: ClaimedNotification,
-    *,
-    owner: str,
-    now: datetime,
-    error: str,
-    retry_at: datetime | None,
-    error_after: int,
-) -> FailureOutcome:
-    """A failed attempt: due again at `retry_at`, unless this was the subscription's `error_after`th
-    failure in a row (or the retry budget is spent), which puts the subscription in error."""
-    failures = (
-        connection.execute(
-            select(_subscription.c.failure_count).where(_subscription.c.id == claimed.subscription_id)
-        ).scalar_one()
-        + 1
-    )
-    give_up = retry_at is None or failures >= error_after
-    values: dict[str, object] = {"attempts": claimed.attempts + 1, "last_error": error[:500]}
-    values.update({"state": DEAD} if give_up else {"state": PENDING, "due_at": retry_at})
-    if not release_claim(connection, owner, claimed.outbox_id, now=now, **values):
-        return FailureOutcome.LEASE_LOST
-    subscription_values: dict[str, object] = {"failure_count": failures}
-    if give_up:
-        subscription_values.update(
-            status=ERROR,
-            error=f"{failures} deliveries in a row failed; the last: {error}"[:500],
-            updated_at=now,
-        )
-    connection.execute(
-        update(_subscription)
-        .where(_subscription.c.id == claimed.subscription_id, _subscription.c.status == ACTIVE)
-        .values(**subscription_values)
-    )
-    if give_up:
-        kill_pending_notifications(
-            connection,
-            claimed.subscription_id,
-            now=now,
-            reason="not sent: the subscription went into error",
-        )
-    return FailureOutcome.SUBSCRIPTION_ERROR if give_up else FailureOutcome.RETRY

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from fhir_profiles.structure import check_resource_structure
 from gateway.notify.criteria import CriteriaError, parse_criteria
-from gateway.store.models import Subscription
+from gateway.store.subscriptions import StoredSubscription
 
 FHIR_JSON = "application/fhir+json"
 REST_HOOK = "rest-hook"
@@ -332,7 +332,7 @@ def redacted(header: str) -> str:
     return f"{header.partition(':')[0]}: {REDACTED}"
 
 
-def subscription_resource(subscription: Subscription) -> dict[str, Any]:
+def subscription_resource(subscription: StoredSubscription) -> dict[str, Any]:
     """A stored subscription as FHIR R4 JSON; header values are never shown again."""
     channel: dict[str, Any] = {"type": REST_HOOK, "endpoint": subscription.endpoint}
     if subscription.payload:

@@ -1,4 +1,6 @@
-"""The database handle: engines for SQLite (embedded default) and PostgreSQL (scale), and migrations.
+"""The database handle: engines for SQLite (embedded default) and PostgreSQL (scale), transactions
+and migrations. The rest of the gateway reaches the tables only through the store's repositories,
+which take the `Tx` a transaction hands out; database errors leave the store as `StoreError`s.
 
 SQLite runs in WAL mode with `synchronous=NORMAL`. It has one writer at a time, so a process's
 writers queue on a lock of their own and each write transaction starts with `BEGIN IMMEDIATE`
@@ -15,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,10 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session
+
+from gateway.store.errors import AlreadyStored, StoreUnavailable
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _WRITE_LOCK_TIMEOUT = 30.0
@@ -37,6 +43,38 @@ def normalise_url(url: str) -> URL:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Tx:
+    """One database transaction, as the repositories take it. Opaque outside the store.
+
+    `locks_rows`: whether a read meant for a change should lock its rows (`FOR UPDATE` on
+    PostgreSQL); SQLite has a single writer, whose transaction already excludes every other.
+    """
+
+    connection: Connection
+    locks_rows: bool
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Database errors become the store's own before they leave it."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise AlreadyStored(_constraint_of(exc)) from exc
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(type(exc).__name__) from exc
+
+
+def _constraint_of(exc: IntegrityError) -> str | None:
+    diagnostics = getattr(exc.orig, "diag", None)
+    name = getattr(diagnostics, "constraint_name", None)
+    if name:
+        return str(name)
+    text_of_error = str(exc.orig)
+    return text_of_error.partition("constraint failed: ")[2] or None
 
 
 class Database:
@@ -85,6 +123,18 @@ class Database:
                 connection.exec_driver_sql("BEGIN")
 
         return engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A write transaction: committed when the block ends, rolled back on any error."""
+        with translate_errors(), self.write_connection() as connection:
+            yield Tx(connection, locks_rows=not self.is_sqlite)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Tx]:
+        """A read-only transaction (one consistent view on PostgreSQL and SQLite alike)."""
+        with translate_errors(), self.engine.connect() as connection, connection.begin():
+            yield Tx(connection, locks_rows=False)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -1,4 +1,5 @@
-"""Reading and writing prescriptions, their messages, line items and status events."""
+"""Prescriptions as intake writes them: the message, the prescription, its items, their opening
+events, the order in the outbox and the audit row, all in one transaction."""
 
 from __future__ import annotations
 
@@ -7,150 +8,124 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, insert
-from sqlmodel import Session, col, select
+from sqlalchemy import func, insert, select
 
 from auth.audit import AuditRecord, append
 from auth.identity import Caller
-from auth.tenancy import visible_filter
-from gateway.store.models import (
-    InboundMessage,
-    OutboxMessage,
-    Prescription,
-    PrescriptionItem,
-    StatusEvent,
-)
+from gateway.store import events, messages, outbox
+from gateway.store.db import Tx
+from gateway.store.items import item_table, prescription_table, prescription_visible_to
+
+_INSERT_PRESCRIPTION = insert(prescription_table)
+_INSERT_ITEM = insert(item_table)
 
 
 @dataclass(frozen=True, slots=True)
-class StoredResponse:
-    """The answer given to an accepted message, replayed to an identical resubmission."""
-
-    body_sha256: str
-    status_code: int
-    body: bytes
-    location: str | None
-
-
-def find_message_response(
-    session: Session, *, tenant_ods: str, bundle_identifier: str
-) -> StoredResponse | None:
-    row = session.execute(
-        select(
-            col(InboundMessage.body_sha256),
-            col(InboundMessage.response_status),
-            col(InboundMessage.response_body),
-            col(InboundMessage.response_location),
-        ).where(
-            col(InboundMessage.tenant_ods) == tenant_ods,
-            col(InboundMessage.bundle_identifier) == bundle_identifier,
-        )
-    ).first()
-    if row is None:
-        return None
-    return StoredResponse(row[0], row[1], row[2], row[3])
-
-
-def prescription_id_taken(session: Session, *, tenant_ods: str, short_form_id: str) -> bool:
-    found = session.execute(
-        select(col(Prescription.id)).where(
-            col(Prescription.tenant_ods) == tenant_ods, col(Prescription.short_form_id) == short_form_id
-        )
-    ).first()
-    return found is not None
-
-
-def message_row(
-    *,
-    message_id: str,
-    tenant_ods: str,
-    bundle_identifier: str,
-    event: str,
-    digest: str,
-    body: bytes,
-    response_status: int,
-    response_body: bytes,
-    location: str | None,
-    request_id: str,
-    received_at: datetime,
-) -> dict[str, Any]:
-    """An accepted message as stored: its exact bytes and the answer it got (for replays)."""
-    return {
-        "id": message_id,
-        "tenant_ods": tenant_ods,
-        "bundle_identifier": bundle_identifier,
-        "event": event,
-        "body_sha256": digest,
-        "body": body,
-        "response_status": response_status,
-        "response_body": response_body,
-        "response_location": location,
-        "request_id": request_id,
-        "received_at": received_at,
-    }
+class NewItem:
+    item_id: str
+    position: int
+    item_identifier: str
+    resource: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class NewPrescription:
     """Everything one accepted prescription-order writes, in one transaction."""
 
-    message: dict[str, Any]
-    prescription: dict[str, Any]
-    items: Sequence[dict[str, Any]]
-    events: Sequence[dict[str, Any]]
-    outbox: Sequence[dict[str, Any]]
-    audit: Sequence[AuditRecord] = ()
+    prescription_id: str
+    tenant_ods: str
+    short_form_id: str
+    long_form_id: str
+    provider_ods: str
+    nhs_number: str
+    prescription_type: str
+    status: str
+    valid_until: datetime | None
+    created_at: datetime
+    items: Sequence[NewItem]
+    message: messages.NewMessage
+    events: Sequence[events.NewEvent]
+    outbox: Sequence[outbox.NewMessage]
+    audit: Sequence[AuditRecord]
+
+    def prescription_values(self) -> dict[str, Any]:
+        return {
+            "id": self.prescription_id,
+            "tenant_ods": self.tenant_ods,
+            "short_form_id": self.short_form_id,
+            "long_form_id": self.long_form_id,
+            "provider_ods": self.provider_ods,
+            "nhs_number": self.nhs_number,
+            "prescription_type": self.prescription_type,
+            "message_id": self.message.message_id,
+            "status": self.status,
+            "valid_until": self.valid_until,
+            "created_at": self.created_at,
+            "updated_at": self.created_at,
+        }
+
+    def item_values(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": item.item_id,
+                "prescription_id": self.prescription_id,
+                "position": item.position,
+                "item_identifier": item.item_identifier,
+                "tenant_ods": self.tenant_ods,
+                "provider_ods": self.provider_ods,
+                "resource": item.resource,
+                "status": self.status,
+                "updated_at": self.created_at,
+            }
+            for item in self.items
+        ]
 
 
-_INSERT_MESSAGE = insert(InboundMessage.__table__)  # type: ignore[attr-defined]
-_INSERT_PRESCRIPTION = insert(Prescription.__table__)  # type: ignore[attr-defined]
-_INSERT_ITEM = insert(PrescriptionItem.__table__)  # type: ignore[attr-defined]
-_INSERT_EVENT = insert(StatusEvent.__table__)  # type: ignore[attr-defined]
-_INSERT_OUTBOX = insert(OutboxMessage.__table__)  # type: ignore[attr-defined]
-
-
-def insert_prescription(connection: Connection, *, new: NewPrescription) -> None:
-    # Core inserts: the hot path of intake needs no ORM machinery. The audit row is written in the
-    # same transaction as the change it records.
-    connection.execute(_INSERT_MESSAGE, [new.message])
-    connection.execute(_INSERT_PRESCRIPTION, [new.prescription])
-    connection.execute(_INSERT_ITEM, list(new.items))
-    connection.execute(_INSERT_EVENT, list(new.events))
-    connection.execute(_INSERT_OUTBOX, list(new.outbox))
+def insert_prescription(tx: Tx, new: NewPrescription) -> None:
+    """Write an accepted prescription; `AlreadyStored` when its message or prescription ID was taken."""
+    # Core inserts: the hot path of intake needs no ORM machinery.
+    connection = tx.connection
+    messages.insert_message(tx, new.message)
+    connection.execute(_INSERT_PRESCRIPTION, [new.prescription_values()])
+    connection.execute(_INSERT_ITEM, new.item_values())
+    events.append(tx, new.events)
+    outbox.enqueue(tx, new.outbox)
     append(connection, new.audit)
 
 
-def get_prescription(session: Session, prescription_id: str) -> Prescription | None:
-    return session.get(Prescription, prescription_id)
-
-
-def visible_to(caller: Caller) -> ColumnElement[bool]:
-    """The tenancy rule (auth.tenancy) over the prescription table: what this caller may see."""
-    return visible_filter(
-        caller, tenant_column=col(Prescription.tenant_ods), provider_column=col(Prescription.provider_ods)
-    )
-
-
-def get_item(
-    session: Session, item_id: str, *, visible: ColumnElement[bool]
-) -> tuple[PrescriptionItem, Prescription] | None:
-    row = session.execute(
-        select(PrescriptionItem, Prescription)
-        .join(Prescription, col(Prescription.id) == col(PrescriptionItem.prescription_id))
-        .where(col(PrescriptionItem.id) == item_id, visible)
+def prescription_id_taken(tx: Tx, *, tenant_ods: str, short_form_id: str) -> bool:
+    found = tx.connection.execute(
+        select(prescription_table.c.id).where(
+            prescription_table.c.tenant_ods == tenant_ods,
+            prescription_table.c.short_form_id == short_form_id,
+        )
     ).first()
-    return (row[0], row[1]) if row else None
+    return found is not None
 
 
-def get_message_body(session: Session, message_id: str, *, visible: ColumnElement[bool]) -> bytes | None:
-    """The bytes of an accepted prescription message, if its prescription is visible."""
-    row = session.execute(
-        select(col(InboundMessage.body))
-        .join(Prescription, col(Prescription.message_id) == col(InboundMessage.id))
-        .where(col(InboundMessage.id) == message_id, visible)
+def count_prescriptions(tx: Tx) -> int:
+    return int(tx.connection.execute(select(func.count()).select_from(prescription_table)).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    """A line item as the trust sent it (its MedicationRequest's bytes) and its status now."""
+
+    item_id: str
+    resource: bytes
+    status: str
+    updated_at: datetime
+
+
+def stored_item(tx: Tx, item_id: str, *, caller: Caller) -> StoredItem | None:
+    row = tx.connection.execute(
+        select(
+            item_table.c.id.label("item_id"),
+            item_table.c.resource,
+            item_table.c.status,
+            item_table.c.updated_at,
+        )
+        .join(prescription_table, prescription_table.c.id == item_table.c.prescription_id)
+        .where(item_table.c.id == item_id, prescription_visible_to(caller))
     ).first()
-    return row[0] if row else None
-
-
-def count_prescriptions(session: Session) -> int:
-    return int(session.execute(select(func.count()).select_from(Prescription)).scalar_one())
+    return None if row is None else StoredItem(**row._mapping)

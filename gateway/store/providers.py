@@ -77,6 +77,26 @@ def list_providers(session: Session) -> list[Provider]:
 
 
 @dataclass(frozen=True, slots=True)
+class RegisteredProvider:
+    """A provider as the dispatcher reaches it: its adapter's scheme and settings."""
+
+    ods_code: str
+    adapter: str
+    settings: dict[str, Any]
+    enabled: bool
+
+
+def registered_providers(db: Database) -> dict[str, RegisteredProvider]:
+    with db.read() as session:
+        return {
+            provider.ods_code: RegisteredProvider(
+                provider.ods_code, provider.adapter, dict(provider.settings), provider.enabled
+            )
+            for provider in list_providers(session)
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderEntry:
     ods_code: str
     enabled: bool

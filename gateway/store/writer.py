@@ -1,7 +1,7 @@
 """Group commit: one writer thread per process runs the writes of many requests in one transaction.
 
 A busy intake path spends most of its database time beginning and committing transactions and
-queueing for SQLite's single write lock. Requests hand their write (a function of a connection) to
+queueing for SQLite's single write lock. Requests hand their write (a function of a `Tx`) to
 the `BatchWriter` and await it; the writer takes everything queued, runs the writes together, and
 commits once. Each write is still all-or-nothing and still fails alone: if the batch fails, every
 write in it is retried in a transaction of its own, so one conflicting request never takes its neighbours
@@ -18,12 +18,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection
-
-from gateway.store.db import Database
+from gateway.store.db import Database, Tx
 
 T = TypeVar("T")
-Write = Callable[[Connection], T]
+Write = Callable[[Tx], T]
 MAX_BATCH = 128
 
 
@@ -89,8 +87,8 @@ class BatchWriter:
 
     def _write_batch(self, batch: list[_Job[Any]]) -> None:
         try:
-            with self._db.write_connection() as connection:
-                results = [job.write(connection) for job in batch]
+            with self._db.transaction() as tx:
+                results = [job.write(tx) for job in batch]
         except Exception:  # noqa: BLE001  (one bad write must not fail the others: retry each alone)
             self._write_one_by_one(batch)
             return
@@ -101,8 +99,8 @@ class BatchWriter:
         # Each in a transaction of its own: one write's failure cannot touch another's.
         for job in batch:
             try:
-                with self._db.write_connection() as connection:
-                    result = job.write(connection)
+                with self._db.transaction() as tx:
+                    result = job.write(tx)
             except Exception as exc:  # noqa: BLE001  (handed to the request that owns the write)
                 job.future.set_exception(exc)
             else:

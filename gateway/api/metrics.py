@@ -1,4 +1,4 @@
-"""Operator endpoints: `/metrics` (Prometheus) and `/health`."""
+"""`/metrics`: Prometheus metrics for operators."""
 
 from __future__ import annotations
 

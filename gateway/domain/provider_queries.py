@@ -7,28 +7,24 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
-
 from auth.audit import Action, Outcome
 from auth.identity import Caller, Role
-from auth.tenancy import visible_filter
 from fhir_profiles.identifiers import ODS_SYSTEM
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
-from gateway.clock import Clock
 from gateway.domain import access
-from gateway.domain.cancellation import StatusListener
-from gateway.domain.status import Status
-from gateway.domain.status_updates import change_item, not_found, trust_source
-from gateway.domain.tasks import ItemView, fhir_instant
-from gateway.store import status as store
-from gateway.store.db import Database
-from gateway.store.models import QueryMessage
-
-_query = QueryMessage.__table__  # type: ignore[attr-defined]
+from gateway.domain.context import Context
+from gateway.domain.reads import item_not_found
+from gateway.domain.status import Status, trust_source
+from gateway.domain.status_authority import change_status
+from gateway.domain.tasks import fhir_instant
+from gateway.store import items, query_threads
+from gateway.store.db import Tx
+from gateway.store.items import ItemKey, ItemView
+from gateway.store.query_threads import ThreadMessage
 
 
 def record_query_message(
-    connection: Connection,
+    tx: Tx,
     view: ItemView,
     *,
     author_role: str,
@@ -38,20 +34,18 @@ def record_query_message(
     request_id: str,
 ) -> str:
     message_id = str(uuid.uuid4())
-    connection.execute(
-        insert(_query),
-        [
-            {
-                "id": message_id,
-                "prescription_id": view.prescription_id,
-                "item_id": view.item_id,
-                "author_role": author_role,
-                "author_ods": author_ods,
-                "text": text[:4000],
-                "sent_at": sent_at,
-                "request_id": request_id,
-            }
-        ],
+    query_threads.add_message(
+        tx,
+        ThreadMessage(
+            message_id=message_id,
+            prescription_id=view.prescription_id,
+            item_id=view.item_id,
+            author_role=author_role,
+            author_ods=author_ods,
+            text=text[:4000],
+            sent_at=sent_at,
+            request_id=request_id,
+        ),
     )
     return message_id
 
@@ -73,23 +67,15 @@ def _text_of(communication: dict[str, Any]) -> str | None:
     return None
 
 
-def answer_query(
-    db: Database,
-    *,
-    caller: Caller,
-    communication: Any,
-    request_id: str,
-    clock: Clock,
-    notify: StatusListener | None,
-) -> dict[str, Any]:
-    """The trust's answer to a provider's query about one of its items."""
-    issues: list[Issue] = []
+def _read_answer(communication: Any) -> tuple[str, str]:
+    """The item a Communication answers about and the answer's text, or 400 naming what is missing."""
     if not isinstance(communication, dict) or communication.get("resourceType") != "Communication":
         raise OperationOutcomeError(
             400,
             [Issue(IssueType.STRUCTURE, ErrorCode.INVALID_RESOURCE_TYPE, "Expected a FHIR Communication")],
         )
     item_id, text = _item_of(communication), _text_of(communication)
+    issues: list[Issue] = []
     if item_id is None:
         issues.append(
             Issue(
@@ -108,26 +94,29 @@ def answer_query(
                 "Communication.payload",
             )
         )
-    if caller.role not in (Role.TRUST, Role.CLINICIAN_APP, Role.CLINICIAN):
+    if item_id is None or text is None:
+        raise OperationOutcomeError(400, issues)
+    return item_id, text
+
+
+_ANSWERING_ROLES = frozenset({Role.TRUST, Role.CLINICIAN_APP, Role.CLINICIAN})
+
+
+def answer_query(ctx: Context, *, caller: Caller, communication: Any, request_id: str) -> dict[str, Any]:
+    """The trust's answer to a provider's query about one of its items: the item resumes."""
+    if caller.role not in _ANSWERING_ROLES:
         raise OperationOutcomeError(
             403,
             [Issue(IssueType.FORBIDDEN, ErrorCode.ACCESS_DENIED, "The trust answers its provider's queries")],
         )
-    if issues:
-        raise OperationOutcomeError(400, issues)
-    assert item_id is not None and text is not None
-    now = clock()
-    with db.write_connection() as connection:
-        located = store.lock_item(
-            connection,
-            store.item_by_id(item_id) & _visible(caller),
-            for_update=not db.is_sqlite,
-        )
-        if located is None:
-            raise not_found()
-        view, resume = located
+    item_id, text = _read_answer(communication)
+    now = ctx.clock()
+    with ctx.db.transaction() as tx:
+        view = items.find(tx, ItemKey.by_id(item_id), caller=caller, for_change=True)
+        if view is None:
+            raise item_not_found()
         message_id = record_query_message(
-            connection,
+            tx,
             view,
             author_role="trust",
             author_ods=caller.ods_code,
@@ -136,19 +125,19 @@ def answer_query(
             request_id=request_id,
         )
         if Status(view.status) is Status.QUERY:
-            change_item(
-                connection,
+            change_status(
+                tx,
                 view,
-                status=Status(resume or Status.SENT),
-                occurred_at=now,
+                Status(view.resume_status or Status.SENT),
                 source=trust_source(caller.ods_code),
+                occurred_at=now,
                 detail={"query_answered": message_id},
                 now=now,
+                listener=ctx.listener,
                 expression="Communication",
-                notify=notify,
             )
     access.record(
-        db,
+        ctx.db,
         caller=caller,
         action=Action.CREATE,
         outcome=Outcome.SUCCESS,
@@ -156,15 +145,9 @@ def answer_query(
         resource_id=message_id,
         status=201,
         request_id=request_id,
-        clock=clock,
+        clock=ctx.clock,
     )
     return _communication(message_id, item_id, "trust", caller.ods_code, text, now)
-
-
-def _visible(caller: Caller) -> Any:
-    return visible_filter(
-        caller, tenant_column=store.item_table.c.tenant_ods, provider_column=store.item_table.c.provider_ods
-    )
 
 
 def _communication(
@@ -181,46 +164,38 @@ def _communication(
     }
 
 
-def query_thread(
-    db: Database, *, caller: Caller, item_id: str, request_id: str, clock: Clock
-) -> dict[str, Any]:
+def query_thread(ctx: Context, *, caller: Caller, item_id: str, request_id: str) -> dict[str, Any]:
     """Every message about an item, oldest first, for the trust and the provider alike."""
-    with db.read() as session:
-        connection = session.connection()
-        visible = connection.execute(
-            select(store.item_table.c.id).where(store.item_by_id(item_id), _visible(caller))
-        ).first()
-        rows = (
-            connection.execute(
-                select(
-                    _query.c.id, _query.c.author_role, _query.c.author_ods, _query.c.text, _query.c.sent_at
-                )
-                .where(_query.c.item_id == item_id)
-                .order_by(_query.c.sent_at, _query.c.id)
-            ).all()
-            if visible
-            else []
-        )
+    with ctx.db.snapshot() as tx:
+        visible = items.find(tx, ItemKey.by_id(item_id), caller=caller) is not None
+        thread = query_threads.thread_of_item(tx, item_id) if visible else []
     access.record_lookup(
-        db,
+        ctx.db,
         caller=caller,
         resource_type="Communication",
         resource_id=item_id,
-        found=bool(visible),
+        found=visible,
         request_id=request_id,
-        clock=clock,
+        clock=ctx.clock,
         action=Action.SEARCH,
     )
     if not visible:
-        raise not_found()
+        raise item_not_found()
     return {
         "resourceType": "Bundle",
         "type": "searchset",
         "entry": [
             {
-                "resource": _communication(row[0], item_id, row[1], row[2], row[3], row[4]),
+                "resource": _communication(
+                    message.message_id,
+                    item_id,
+                    message.author_role,
+                    message.author_ods,
+                    message.text,
+                    message.sent_at,
+                ),
                 "search": {"mode": "match"},
             }
-            for row in rows
+            for message in thread
         ],
     }

@@ -1,0 +1,104 @@
+"""The gateway's parts wired together, and the work that runs beside the API: the dispatcher, expiry
+and the audit sealer. One `Runtime` serves `serve` (the app's lifespan) and `worker` alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from auth.tokens import TokenService
+from gateway.clock import Clock, system_clock
+from gateway.dispatch.worker import Dispatcher
+from gateway.domain.context import Context, in_thread
+from gateway.domain.expiry import expire_due
+from gateway.logs import get_logger
+from gateway.notify.service import notify_status_change
+from gateway.security import build_token_service
+from gateway.settings import Settings
+from gateway.store.audit import seal_audit_log
+from gateway.store.db import Database, translate_errors
+from gateway.store.errors import StoreError
+from gateway.store.providers import ProviderDirectory
+from gateway.store.writer import BatchWriter
+
+log = get_logger("gateway.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    context: Context
+    tokens: TokenService
+    dispatcher: Dispatcher
+
+    @classmethod
+    def create(
+        cls, settings: Settings, *, db: Database | None = None, clock: Clock = system_clock
+    ) -> Runtime:
+        database = db or Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
+        tokens = build_token_service(settings, database, clock)
+        dispatcher = Dispatcher(
+            database,
+            clock=clock,
+            settings=settings.dispatcher_settings(),
+            signing_keys=tokens.signing_keys,
+            on_status_change=notify_status_change,
+        )
+        context = Context(
+            database,
+            clock=clock,
+            providers=ProviderDirectory(database, ttl=settings.provider_cache_seconds),
+            writer=BatchWriter(database),
+            listener=notify_status_change,
+            wake_dispatcher=dispatcher.doorbell.ring,
+            cancel_wait_seconds=settings.cancel_wait_seconds,
+        )
+        return cls(settings, context, tokens, dispatcher)
+
+    @asynccontextmanager
+    async def running(self, *, dispatch: bool) -> AsyncIterator[asyncio.Event]:
+        """The background work until the block ends (or the returned event is set)."""
+        stop = asyncio.Event()
+        dispatching = asyncio.create_task(self.dispatcher.run(stop)) if dispatch else None
+        loops = []
+        if dispatch:
+            loops.append(_every(self.settings.expiry_check_seconds, "expiry", self._expire))
+        if self.settings.audit_seal_seconds:
+            loops.append(_every(self.settings.audit_seal_seconds, "audit_seal", self._housekeeping))
+        background = [asyncio.create_task(loop) for loop in loops]
+        try:
+            yield stop
+        finally:
+            stop.set()
+            for task in background:
+                task.cancel()
+            if dispatching is not None:
+                await dispatching
+            self.context.close()
+            self.tokens.close()
+
+    async def _expire(self) -> None:
+        count = await in_thread(expire_due, self.context, now=self.context.clock())
+        if count:
+            log.info("prescriptions_expired", items=count)
+
+    async def _housekeeping(self) -> None:
+        """Seal the audit log and forget expired assertion ids."""
+        sealed = await in_thread(seal_audit_log, self.context.db)
+        with translate_errors():
+            await in_thread(self.tokens.purge_used_assertions)
+        if sealed:
+            log.debug("audit_sealed", rows=sealed)
+
+
+async def _every(interval: float, name: str, work: Callable[[], Awaitable[None]]) -> None:
+    """Until cancelled: `work` every `interval` seconds. A failed round (the database away for a moment)
+    is logged and tried again at the next."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await work()
+        except StoreError as exc:
+            log.error(f"{name}_failed", error_type=type(exc).__name__)

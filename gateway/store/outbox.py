@@ -1,0 +1,424 @@
+"""The transactional outbox: messages waiting to go out, written in the transaction of the change
+they carry; claims (leases) on due messages; releasing a claim with its outcome; figures.
+
+Claims are leases: a worker that dies mid-send leaves its rows in `sending` until `lease_until`,
+then any worker claims them again (the receiver may see a message twice, never zero times; the
+idempotency key lets it notice). On PostgreSQL claims use `FOR UPDATE SKIP LOCKED`, so workers on
+any number of machines never claim the same row at once; on SQLite the claim runs under the single
+write lock, which gives the same guarantee. A message is only claimable when no earlier message with
+the same ordering key is still pending or sending: a provider message's key is its prescription, so a
+cancel never overtakes its order; a notification's is its subscription (`sub:<id>`), so a subscriber
+gets its notifications in order and they never wait behind sends to providers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, update
+from sqlalchemy.orm import aliased
+
+from gateway.store.db import Database, Tx
+from gateway.store.models import InboundMessage, OutboxMessage, Prescription, Subscription
+
+outbox_table = OutboxMessage.__table__  # type: ignore[attr-defined]
+_prescription = Prescription.__table__  # type: ignore[attr-defined]
+_message = InboundMessage.__table__  # type: ignore[attr-defined]
+_subscription = Subscription.__table__  # type: ignore[attr-defined]
+_is_provider_message = outbox_table.c.subscription_id.is_(None)
+_INSERT = insert(outbox_table)
+
+NOTIFICATION_KEY_PREFIX = "notification-"
+
+
+class State(StrEnum):
+    """`pending` (due at `due_at`), `sending` (leased), `done` (the receiver answered for it), `dead`
+    (retries exhausted: a provider message can be re-driven), `cancelled` (withdrawn before it went)."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    DONE = "done"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+class Kind(StrEnum):
+    ORDER = "new"
+    CANCEL = "cancel"
+    NOTIFICATION = "notification"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One outbox row as written; built by `order`, `cancellation` and `notification` only."""
+
+    prescription_id: str
+    kind: Kind
+    provider_ods: str
+    idempotency_key: str
+    ordering_key: str
+    due_at: datetime
+    message_id: str | None = None
+    subscription_id: str | None = None
+    payload: bytes | None = None
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "prescription_id": self.prescription_id,
+            "kind": self.kind.value,
+            "provider_ods": self.provider_ods,
+            "idempotency_key": self.idempotency_key,
+            "ordering_key": self.ordering_key,
+            "message_id": self.message_id,
+            "subscription_id": self.subscription_id,
+            "payload": self.payload,
+            "state": State.PENDING.value,
+            "attempts": 0,
+            "due_at": self.due_at,
+            "created_at": self.due_at,
+            "updated_at": self.due_at,
+        }
+
+
+def order(*, prescription_id: str, provider_ods: str, now: datetime) -> NewMessage:
+    """The prescription's order for its provider."""
+    return NewMessage(
+        prescription_id, Kind.ORDER, provider_ods, f"order-{prescription_id}", prescription_id, now
+    )
+
+
+def cancellation(*, prescription_id: str, provider_ods: str, message_id: str, now: datetime) -> NewMessage:
+    """The trust's cancel message (stored as `message_id`), after the order it cancels."""
+    return NewMessage(
+        prescription_id,
+        Kind.CANCEL,
+        provider_ods,
+        f"cancel-{message_id}",
+        prescription_id,
+        now,
+        message_id=message_id,
+    )
+
+
+def notification(
+    *, prescription_id: str, provider_ods: str, subscription_id: str, payload: bytes | None, now: datetime
+) -> NewMessage:
+    """A notification to a subscriber, carrying the resource as it was when the change was made."""
+    return NewMessage(
+        prescription_id,
+        Kind.NOTIFICATION,
+        provider_ods,
+        f"{NOTIFICATION_KEY_PREFIX}{uuid.uuid4()}",
+        f"sub:{subscription_id}",
+        now,
+        subscription_id=subscription_id,
+        payload=payload,
+    )
+
+
+def enqueue(tx: Tx, messages: Sequence[NewMessage]) -> None:
+    if messages:
+        tx.connection.execute(_INSERT, [message.values() for message in messages])
+
+
+def order_state(tx: Tx, prescription_id: str) -> State | None:
+    state = tx.connection.execute(
+        select(outbox_table.c.state).where(
+            outbox_table.c.prescription_id == prescription_id, outbox_table.c.kind == Kind.ORDER.value
+        )
+    ).scalar_one_or_none()
+    return None if state is None else State(state)
+
+
+def withdraw_order(tx: Tx, prescription_id: str, *, now: datetime) -> None:
+    """The prescription's order is not to be sent (cancelled or expired before it went)."""
+    tx.connection.execute(
+        update(outbox_table)
+        .where(
+            outbox_table.c.prescription_id == prescription_id,
+            outbox_table.c.kind == Kind.ORDER.value,
+            outbox_table.c.state.in_((State.PENDING.value, State.DEAD.value)),
+        )
+        .values(state=State.CANCELLED.value, updated_at=now)
+    )
+
+
+def kill_pending_notifications(tx: Tx, subscription_id: str, *, now: datetime, reason: str) -> int:
+    """Queued notifications that will never be sent (the subscription is off or in error): dead."""
+    # A notification being sent at this moment keeps its lease; its result is recorded as usual.
+    changed = tx.connection.execute(
+        update(outbox_table)
+        .where(
+            outbox_table.c.subscription_id == subscription_id,
+            outbox_table.c.state == State.PENDING.value,
+        )
+        .values(state=State.DEAD.value, last_error=reason[:500], updated_at=now)
+    )
+    return int(changed.rowcount)
+
+
+# --- Claims -------------------------------------------------------------------------------------
+
+OrderKind = Literal["new", "cancel"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    """A claimed message for a provider, with what its adapter needs to send it."""
+
+    outbox_id: int
+    prescription_id: str
+    kind: OrderKind
+    provider_ods: str
+    idempotency_key: str
+    attempts: int
+    short_form_id: str
+    tenant_ods: str
+    body: bytes
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedNotification:
+    """A claimed notification with what its delivery needs: the subscriber's channel and the payload.
+
+    `headers` are the subscriber's own (an Authorization header, say): never log them.
+    """
+
+    outbox_id: int
+    subscription_id: str
+    prescription_id: str
+    idempotency_key: str
+    attempts: int
+    payload: bytes | None
+    endpoint: str
+    headers: tuple[str, ...]
+    subscription_status: str
+
+
+Claimed = ClaimedMessage | ClaimedNotification
+
+
+def claim_due(
+    db: Database,
+    *,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    skip_providers: frozenset[str] = frozenset(),
+    notifications: bool = True,
+) -> list[Claimed]:
+    """Lease up to `limit` due messages to `owner`, oldest due first; expired leases count as due.
+
+    `skip_providers` holds back messages to those providers (not notifications about their
+    prescriptions); `notifications=False` leaves notifications to dispatchers that can sign them.
+    """
+    with db.transaction() as tx:
+        ids = _due_ids(tx, now=now, limit=limit, skip_providers=skip_providers, notifications=notifications)
+        if not ids:
+            return []
+        tx.connection.execute(
+            update(outbox_table)
+            .where(outbox_table.c.id.in_(ids))
+            .values(state=State.SENDING.value, lease_owner=owner, lease_until=now + lease, updated_at=now)
+        )
+        claimed: list[Claimed] = [*_provider_messages(tx, ids), *_notifications(tx, ids)]
+    return sorted(claimed, key=lambda message: message.outbox_id)
+
+
+def _due_ids(
+    tx: Tx, *, now: datetime, limit: int, skip_providers: frozenset[str], notifications: bool
+) -> list[int]:
+    earlier = aliased(outbox_table)
+    blocked_by_earlier = exists().where(
+        and_(
+            earlier.c.ordering_key == outbox_table.c.ordering_key,
+            earlier.c.id < outbox_table.c.id,
+            earlier.c.state.in_((State.PENDING.value, State.SENDING.value)),
+        )
+    )
+    query = (
+        select(outbox_table.c.id)
+        .where(_due(now), ~blocked_by_earlier)
+        .order_by(outbox_table.c.due_at, outbox_table.c.id)
+        .limit(limit)
+    )
+    if skip_providers:
+        query = query.where(
+            or_(~_is_provider_message, outbox_table.c.provider_ods.not_in(sorted(skip_providers)))
+        )
+    if not notifications:
+        query = query.where(_is_provider_message)
+    if tx.locks_rows:
+        query = query.with_for_update(skip_locked=True, of=outbox_table)
+    return [row.id for row in tx.connection.execute(query)]
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        and_(outbox_table.c.state == State.PENDING.value, outbox_table.c.due_at <= now),
+        and_(outbox_table.c.state == State.SENDING.value, outbox_table.c.lease_until < now),
+    )
+
+
+def _provider_messages(tx: Tx, ids: list[int]) -> list[ClaimedMessage]:
+    rows = tx.connection.execute(
+        select(
+            outbox_table.c.id.label("outbox_id"),
+            outbox_table.c.prescription_id,
+            outbox_table.c.kind,
+            outbox_table.c.provider_ods,
+            outbox_table.c.idempotency_key,
+            outbox_table.c.attempts,
+            _prescription.c.short_form_id,
+            _prescription.c.tenant_ods,
+            _message.c.body,
+            _message.c.request_id,
+        )
+        .join(_prescription, _prescription.c.id == outbox_table.c.prescription_id)
+        .join(_message, _message.c.id == func.coalesce(outbox_table.c.message_id, _prescription.c.message_id))
+        .where(outbox_table.c.id.in_(ids), _is_provider_message)
+        .order_by(outbox_table.c.id)
+    )
+    return [ClaimedMessage(**row._mapping) for row in rows]
+
+
+def _notifications(tx: Tx, ids: list[int]) -> list[ClaimedNotification]:
+    rows = tx.connection.execute(
+        select(
+            outbox_table.c.id.label("outbox_id"),
+            outbox_table.c.subscription_id,
+            outbox_table.c.prescription_id,
+            outbox_table.c.idempotency_key,
+            outbox_table.c.attempts,
+            outbox_table.c.payload,
+            _subscription.c.endpoint,
+            _subscription.c.headers,
+            _subscription.c.status.label("subscription_status"),
+        )
+        .join(_subscription, _subscription.c.id == outbox_table.c.subscription_id)
+        .where(outbox_table.c.id.in_(ids))
+        .order_by(outbox_table.c.id)
+    )
+    return [ClaimedNotification(**{**row._mapping, "headers": tuple(row.headers or ())}) for row in rows]
+
+
+def release_claim(tx: Tx, owner: str, outbox_id: int, *, now: datetime, **values: Any) -> bool:
+    """End `owner`'s lease on a claimed row, setting `values` (its new state...); False when the lease
+    was lost meanwhile (another worker has the row now) and nothing was changed."""
+    changed = tx.connection.execute(
+        update(outbox_table)
+        .where(
+            outbox_table.c.id == outbox_id,
+            outbox_table.c.state == State.SENDING.value,
+            outbox_table.c.lease_owner == owner,
+        )
+        .values(lease_owner=None, lease_until=None, updated_at=now, **values)
+    )
+    return bool(changed.rowcount)
+
+
+def mark_done(tx: Tx, owner: str, outbox_id: int, *, now: datetime, note: str | None = None) -> bool:
+    """The receiver answered for the message (took it, or refused it for good: `note` says why)."""
+    return release_claim(tx, owner, outbox_id, now=now, state=State.DONE.value, last_error=note)
+
+
+def mark_failed(
+    tx: Tx, owner: str, outbox_id: int, *, attempts: int, error: str, retry_at: datetime | None, now: datetime
+) -> bool:
+    """A failed attempt: due again at `retry_at`, or dead when it is None."""
+    values: dict[str, Any] = {"attempts": attempts, "last_error": error[:500]}
+    if retry_at is None:
+        values["state"] = State.DEAD.value
+    else:
+        values.update(state=State.PENDING.value, due_at=retry_at)
+    return release_claim(tx, owner, outbox_id, now=now, **values)
+
+
+# --- Re-driving dead messages and the figures ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadMessage:
+    outbox_id: int
+    prescription_id: str
+    kind: str
+
+
+def requeue_dead(
+    tx: Tx, *, now: datetime, prescription_id: str | None = None, provider_ods: str | None = None
+) -> list[DeadMessage]:
+    """Dead messages to providers put back in the queue, due now (notifications stay dead)."""
+    conditions = [outbox_table.c.state == State.DEAD.value, _is_provider_message]
+    if prescription_id is not None:
+        conditions.append(outbox_table.c.prescription_id == prescription_id)
+    if provider_ods is not None:
+        conditions.append(outbox_table.c.provider_ods == provider_ods)
+    rows = tx.connection.execute(
+        select(
+            outbox_table.c.id.label("outbox_id"), outbox_table.c.prescription_id, outbox_table.c.kind
+        ).where(*conditions)
+    )
+    dead = [DeadMessage(**row._mapping) for row in rows]
+    if dead:
+        tx.connection.execute(
+            update(outbox_table)
+            .where(outbox_table.c.id.in_([message.outbox_id for message in dead]))
+            .values(state=State.PENDING.value, attempts=0, due_at=now, last_error=None, updated_at=now)
+        )
+    return dead
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    depth: int
+    due: int
+    oldest_due_age_seconds: float
+    dead: int
+    by_provider_dead: dict[str, int]
+
+
+def stats(db: Database, *, now: datetime) -> OutboxStats:
+    with db.snapshot() as tx:
+        connection = tx.connection
+        by_state = {
+            row.state: int(row.total)
+            for row in connection.execute(
+                select(outbox_table.c.state, func.count().label("total")).group_by(outbox_table.c.state)
+            )
+        }
+        due = connection.execute(
+            select(func.count().label("total"), func.min(outbox_table.c.due_at).label("oldest")).where(
+                _due(now)
+            )
+        ).one()
+        dead_by_provider = {
+            str(row.provider_ods): int(row.total)
+            for row in connection.execute(
+                select(outbox_table.c.provider_ods, func.count().label("total"))
+                .where(outbox_table.c.state == State.DEAD.value, _is_provider_message)
+                .group_by(outbox_table.c.provider_ods)
+            )
+        }
+    return OutboxStats(
+        depth=by_state.get(State.PENDING.value, 0) + by_state.get(State.SENDING.value, 0),
+        due=int(due.total),
+        oldest_due_age_seconds=_age(due.oldest, now),
+        dead=by_state.get(State.DEAD.value, 0),
+        by_provider_dead=dead_by_provider,
+    )
+
+
+def _age(oldest: Any, now: datetime) -> float:
+    if oldest is None:
+        return 0.0
+    moment = oldest if isinstance(oldest, datetime) else datetime.fromisoformat(str(oldest))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=now.tzinfo)
+    return max(0.0, (now - moment).total_seconds())
