@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(PACKAGES) tests bench scripts
 	$(BIN)/ruff format --check $(PACKAGES) tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/homecare-gateway openapi --check
