@@ -1,8 +1,10 @@
-"""The homecare prescription-order message profile: our own rules over an EPS-shaped message Bundle.
+"""The homecare message profiles: our own rules over an EPS-shaped message Bundle.
 
-`read_prescription_message` runs structural validation and every rule, collects all problems at
-once, and returns either a typed `PrescriptionOrder` or the issues. Rules read the parsed JSON
-defensively, so they report alongside structural errors instead of stopping at the first.
+`validate_message` runs structural validation, the rules every message shares and those of its event
+(prescription-order, prescription-order-update, dispense-notification), collects all problems at
+once, and returns the typed message (`PrescriptionOrder`, `Cancellation`, `DispenseNotification`)
+or the issues. Rules read the parsed JSON defensively, so they report alongside structural errors
+instead of stopping at the first.
 """
 
 from __future__ import annotations

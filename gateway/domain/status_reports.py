@@ -20,7 +20,7 @@ from gateway.domain.status import Status, Verdict, provider_source
 from gateway.domain.status_authority import Applied, change_status
 from gateway.store import audit, items
 from gateway.store.db import Tx
-from gateway.store.items import ItemKey
+from gateway.store.items import ItemKey, ItemView
 
 MAX_TRANSACTION = 50
 
@@ -106,6 +106,34 @@ def _apply(
     request_id: str,
 ) -> Applied:
     """A provider's report about one of the items routed to it."""
+    view = _reported_item(tx, caller, write, report)
+    result = change_status(
+        tx,
+        view,
+        Status(report.status),
+        source=provider_source(caller.ods_code),
+        occurred_at=report.occurred_at,
+        detail=report.detail,
+        now=now,
+        listener=ctx.listener,
+        expression=f"{write.expression}.businessStatus",
+    )
+    if report.status == Status.QUERY.value and result.verdict is Verdict.APPLIED:
+        question = report.detail.get("note") or (report.detail.get("reason") or {}).get("text")
+        record_query_message(
+            tx,
+            result.view,
+            author_role="provider",
+            author_ods=caller.ods_code,
+            text=str(question or "Query raised (no text given)"),
+            sent_at=report.occurred_at,
+            request_id=request_id,
+        )
+    return result
+
+
+def _reported_item(tx: Tx, caller: Caller, write: TaskWrite, report: StatusReport) -> ItemView:
+    """The item the report is about, if it was routed to the caller (its owner), locked for the change."""
     if caller.role is not Role.PROVIDER or report.owner_ods != caller.ods_code:
         raise OperationOutcomeError(
             403,
@@ -138,29 +166,7 @@ def _apply(
                 )
             ],
         )
-    result = change_status(
-        tx,
-        view,
-        Status(report.status),
-        source=provider_source(caller.ods_code),
-        occurred_at=report.occurred_at,
-        detail=report.detail,
-        now=now,
-        listener=ctx.listener,
-        expression=f"{write.expression}.businessStatus",
-    )
-    if report.status == Status.QUERY.value and result.verdict is Verdict.APPLIED:
-        question = report.detail.get("note") or (report.detail.get("reason") or {}).get("text")
-        record_query_message(
-            tx,
-            result.view,
-            author_role="provider",
-            author_ods=caller.ods_code,
-            text=str(question or "Query raised (no text given)"),
-            sent_at=report.occurred_at,
-            request_id=request_id,
-        )
-    return result
+    return view
 
 
 def _audit_entry(caller: Caller, result: Applied, *, request_id: str, now: datetime) -> AuditRecord:

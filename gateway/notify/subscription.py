@@ -171,6 +171,13 @@ def _string(document: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+@dataclass(slots=True)
+class _Channel:
+    endpoint: str | None = None
+    payload: str | None = None
+    headers: tuple[str, ...] = ()
+
+
 def _own_rules(
     document: dict[str, Any], *, now: datetime, allow_loopback_http: bool
 ) -> tuple[list[Issue], SubscriptionRequest | None]:
@@ -187,19 +194,7 @@ def _own_rules(
                 "Subscription.modifierExtension",
             )
         )
-    status = _string(document, "status")
-    if status is not None and status != "requested":
-        issues.append(
-            _issue(
-                IssueType.VALUE,
-                ErrorCode.INVALID_VALUE,
-                f"'{status[:40]}' is not a Subscription status"
-                if status not in SUBSCRIPTION_STATUSES
-                else f"A new Subscription's status must be 'requested', not '{status}': the gateway "
-                "makes it 'active' when it accepts it",
-                "Subscription.status",
-            )
-        )
+    issues += _status_issues(_string(document, "status"))
     reason = _string(document, "reason")
     if reason is not None and len(reason) > MAX_REASON_LENGTH:
         issues.append(
@@ -211,86 +206,124 @@ def _own_rules(
             )
         )
     criteria = _string(document, "criteria")
-    if criteria is not None:
-        try:
-            parse_criteria(criteria)
-        except CriteriaError as refused:
-            issues.append(
-                _issue(
-                    IssueType.NOT_SUPPORTED,
-                    ErrorCode.INVALID_VALUE,
-                    f"Criteria '{criteria[:200]}' cannot be used: {refused}",
-                    "Subscription.criteria",
-                )
-            )
-    end: datetime | None = None
-    end_text = _string(document, "end")
-    if end_text is not None:
-        end = _instant(end_text)
-        if end is not None and end <= now:
-            issues.append(
-                _issue(
-                    IssueType.VALUE,
-                    ErrorCode.INVALID_VALUE,
-                    "The end is in the past: a subscription ends in the future",
-                    "Subscription.end",
-                )
-            )
-    channel = document.get("channel")
-    endpoint: str | None = None
-    payload: str | None = None
-    headers: tuple[str, ...] = ()
-    if isinstance(channel, dict):
-        if channel.get("modifierExtension"):
-            issues.append(
-                _issue(
-                    IssueType.NOT_SUPPORTED,
-                    ErrorCode.INVALID_VALUE,
-                    "Modifier extensions are not supported on a Subscription channel",
-                    "Subscription.channel.modifierExtension",
-                )
-            )
-        channel_type = _string(channel, "type")
-        if channel.get("type") is None:
-            issues.append(_missing("Subscription.channel.type"))
-        elif channel_type is not None and channel_type != REST_HOOK:
-            issues.append(
-                _issue(
-                    IssueType.NOT_SUPPORTED if channel_type in CHANNEL_TYPES else IssueType.VALUE,
-                    ErrorCode.INVALID_VALUE,
-                    f"Channel type '{channel_type[:40]}' is not supported: only rest-hook",
-                    "Subscription.channel.type",
-                )
-            )
-        endpoint = _string(channel, "endpoint")
-        if channel.get("endpoint") is None:
-            issues.append(_missing("Subscription.channel.endpoint"))
-        elif endpoint is not None:
-            problem = endpoint_problem(endpoint, allow_loopback_http=allow_loopback_http)
-            if problem:
-                issues.append(
-                    _issue(IssueType.VALUE, ErrorCode.INVALID_VALUE, problem, "Subscription.channel.endpoint")
-                )
-        payload_text = _string(channel, "payload")
-        if payload_text is not None:
-            payload = payload_text.split(";", 1)[0].strip().lower()
-            if payload != FHIR_JSON:
-                issues.append(
-                    _issue(
-                        IssueType.NOT_SUPPORTED,
-                        ErrorCode.INVALID_VALUE,
-                        f"Payload '{payload_text[:60]}' is not supported: use {FHIR_JSON}, or leave "
-                        "payload out for notifications with an empty body",
-                        "Subscription.channel.payload",
-                    )
-                )
-        header_issues, headers = _header_issues(channel.get("header"))
-        issues.extend(header_issues)
-    if issues or criteria is None or reason is None or endpoint is None:
+    issues += _criteria_issues(criteria)
+    end, end_issues = _end(_string(document, "end"), now=now)
+    issues += end_issues
+    channel = _Channel()
+    if isinstance(document.get("channel"), dict):
+        channel = _channel_rules(document["channel"], issues, allow_loopback_http=allow_loopback_http)
+    if issues or criteria is None or reason is None or channel.endpoint is None:
         return issues, None
     return issues, SubscriptionRequest(
-        criteria=criteria, reason=reason, endpoint=endpoint, payload=payload, headers=headers, end=end
+        criteria=criteria,
+        reason=reason,
+        endpoint=channel.endpoint,
+        payload=channel.payload,
+        headers=channel.headers,
+        end=end,
     )
+
+
+def _status_issues(status: str | None) -> list[Issue]:
+    if status is None or status == "requested":
+        return []
+    return [
+        _issue(
+            IssueType.VALUE,
+            ErrorCode.INVALID_VALUE,
+            f"'{status[:40]}' is not a Subscription status"
+            if status not in SUBSCRIPTION_STATUSES
+            else f"A new Subscription's status must be 'requested', not '{status}': the gateway "
+            "makes it 'active' when it accepts it",
+            "Subscription.status",
+        )
+    ]
+
+
+def _criteria_issues(criteria: str | None) -> list[Issue]:
+    if criteria is None:
+        return []
+    try:
+        parse_criteria(criteria)
+    except CriteriaError as refused:
+        return [
+            _issue(
+                IssueType.NOT_SUPPORTED,
+                ErrorCode.INVALID_VALUE,
+                f"Criteria '{criteria[:200]}' cannot be used: {refused}",
+                "Subscription.criteria",
+            )
+        ]
+    return []
+
+
+def _end(end_text: str | None, *, now: datetime) -> tuple[datetime | None, list[Issue]]:
+    end = None if end_text is None else _instant(end_text)
+    if end is not None and end <= now:
+        return end, [
+            _issue(
+                IssueType.VALUE,
+                ErrorCode.INVALID_VALUE,
+                "The end is in the past: a subscription ends in the future",
+                "Subscription.end",
+            )
+        ]
+    return end, []
+
+
+def _channel_rules(channel: dict[str, Any], issues: list[Issue], *, allow_loopback_http: bool) -> _Channel:
+    """The channel's rules: a rest-hook, a usable endpoint, FHIR JSON or no payload, headers we may send."""
+    if channel.get("modifierExtension"):
+        issues.append(
+            _issue(
+                IssueType.NOT_SUPPORTED,
+                ErrorCode.INVALID_VALUE,
+                "Modifier extensions are not supported on a Subscription channel",
+                "Subscription.channel.modifierExtension",
+            )
+        )
+    channel_type = _string(channel, "type")
+    if channel.get("type") is None:
+        issues.append(_missing("Subscription.channel.type"))
+    elif channel_type is not None and channel_type != REST_HOOK:
+        issues.append(
+            _issue(
+                IssueType.NOT_SUPPORTED if channel_type in CHANNEL_TYPES else IssueType.VALUE,
+                ErrorCode.INVALID_VALUE,
+                f"Channel type '{channel_type[:40]}' is not supported: only rest-hook",
+                "Subscription.channel.type",
+            )
+        )
+    endpoint = _string(channel, "endpoint")
+    if channel.get("endpoint") is None:
+        issues.append(_missing("Subscription.channel.endpoint"))
+    elif endpoint is not None:
+        problem = endpoint_problem(endpoint, allow_loopback_http=allow_loopback_http)
+        if problem:
+            issues.append(
+                _issue(IssueType.VALUE, ErrorCode.INVALID_VALUE, problem, "Subscription.channel.endpoint")
+            )
+    payload = _payload(_string(channel, "payload"), issues)
+    header_issues, headers = _header_issues(channel.get("header"))
+    issues.extend(header_issues)
+    return _Channel(endpoint, payload, headers)
+
+
+def _payload(payload_text: str | None, issues: list[Issue]) -> str | None:
+    if payload_text is None:
+        return None
+    payload = payload_text.split(";", 1)[0].strip().lower()
+    if payload != FHIR_JSON:
+        issues.append(
+            _issue(
+                IssueType.NOT_SUPPORTED,
+                ErrorCode.INVALID_VALUE,
+                f"Payload '{payload_text[:60]}' is not supported: use {FHIR_JSON}, or leave "
+                "payload out for notifications with an empty body",
+                "Subscription.channel.payload",
+            )
+        )
+    return payload
 
 
 def check_subscription(document: Any, *, now: datetime, allow_loopback_http: bool) -> SubscriptionRequest:
