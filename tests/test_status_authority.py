@@ -69,7 +69,9 @@ FIXED: dict[tuple[Status, Status], set[str]] = {
 
 def is_journey(to: Status, actor: str) -> bool:
     """The order's way to the provider, judged where the item is now; everything else is a report."""
-    return (actor == G and to in {S.QUEUED, S.SENT, S.UNDELIVERABLE, S.REJECTED}) or (actor == T and to == S.CANCELLED)
+    return (actor == G and to in {S.QUEUED, S.SENT, S.UNDELIVERABLE, S.REJECTED}) or (
+        actor == T and to == S.CANCELLED
+    )
 
 
 def legal(status: Status, resume: Status | None, to: Status, actor: str) -> bool:

@@ -6,7 +6,8 @@ refusals, replayed answers) is recorded here in a small transaction of its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from auth.audit import Action, AuditRecord, Outcome
 from auth.identity import Caller
@@ -14,7 +15,9 @@ from auth.scopes import Scope
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.clock import Clock
 from gateway.store import audit
-from gateway.store.db import Database
+from gateway.store.db import Database, Tx
+
+T = TypeVar("T")
 
 _ACTIONS = {
     "c": Action.CREATE,
@@ -78,6 +81,35 @@ def record_lookup(
         clock=clock,
         reason=reason,
     )
+
+
+def audited_lookup(
+    db: Database,
+    find: Callable[[Tx], T | None],
+    *,
+    caller: Caller,
+    resource_type: str,
+    resource_id: str,
+    request_id: str,
+    clock: Clock,
+    missing: Callable[[], OperationOutcomeError],
+) -> T:
+    """Read one thing as the caller may see it, audit the read, and answer `missing()` when it is not there
+    (for this caller: another organisation's answers exactly as a missing one)."""
+    with db.snapshot() as tx:
+        found = find(tx)
+    record_lookup(
+        db,
+        caller=caller,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        found=found is not None,
+        request_id=request_id,
+        clock=clock,
+    )
+    if found is None:
+        raise missing()
+    return found
 
 
 def missing_scope_error(missing: Sequence[str]) -> OperationOutcomeError:

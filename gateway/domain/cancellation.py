@@ -153,22 +153,36 @@ def _never_sent(tx: Tx, prescription_id: str, views: list[ItemView]) -> bool:
     )
 
 
+def _move_items(
+    ctx: Context,
+    tx: Tx,
+    located: list[tuple[ItemView, dict[str, Any]]],
+    to: Status,
+    *,
+    caller_ods: str,
+    now: datetime,
+) -> None:
+    """The trust's move of each named item (those already there stay as they are)."""
+    for view, reason in located:
+        if Status(view.status) is not to:
+            change_status(
+                tx,
+                view,
+                to,
+                source=trust_source(caller_ods),
+                occurred_at=now,
+                detail=reason,
+                now=now,
+                listener=ctx.listener,
+                expression="Bundle.entry",
+            )
+
+
 def _cancel_unsent(
     ctx: Context, tx: Tx, located: list[tuple[ItemView, dict[str, Any]]], *, caller_ods: str, now: datetime
 ) -> IntakeAnswer:
     outbox.withdraw_order(tx, located[0][0].prescription_id, now=now)
-    for view, reason in located:
-        change_status(
-            tx,
-            view,
-            Status.CANCELLED,
-            source=trust_source(caller_ods),
-            occurred_at=now,
-            detail=reason,
-            now=now,
-            listener=ctx.listener,
-            expression="Bundle.entry",
-        )
+    _move_items(ctx, tx, located, Status.CANCELLED, caller_ods=caller_ods, now=now)
     return informational(200, "Cancelled: the provider had not yet received the order")
 
 
@@ -181,19 +195,7 @@ def _ask_the_provider(
     message_id: str,
     now: datetime,
 ) -> IntakeAnswer:
-    for view, reason in located:
-        if Status(view.status) is not Status.CANCEL_REQUESTED:
-            change_status(
-                tx,
-                view,
-                Status.CANCEL_REQUESTED,
-                source=trust_source(caller_ods),
-                occurred_at=now,
-                detail=reason,
-                now=now,
-                listener=ctx.listener,
-                expression="Bundle.entry",
-            )
+    _move_items(ctx, tx, located, Status.CANCEL_REQUESTED, caller_ods=caller_ods, now=now)
     first = located[0][0]
     outbox.enqueue(
         tx,

@@ -183,19 +183,16 @@ def _render(dispense: Dispense) -> dict[str, Any]:
 
 
 def read_dispense(ctx: Context, *, caller: Caller, dispense_id: str, request_id: str) -> dict[str, Any]:
-    with ctx.db.snapshot() as tx:
-        found = dispenses.find_dispense(tx, dispense_id, caller=caller)
-    access.record_lookup(
+    found = access.audited_lookup(
         ctx.db,
+        lambda tx: dispenses.find_dispense(tx, dispense_id, caller=caller),
         caller=caller,
         resource_type="MedicationDispense",
         resource_id=dispense_id,
-        found=found is not None,
         request_id=request_id,
         clock=ctx.clock,
+        missing=lambda: not_found("MedicationDispense"),
     )
-    if found is None:
-        raise not_found("MedicationDispense")
     return _render(found)
 
 

@@ -32,19 +32,16 @@ def item_not_found() -> OperationOutcomeError:
 
 def read_medication_request(ctx: Context, *, item_id: str, caller: Caller, request_id: str) -> dict[str, Any]:
     """One line item as the trust sent it, with the gateway's id and when it last changed."""
-    with ctx.db.snapshot() as tx:
-        item = prescriptions.stored_item(tx, item_id, caller=caller)
-    access.record_lookup(
+    item = access.audited_lookup(
         ctx.db,
+        lambda tx: prescriptions.stored_item(tx, item_id, caller=caller),
         caller=caller,
         resource_type="MedicationRequest",
         resource_id=item_id,
-        found=item is not None,
         request_id=request_id,
         clock=ctx.clock,
+        missing=lambda: not_found("MedicationRequest"),
     )
-    if item is None:
-        raise not_found("MedicationRequest")
     resource: dict[str, Any] = orjson.loads(item.resource)
     resource["id"] = item.item_id
     resource["meta"] = {"lastUpdated": item.updated_at.isoformat()}
@@ -55,17 +52,13 @@ def read_medication_request(ctx: Context, *, item_id: str, caller: Caller, reque
 
 def read_bundle(ctx: Context, *, message_id: str, caller: Caller, request_id: str) -> bytes:
     """The prescription message exactly as received."""
-    with ctx.db.snapshot() as tx:
-        body = messages.prescription_body(tx, message_id, caller=caller)
-    access.record_lookup(
+    return access.audited_lookup(
         ctx.db,
+        lambda tx: messages.prescription_body(tx, message_id, caller=caller),
         caller=caller,
         resource_type="Bundle",
         resource_id=message_id,
-        found=body is not None,
         request_id=request_id,
         clock=ctx.clock,
+        missing=lambda: not_found("Bundle"),
     )
-    if body is None:
-        raise not_found("Bundle")
-    return body

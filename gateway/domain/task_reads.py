@@ -19,6 +19,7 @@ from gateway.domain.reads import item_not_found
 from gateway.domain.status import Status, Verdict, business_status, task_status
 from gateway.domain.tasks import VERDICT_URL, fhir_instant, render_task
 from gateway.store import events, items
+from gateway.store.db import Tx
 from gateway.store.events import TimelineEvent
 from gateway.store.items import ItemKey, ItemView, Page, TaskFilter
 
@@ -27,12 +28,22 @@ MAX_COUNT = 200
 
 
 def read_task(ctx: Context, *, caller: Caller, item_id: str, request_id: str) -> dict[str, Any]:
-    with ctx.db.snapshot() as tx:
+    def find(tx: Tx) -> tuple[ItemView, dict[str, Any] | None] | None:
         view = items.find(tx, ItemKey.by_id(item_id), caller=caller)
-        detail = events.latest_detail(tx, item_id, verdict=Verdict.APPLIED.value) if view else None
-    _audit_lookup(ctx, caller, item_id, found=view is not None, request_id=request_id)
-    if view is None:
-        raise item_not_found()
+        return (
+            None if view is None else (view, events.latest_detail(tx, item_id, verdict=Verdict.APPLIED.value))
+        )
+
+    view, detail = access.audited_lookup(
+        ctx.db,
+        find,
+        caller=caller,
+        resource_type="Task",
+        resource_id=item_id,
+        request_id=request_id,
+        clock=ctx.clock,
+        missing=item_not_found,
+    )
     return render_task(view, detail=detail)
 
 

@@ -132,7 +132,7 @@ class ProviderDirectory:
             with self._lock:
                 with self._db.read() as session:
                     rows = session.execute(select(col(Provider.ods_code), col(Provider.enabled))).all()
-                self._entries = {ods: ProviderEntry(ods, bool(enabled)) for ods, enabled in rows}
+                self._entries = {row.ods_code: ProviderEntry(row.ods_code, bool(row.enabled)) for row in rows}
                 self._loaded_at = time.monotonic()
         finally:
             self._refreshing.clear()
