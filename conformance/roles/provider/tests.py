@@ -1,0 +1,1 @@
+"""Provider role tests (registered on import)."""

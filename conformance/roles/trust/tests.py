@@ -1,0 +1,1 @@
+"""Trust role tests (registered on import)."""
