@@ -13,7 +13,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -35,12 +34,16 @@ errors = Console(stderr=True, highlight=False)
 COLOURS = {Outcome.PASS: "green", Outcome.FAIL: "red", Outcome.ERROR: "magenta", Outcome.SKIP: "yellow"}
 
 
+class UsageProblem(Exception):
+    """The command line asks for something that cannot be done (exit 3)."""
+
+
 class CannotRun(Exception):
     """The suite cannot run; the message is the one line the operator sees."""
 
 
 def _cannot_run(message: str) -> typer.Exit:
-    errors.print(f"homecare-conformance: cannot run: {message}")
+    sys.stderr.write(f"homecare-conformance: cannot run: {message}\n")  # one line, never wrapped
     return typer.Exit(EXIT_CANNOT_RUN)
 
 
@@ -67,7 +70,7 @@ def list_tests(
 
 def _config_with_overrides(config: SuiteConfig, client_id: str | None, key: Path | None) -> SuiteConfig:
     if (client_id is None) != (key is None):
-        raise click.UsageError("--client-id and --key go together")
+        raise UsageProblem("--client-id and --key go together")
     if client_id is None or key is None:
         return config
     from conformance.assertions import SigningIdentity
@@ -119,7 +122,7 @@ def run(
     try:
         tests = select_tests(role, only or ())
     except KeyError as exc:
-        raise click.UsageError(str(exc.args[0]), ctx=click.get_current_context()) from exc
+        raise UsageProblem(str(exc.args[0])) from exc
     try:
         suite_config = _config_with_overrides(load_config(config), client_id, key)
         waiver_reasons = load_waivers(waivers)
@@ -156,7 +159,7 @@ def init_gateway(
     try:
         parse_listen(provider_listen)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise UsageProblem(str(exc)) from exc
     path = write_gateway_config(folder, provider_listen)
     console.print(f"configuration: {path}")
     commands = registration_commands(folder, provider_listen)
@@ -172,16 +175,26 @@ def init_gateway(
         raise _cannot_run(str(exc)) from None
 
 
+def _is_usage_error(exc: BaseException) -> bool:
+    # Typer bundles its own copy of click in some versions: recognise click's UsageError by name.
+    return any(cls.__name__ == "UsageError" for cls in type(exc).__mro__) and hasattr(exc, "show")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     load_all_tests()
     command = typer.main.get_command(app)
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        code = command.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="homecare-conformance",
-                            standalone_mode=False)  # fmt: skip
-    except click.UsageError as exc:
-        exc.show()
+        code = command.main(args=args, prog_name="homecare-conformance", standalone_mode=False)
+    except UsageProblem as exc:
+        errors.print(f"homecare-conformance: usage: {exc}")
         raise SystemExit(EXIT_USAGE) from None
-    except click.Abort:
+    except typer.Abort:
         errors.print("aborted")
         raise SystemExit(EXIT_CANNOT_RUN) from None
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        exc.show()  # type: ignore[attr-defined]
+        raise SystemExit(EXIT_USAGE) from None
     raise SystemExit(code if isinstance(code, int) else EXIT_PASSED)

@@ -20,6 +20,7 @@ from conformance.model import Evidence, Exchange
 
 BODY_LIMIT = 6000
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
 _SECRET_FIELDS = {"client_assertion", "access_token", "client_secret", "refresh_token", "id_token"}
 _SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
 
@@ -36,7 +37,7 @@ def _jwt_summary(match: re.Match[str]) -> str:
 
 def redact_text(text: str) -> str:
     """Tokens and assertions are credentials: evidence keeps only their algorithm."""
-    return _JWT.sub(_jwt_summary, text)
+    return _BEARER.sub(r"\1[redacted]", _JWT.sub(_jwt_summary, text))
 
 
 def redact_headers(headers: httpx.Headers | dict[str, str]) -> dict[str, str]:
