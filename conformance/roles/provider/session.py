@@ -155,9 +155,12 @@ class ProviderSession:
             request["groupIdentifier"]["value"] = wrong_check_character(broken.short_form_id)
         self._send("invalid", broken)
         self._send("unknown-cancellation", self.builder.cancellation(self.builder.order(ods)))
-        self._wait_for_reports(first.message.item_ids + cancelled.message.item_ids)
+        taken = [sent for sent in (first, cancelled) if sent.acknowledgement.accepted]
+        self._wait_for_reports([item for sent in taken for item in sent.message.item_ids])
 
     def _wait_for_reports(self, items: list[str]) -> None:
+        if not items:
+            return  # nothing was taken, so nothing will be reported
         self.say(f"Waiting up to {self.config.wait_seconds:.0f} s for status reports...")
         deadline = time.monotonic() + self.config.wait_seconds
         while time.monotonic() < deadline:
