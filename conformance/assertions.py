@@ -65,7 +65,9 @@ class SigningIdentity:
     algorithm: str
 
     @classmethod
-    def from_file(cls, client_id: str, path: Path, kid: str | None = None, alg: str | None = None) -> SigningIdentity:
+    def from_file(
+        cls, client_id: str, path: Path, kid: str | None = None, alg: str | None = None
+    ) -> SigningIdentity:
         key = load_signing_key(path)
         return cls(client_id, key, kid or key.thumbprint(), alg or default_algorithm(key))
 
@@ -80,7 +82,9 @@ class SigningIdentity:
             "jti": str(uuid.uuid4()),
         }
 
-    def sign(self, claims: dict[str, Any], *, kid: str | None = None, key: RSAKey | ECKey | None = None) -> str:
+    def sign(
+        self, claims: dict[str, Any], *, kid: str | None = None, key: RSAKey | ECKey | None = None
+    ) -> str:
         header = {"alg": self.algorithm, "kid": kid or self.kid, "typ": "JWT"}
         return jwt.encode(header, claims, key or self.key, algorithms=[self.algorithm])
 

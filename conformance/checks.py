@@ -13,12 +13,38 @@ from conformance.model import Failed
 ISSUE_SEVERITIES = {"fatal", "error", "warning", "information"}
 # FHIR R4 IssueType (http://hl7.org/fhir/issue-type), the required value set of issue.code.
 ISSUE_TYPES = {
-    "invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
-    "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches", "not-found",
-    "deleted", "too-long", "code-invalid", "extension", "too-costly", "business-rule", "conflict",
-    "transient", "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled",
+    "invalid",
+    "structure",
+    "required",
+    "value",
+    "invariant",
+    "security",
+    "login",
+    "unknown",
+    "expired",
+    "forbidden",
+    "suppressed",
+    "processing",
+    "not-supported",
+    "duplicate",
+    "multiple-matches",
+    "not-found",
+    "deleted",
+    "too-long",
+    "code-invalid",
+    "extension",
+    "too-costly",
+    "business-rule",
+    "conflict",
+    "transient",
+    "lock-error",
+    "no-store",
+    "exception",
+    "timeout",
+    "incomplete",
+    "throttled",
     "informational",
-}  # fmt: skip
+}
 
 
 def expect(condition: bool, message: str) -> None:
@@ -84,13 +110,17 @@ def expect_refusal(
     codes = {code} if isinstance(code, str) else code
     issues = issues_of(response)
     matching = [i for i in issues if i.get("code") in codes and i.get("severity") in ("error", "fatal")]
-    expect(matching != [], f"no error issue with code {' or '.join(sorted(codes))}; issues: {_summary(issues)}")
+    expect(
+        matching != [], f"no error issue with code {' or '.join(sorted(codes))}; issues: {_summary(issues)}"
+    )
     if expression is None:
         return matching[0]
     for issue in matching:
         if any(_expression_matches(expression, e) for e in issue.get("expression", [])):
             return issue
-    raise Failed(f"no {'/'.join(sorted(codes))} issue names expression {expression!r}; issues: {_summary(issues)}")
+    raise Failed(
+        f"no {'/'.join(sorted(codes))} issue names expression {expression!r}; issues: {_summary(issues)}"
+    )
 
 
 def _expression_matches(wanted: str, actual: str) -> bool:

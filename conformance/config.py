@@ -115,7 +115,9 @@ def _gateway(section: dict[str, Any], base: Path) -> GatewayConfig:
         raise ConfigError("[gateway.clients] must be a table of clients")
     unknown = set(clients) - {"trust_a", "trust_b", "provider", "provider_b"}
     if unknown:
-        raise ConfigError(f"[gateway.clients]: unknown client {sorted(unknown)[0]!r} (trust_a, trust_b, provider, provider_b)")
+        raise ConfigError(
+            f"[gateway.clients]: unknown client {sorted(unknown)[0]!r} (trust_a, trust_b, provider, provider_b)"
+        )
     loaded = {name: load_client(name, value, base) for name, value in clients.items()}
     listen = _string(section, "provider_listen", "[gateway]")
     return GatewayConfig(
@@ -195,7 +197,7 @@ def load_waivers(path: Path | None) -> dict[str, str]:
         raise ConfigError(f"waivers {path} is not valid TOML: {exc}") from exc
     waivers = document.get("waivers")
     if not isinstance(waivers, dict):
-        raise ConfigError(f"waivers {path}: expected a [waivers] table of TEST-ID = \"reason\"")
+        raise ConfigError(f'waivers {path}: expected a [waivers] table of TEST-ID = "reason"')
     for test_id, reason in waivers.items():
         if not isinstance(reason, str) or not reason.strip():
             raise ConfigError(f"waivers {path}: {test_id} needs a reason (a non-empty string)")

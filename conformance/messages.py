@@ -147,9 +147,7 @@ class MessageBuilder:
         cancel.header()["focus"] = [f for f in cancel.header()["focus"] if f["reference"] in kept_urls]
         for request in cancel.entries("MedicationRequest"):
             request["status"] = "cancelled"
-            request["statusReason"] = {
-                "coding": [_coding(STATUS_REASON_SYSTEM, "0001", "Prescribing Error")]
-            }
+            request["statusReason"] = {"coding": [_coding(STATUS_REASON_SYSTEM, "0001", "Prescribing Error")]}
         cancel.item_ids = [item for n, item in enumerate(order.item_ids) if n in keep]
         return cancel
 
@@ -165,7 +163,9 @@ class MessageBuilder:
                 "identifier": {"system": ODS_SYSTEM, "value": self.sender_ods},
                 "display": "Conformance Test Trust",
             },
-            "source": {"endpoint": f"https://directory.spineservices.nhs.uk/STU3/Organization/{self.sender_ods}"},
+            "source": {
+                "endpoint": f"https://directory.spineservices.nhs.uk/STU3/Organization/{self.sender_ods}"
+            },
             "focus": [{"reference": url} for url in [patient_url, *request_urls]],
         }
 

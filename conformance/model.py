@@ -17,17 +17,17 @@ class Role(enum.StrEnum):
 
 
 class Outcome(enum.StrEnum):
-    PASS = "pass"
+    PASS = "pass"  # noqa: S105 (an outcome, not a password)
     FAIL = "fail"
     SKIP = "skip"
     ERROR = "error"
 
 
-class Failed(Exception):
+class Failed(Exception):  # noqa: N818 (a test outcome, named as the report names it)
     """The system under test broke the requirement."""
 
 
-class Skipped(Exception):
+class Skipped(Exception):  # noqa: N818 (a test outcome)
     """The test could not be run against this target (the reason says why)."""
 
 

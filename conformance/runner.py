@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from conformance.model import REGISTRY, Evidence, Failed, Outcome, Role, Skipped, TestDefinition, TestResult
-from conformance.wire import TargetUnreachable
+from conformance.wire import TargetUnreachableError
 
 
 class RoleRun(Protocol):
@@ -70,9 +70,9 @@ def run_one(test: TestDefinition, state: RoleRun, waiver: str | None) -> TestRes
         outcome, message = Outcome.FAIL, str(exc)
     except Skipped as exc:
         outcome, message = Outcome.SKIP, str(exc)
-    except TargetUnreachable as exc:
+    except TargetUnreachableError as exc:
         outcome, message = Outcome.ERROR, f"the system under test did not answer: {exc}"
-    except Exception as exc:  # the suite's own fault: reported as an error, never hidden
+    except Exception as exc:  # noqa: BLE001 (the suite's own fault: reported as an error, never hidden)
         outcome, message = Outcome.ERROR, f"{type(exc).__name__}: {exc}"
         evidence.note("".join(traceback.format_exception(exc)[-3:]))
     return TestResult(test, outcome, message, evidence, time.perf_counter() - started, waiver)

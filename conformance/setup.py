@@ -16,7 +16,10 @@ from pathlib import Path
 
 from joserfc.jwk import ECKey
 
-TRUST_SCOPES = "system/MedicationRequest.c system/MedicationRequest.u system/MedicationRequest.rs system/Task.rs system/Subscription.crud"
+TRUST_SCOPES = (
+    "system/MedicationRequest.c system/MedicationRequest.u system/MedicationRequest.rs "
+    "system/Task.rs system/Subscription.crud"
+)
 PROVIDER_SCOPES = "system/MedicationRequest.rs system/MedicationDispense.c system/Task.rs system/Task.cu"
 
 
@@ -54,7 +57,9 @@ def write_key_pair(stem: Path) -> None:
     stem.with_suffix(".jwks.json").write_text(json.dumps({"keys": [public]}, indent=2), encoding="utf-8")
 
 
-def write_gateway_config(folder: Path, provider_listen: str, clients: tuple[ClientSpec, ...] = DEFAULT_CLIENTS) -> Path:
+def write_gateway_config(
+    folder: Path, provider_listen: str, clients: tuple[ClientSpec, ...] = DEFAULT_CLIENTS
+) -> Path:
     """Key pairs for every client and `conformance.toml` naming them; returns the configuration's path."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -79,21 +84,46 @@ def write_gateway_config(folder: Path, provider_listen: str, clients: tuple[Clie
     return path
 
 
-def registration_commands(folder: Path, provider_listen: str, clients: tuple[ClientSpec, ...] = DEFAULT_CLIENTS) -> list[list[str]]:
+def registration_commands(
+    folder: Path, provider_listen: str, clients: tuple[ClientSpec, ...] = DEFAULT_CLIENTS
+) -> list[list[str]]:
     """The `homecare-gateway` commands that register the suite's providers and clients."""
     commands = []
     for spec in clients:
         if spec.role == "provider":
             commands.append(
-                ["homecare-gateway", "providers", "add", "--ods", spec.ods, "--name", f"Conformance suite {spec.ods}",
-                 "--adapter", "fhir-rest", "--base-url", f"http://{provider_listen}/fhir"]
-            )  # fmt: skip
+                [
+                    "homecare-gateway",
+                    "providers",
+                    "add",
+                    "--ods",
+                    spec.ods,
+                    "--name",
+                    f"Conformance suite {spec.ods}",
+                    "--adapter",
+                    "fhir-rest",
+                    "--base-url",
+                    f"http://{provider_listen}/fhir",
+                ]
+            )
     for spec in clients:
         commands.append(
-            ["homecare-gateway", "clients", "add", "--client-id", spec.client_id, "--role", spec.role,
-             "--ods", spec.ods, "--jwks", str(spec.key_stem(folder).with_suffix(".jwks.json")),
-             "--scopes", spec.scopes]
-        )  # fmt: skip
+            [
+                "homecare-gateway",
+                "clients",
+                "add",
+                "--client-id",
+                spec.client_id,
+                "--role",
+                spec.role,
+                "--ods",
+                spec.ods,
+                "--jwks",
+                str(spec.key_stem(folder).with_suffix(".jwks.json")),
+                "--scopes",
+                spec.scopes,
+            ]
+        )
     return commands
 
 
@@ -111,7 +141,16 @@ def run_registration(commands: list[list[str]], gateway_command: str) -> list[st
         elif "already" in (done.stdout + done.stderr).lower():
             report.append(f"kept: {shlex.join(command[:3])} {command[4]} (already registered)")
             if command[1] == "providers":
-                update = [gateway_command, "providers", "update", "--ods", command[4], "--base-url", command[-1], "--enable"]
+                update = [
+                    gateway_command,
+                    "providers",
+                    "update",
+                    "--ods",
+                    command[4],
+                    "--base-url",
+                    command[-1],
+                    "--enable",
+                ]
                 subprocess.run(update, capture_output=True, text=True, check=False)  # noqa: S603
         else:
             raise RuntimeError(f"{shlex.join(argv)} failed: {last}")

@@ -61,7 +61,9 @@ def redact_body(body: bytes, content_type: str) -> str:
         try:
             document = json.loads(text)
             if isinstance(document, dict):
-                text = json.dumps({k: "[redacted]" if k in _SECRET_FIELDS else v for k, v in document.items()})
+                text = json.dumps(
+                    {k: "[redacted]" if k in _SECRET_FIELDS else v for k, v in document.items()}
+                )
         except ValueError:
             pass  # not JSON after all: the JWT pattern below still applies
     text = redact_text(text)
@@ -70,7 +72,7 @@ def redact_body(body: bytes, content_type: str) -> str:
     return text
 
 
-class TargetUnreachable(Exception):
+class TargetUnreachableError(Exception):
     """The system under test did not answer at all."""
 
 
@@ -89,7 +91,7 @@ class RecordingClient:
         except httpx.TransportError as exc:
             request = self._http.build_request(method, url, **kwargs)
             self._record(request, None, f"{type(exc).__name__}: {exc}")
-            raise TargetUnreachable(f"{method} {request.url}: {type(exc).__name__}: {exc}") from exc
+            raise TargetUnreachableError(f"{method} {request.url}: {type(exc).__name__}: {exc}") from exc
         self._record(response.request, response, None)
         self.seen.append(response)
         return response
@@ -140,7 +142,9 @@ class Answer:
     headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def json(cls, status: int, document: Any, content_type: str = "application/fhir+json", **headers: str) -> Answer:
+    def json(
+        cls, status: int, document: Any, content_type: str = "application/fhir+json", **headers: str
+    ) -> Answer:
         extra = tuple((name.replace("_", "-"), value) for name, value in headers.items())
         return cls(status, json.dumps(document).encode(), content_type, extra)
 
@@ -188,13 +192,15 @@ class LocalEndpoint:
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve  # noqa: N815
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return  # quiet: the suite reports what it saw as evidence instead
 
         self.handler = handler
         self._server = ThreadingHTTPServer((host, port), _RequestHandler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="conformance-endpoint", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="conformance-endpoint", daemon=True
+        )
 
     @property
     def url(self) -> str:

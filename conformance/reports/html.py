@@ -25,7 +25,8 @@ th{background:#e8edee;font-weight:600}
 details{background:#fff;margin:6px 0;border-left:4px solid #aeb7bd;padding:6px 12px}
 details.fail,details.error{border-color:#d5281b}details.pass{border-color:#007f3b}
 summary{cursor:pointer}code,pre{font:12px/1.4 ui-monospace,Menlo,Consolas,monospace}
-pre{white-space:pre-wrap;word-break:break-all;background:#f7f9fa;padding:8px;margin:4px 0;max-height:340px;overflow:auto}
+pre{white-space:pre-wrap;word-break:break-all;background:#f7f9fa;padding:8px;margin:4px 0;
+max-height:340px;overflow:auto}
 .req{color:#4c6272;font-size:13px}.msg{color:#d5281b;margin:4px 0}
 """
 

@@ -16,7 +16,9 @@ SCHEMA_ID = "https://homecare-gateway.nhs.uk/conformance/report-1.schema.json"
 
 
 def report_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads(resources.files("conformance.reports").joinpath("report.schema.json").read_text("utf-8"))
+    schema: dict[str, Any] = json.loads(
+        resources.files("conformance.reports").joinpath("report.schema.json").read_text("utf-8")
+    )
     return schema
 
 

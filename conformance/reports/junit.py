@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET  # noqa: S405 (writing XML, not parsing untrusted input)
+import xml.etree.ElementTree as ET
 
 from conformance.model import Outcome
 from conformance.runner import RunResult
@@ -17,7 +17,13 @@ def render_junit(run: RunResult) -> str:
         tests=str(len(run.results)),
         failures=str(sum(1 for r in run.results if r.outcome is Outcome.FAIL and r.blocking)),
         errors=str(sum(1 for r in run.results if r.outcome is Outcome.ERROR and r.blocking)),
-        skipped=str(sum(1 for r in run.results if r.outcome is Outcome.SKIP or (r.outcome is not Outcome.PASS and not r.blocking))),
+        skipped=str(
+            sum(
+                1
+                for r in run.results
+                if r.outcome is Outcome.SKIP or (r.outcome is not Outcome.PASS and not r.blocking)
+            )
+        ),
         timestamp=run.started.isoformat(),
         time=f"{(run.finished - run.started).total_seconds():.3f}",
     )
@@ -45,7 +51,10 @@ def render_junit(run: RunResult) -> str:
             element = ET.SubElement(case, tag, message=result.message, type=definition.id)
             element.text = f"{definition.requirement}\n{result.message}"
         ET.SubElement(case, "system-out").text = "\n".join(
-            [*result.evidence.notes, *(f"{e.method} {e.url} -> {e.status}" for e in result.evidence.exchanges)]
+            [
+                *result.evidence.notes,
+                *(f"{e.method} {e.url} -> {e.status}" for e in result.evidence.exchanges),
+            ]
         )
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

@@ -36,7 +36,14 @@ def register_suite_clients(database: Database, folder: Path, provider_listen: st
         for spec in DEFAULT_CLIENTS:
             if spec.role == "provider":
                 settings = {"base_url": f"http://{provider_listen}/fhir", "timeout_seconds": 5.0}
-                add_provider(session, ods_code=spec.ods, name=spec.client_id, adapter="fhir-rest", settings=settings, now=now)
+                add_provider(
+                    session,
+                    ods_code=spec.ods,
+                    name=spec.client_id,
+                    adapter="fhir-rest",
+                    settings=settings,
+                    now=now,
+                )
         for spec in DEFAULT_CLIENTS:
             jwks = json.loads(spec.key_stem(folder).with_suffix(".jwks.json").read_text(encoding="utf-8"))
             add_client(

@@ -37,13 +37,20 @@ class ScriptedTrust:
 
     def _token(self, http: httpx.Client, token_url: str, jti: str | None) -> str:
         assertion = sign_assertion(
-            key=self.key, kid=self.kid, client_id=self.client_id, token_url=token_url, now=int(time.time()), jti=jti
+            key=self.key,
+            kid=self.kid,
+            client_id=self.client_id,
+            token_url=token_url,
+            now=int(time.time()),
+            jti=jti,
         )
         response = request_access_token(http, token_url=token_url, assertion=assertion)
         response.raise_for_status()
         return str(response.json()["access_token"])
 
-    def _send(self, http: httpx.Client, token: str, body: bytes, retry_body: bytes | None = None) -> httpx.Response:
+    def _send(
+        self, http: httpx.Client, token: str, body: bytes, retry_body: bytes | None = None
+    ) -> httpx.Response:
         headers = {**FHIR, "Authorization": f"Bearer {token}"}
         response = http.post("/fhir/$process-message", content=body, headers=headers)
         if response.status_code == 503:
@@ -62,10 +69,16 @@ class ScriptedTrust:
                 for entry in first["entry"]:
                     if entry["resource"]["resourceType"] == "MedicationRequest":
                         value = entry["resource"]["groupIdentifier"]["value"]
-                        entry["resource"]["groupIdentifier"]["value"] = value[:-1] + ("A" if value[-1] != "A" else "B")
+                        entry["resource"]["groupIdentifier"]["value"] = value[:-1] + (
+                            "A" if value[-1] != "A" else "B"
+                        )
             self._send(http, token, orjson.dumps(first))
             second = self.builder.build(items=3)
-            retry = orjson.dumps({**second, "meta": {"tag": [{"code": "retry"}]}}) if self.mistakes.change_bytes_on_retry else None
+            retry = (
+                orjson.dumps({**second, "meta": {"tag": [{"code": "retry"}]}})
+                if self.mistakes.change_bytes_on_retry
+                else None
+            )
             token = self._token(http, token_url, jti)
             self._send(http, token, orjson.dumps(second), retry)
             cancel = build_cancellation(second if self.mistakes.cancel_another_prescription else first)

@@ -18,9 +18,20 @@ def test_list_prints_every_test(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("list", "--json") == 0
     listed = json.loads(capsys.readouterr().out)
     ids = {row["id"] for row in listed}
-    assert {"AUTH-03", "INTAKE-01", "TENANCY-02", "STATUS-04", "CANCEL-01", "SUB-02", "OO-01", "PHI-01"} <= ids
+    assert {
+        "AUTH-03",
+        "INTAKE-01",
+        "TENANCY-02",
+        "STATUS-04",
+        "CANCEL-01",
+        "SUB-02",
+        "OO-01",
+        "PHI-01",
+    } <= ids
     assert {"TRUST-RETRY-01", "PROV-ACK-01"} <= ids
-    assert all(row["requirement"]["source"] and row["role"] in ("gateway", "trust", "provider") for row in listed)
+    assert all(
+        row["requirement"]["source"] and row["role"] in ("gateway", "trust", "provider") for row in listed
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,11 +48,23 @@ def test_usage_errors_exit_3(argv: list[str], tmp_path: Path) -> None:
     assert run_cli(*argv, *(["--report-dir", str(tmp_path)] if argv[0] == "run" else [])) == EXIT_USAGE
 
 
-def test_an_unreachable_target_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = run_cli("run", "--target", f"http://127.0.0.1:{free_port()}", "--role", "gateway", "--report-dir", str(tmp_path))
+def test_an_unreachable_target_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_cli(
+        "run",
+        "--target",
+        f"http://127.0.0.1:{free_port()}",
+        "--role",
+        "gateway",
+        "--report-dir",
+        str(tmp_path),
+    )
     assert code == EXIT_CANNOT_RUN
     said = capsys.readouterr().err.strip().splitlines()
-    assert len(said) == 1 and said[0].startswith("homecare-conformance: cannot run: the target does not answer")
+    assert len(said) == 1 and said[0].startswith(
+        "homecare-conformance: cannot run: the target does not answer"
+    )
     assert not (tmp_path / "conformance-gateway.json").exists()
 
 
@@ -49,7 +72,10 @@ def test_an_unreachable_target_exits_2_with_one_line(tmp_path: Path, capsys: pyt
     ("config_text", "complaint"),
     [
         ("[gateway\n", "not valid TOML"),
-        ('[gateway.clients.trust_a]\nclient_id = "a"\nods = "RCF"\nkey = "missing.pem"\n', "cannot read key file"),
+        (
+            '[gateway.clients.trust_a]\nclient_id = "a"\nods = "RCF"\nkey = "missing.pem"\n',
+            "cannot read key file",
+        ),
         ('[gateway.clients.trust_a]\nclient_id = "a"\nods = "rcf"\nkey = "k.pem"\n', "is not an ODS code"),
         ("[elsewhere]\n", "unknown section"),
     ],
@@ -67,22 +93,47 @@ def test_bad_configuration_exits_2(
 def test_a_waiver_without_a_reason_or_for_no_test_exits_2(tmp_path: Path) -> None:
     empty = tmp_path / "empty.toml"
     empty.write_text('[waivers]\nAUTH-01 = ""\n', encoding="utf-8")
-    assert run_cli("run", "--target", "http://127.0.0.1:9", "--role", "gateway", "--waivers", str(empty)) == EXIT_CANNOT_RUN
+    assert (
+        run_cli("run", "--target", "http://127.0.0.1:9", "--role", "gateway", "--waivers", str(empty))
+        == EXIT_CANNOT_RUN
+    )
     unknown = write_waivers(tmp_path, {"AUTH-99": "no such test"})
-    assert run_cli("run", "--target", "http://127.0.0.1:9", "--role", "gateway", "--waivers", str(unknown)) == EXIT_CANNOT_RUN
+    assert (
+        run_cli("run", "--target", "http://127.0.0.1:9", "--role", "gateway", "--waivers", str(unknown))
+        == EXIT_CANNOT_RUN
+    )
 
 
 def lax_gateway(request: IncomingRequest) -> Answer:
     """A deliberately wrong gateway: it gives a token to anyone, whatever the assertion says."""
     if request.path == "/auth/token":
-        return Answer.json(200, {"access_token": "anything", "token_type": "bearer", "expires_in": 300}, "application/json")
+        return Answer.json(
+            200, {"access_token": "anything", "token_type": "bearer", "expires_in": 300}, "application/json"
+        )
     return Answer.json(200, {"resourceType": "CapabilityStatement"})
 
 
-def test_a_failing_test_exits_1_and_names_the_requirement(gateway_target: SuiteTarget, tmp_path: Path) -> None:
+def test_a_failing_test_exits_1_and_names_the_requirement(
+    gateway_target: SuiteTarget, tmp_path: Path
+) -> None:
     with LocalEndpoint(lax_gateway) as wrong:
-        code = run_cli("run", "--target", wrong.url, "--role", "gateway", "--config", str(gateway_target.config),
-                       "--report-dir", str(tmp_path), "--only", "AUTH-02", "--only", "AUTH-05", "--only", "AUTH-06")  # fmt: skip
+        code = run_cli(
+            "run",
+            "--target",
+            wrong.url,
+            "--role",
+            "gateway",
+            "--config",
+            str(gateway_target.config),
+            "--report-dir",
+            str(tmp_path),
+            "--only",
+            "AUTH-02",
+            "--only",
+            "AUTH-05",
+            "--only",
+            "AUTH-06",
+        )
     assert code == EXIT_FAILED
     report = json_report(tmp_path, "gateway")
     assert outcomes(report) == {"AUTH-02": "fail", "AUTH-05": "fail", "AUTH-06": "fail"}
@@ -94,8 +145,40 @@ def test_a_failing_test_exits_1_and_names_the_requirement(gateway_target: SuiteT
 def test_a_waived_failure_does_not_fail_the_run(gateway_target: SuiteTarget, tmp_path: Path) -> None:
     waivers = write_waivers(tmp_path, {"AUTH-02": "our token service is replaced next quarter"})
     with LocalEndpoint(lax_gateway) as wrong:
-        code = run_cli("run", "--target", wrong.url, "--role", "gateway", "--config", str(gateway_target.config),
-                       "--report-dir", str(tmp_path), "--only", "AUTH-02", "--waivers", str(waivers))  # fmt: skip
+        code = run_cli(
+            "run",
+            "--target",
+            wrong.url,
+            "--role",
+            "gateway",
+            "--config",
+            str(gateway_target.config),
+            "--report-dir",
+            str(tmp_path),
+            "--only",
+            "AUTH-02",
+            "--waivers",
+            str(waivers),
+        )
     assert code == 0
     test = json_report(tmp_path, "gateway")["tests"][0]
-    assert (test["outcome"], test["waiver"], test["blocking"]) == ("fail", "our token service is replaced next quarter", False)
+    assert (test["outcome"], test["waiver"], test["blocking"]) == (
+        "fail",
+        "our token service is replaced next quarter",
+        False,
+    )
+
+
+def test_init_gateway_writes_keys_a_configuration_and_the_operator_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conformance.config import load_config
+
+    assert run_cli("init-gateway", "--dir", str(tmp_path), "--provider-listen", "127.0.0.1:8399") == 0
+    said = capsys.readouterr().out
+    assert "homecare-gateway clients add --client-id conformance-trust-b --role trust --ods RCG" in said
+    assert "--base-url http://127.0.0.1:8399/fhir" in said
+    config = load_config(tmp_path / "conformance.toml").gateway
+    assert config.provider_listen == ("127.0.0.1", 8399)
+    assert config.trust_a is not None and config.trust_a.identity.algorithm == "ES384"
+    assert (tmp_path / "conformance-trust-a.pem").stat().st_mode & 0o077 == 0

@@ -12,8 +12,20 @@ from tests.conformance.support import KNOWN_GAPS, json_report, outcomes, run_cli
 
 def run_gateway_role(target: SuiteTarget, reports: Path, *extra: str) -> int:
     waivers = write_waivers(reports, KNOWN_GAPS)
-    return run_cli("run", "--target", target.url, "--role", "gateway", "--config", str(target.config),
-                   "--report-dir", str(reports), "--waivers", str(waivers), *extra)  # fmt: skip
+    return run_cli(
+        "run",
+        "--target",
+        target.url,
+        "--role",
+        "gateway",
+        "--config",
+        str(target.config),
+        "--report-dir",
+        str(reports),
+        "--waivers",
+        str(waivers),
+        *extra,
+    )
 
 
 def test_our_gateway_passes_every_gateway_test(gateway_target: SuiteTarget, tmp_path: Path) -> None:
@@ -30,7 +42,9 @@ def test_our_gateway_passes_every_gateway_test(gateway_target: SuiteTarget, tmp_
 def test_our_gateway_on_postgresql_passes(postgres_gateway_target: SuiteTarget, tmp_path: Path) -> None:
     code = run_gateway_role(postgres_gateway_target, tmp_path)
     report = json_report(tmp_path, "gateway")
-    failed = {t["id"]: t["message"] for t in report["tests"] if t["outcome"] != "pass" and t["id"] not in KNOWN_GAPS}
+    failed = {
+        t["id"]: t["message"] for t in report["tests"] if t["outcome"] != "pass" and t["id"] not in KNOWN_GAPS
+    }
     assert failed == {}
     assert code == 0
 
@@ -49,8 +63,21 @@ def test_without_a_second_trust_the_tenancy_tests_skip_and_say_why(
     end = config.index("[gateway.clients.provider]")
     lean = gateway_target.config.parent / "lean.toml"
     lean.write_text(config[:start] + config[end:], encoding="utf-8")
-    code = run_cli("run", "--target", gateway_target.url, "--role", "gateway", "--config", str(lean),
-                   "--report-dir", str(tmp_path), "--only", "TENANCY-01", "--only", "AUTH-01")  # fmt: skip
+    code = run_cli(
+        "run",
+        "--target",
+        gateway_target.url,
+        "--role",
+        "gateway",
+        "--config",
+        str(lean),
+        "--report-dir",
+        str(tmp_path),
+        "--only",
+        "TENANCY-01",
+        "--only",
+        "AUTH-01",
+    )
     report = json_report(tmp_path, "gateway")
     assert code == 0
     assert report["verdict"] == "incomplete"

@@ -13,7 +13,9 @@ from tests.support import free_port
 STATUS_TOKEN = "conformance-status-token"
 
 
-def run_provider_role(tmp_path: Path, **simulator_settings: Any) -> tuple[int, dict[str, str], dict[str, str]]:
+def run_provider_role(
+    tmp_path: Path, **simulator_settings: Any
+) -> tuple[int, dict[str, str], dict[str, str]]:
     listen = f"127.0.0.1:{free_port()}"
     config = tmp_path / "conformance.toml"
     config.write_text(
@@ -21,11 +23,26 @@ def run_provider_role(tmp_path: Path, **simulator_settings: Any) -> tuple[int, d
         encoding="utf-8",
     )
     with SimulatorServer(
-        "VNCEL", seed=3, status_url=f"http://{listen}/fhir/Task", status_token=STATUS_TOKEN,
-        step_delay_seconds=0.02, **simulator_settings,
-    ) as provider:  # fmt: skip
-        code = run_cli("run", "--target", provider.base_url, "--role", "provider", "--config", str(config),
-                       "--listen", listen, "--report-dir", str(tmp_path))  # fmt: skip
+        "VNCEL",
+        seed=3,
+        status_url=f"http://{listen}/fhir/Task",
+        status_token=STATUS_TOKEN,
+        step_delay_seconds=0.02,
+        **simulator_settings,
+    ) as provider:
+        code = run_cli(
+            "run",
+            "--target",
+            provider.base_url,
+            "--role",
+            "provider",
+            "--config",
+            str(config),
+            "--listen",
+            listen,
+            "--report-dir",
+            str(tmp_path),
+        )
     report = json_report(tmp_path, "provider")
     return code, outcomes(report), {t["id"]: t["message"] for t in report["tests"]}
 
@@ -46,9 +63,30 @@ def test_a_provider_that_is_down_fails_the_acknowledgement_test(tmp_path: Path) 
 def test_a_provider_that_reports_without_the_token_fails(tmp_path: Path) -> None:
     listen = f"127.0.0.1:{free_port()}"
     config = tmp_path / "conformance.toml"
-    config.write_text(f'[provider]\nods = "VNCEL"\nstatus_token = "{STATUS_TOKEN}"\nwait_seconds = 3\n', encoding="utf-8")
-    with SimulatorServer("VNCEL", seed=3, status_url=f"http://{listen}/fhir/Task", status_token="wrong", step_delay_seconds=0.02) as provider:
-        code = run_cli("run", "--target", provider.base_url, "--role", "provider", "--config", str(config),
-                       "--listen", listen, "--report-dir", str(tmp_path), "--only", "PROV-STATUS-01")  # fmt: skip
+    config.write_text(
+        f'[provider]\nods = "VNCEL"\nstatus_token = "{STATUS_TOKEN}"\nwait_seconds = 3\n', encoding="utf-8"
+    )
+    with SimulatorServer(
+        "VNCEL",
+        seed=3,
+        status_url=f"http://{listen}/fhir/Task",
+        status_token="wrong",
+        step_delay_seconds=0.02,
+    ) as provider:
+        code = run_cli(
+            "run",
+            "--target",
+            provider.base_url,
+            "--role",
+            "provider",
+            "--config",
+            str(config),
+            "--listen",
+            listen,
+            "--report-dir",
+            str(tmp_path),
+            "--only",
+            "PROV-STATUS-01",
+        )
     assert code == 1
     assert "without the configured bearer token" in json_report(tmp_path, "provider")["tests"][0]["message"]

@@ -21,7 +21,9 @@ def run_trust_role(tmp_path: Path, trust: ScriptedTrust) -> tuple[int, dict[str,
     )
     target = f"http://127.0.0.1:{free_port()}"
     trust.start(target)
-    code = run_cli("run", "--target", target, "--role", "trust", "--config", str(config), "--report-dir", str(tmp_path))
+    code = run_cli(
+        "run", "--target", target, "--role", "trust", "--config", str(config), "--report-dir", str(tmp_path)
+    )
     assert trust.thread is not None
     trust.thread.join(timeout=10)
     assert trust.problem is None, trust.problem

@@ -23,7 +23,9 @@ def _claims(run: GatewayRun, **overrides: object) -> dict[str, object]:
 @conformance_test(
     "AUTH-01",
     "A correctly signed client assertion gets a bearer access token",
-    Requirement("RFC 7523 / SMART Backend Services", "client_credentials with private_key_jwt issues an access token"),
+    Requirement(
+        "RFC 7523 / SMART Backend Services", "client_credentials with private_key_jwt issues an access token"
+    ),
     role=ROLE,
 )
 def valid_assertion(run: GatewayRun, evidence: Evidence) -> None:
@@ -31,10 +33,21 @@ def valid_assertion(run: GatewayRun, evidence: Evidence) -> None:
     response = run.request_token(identity.assertion(run.token_url))
     expect_status(response, 200)
     body = json_body(response)
-    expect(isinstance(body.get("access_token"), str) and body["access_token"] != "", "no access_token in the answer")
-    expect(str(body.get("token_type", "")).lower() == "bearer", f"token_type is {body.get('token_type')!r}, not bearer")
-    expect(isinstance(body.get("expires_in"), int) and body["expires_in"] > 0, "expires_in must be a positive integer")
-    expect("no-store" in response.headers.get("cache-control", ""), "token answers need Cache-Control: no-store")
+    expect(
+        isinstance(body.get("access_token"), str) and body["access_token"] != "",
+        "no access_token in the answer",
+    )
+    expect(
+        str(body.get("token_type", "")).lower() == "bearer",
+        f"token_type is {body.get('token_type')!r}, not bearer",
+    )
+    expect(
+        isinstance(body.get("expires_in"), int) and body["expires_in"] > 0,
+        "expires_in must be a positive integer",
+    )
+    expect(
+        "no-store" in response.headers.get("cache-control", ""), "token answers need Cache-Control: no-store"
+    )
 
 
 @conformance_test(
@@ -57,7 +70,9 @@ def alg_none(run: GatewayRun, evidence: Evidence) -> None:
 def alg_hmac(run: GatewayRun, evidence: Evidence) -> None:
     identity = run.client("trust_a").identity
     public_pem = identity.key.as_pem(private=False)
-    expect_oauth_error(run.request_token(hmac_assertion(_claims(run), identity.kid, public_pem)), 401, "invalid_client")
+    expect_oauth_error(
+        run.request_token(hmac_assertion(_claims(run), identity.kid, public_pem)), 401, "invalid_client"
+    )
 
 
 @conformance_test(
@@ -177,21 +192,29 @@ def missing_assertion(run: GatewayRun, evidence: Evidence) -> None:
 )
 def scope_not_granted(run: GatewayRun, evidence: Evidence) -> None:
     assertion = run.client("trust_a").identity.assertion(run.token_url)
-    expect_oauth_error(run.request_token(assertion, scope="system/MedicationDispense.c"), 400, "invalid_scope")
+    expect_oauth_error(
+        run.request_token(assertion, scope="system/MedicationDispense.c"), 400, "invalid_scope"
+    )
 
 
 @conformance_test(
     "AUTH-14",
     "The API refuses a request without a bearer token, or with a forged one: 401",
-    Requirement("DESIGN.md §6", "everything but metadata, discovery, JWKS and the token endpoint needs a token"),
+    Requirement(
+        "DESIGN.md §6", "everything but metadata, discovery, JWKS and the token endpoint needs a token"
+    ),
     role=ROLE,
 )
 def no_token(run: GatewayRun, evidence: Evidence) -> None:
     order = run.new_order()
     headers = {"Content-Type": "application/fhir+json"}
-    expect_refusal(run.http.post(PROCESS_MESSAGE, content=order.body(), headers=headers), 401, {"login", "security"})
+    expect_refusal(
+        run.http.post(PROCESS_MESSAGE, content=order.body(), headers=headers), 401, {"login", "security"}
+    )
     forged = unsigned_assertion({"sub": "x", "scope": "system/Task.rs"}, "x")
-    expect_refusal(run.http.get("/fhir/Task", headers={"Authorization": f"Bearer {forged}"}), 401, {"login", "security"})
+    expect_refusal(
+        run.http.get("/fhir/Task", headers={"Authorization": f"Bearer {forged}"}), 401, {"login", "security"}
+    )
 
 
 @conformance_test(
@@ -203,16 +226,19 @@ def no_token(run: GatewayRun, evidence: Evidence) -> None:
 def missing_scope(run: GatewayRun, evidence: Evidence) -> None:
     order = run.new_order()
     response = run.http.post(
-        PROCESS_MESSAGE, content=order.body(),
+        PROCESS_MESSAGE,
+        content=order.body(),
         headers={"Content-Type": "application/fhir+json", **run.auth("trust_a", "system/Task.rs")},
-    )  # fmt: skip
+    )
     expect_refusal(response, 403, "forbidden")
 
 
 @conformance_test(
     "AUTH-16",
     "Discovery publishes the token endpoint and the signing keys",
-    Requirement("SMART App Launch 2 / DESIGN.md §6", "/.well-known/smart-configuration and the JWKS are public"),
+    Requirement(
+        "SMART App Launch 2 / DESIGN.md §6", "/.well-known/smart-configuration and the JWKS are public"
+    ),
     role=ROLE,
 )
 def discovery(run: GatewayRun, evidence: Evidence) -> None:
@@ -220,10 +246,14 @@ def discovery(run: GatewayRun, evidence: Evidence) -> None:
     expect_status(response, 200)
     document = json_body(response)
     expect(isinstance(document.get("token_endpoint"), str), "smart-configuration has no token_endpoint")
-    expect("private_key_jwt" in document.get("token_endpoint_auth_methods_supported", []),
-           "token_endpoint_auth_methods_supported does not list private_key_jwt")  # fmt: skip
-    expect("client_credentials" in document.get("grant_types_supported", []),
-           "grant_types_supported does not list client_credentials")  # fmt: skip
+    expect(
+        "private_key_jwt" in document.get("token_endpoint_auth_methods_supported", []),
+        "token_endpoint_auth_methods_supported does not list private_key_jwt",
+    )
+    expect(
+        "client_credentials" in document.get("grant_types_supported", []),
+        "grant_types_supported does not list client_credentials",
+    )
     keys = run.gateway_keys()
     expect(len(keys.keys) > 0, "the gateway's JWKS holds no key")
     expect(all(not key.is_private for key in keys.keys), "the gateway's JWKS publishes private key material")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from conformance.checks import expect, expect_refusal, expect_status
-from conformance.model import Evidence, Requirement, Role, conformance_test
 from conformance.messages import Message
+from conformance.model import Evidence, Requirement, Role, conformance_test
 from conformance.roles.gateway.context import GatewayRun, business_status, now_minus
 
 ROLE = Role.GATEWAY
@@ -39,7 +39,9 @@ def before_delivery(run: GatewayRun, evidence: Evidence) -> None:
 @conformance_test(
     "CANCEL-02",
     "Cancelling after delivery sends the cancellation to the provider after its order; agreed, the items are cancelled",
-    Requirement(CANCEL, "cancel-requested → cancelled on the provider's agreement; a cancel never overtakes its order"),
+    Requirement(
+        CANCEL, "cancel-requested → cancelled on the provider's agreement; a cancel never overtakes its order"
+    ),
     role=ROLE,
 )
 def provider_agrees(run: GatewayRun, evidence: Evidence) -> None:
@@ -51,14 +53,18 @@ def provider_agrees(run: GatewayRun, evidence: Evidence) -> None:
     run.wait_for("both items to be cancelled", lambda: _statuses(run, order) == {"cancelled"})
     events = [d.event for d in provider.of(order.short_form_id)]
     expect("prescription-order-update" in events, "the provider never received the cancellation")
-    expect(events.index("prescription-order") < events.index("prescription-order-update"),
-           "the cancellation reached the provider before its order")  # fmt: skip
+    expect(
+        events.index("prescription-order") < events.index("prescription-order-update"),
+        "the cancellation reached the provider before its order",
+    )
 
 
 @conformance_test(
     "CANCEL-03",
     "A cancellation the provider refuses is refused to the trust (409) and the items go back",
-    Requirement(CANCEL, "the provider's answer decides: cancelled, or back where they were (409 with its reason)"),
+    Requirement(
+        CANCEL, "the provider's answer decides: cancelled, or back where they were (409 with its reason)"
+    ),
     role=ROLE,
 )
 def provider_refuses(run: GatewayRun, evidence: Evidence) -> None:
@@ -86,7 +92,11 @@ def too_late(run: GatewayRun, evidence: Evidence) -> None:
     base = now_minus(60)
     for n, status in enumerate(("accepted", "dispensed")):
         expect_status(run.report(order, 0, status, base + timedelta(seconds=n)), 200, 201)
-    expect_refusal(run.send("trust_a", run.builder().cancellation(order)), 409, {"business-rule", "conflict", "processing"})
+    expect_refusal(
+        run.send("trust_a", run.builder().cancellation(order)),
+        409,
+        {"business-rule", "conflict", "processing"},
+    )
     expect(_statuses(run, order) == {"dispensed"}, "a refused cancellation changed the status")
 
 

@@ -20,7 +20,7 @@ from joserfc.jwk import KeySet
 from conformance.assertions import ASSERTION_TYPE
 from conformance.checks import expect, json_body
 from conformance.config import Client, GatewayConfig
-from conformance.messages import PRESCRIPTION_ID_SYSTEM, MessageBuilder, Message, status_task
+from conformance.messages import PRESCRIPTION_ID_SYSTEM, Message, MessageBuilder, status_task
 from conformance.model import Evidence, Failed, Skipped
 from conformance.wire import Answer, IncomingRequest, LocalEndpoint, RecordingClient, received_exchange
 
@@ -58,20 +58,28 @@ class ProviderSystem:
 
     def _handle(self, request: IncomingRequest) -> Answer:
         if request.method == "GET" and request.path.endswith("/metadata"):
-            return Answer.json(200, {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance"})
+            return Answer.json(
+                200, {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance"}
+            )
         if request.method != "POST" or not request.path.endswith("/$process-message"):
             return Answer.json(404, _outcome("error", "not-found", "No such route"))
         event, short_form = _message_facts(request.body)
         if short_form in self.hold:
             answer = Answer.json(503, _outcome("error", "transient", "Held by the conformance suite"))
         elif event == "prescription-order-update" and short_form in self.refuse_cancel:
-            answer = Answer.json(422, _outcome("error", "business-rule", "Too late to cancel: already dispensed"))
+            answer = Answer.json(
+                422, _outcome("error", "business-rule", "Too late to cancel: already dispensed")
+            )
         else:
             answer = Answer.json(200, _outcome("information", "informational", "Received"))
         with self._lock:
-            self.deliveries.append(Delivery(time.monotonic(), request.headers, request.body, event, short_form, answer.status))
+            self.deliveries.append(
+                Delivery(time.monotonic(), request.headers, request.body, event, short_form, answer.status)
+            )
             if self.evidence is not None:
-                self.evidence.exchanges.append(received_exchange(request, answer, f"{self.endpoint.url}{request.path}"))
+                self.evidence.exchanges.append(
+                    received_exchange(request, answer, f"{self.endpoint.url}{request.path}")
+                )
         return answer
 
     def of(self, short_form_id: str) -> list[Delivery]:
@@ -80,7 +88,10 @@ class ProviderSystem:
 
 
 def _outcome(severity: str, code: str, text: str) -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome", "issue": [{"severity": severity, "code": code, "diagnostics": text}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": text}],
+    }
 
 
 def _message_facts(body: bytes) -> tuple[str, str]:
@@ -88,7 +99,9 @@ def _message_facts(body: bytes) -> tuple[str, str]:
     try:
         bundle = json.loads(body)
         event = str(bundle["entry"][0]["resource"]["eventCoding"]["code"])
-        request = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "MedicationRequest")
+        request = next(
+            e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "MedicationRequest"
+        )
         return event, str(request["groupIdentifier"]["value"])
     except (ValueError, KeyError, TypeError, StopIteration, IndexError):
         return "", ""
@@ -116,7 +129,9 @@ class Subscriber:
         with self._lock:
             self.received.append(Notification(time.monotonic(), request.path, request.headers, request.body))
             if self.evidence is not None:
-                self.evidence.exchanges.append(received_exchange(request, answer, f"{self.endpoint.url}{request.path}"))
+                self.evidence.exchanges.append(
+                    received_exchange(request, answer, f"{self.endpoint.url}{request.path}")
+                )
         return answer
 
     def snapshot(self, path: str | None = None) -> list[Notification]:
@@ -161,7 +176,7 @@ class GatewayRun:
             self._subscriber.endpoint.close()
 
     def check_reachable(self) -> None:
-        """Raise TargetUnreachable (the suite cannot run) unless the target answers HTTP at all."""
+        """Raise TargetUnreachableError (the suite cannot run) unless the target answers HTTP at all."""
         self.http.get("/fhir/metadata")
 
     # --- clients and tokens --------------------------------------------------------------------
@@ -222,20 +237,26 @@ class GatewayRun:
 
     def send(self, name: str, message: Message | bytes, **headers: str) -> httpx.Response:
         body = message.body() if isinstance(message, Message) else message
-        return self.http.post(PROCESS_MESSAGE, content=body, headers={**FHIR_JSON, **self.auth(name), **headers})
+        return self.http.post(
+            PROCESS_MESSAGE, content=body, headers={**FHIR_JSON, **self.auth(name), **headers}
+        )
 
     def new_order(self, name: str = "trust_a", *, items: int = 1) -> Message:
         return self.builder(name).order(self.provider_ods, items=items)
 
-    def accepted_order(self, key: str, name: str = "trust_a", *, items: int = 1, hold: bool = False) -> tuple[Message, httpx.Response]:
+    def accepted_order(
+        self, key: str, name: str = "trust_a", *, items: int = 1, hold: bool = False
+    ) -> tuple[Message, httpx.Response]:
         """An order the gateway accepted, sent once per key and shared by the tests that need one."""
         if key not in self._orders:
             order = self.new_order(name, items=items)
             if hold:
                 self.require_provider_system().hold.add(order.short_form_id)
             response = self.send(name, order)
-            expect(response.status_code == 200, f"a valid order was refused (HTTP {response.status_code}): "
-                   f"{response.text[:300]}")
+            expect(
+                response.status_code == 200,
+                f"a valid order was refused (HTTP {response.status_code}): {response.text[:300]}",
+            )
             self._orders[key] = (order, response)
         return self._orders[key]
 
@@ -258,13 +279,19 @@ class GatewayRun:
         )
         expect(response.status_code == 200, f"Task search answered HTTP {response.status_code}")
         bundle = json_body(response)
-        return [e["resource"] for e in bundle.get("entry", []) if e.get("resource", {}).get("resourceType") == "Task"]
+        return [
+            e["resource"]
+            for e in bundle.get("entry", [])
+            if e.get("resource", {}).get("resourceType") == "Task"
+        ]
 
     def wait_for(self, description: str, probe: Callable[[], bool], seconds: float | None = None) -> None:
         deadline = time.monotonic() + (seconds or self.config.wait_seconds)
         while not probe():
             if time.monotonic() > deadline:
-                raise Failed(f"timed out after {seconds or self.config.wait_seconds:.0f} s waiting for {description}")
+                raise Failed(
+                    f"timed out after {seconds or self.config.wait_seconds:.0f} s waiting for {description}"
+                )
             time.sleep(0.2)
 
     def item_status(self, name: str, order: Message, position: int = 0) -> str | None:
@@ -285,9 +312,22 @@ class GatewayRun:
             lambda: all(self.item_status("trust_a", order, n) == "sent" for n in range(len(order.item_ids))),
         )
 
-    def report(self, order: Message, position: int, status: str, when: datetime, *, name: str = "provider", **extra: Any) -> httpx.Response:
-        task = status_task(order, position, status, fhir_instant(when), owner_ods=extra.pop("owner_ods", None), **extra)
-        return self.http.post("/fhir/Task", content=json.dumps(task).encode(), headers={**FHIR_JSON, **self.auth(name)})
+    def report(
+        self,
+        order: Message,
+        position: int,
+        status: str,
+        when: datetime,
+        *,
+        name: str = "provider",
+        **extra: Any,
+    ) -> httpx.Response:
+        task = status_task(
+            order, position, status, fhir_instant(when), owner_ods=extra.pop("owner_ods", None), **extra
+        )
+        return self.http.post(
+            "/fhir/Task", content=json.dumps(task).encode(), headers={**FHIR_JSON, **self.auth(name)}
+        )
 
     # --- subscriptions -------------------------------------------------------------------------
 
@@ -301,7 +341,9 @@ class GatewayRun:
 
     def gateway_keys(self) -> KeySet:
         response = self.http.get("/.well-known/jwks.json")
-        expect(response.status_code == 200, f"GET /.well-known/jwks.json answered HTTP {response.status_code}")
+        expect(
+            response.status_code == 200, f"GET /.well-known/jwks.json answered HTTP {response.status_code}"
+        )
         try:
             return KeySet.import_key_set(json_body(response))
         except (JoseError, ValueError, TypeError) as exc:

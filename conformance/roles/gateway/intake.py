@@ -41,25 +41,33 @@ def _patient_path(order: Message) -> str:
 @conformance_test(
     "INTAKE-01",
     "A valid one-item homecare order is accepted: 200, an informational OperationOutcome and a Location",
-    Requirement(DECISIONS, "success is 200 with an informational OperationOutcome and a Location of ids only"),
+    Requirement(
+        DECISIONS, "success is 200 with an informational OperationOutcome and a Location of ids only"
+    ),
     role=ROLE,
 )
 def valid_order(run: GatewayRun, evidence: Evidence) -> None:
     order, response = run.accepted_order("one-item")
     expect_status(response, 200)
     issues = issues_of(response)
-    expect(issues[0].get("severity") == "information" and issues[0].get("code") == "informational",
-           f"the first issue is {issues[0].get('severity')}/{issues[0].get('code')}, not information/informational")  # fmt: skip
+    expect(
+        issues[0].get("severity") == "information" and issues[0].get("code") == "informational",
+        f"the first issue is {issues[0].get('severity')}/{issues[0].get('code')}, not information/informational",
+    )
     location = response.headers.get("location", "")
     expect(location != "", "no Location header on an accepted message")
-    expect(order.nhs_number not in location and order.short_form_id not in location,
-           "the Location carries prescription or patient identifiers; it must carry the gateway's ids only")  # fmt: skip
+    expect(
+        order.nhs_number not in location and order.short_form_id not in location,
+        "the Location carries prescription or patient identifiers; it must carry the gateway's ids only",
+    )
 
 
 @conformance_test(
     "INTAKE-02",
     "A valid four-item order is accepted and gets one Task per line item",
-    Requirement(INTAKE, "1-4 MedicationRequests sharing one groupIdentifier; one Task per line item (§10 Status)"),
+    Requirement(
+        INTAKE, "1-4 MedicationRequests sharing one groupIdentifier; one Task per line item (§10 Status)"
+    ),
     role=ROLE,
 )
 def four_items(run: GatewayRun, evidence: Evidence) -> None:
@@ -67,13 +75,18 @@ def four_items(run: GatewayRun, evidence: Evidence) -> None:
     expect_status(response, 200)
     tasks = run.tasks("trust_a", order)
     seen = sorted(str((t.get("focus") or {}).get("identifier", {}).get("value")) for t in tasks)
-    expect(seen == sorted(order.item_ids), f"expected a Task for each of the 4 line items, found {len(tasks)}")
+    expect(
+        seen == sorted(order.item_ids), f"expected a Task for each of the 4 line items, found {len(tasks)}"
+    )
 
 
 @conformance_test(
     "INTAKE-03",
     "A short-form prescription ID with a wrong MOD 37-2 check character is refused (400)",
-    Requirement("EPS / DESIGN.md §3", "groupIdentifier XXXXXX-XXXXXX-XXXXXC with its ISO 7064 MOD 37-2 check character"),
+    Requirement(
+        "EPS / DESIGN.md §3",
+        "groupIdentifier XXXXXX-XXXXXX-XXXXXC with its ISO 7064 MOD 37-2 check character",
+    ),
     role=ROLE,
 )
 def bad_check_character(run: GatewayRun, evidence: Evidence) -> None:
@@ -149,8 +162,13 @@ def five_items(run: GatewayRun, evidence: Evidence) -> None:
     role=ROLE,
 )
 def no_sender(run: GatewayRun, evidence: Evidence) -> None:
-    _refused(run, lambda order: order.header().pop("sender"), 400, {"required", "invalid", "structure"},
-             "Bundle.entry[0].resource.sender*")  # fmt: skip
+    _refused(
+        run,
+        lambda order: order.header().pop("sender"),
+        400,
+        {"required", "invalid", "structure"},
+        "Bundle.entry[0].resource.sender*",
+    )
 
 
 @conformance_test(
@@ -172,9 +190,10 @@ def other_sender(run: GatewayRun, evidence: Evidence) -> None:
 )
 def wrong_media_type(run: GatewayRun, evidence: Evidence) -> None:
     response = run.http.post(
-        PROCESS_MESSAGE, content=b"<Bundle xmlns='http://hl7.org/fhir'/>",
+        PROCESS_MESSAGE,
+        content=b"<Bundle xmlns='http://hl7.org/fhir'/>",
         headers={"Content-Type": "application/fhir+xml", **run.auth("trust_a")},
-    )  # fmt: skip
+    )
     expect_refusal(response, 415, {"not-supported", "invalid", "structure"})
 
 
@@ -202,7 +221,14 @@ def mismatched_group(run: GatewayRun, evidence: Evidence) -> None:
     def change(order: Message) -> None:
         order.entries("MedicationRequest")[1]["groupIdentifier"]["value"] = other
 
-    _refused(run, change, 400, INVALID | {"business-rule", "invariant"}, "Bundle.entry[2].resource.groupIdentifier*", items=2)
+    _refused(
+        run,
+        change,
+        400,
+        INVALID | {"business-rule", "invariant"},
+        "Bundle.entry[2].resource.groupIdentifier*",
+        items=2,
+    )
 
 
 @conformance_test(
@@ -226,7 +252,9 @@ def repeated_key(run: GatewayRun, evidence: Evidence) -> None:
 )
 def unicode_digit(run: GatewayRun, evidence: Evidence) -> None:
     order = run.new_order()
-    order.entries("Patient")[0]["identifier"][0]["value"] = order.nhs_number[:9] + "\u0663"  # ARABIC-INDIC THREE
+    order.entries("Patient")[0]["identifier"][0]["value"] = (
+        order.nhs_number[:9] + "\u0663"
+    )  # ARABIC-INDIC THREE
     expect_refusal(run.send("trust_a", order), 400, INVALID, _patient_path(order))
 
 
@@ -237,8 +265,13 @@ def unicode_digit(run: GatewayRun, evidence: Evidence) -> None:
     role=ROLE,
 )
 def bogus_status(run: GatewayRun, evidence: Evidence) -> None:
-    _refused(run, lambda order: order.entries("MedicationRequest")[0].update(status="bogus"), 400, INVALID,
-             "Bundle.entry[1].resource.status")  # fmt: skip
+    _refused(
+        run,
+        lambda order: order.entries("MedicationRequest")[0].update(status="bogus"),
+        400,
+        INVALID,
+        "Bundle.entry[1].resource.status",
+    )
 
 
 @conformance_test(
@@ -279,9 +312,15 @@ def eps_path(run: GatewayRun, evidence: Evidence) -> None:
 def request_id(run: GatewayRun, evidence: Evidence) -> None:
     mine = "0f3c6a2e-58d4-4a0e-9b9f-3f1f0b7c2d11"
     echoed = run.http.get("/fhir/metadata", headers={"X-Request-ID": mine})
-    expect(echoed.headers.get("x-request-id") == mine, f"X-Request-ID not echoed: {echoed.headers.get('x-request-id')!r}")
+    expect(
+        echoed.headers.get("x-request-id") == mine,
+        f"X-Request-ID not echoed: {echoed.headers.get('x-request-id')!r}",
+    )
     generated = run.http.get("/fhir/metadata").headers.get("x-request-id", "")
-    expect(UUID_PATTERN.fullmatch(generated.lower()) is not None, f"no generated X-Request-ID UUID: {generated!r}")
+    expect(
+        UUID_PATTERN.fullmatch(generated.lower()) is not None,
+        f"no generated X-Request-ID UUID: {generated!r}",
+    )
 
 
 @conformance_test(
@@ -307,8 +346,10 @@ def identical_resend(run: GatewayRun, evidence: Evidence) -> None:
     order, first = run.accepted_order("resent", items=2)
     again = run.send("trust_a", order)
     expect_status(again, 200)
-    expect(again.headers.get("location") == first.headers.get("location"),
-           f"the resend answered Location {again.headers.get('location')!r}, not the original")  # fmt: skip
+    expect(
+        again.headers.get("location") == first.headers.get("location"),
+        f"the resend answered Location {again.headers.get('location')!r}, not the original",
+    )
     expect(len(run.tasks("trust_a", order)) == 2, "the resend created more line items")
 
 

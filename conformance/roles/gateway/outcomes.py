@@ -25,7 +25,9 @@ def capability(run: GatewayRun, evidence: Evidence) -> None:
     expect_status(response, 200)
     document = json_body(response)
     expect(document.get("resourceType") == "CapabilityStatement", "not a CapabilityStatement")
-    expect(document.get("fhirVersion") == "4.0.1", f"fhirVersion is {document.get('fhirVersion')!r}, not 4.0.1")
+    expect(
+        document.get("fhirVersion") == "4.0.1", f"fhirVersion is {document.get('fhirVersion')!r}, not 4.0.1"
+    )
     text = json.dumps(document)
     expect('"Task"' in text, "the CapabilityStatement does not list Task")
     expect("process-message" in text, "the CapabilityStatement does not list $process-message")
@@ -42,12 +44,16 @@ def _provoke_errors(run: GatewayRun) -> None:
 @conformance_test(
     "OO-01",
     "Every FHIR error the run provoked is an OperationOutcome: severity, a FHIR IssueType code, no stack trace",
-    Requirement("FHIR R4 OperationOutcome / DESIGN.md §3", "severity, code, details, diagnostics, expression"),
+    Requirement(
+        "FHIR R4 OperationOutcome / DESIGN.md §3", "severity, code, details, diagnostics, expression"
+    ),
     role=ROLE,
 )
 def error_shape(run: GatewayRun, evidence: Evidence) -> None:
     _provoke_errors(run)
-    refusals = [r for r in run.http.seen if r.status_code >= 400 and r.request.url.path.startswith(("/fhir", "/FHIR"))]
+    refusals = [
+        r for r in run.http.seen if r.status_code >= 400 and r.request.url.path.startswith(("/fhir", "/FHIR"))
+    ]
     evidence.note(f"{len(refusals)} FHIR refusals examined")
     for response in refusals:
         where = f"{response.request.method} {response.request.url.path} → {response.status_code}"
@@ -92,25 +98,37 @@ def no_phi_in_urls(run: GatewayRun, evidence: Evidence) -> None:
             except ValueError:
                 continue
             if isinstance(document, dict):
-                urls += [str(link.get("url", "")) for link in document.get("link", []) if isinstance(link, dict)]
+                urls += [
+                    str(link.get("url", "")) for link in document.get("link", []) if isinstance(link, dict)
+                ]
     evidence.note(f"{len([u for u in urls if u])} URLs examined")
     for url in filter(None, urls):
         found = [s for s in secrets if s and s in url]
-        expect(found == [], f"a URL the gateway returned carries patient data: {url.replace(found[0], '[…]') if found else ''}")
+        expect(
+            found == [],
+            f"a URL the gateway returned carries patient data: {url.replace(found[0], '[…]') if found else ''}",
+        )
 
 
 @conformance_test(
     "PHI-02",
     "A Task search by NHS number in the URL is refused; the same search in a POST body works",
-    Requirement("DESIGN.md §4", "patient searches by NHS number only through POST /fhir/Task/_search, never in a URL"),
+    Requirement(
+        "DESIGN.md §4", "patient searches by NHS number only through POST /fhir/Task/_search, never in a URL"
+    ),
     role=ROLE,
 )
 def patient_search_in_body_only(run: GatewayRun, evidence: Evidence) -> None:
     order, _ = run.accepted_order("one-item")
     value = f"{NHS_NUMBER_SYSTEM}|{order.nhs_number}"
     in_url = run.http.get(f"/fhir/Task?patient:identifier={quote(value)}", headers=run.auth("trust_a"))
-    expect(in_url.status_code == 400, f"a GET search with an NHS number answered HTTP {in_url.status_code}, not 400")
-    in_body = run.http.post("/fhir/Task/_search", data={"patient:identifier": value}, headers=run.auth("trust_a"))
+    expect(
+        in_url.status_code == 400,
+        f"a GET search with an NHS number answered HTTP {in_url.status_code}, not 400",
+    )
+    in_body = run.http.post(
+        "/fhir/Task/_search", data={"patient:identifier": value}, headers=run.auth("trust_a")
+    )
     expect_status(in_body, 200)
     expect(len(json_body(in_body).get("entry", [])) >= 1, "the POST search by NHS number found nothing")
     for link in json_body(in_body).get("link", []):

@@ -24,14 +24,22 @@ def _lifecycle_order(run: GatewayRun, key: str) -> Message:
 @conformance_test(
     "DISPATCH-01",
     "The order reaches the provider's FHIR endpoint byte for byte, with an Idempotency-Key",
-    Requirement("DESIGN.md §10 Status (Forwarding)", "fhir-rest sends the trust's bytes unchanged; Idempotency-Key in a header"),
+    Requirement(
+        "DESIGN.md §10 Status (Forwarding)",
+        "fhir-rest sends the trust's bytes unchanged; Idempotency-Key in a header",
+    ),
     role=ROLE,
 )
 def forwarded_unchanged(run: GatewayRun, evidence: Evidence) -> None:
     order = _lifecycle_order(run, "dispatch")
-    deliveries = [d for d in run.require_provider_system().of(order.short_form_id) if d.event == "prescription-order"]
+    deliveries = [
+        d for d in run.require_provider_system().of(order.short_form_id) if d.event == "prescription-order"
+    ]
     first = deliveries[0]
-    expect(first.body == order.body(), "the provider received other bytes than the trust sent (the signature would break)")
+    expect(
+        first.body == order.body(),
+        "the provider received other bytes than the trust sent (the signature would break)",
+    )
     expect(first.headers.get("idempotency-key", "") != "", "the delivery carries no Idempotency-Key header")
     expect("fhir+json" in first.headers.get("content-type", ""), "the delivery is not application/fhir+json")
     keys = {d.headers.get("idempotency-key") for d in deliveries}
@@ -48,16 +56,24 @@ def task_after_delivery(run: GatewayRun, evidence: Evidence) -> None:
     order = _lifecycle_order(run, "dispatch")
     task = run.tasks("trust_a", order)[0]
     based_on = [b.get("identifier", {}) for b in task.get("basedOn", [])]
-    expect({"system": PRESCRIPTION_ID_SYSTEM, "value": order.short_form_id} in
-           [{"system": b.get("system"), "value": b.get("value")} for b in based_on],
-           "Task.basedOn does not name the short-form prescription ID")  # fmt: skip
-    expect(task.get("owner", {}).get("identifier") == {"system": ODS_SYSTEM, "value": order.performer_ods},
-           "Task.owner is not the provider's ODS code")  # fmt: skip
-    expect(task.get("requester", {}).get("identifier", {}).get("value") == order.sender_ods,
-           "Task.requester is not the sending trust's ODS code")  # fmt: skip
+    expect(
+        {"system": PRESCRIPTION_ID_SYSTEM, "value": order.short_form_id}
+        in [{"system": b.get("system"), "value": b.get("value")} for b in based_on],
+        "Task.basedOn does not name the short-form prescription ID",
+    )
+    expect(
+        task.get("owner", {}).get("identifier") == {"system": ODS_SYSTEM, "value": order.performer_ods},
+        "Task.owner is not the provider's ODS code",
+    )
+    expect(
+        task.get("requester", {}).get("identifier", {}).get("value") == order.sender_ods,
+        "Task.requester is not the sending trust's ODS code",
+    )
     coding = task.get("businessStatus", {}).get("coding", [{}])[0]
-    expect(coding.get("system") == HOMECARE_STATUS_SYSTEM and coding.get("code") == "sent",
-           f"businessStatus is {coding}, expected {HOMECARE_STATUS_SYSTEM}|sent")  # fmt: skip
+    expect(
+        coding.get("system") == HOMECARE_STATUS_SYSTEM and coding.get("code") == "sent",
+        f"businessStatus is {coding}, expected {HOMECARE_STATUS_SYSTEM}|sent",
+    )
     expect(isinstance(task.get("lastModified"), str), "Task.lastModified is missing")
 
 
@@ -97,7 +113,9 @@ def stale_report(run: GatewayRun, evidence: Evidence) -> None:
 @conformance_test(
     "STATUS-04",
     "An illegal transition is refused: 409 naming the current and requested status",
-    Requirement(STATUS, "anything the transition table does not allow is refused, 409 with both statuses named"),
+    Requirement(
+        STATUS, "anything the transition table does not allow is refused, 409 with both statuses named"
+    ),
     role=ROLE,
 )
 def illegal_transition(run: GatewayRun, evidence: Evidence) -> None:
@@ -107,7 +125,10 @@ def illegal_transition(run: GatewayRun, evidence: Evidence) -> None:
     response = run.report(order, 0, "delivered", base + timedelta(seconds=1))
     issue = expect_refusal(response, 409, {"business-rule", "conflict", "processing", "invalid"})
     text = f"{issue.get('diagnostics', '')} {issue.get('details', {}).get('text', '')}"
-    expect("accepted" in text and "delivered" in text, f"the refusal does not name both statuses: {text.strip()!r}")
+    expect(
+        "accepted" in text and "delivered" in text,
+        f"the refusal does not name both statuses: {text.strip()!r}",
+    )
     expect(run.item_status("trust_a", order) == "accepted", "the refused transition changed the status")
 
 
@@ -143,9 +164,17 @@ def other_provider_reports(run: GatewayRun, evidence: Evidence) -> None:
     order = _lifecycle_order(run, "dispatch")
     run.client("provider_b")
     as_owner = run.report(order, 0, "accepted", now_minus(30), name="provider_b")
-    expect(as_owner.status_code in (403, 404), f"provider B reporting as provider A answered HTTP {as_owner.status_code}")
-    own_name = run.report(order, 0, "accepted", now_minus(30), name="provider_b", owner_ods=run.client("provider_b").ods)
-    expect(own_name.status_code in (403, 404), f"provider B reporting on A's order answered HTTP {own_name.status_code}")
+    expect(
+        as_owner.status_code in (403, 404),
+        f"provider B reporting as provider A answered HTTP {as_owner.status_code}",
+    )
+    own_name = run.report(
+        order, 0, "accepted", now_minus(30), name="provider_b", owner_ods=run.client("provider_b").ods
+    )
+    expect(
+        own_name.status_code in (403, 404),
+        f"provider B reporting on A's order answered HTTP {own_name.status_code}",
+    )
     expect(run.item_status("trust_a", order) == "sent", "another provider's report changed the status")
 
 

@@ -11,7 +11,13 @@ from typing import Any
 
 from conformance.checks import expect, expect_refusal, expect_status, json_body
 from conformance.model import Evidence, Requirement, Role, Skipped, conformance_test
-from conformance.roles.gateway.context import FHIR_JSON, GatewayRun, Notification, business_status, now_minus, verify_detached
+from conformance.roles.gateway.context import (
+    FHIR_JSON,
+    GatewayRun,
+    business_status,
+    now_minus,
+    verify_detached,
+)
 
 ROLE = Role.GATEWAY
 SUBS = "DESIGN.md §4 (Subscriptions), README Subscriptions"
@@ -23,19 +29,27 @@ def _subscription(endpoint: str, criteria: str = "Task") -> dict[str, Any]:
         "status": "requested",
         "reason": "Conformance suite",
         "criteria": criteria,
-        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
-                    "header": ["Authorization: Bearer conformance-subscriber-secret"]},
-    }  # fmt: skip
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "header": ["Authorization: Bearer conformance-subscriber-secret"],
+        },
+    }
 
 
 def _subscribe(run: GatewayRun, name: str, path: str) -> tuple[str, dict[str, Any]]:
     endpoint = f"{run.subscriber.endpoint.url}{path}"
     response = run.http.post(
-        "/fhir/Subscription", content=json.dumps(_subscription(endpoint)).encode(), headers={**FHIR_JSON, **run.auth(name)}
+        "/fhir/Subscription",
+        content=json.dumps(_subscription(endpoint)).encode(),
+        headers={**FHIR_JSON, **run.auth(name)},
     )
     if response.status_code == 400 and "channel.endpoint" in response.text:
-        raise Skipped("the gateway refuses a loopback http:// endpoint (allowed only in development): "
-                      "run the suite against a development gateway for SUB tests")  # fmt: skip
+        raise Skipped(
+            "the gateway refuses a loopback http:// endpoint (allowed only in development): "
+            "run the suite against a development gateway for SUB tests"
+        )
     expect_status(response, 201)
     return response.headers.get("location", ""), json_body(response)
 
@@ -52,13 +66,18 @@ def subscribe(run: GatewayRun, evidence: Evidence) -> None:
     expect(stored.get("status") == "active", f"the new Subscription is {stored.get('status')!r}, not active")
     read = run.http.get(location, headers=run.auth("trust_a"))
     expect_status(read, 200)
-    expect("conformance-subscriber-secret" not in read.text, "the channel's Authorization header is shown back")
+    expect(
+        "conformance-subscriber-secret" not in read.text, "the channel's Authorization header is shown back"
+    )
 
 
 @conformance_test(
     "SUB-02",
     "A status change is notified, signed: X-Signature verifies against the gateway's JWKS over the exact body",
-    Requirement(SUBS, "notifications carry a detached JWS (RFC 7515 appendix F), ES256, keys at /.well-known/jwks.json"),
+    Requirement(
+        SUBS,
+        "notifications carry a detached JWS (RFC 7515 appendix F), ES256, keys at /.well-known/jwks.json",
+    ),
     role=ROLE,
 )
 def signed_notification(run: GatewayRun, evidence: Evidence) -> None:
@@ -66,8 +85,13 @@ def signed_notification(run: GatewayRun, evidence: Evidence) -> None:
     order, _ = run.accepted_order("notified")
     run.wait_for_sent(order)
     expect_status(run.report(order, 0, "accepted", now_minus(30)), 200, 201)
-    run.wait_for("a notification of 'accepted'", lambda: any(
-        b'"accepted"' in n.body and order.item_ids[0].encode() in n.body for n in run.subscriber.snapshot("/sub-02")))  # fmt: skip
+    run.wait_for(
+        "a notification of 'accepted'",
+        lambda: any(
+            b'"accepted"' in n.body and order.item_ids[0].encode() in n.body
+            for n in run.subscriber.snapshot("/sub-02")
+        ),
+    )
     keys = run.gateway_keys()
     notes = [n for n in run.subscriber.snapshot("/sub-02") if order.item_ids[0].encode() in n.body]
     for note in notes:
@@ -79,8 +103,10 @@ def signed_notification(run: GatewayRun, evidence: Evidence) -> None:
         expect(forged is not None, "the suite's own check accepted a changed body: cannot judge signatures")
     task = json.loads(notes[-1].body)
     expect(task.get("resourceType") == "Task", "the notification body is not the Task")
-    expect(notes[-1].headers.get("authorization") == "Bearer conformance-subscriber-secret",
-           "the notification does not carry the channel's header")  # fmt: skip
+    expect(
+        notes[-1].headers.get("authorization") == "Bearer conformance-subscriber-secret",
+        "the notification does not carry the channel's header",
+    )
 
 
 @conformance_test(
@@ -121,7 +147,9 @@ def ordered_notifications(run: GatewayRun, evidence: Evidence) -> None:
 )
 def provider_cannot_subscribe(run: GatewayRun, evidence: Evidence) -> None:
     body = json.dumps(_subscription(f"{run.subscriber.endpoint.url}/sub-04")).encode()
-    response = run.http.post("/fhir/Subscription", content=body, headers={**FHIR_JSON, **run.auth("provider")})
+    response = run.http.post(
+        "/fhir/Subscription", content=body, headers={**FHIR_JSON, **run.auth("provider")}
+    )
     expect_refusal(response, 403, "forbidden")
 
 
@@ -134,7 +162,9 @@ def provider_cannot_subscribe(run: GatewayRun, evidence: Evidence) -> None:
 def bad_criteria(run: GatewayRun, evidence: Evidence) -> None:
     body = json.dumps(_subscription(f"{run.subscriber.endpoint.url}/sub-05", "Patient?name=x")).encode()
     response = run.http.post("/fhir/Subscription", content=body, headers={**FHIR_JSON, **run.auth("trust_a")})
-    expect_refusal(response, 400, {"value", "invalid", "not-supported", "business-rule"}, "Subscription.criteria")
+    expect_refusal(
+        response, 400, {"value", "invalid", "not-supported", "business-rule"}, "Subscription.criteria"
+    )
 
 
 @conformance_test(
@@ -151,7 +181,10 @@ def other_trust_subscription(run: GatewayRun, evidence: Evidence) -> None:
     run.wait_for_sent(order)
     expect_status(run.report(order, 0, "accepted", now_minus(30)), 200, 201)
     item = order.item_ids[0].encode()
-    run.wait_for("trust A's notification", lambda: any(item in n.body for n in run.subscriber.snapshot("/tenancy-05-a")))
+    run.wait_for(
+        "trust A's notification",
+        lambda: any(item in n.body for n in run.subscriber.snapshot("/tenancy-05-a")),
+    )
     time.sleep(1.0)  # B's notification, were there one, is queued in the same transaction as A's
     leaked = [n for n in run.subscriber.snapshot("/tenancy-05-b") if item in n.body]
     expect(leaked == [], "trust B's subscription was told of trust A's prescription")

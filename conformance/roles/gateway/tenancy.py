@@ -20,16 +20,27 @@ def _owned_paths(run: GatewayRun) -> tuple[list[str], list[str]]:
     expect(len(tasks) == 2, "trust A cannot see its own two Tasks")
     task_id = str(tasks[0]["id"])
     mr_ref = str(tasks[0].get("focus", {}).get("reference", f"MedicationRequest/{task_id}"))
-    paths = [response.headers.get("location", ""), f"/fhir/{mr_ref}", f"/fhir/Task/{task_id}", f"/fhir/Task/{task_id}/_history"]
-    missing = [f"/fhir/Bundle/{MISSING_ID}", f"/fhir/MedicationRequest/{MISSING_ID}", f"/fhir/Task/{MISSING_ID}",
-               f"/fhir/Task/{MISSING_ID}/_history"]  # fmt: skip
+    paths = [
+        response.headers.get("location", ""),
+        f"/fhir/{mr_ref}",
+        f"/fhir/Task/{task_id}",
+        f"/fhir/Task/{task_id}/_history",
+    ]
+    missing = [
+        f"/fhir/Bundle/{MISSING_ID}",
+        f"/fhir/MedicationRequest/{MISSING_ID}",
+        f"/fhir/Task/{MISSING_ID}",
+        f"/fhir/Task/{MISSING_ID}/_history",
+    ]
     return [p for p in paths if p], missing
 
 
 @conformance_test(
     "TENANCY-01",
     "Another trust cannot read a trust's Bundle, MedicationRequest, Task or history: 404 as for a missing id",
-    Requirement(TENANCY, "another tenant's resource answers 404 with the same OperationOutcome as a missing one"),
+    Requirement(
+        TENANCY, "another tenant's resource answers 404 with the same OperationOutcome as a missing one"
+    ),
     role=ROLE,
 )
 def other_trust_reads(run: GatewayRun, evidence: Evidence) -> None:
@@ -40,8 +51,11 @@ def other_trust_reads(run: GatewayRun, evidence: Evidence) -> None:
         theirs = run.http.get(path, headers=run.auth("trust_b"))
         expect_refusal(theirs, 404, "not-found")
         nowhere = run.http.get(absent, headers=run.auth("trust_b"))
-        expect(json_body(theirs).get("issue", [{}])[0].get("code") == json_body(nowhere).get("issue", [{}])[0].get("code"),
-               f"{path}: another trust's resource answers differently from a missing one")  # fmt: skip
+        expect(
+            json_body(theirs).get("issue", [{}])[0].get("code")
+            == json_body(nowhere).get("issue", [{}])[0].get("code"),
+            f"{path}: another trust's resource answers differently from a missing one",
+        )
 
 
 @conformance_test(
@@ -54,9 +68,10 @@ def other_trust_searches(run: GatewayRun, evidence: Evidence) -> None:
     order, _ = run.accepted_order("tenancy", items=2)
     expect(run.tasks("trust_b", order) == [], "trust B found trust A's Tasks by prescription ID")
     by_patient = run.http.post(
-        "/fhir/Task/_search", data={"patient:identifier": f"{NHS_NUMBER_SYSTEM}|{order.nhs_number}"},
+        "/fhir/Task/_search",
+        data={"patient:identifier": f"{NHS_NUMBER_SYSTEM}|{order.nhs_number}"},
         headers=run.auth("trust_b"),
-    )  # fmt: skip
+    )
     expect_status(by_patient, 200)
     expect(json_body(by_patient).get("entry", []) == [], "trust B found trust A's Tasks by NHS number")
     everything = run.http.get("/fhir/Task", params={"_count": "200"}, headers=run.auth("trust_b"))
@@ -77,8 +92,13 @@ def other_trust_cancels(run: GatewayRun, evidence: Evidence) -> None:
     cancel.header()["sender"]["identifier"]["value"] = run.client("trust_b").ods
     cancel.bundle["entry"][-1]["resource"]["partOf"]["identifier"]["value"] = run.client("trust_b").ods
     expect_refusal(run.send("trust_b", cancel), 404, "not-found")
-    statuses = {t.get("businessStatus", {}).get("coding", [{}])[0].get("code") for t in run.tasks("trust_a", order)}
-    expect(not statuses & {"cancel-requested", "cancelled"}, "another trust's cancellation touched the prescription")
+    statuses = {
+        t.get("businessStatus", {}).get("coding", [{}])[0].get("code") for t in run.tasks("trust_a", order)
+    }
+    expect(
+        not statuses & {"cancel-requested", "cancelled"},
+        "another trust's cancellation touched the prescription",
+    )
 
 
 @conformance_test(
@@ -94,7 +114,8 @@ def other_provider_reads(run: GatewayRun, evidence: Evidence) -> None:
     expect_refusal(run.http.get(f"/fhir/Task/{task_id}", headers=run.auth("provider_b")), 404, "not-found")
     expect(run.tasks("provider_b", order) == [], "provider B found provider A's Tasks by prescription ID")
     search = run.http.get(
-        "/fhir/Task", params={"based-on:identifier": f"{PRESCRIPTION_ID_SYSTEM}|{order.short_form_id}"},
+        "/fhir/Task",
+        params={"based-on:identifier": f"{PRESCRIPTION_ID_SYSTEM}|{order.short_form_id}"},
         headers=run.auth("provider_b"),
-    )  # fmt: skip
+    )
     expect(json_body(search).get("entry", []) == [], "provider B's search returned provider A's Tasks")

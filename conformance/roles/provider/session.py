@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from conformance.config import ConfigError, ProviderConfig
 from conformance.identifiers import wrong_check_character
-from conformance.messages import MessageBuilder, Message
+from conformance.messages import Message, MessageBuilder
 from conformance.model import Evidence, Exchange
 from conformance.roles.provider.transports import TRANSPORTS, Acknowledgement, OrderTransport
 from conformance.wire import Answer, IncomingRequest, LocalEndpoint, RecordingClient, received_exchange
@@ -62,17 +62,28 @@ class Exercise:
 
 class ProviderSession:
     def __init__(
-        self, target: str, config: ProviderConfig, *, listen: tuple[str, int] | None, say: Callable[[str], None]
+        self,
+        target: str,
+        config: ProviderConfig,
+        *,
+        listen: tuple[str, int] | None,
+        say: Callable[[str], None],
     ) -> None:
         if urlsplit(target).scheme not in ("http", "https"):
             raise ConfigError(f"provider role: --target must be the provider's FHIR base URL; got {target!r}")
         if config.ods is None:
-            raise ConfigError("provider role: the configuration needs [provider] ods (the provider's ODS code)")
+            raise ConfigError(
+                "provider role: the configuration needs [provider] ods (the provider's ODS code)"
+            )
         if config.transport not in TRANSPORTS:
-            raise ConfigError(f"provider role: transport {config.transport!r} is not one of {', '.join(TRANSPORTS)}")
+            raise ConfigError(
+                f"provider role: transport {config.transport!r} is not one of {', '.join(TRANSPORTS)}"
+            )
         address = listen or config.listen
         if address is None:
-            raise ConfigError("provider role: give --listen HOST:PORT (or [provider] listen) for the status API")
+            raise ConfigError(
+                "provider role: give --listen HOST:PORT (or [provider] listen) for the status API"
+            )
         self.config = config
         self.target = target
         self.say = say
@@ -104,11 +115,15 @@ class ProviderSession:
     def _status_api(self, request: IncomingRequest) -> Answer:
         path = urlsplit(request.path).path
         if request.method not in ("POST", "PUT") or not path.startswith("/fhir/Task"):
-            answer = Answer.json(404, _outcome("error", "not-found", "The suite's status API takes POST /fhir/Task"))
+            answer = Answer.json(
+                404, _outcome("error", "not-found", "The suite's status API takes POST /fhir/Task")
+            )
         else:
             answer = self._take_report(request)
         with self._lock:
-            self.exercise_log.exchanges.append(received_exchange(request, answer, f"{self.endpoint.url}{request.path}"))
+            self.exercise_log.exchanges.append(
+                received_exchange(request, answer, f"{self.endpoint.url}{request.path}")
+            )
         return answer
 
     def _take_report(self, request: IncomingRequest) -> Answer:
@@ -123,14 +138,18 @@ class ProviderSession:
         with self._lock:
             self.exercise_log.reports.append(StatusReport(task, authorised, time.monotonic()))
         if not authorised:
-            return Answer.json(401, _outcome("error", "login", "The status report's bearer token is not the one configured"))
+            return Answer.json(
+                401, _outcome("error", "login", "The status report's bearer token is not the one configured")
+            )
         return Answer.json(200, task)
 
     # --- the exercise --------------------------------------------------------------------------
 
     def _send(self, name: str, message: Message, key: str | None = None) -> Sent:
         key = key or str(uuid.uuid4())
-        acknowledgement = self.transport.send(message.body(), idempotency_key=key, request_id=str(uuid.uuid4()))
+        acknowledgement = self.transport.send(
+            message.body(), idempotency_key=key, request_id=str(uuid.uuid4())
+        )
         exchange = self._sends.exchanges[-1] if self._sends.exchanges else None
         sent = Sent(name, message, key, acknowledgement, exchange)
         self.exercise_log.sent[name] = sent
@@ -139,8 +158,10 @@ class ProviderSession:
     def exercise(self) -> None:
         """Send the orders and cancellation every test judges, then wait for the status reports."""
         ods = str(self.config.ods)
-        self.say(f"The suite plays the gateway toward {self.target} ({self.config.transport}); "
-                 f"status reports go to {self.status_url}")  # fmt: skip
+        self.say(
+            f"The suite plays the gateway toward {self.target} ({self.config.transport}); "
+            f"status reports go to {self.status_url}"
+        )
         self.http.evidence = self._sends
         first = self._send("order", self.builder.order(ods))
         self._send("repeat", first.message, key=first.key)
@@ -174,4 +195,7 @@ class ProviderSession:
 
 
 def _outcome(severity: str, code: str, text: str) -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome", "issue": [{"severity": severity, "code": code, "diagnostics": text}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": text}],
+    }

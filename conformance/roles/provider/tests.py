@@ -14,8 +14,20 @@ from conformance.roles.provider.session import ProviderSession, Sent, StatusRepo
 ROLE = Role.PROVIDER
 ADAPTER = "DESIGN.md §5, §10 Status (Forwarding)"
 STATUS = "DESIGN.md §4, §5, §10 Status"
-TASK_STATUSES = {"draft", "requested", "received", "accepted", "rejected", "ready", "cancelled", "in-progress",
-                 "on-hold", "failed", "completed", "entered-in-error"}  # fmt: skip
+TASK_STATUSES = {
+    "draft",
+    "requested",
+    "received",
+    "accepted",
+    "rejected",
+    "ready",
+    "cancelled",
+    "in-progress",
+    "on-hold",
+    "failed",
+    "completed",
+    "entered-in-error",
+}
 # The transition table of DESIGN.md §10, as far as a provider's reports go (the suite's own copy).
 NEXT = {
     "sent": {"accepted", "rejected", "query", "cancelled"},
@@ -41,13 +53,18 @@ def _sent(session: ProviderSession, name: str, evidence: Evidence) -> Sent:
 def _reports(session: ProviderSession, evidence: Evidence, items: list[str]) -> list[StatusReport]:
     reports = [r for r in session.exercise_log.reports if r.item in items]
     wanted = set(items)
-    evidence.exchanges.extend(e for e in session.exercise_log.exchanges if any(i in e.request_body for i in wanted))
+    evidence.exchanges.extend(
+        e for e in session.exercise_log.exchanges if any(i in e.request_body for i in wanted)
+    )
     return reports
 
 
 def _expect_refusal_with_outcome(sent: Sent, what: str) -> None:
     ack = sent.acknowledgement
-    expect(ack.permanent_refusal, f"{what}: answered HTTP {ack.status}; expected a permanent refusal (4xx, not 401/403/408/429)")
+    expect(
+        ack.permanent_refusal,
+        f"{what}: answered HTTP {ack.status}; expected a permanent refusal (4xx, not 401/403/408/429)",
+    )
     try:
         document = json.loads(ack.body)
     except ValueError as exc:
@@ -59,7 +76,9 @@ def _expect_refusal_with_outcome(sent: Sent, what: str) -> None:
 @conformance_test(
     "PROV-ACK-01",
     "A valid order is acknowledged with 2xx",
-    Requirement(ADAPTER, "a provider's 2xx means the order was taken (sent); acceptance comes as a status update"),
+    Requirement(
+        ADAPTER, "a provider's 2xx means the order was taken (sent); acceptance comes as a status update"
+    ),
     role=ROLE,
 )
 def acknowledged(session: ProviderSession, evidence: Evidence) -> None:
@@ -70,13 +89,17 @@ def acknowledged(session: ProviderSession, evidence: Evidence) -> None:
 @conformance_test(
     "PROV-IDEM-01",
     "The same order again under its Idempotency-Key gets the same answer and starts nothing new",
-    Requirement(ADAPTER, "a provider may see a message twice; the Idempotency-Key lets it take the order once"),
+    Requirement(
+        ADAPTER, "a provider may see a message twice; the Idempotency-Key lets it take the order once"
+    ),
     role=ROLE,
 )
 def idempotent(session: ProviderSession, evidence: Evidence) -> None:
     first, repeat = _sent(session, "order", evidence), _sent(session, "repeat", evidence)
-    expect(repeat.acknowledgement.status == first.acknowledgement.status,
-           f"the repeat answered HTTP {repeat.acknowledgement.status}, the first {first.acknowledgement.status}")  # fmt: skip
+    expect(
+        repeat.acknowledgement.status == first.acknowledgement.status,
+        f"the repeat answered HTTP {repeat.acknowledgement.status}, the first {first.acknowledgement.status}",
+    )
     reports = _reports(session, evidence, first.message.item_ids)
     statuses = [r.status for r in reports]
     firsts = [s for s in statuses if s in ("accepted", "rejected")]
@@ -117,8 +140,12 @@ def invalid_order(session: ProviderSession, evidence: Evidence) -> None:
 
 @conformance_test(
     "PROV-STATUS-01",
-    "Status reports are PSU-style Tasks: basedOn the prescription ID, focus the item, owner the provider, a known businessStatus",
-    Requirement(STATUS, "providers send status with Task resources (basedOn, focus, businessStatus, lastModified, owner)"),
+    "Status reports are PSU-style Tasks: basedOn the prescription ID, focus the item, "
+    "owner the provider, a known businessStatus",
+    Requirement(
+        STATUS,
+        "providers send status with Task resources (basedOn, focus, businessStatus, lastModified, owner)",
+    ),
     role=ROLE,
 )
 def well_formed_reports(session: ProviderSession, evidence: Evidence) -> None:
@@ -128,18 +155,31 @@ def well_formed_reports(session: ProviderSession, evidence: Evidence) -> None:
     for report in reports:
         task = report.task
         expect(report.authorised, "a status report came without the configured bearer token")
-        expect(task.get("status") in TASK_STATUSES, f"Task.status {task.get('status')!r} is not a FHIR TaskStatus")
+        expect(
+            task.get("status") in TASK_STATUSES,
+            f"Task.status {task.get('status')!r} is not a FHIR TaskStatus",
+        )
         based_on = [b.get("identifier", {}) for b in task.get("basedOn", [])]
-        expect({"system": PRESCRIPTION_ID_SYSTEM, "value": order.short_form_id} in
-               [{"system": b.get("system"), "value": b.get("value")} for b in based_on],
-               "Task.basedOn does not name the prescription ID")  # fmt: skip
-        expect(task.get("focus", {}).get("identifier", {}).get("system") == ITEM_SYSTEM, "Task.focus does not name the item")
+        expect(
+            {"system": PRESCRIPTION_ID_SYSTEM, "value": order.short_form_id}
+            in [{"system": b.get("system"), "value": b.get("value")} for b in based_on],
+            "Task.basedOn does not name the prescription ID",
+        )
+        expect(
+            task.get("focus", {}).get("identifier", {}).get("system") == ITEM_SYSTEM,
+            "Task.focus does not name the item",
+        )
         owner = task.get("owner", {}).get("identifier", {})
-        expect(owner.get("system") == ODS_SYSTEM and owner.get("value") == session.config.ods,
-               f"Task.owner is {owner}, not the provider's ODS code")  # fmt: skip
+        expect(
+            owner.get("system") == ODS_SYSTEM and owner.get("value") == session.config.ods,
+            f"Task.owner is {owner}, not the provider's ODS code",
+        )
         coding = (task.get("businessStatus", {}).get("coding") or [{}])[0]
-        expect(coding.get("system") == HOMECARE_STATUS_SYSTEM and (coding.get("code") in NEXT or coding.get("code") in
-               {"rejected", "cancelled", "delivered"}), f"businessStatus {coding} is not a homecare status")  # fmt: skip
+        expect(
+            coding.get("system") == HOMECARE_STATUS_SYSTEM
+            and (coding.get("code") in NEXT or coding.get("code") in {"rejected", "cancelled", "delivered"}),
+            f"businessStatus {coding} is not a homecare status",
+        )
         expect(isinstance(task.get("lastModified"), str), "Task.lastModified is missing")
 
 
@@ -159,7 +199,10 @@ def legal_sequence(session: ProviderSession, evidence: Evidence) -> None:
             when = datetime.fromisoformat(str(report.task.get("lastModified")).replace("Z", "+00:00"))
             expect(last is None or when > last, "two reports of one item have the same lastModified")
             if report.status != status:
-                expect(report.status in NEXT.get(status, set()), f"{status} → {report.status} is not an allowed transition")
+                expect(
+                    report.status in NEXT.get(status, set()),
+                    f"{status} → {report.status} is not an allowed transition",
+                )
             status, last = str(report.status), when
 
 
@@ -173,19 +216,26 @@ def legal_sequence(session: ProviderSession, evidence: Evidence) -> None:
 def lifecycle_finishes(session: ProviderSession, evidence: Evidence) -> None:
     order = _sent(session, "order", evidence).message
     statuses = [r.status for r in _reports(session, evidence, order.item_ids)]
-    expect(bool({"delivered", "rejected"} & set(statuses)), f"no final status within {session.config.wait_seconds:.0f} s: {statuses}")
+    expect(
+        bool({"delivered", "rejected"} & set(statuses)),
+        f"no final status within {session.config.wait_seconds:.0f} s: {statuses}",
+    )
 
 
 @conformance_test(
     "PROV-CANCEL-01",
     "A cancellation before dispensing is acknowledged, and every item is reported cancelled",
-    Requirement(STATUS, "cancel-requested → cancelled on the provider's agreement (a 2xx to the cancel message)"),
+    Requirement(
+        STATUS, "cancel-requested → cancelled on the provider's agreement (a 2xx to the cancel message)"
+    ),
     role=ROLE,
 )
 def cancellation(session: ProviderSession, evidence: Evidence) -> None:
     order = _sent(session, "to-cancel", evidence)
     cancel = _sent(session, "cancellation", evidence)
-    expect(order.acknowledgement.accepted, f"the order to cancel answered HTTP {order.acknowledgement.status}")
+    expect(
+        order.acknowledgement.accepted, f"the order to cancel answered HTTP {order.acknowledgement.status}"
+    )
     expect(cancel.acknowledgement.accepted, f"the cancellation answered HTTP {cancel.acknowledgement.status}")
     for item in order.message.item_ids:
         statuses = [r.status for r in _reports(session, evidence, [item])]
@@ -202,4 +252,6 @@ def cancellation(session: ProviderSession, evidence: Evidence) -> None:
     optional=True,
 )
 def unknown_cancellation(session: ProviderSession, evidence: Evidence) -> None:
-    _expect_refusal_with_outcome(_sent(session, "unknown-cancellation", evidence), "a cancellation of an unknown prescription")
+    _expect_refusal_with_outcome(
+        _sent(session, "unknown-cancellation", evidence), "a cancellation of an unknown prescription"
+    )

@@ -52,11 +52,19 @@ class FhirRestTransport:
         self.http = http
 
     def send(self, message: bytes, *, idempotency_key: str, request_id: str) -> Acknowledgement:
-        headers = {"Content-Type": "application/fhir+json", "Idempotency-Key": idempotency_key, "X-Request-ID": request_id}
+        headers = {
+            "Content-Type": "application/fhir+json",
+            "Idempotency-Key": idempotency_key,
+            "X-Request-ID": request_id,
+        }
         if self.config.bearer_token:
             headers["Authorization"] = f"Bearer {self.config.bearer_token}"
-        response: httpx.Response = self.http.post(f"{self.base_url}/$process-message", content=message, headers=headers)
-        return Acknowledgement(response.status_code, response.content, response.headers.get("content-type", ""))
+        response: httpx.Response = self.http.post(
+            f"{self.base_url}/$process-message", content=message, headers=headers
+        )
+        return Acknowledgement(
+            response.status_code, response.content, response.headers.get("content-type", "")
+        )
 
     def close(self) -> None:
         return

@@ -20,10 +20,13 @@ from conformance.wire import Answer, IncomingRequest, LocalEndpoint, received_ex
 
 SCENARIOS = (
     ("S1", "Send a new homecare prescription (prescription type 1201) with one line item."),
-    ("S2", "Send a second new prescription with two to four line items. The suite answers its first attempt "
-           "with 503 Service Unavailable: your system must send it again, unchanged."),
+    (
+        "S2",
+        "Send a second new prescription with two to four line items. The suite answers its first attempt "
+        "with 503 Service Unavailable: your system must send it again, unchanged.",
+    ),
     ("S3", "Cancel every line item of the prescription from S1 (a prescription-order-update message)."),
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,11 @@ class ArrivedMessage:
     @property
     def identifier(self) -> str | None:
         bundle = self.bundle() or {}
-        value = (bundle.get("identifier") or {}).get("value") if isinstance(bundle.get("identifier"), dict) else None
+        value = (
+            (bundle.get("identifier") or {}).get("value")
+            if isinstance(bundle.get("identifier"), dict)
+            else None
+        )
         return str(value) if value else None
 
     @property
@@ -85,9 +92,13 @@ class TrustSession:
     def __init__(self, target: str, config: TrustConfig, *, say: Callable[[str], None]) -> None:
         parts = urlsplit(target)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
-            raise ConfigError(f"trust role: --target must be http://HOST:PORT, the address to serve as the gateway; got {target!r}")
+            raise ConfigError(
+                f"trust role: --target must be http://HOST:PORT, the address to serve as the gateway; got {target!r}"
+            )
         if config.jwks is None or config.client_id is None or config.ods is None:
-            raise ConfigError("trust role: the configuration needs [trust] client_id, ods and jwks (the system's public keys)")
+            raise ConfigError(
+                "trust role: the configuration needs [trust] client_id, ods and jwks (the system's public keys)"
+            )
         self.config = config
         self.target = target.rstrip("/")
         self.token_url = f"{self.target}/auth/token"
@@ -114,8 +125,15 @@ class TrustSession:
     def _handle(self, request: IncomingRequest) -> Answer:
         path = urlsplit(request.path).path
         if request.method == "GET" and path == "/.well-known/smart-configuration":
-            answer = Answer.json(200, {"token_endpoint": self.token_url, "grant_types_supported": ["client_credentials"],
-                                       "token_endpoint_auth_methods_supported": ["private_key_jwt"]}, "application/json")  # fmt: skip
+            answer = Answer.json(
+                200,
+                {
+                    "token_endpoint": self.token_url,
+                    "grant_types_supported": ["client_credentials"],
+                    "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+                },
+                "application/json",
+            )
         elif request.method == "POST" and path == "/auth/token":
             answer = self._token(request)
         elif request.method == "POST" and path.endswith("/$process-message"):
@@ -123,7 +141,9 @@ class TrustSession:
         else:
             answer = Answer.json(404, _outcome("error", "not-found", "Not served by the conformance suite"))
         with self._changed:
-            self.collected.exchanges.append(received_exchange(request, answer, f"{self.target}{request.path}"))
+            self.collected.exchanges.append(
+                received_exchange(request, answer, f"{self.target}{request.path}")
+            )
             self._changed.notify_all()
         return answer
 
@@ -137,8 +157,12 @@ class TrustSession:
             if token:
                 self._issued.add(token)
         if token is None:
-            return Answer.json(400, {"error": "invalid_request", "error_description": "client_assertion is missing"},
-                               "application/json", Cache_Control="no-store")  # fmt: skip
+            return Answer.json(
+                400,
+                {"error": "invalid_request", "error_description": "client_assertion is missing"},
+                "application/json",
+                Cache_Control="no-store",
+            )
         body = {"access_token": token, "token_type": "bearer", "expires_in": 300}
         return Answer.json(200, body, "application/json", Cache_Control="no-store")
 
@@ -147,17 +171,26 @@ class TrustSession:
         token = bearer[7:] if bearer.lower().startswith("bearer ") else None
         arrived = ArrivedMessage(request.body, request.headers, token, 0, time.monotonic())
         with self._lock:
-            earlier = [m for m in self.collected.messages if m.identifier and m.identifier == arrived.identifier]
+            earlier = [
+                m for m in self.collected.messages if m.identifier and m.identifier == arrived.identifier
+            ]
             orders_before = {m.identifier for m in self.collected.messages if m.event == "prescription-order"}
             second_order_first_try = (
                 arrived.event == "prescription-order" and not earlier and len(orders_before) == 1
             )
         if second_order_first_try:
-            answer = Answer.json(503, _outcome("error", "transient", "Scenario S2: please try again"), Retry_After="1")
+            answer = Answer.json(
+                503, _outcome("error", "transient", "Scenario S2: please try again"), Retry_After="1"
+            )
         else:
             # A repeat of an accepted message gets the same answer, as the gateway gives it.
             location = f"/fhir/Bundle/{uuid.uuid5(uuid.NAMESPACE_URL, str(arrived.identifier))}"
-            answer = Answer(200, self._accepted_body(arrived.identifier), "application/fhir+json", (("Location", location),))
+            answer = Answer(
+                200,
+                self._accepted_body(arrived.identifier),
+                "application/fhir+json",
+                (("Location", location),),
+            )
         with self._lock:
             self.collected.messages.append(
                 ArrivedMessage(arrived.body, arrived.headers, arrived.bearer, answer.status, arrived.at)
@@ -182,7 +215,9 @@ class TrustSession:
     def collect(self) -> None:
         """Tell the operator the scenarios, then wait until they are done (or time runs out)."""
         self.say(f"The suite is the gateway at {self.target} (token endpoint {self.token_url}).")
-        self.say(f"Point the trust system {self.config.client_id} (ODS {self.config.ods}) at it and perform, in order:")
+        self.say(
+            f"Point the trust system {self.config.client_id} (ODS {self.config.ods}) at it and perform, in order:"
+        )
         for name, text in SCENARIOS:
             self.say(f"  {name}: {text}")
         self.say(f"Waiting up to {self.config.wait_seconds:.0f} s...")
@@ -195,4 +230,7 @@ class TrustSession:
 
 
 def _outcome(severity: str, code: str, text: str) -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome", "issue": [{"severity": severity, "code": code, "diagnostics": text}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": text}],
+    }
