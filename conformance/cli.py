@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from conformance.assertions import KeyFileError
+from conformance.assertions import KeyFileError, SigningIdentity
 from conformance.config import Client, ConfigError, SuiteConfig, load_config, load_waivers, parse_listen
 from conformance.model import REGISTRY, Outcome, Role, TestDefinition, TestResult
 from conformance.reports import write_reports
@@ -83,15 +84,12 @@ def _config_with_overrides(config: SuiteConfig, client_id: str | None, key: Path
         raise CommandLineError("--client-id and --key go together")
     if client_id is None or key is None:
         return config
-    from conformance.assertions import SigningIdentity
-
     try:
         identity = SigningIdentity.from_file(client_id, key)
     except KeyFileError as exc:
         raise CannotRunError(str(exc)) from exc
     ods = config.gateway.trust_a.ods if config.gateway.trust_a else "RCF"
-    gateway = type(config.gateway)(**{**config.gateway.__dict__, "trust_a": Client("trust_a", ods, identity)})
-    return SuiteConfig(gateway=gateway, trust=config.trust, provider=config.provider)
+    return replace(config, gateway=replace(config.gateway, trust_a=Client("trust_a", ods, identity)))
 
 
 def _print_progress(test: TestDefinition, result: TestResult | None) -> None:

@@ -83,3 +83,15 @@ def test_without_a_second_trust_the_tenancy_tests_skip_and_say_why(
     assert report["verdict"] == "incomplete"
     tenancy = next(t for t in report["tests"] if t["id"] == "TENANCY-01")
     assert tenancy["outcome"] == "skip" and "trust_b" in tenancy["message"]
+
+
+def test_one_client_from_the_command_line_is_enough_for_the_token_tests(
+    gateway_target: SuiteTarget, tmp_path: Path
+) -> None:
+    key = gateway_target.config.parent / "conformance-trust-a.pem"
+    code = run_cli("run", "--target", gateway_target.url, "--role", "gateway", "--client-id", "conformance-trust-a",
+                   "--key", str(key), "--report-dir", str(tmp_path), "--only", "AUTH-01", "--only", "AUTH-08",
+                   "--only", "INTAKE-01")  # fmt: skip
+    assert code == 0
+    results = outcomes(json_report(tmp_path, "gateway"))
+    assert results == {"AUTH-01": "pass", "AUTH-08": "pass", "INTAKE-01": "skip"}
