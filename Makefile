@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := gateway fhir_profiles auth adapters conformance
 
-.PHONY: demo serve test lint openapi bench clean
+.PHONY: demo serve test lint openapi bench conformance clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -32,6 +32,16 @@ test: lint
 
 openapi: $(STAMP)
 	$(BIN)/homecare-gateway openapi
+
+# The conformance suite's gateway role against a running `make demo` (start it in another terminal).
+# Registers the suite's two trusts and two providers in the demo's database, then runs every test.
+CONFORMANCE_DIR := var/conformance
+conformance: $(STAMP)
+	HOMECARE_DATA_DIR=var/demo $(BIN)/homecare-conformance init-gateway --dir $(CONFORMANCE_DIR) \
+		--provider-listen 127.0.0.1:8301 --register --gateway-command $(BIN)/homecare-gateway
+	$(BIN)/homecare-conformance run --target http://127.0.0.1:8000 --role gateway \
+		--config $(CONFORMANCE_DIR)/conformance.toml --report-dir $(CONFORMANCE_DIR)/reports \
+		--waivers conformance/waivers/homecare-gateway.toml
 
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py

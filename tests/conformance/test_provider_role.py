@@ -1,0 +1,92 @@
+"""The provider role end to end: the suite plays the gateway toward our shipped FHIR REST provider
+simulator, which reports status to the suite's own status API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from adapters.fhir_rest.simulator import SimulatorServer
+from tests.conformance.support import json_report, outcomes, run_cli
+from tests.support import free_port
+
+STATUS_TOKEN = "conformance-status-token"
+
+
+def run_provider_role(
+    tmp_path: Path, **simulator_settings: Any
+) -> tuple[int, dict[str, str], dict[str, str]]:
+    listen = f"127.0.0.1:{free_port()}"
+    config = tmp_path / "conformance.toml"
+    config.write_text(
+        f'[provider]\nods = "VNCEL"\ntrust_ods = "RBA"\nstatus_token = "{STATUS_TOKEN}"\nwait_seconds = 20\n',
+        encoding="utf-8",
+    )
+    with SimulatorServer(
+        "VNCEL",
+        seed=3,
+        status_url=f"http://{listen}/fhir/Task",
+        status_token=STATUS_TOKEN,
+        step_delay_seconds=0.02,
+        **simulator_settings,
+    ) as provider:
+        code = run_cli(
+            "run",
+            "--target",
+            provider.base_url,
+            "--role",
+            "provider",
+            "--config",
+            str(config),
+            "--listen",
+            listen,
+            "--report-dir",
+            str(tmp_path),
+        )
+    report = json_report(tmp_path, "provider")
+    return code, outcomes(report), {t["id"]: t["message"] for t in report["tests"]}
+
+
+def test_our_provider_simulator_passes(tmp_path: Path) -> None:
+    code, results, messages = run_provider_role(tmp_path)
+    assert {k: messages[k] for k, v in results.items() if v != "pass"} == {}
+    assert code == 0
+
+
+def test_a_provider_that_is_down_fails_the_acknowledgement_test(tmp_path: Path) -> None:
+    code, results, messages = run_provider_role(tmp_path, down=True)
+    assert code == 1
+    assert results["PROV-ACK-01"] == "fail" and "HTTP 503" in messages["PROV-ACK-01"]
+    assert results["PROV-REJ-01"] == "fail"  # a 503 is no permanent refusal either
+
+
+def test_a_provider_that_reports_without_the_token_fails(tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    config = tmp_path / "conformance.toml"
+    config.write_text(
+        f'[provider]\nods = "VNCEL"\nstatus_token = "{STATUS_TOKEN}"\nwait_seconds = 3\n', encoding="utf-8"
+    )
+    with SimulatorServer(
+        "VNCEL",
+        seed=3,
+        status_url=f"http://{listen}/fhir/Task",
+        status_token="wrong",
+        step_delay_seconds=0.02,
+    ) as provider:
+        code = run_cli(
+            "run",
+            "--target",
+            provider.base_url,
+            "--role",
+            "provider",
+            "--config",
+            str(config),
+            "--listen",
+            listen,
+            "--report-dir",
+            str(tmp_path),
+            "--only",
+            "PROV-STATUS-01",
+        )
+    assert code == 1
+    assert "without the configured bearer token" in json_report(tmp_path, "provider")["tests"][0]["message"]
