@@ -17,6 +17,7 @@ from fhir_profiles.identifiers import (
     ORDER_ITEM_NUMBER_SYSTEM,
     PRESCRIPTION_LONG_FORM_SYSTEM,
     PRESCRIPTION_ORDER_NUMBER_SYSTEM,
+    is_item_identifier,
     is_nhs_number_shaped,
     is_ods_code,
     is_short_form_id_shaped,
@@ -28,6 +29,7 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, Severity
 from fhir_profiles.structure import check_bundle_structure
 
 MAX_LINE_ITEMS = 4
+ITEM_IDENTIFIER_RULE = "A line item identifier is 1-64 ASCII letters, digits, '.' and '-'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +402,9 @@ def _check_line_item(
             f"{base}.identifier",
             f"A line item identifier (system {ORDER_ITEM_NUMBER_SYSTEM})",
         )
+    elif not is_item_identifier(item_id):
+        rules.invalid(f"{base}.identifier", ITEM_IDENTIFIER_RULE)
+        item_id = None
     elif item_id in seen_item_ids:
         rules.add(
             IssueType.DUPLICATE,
@@ -665,6 +670,8 @@ def _check_cancellation(rules: _Rules, envelope: MessageEnvelope) -> Cancellatio
         )
         if item_id is None:
             rules.missing(f"{base}.identifier", f"The line item identifier ({ORDER_ITEM_NUMBER_SYSTEM})")
+        elif not is_item_identifier(item_id):
+            rules.invalid(f"{base}.identifier", ITEM_IDENTIFIER_RULE)
         elif reason is not None:
             items.append((item_id, str(reason["code"]), str(reason.get("display") or "")))
         type_code = _str(
@@ -715,6 +722,12 @@ def _check_dispense_notification(rules: _Rules, envelope: MessageEnvelope) -> Di
             rules.missing(
                 f"{base}.authorizingPrescription",
                 "The authorising MedicationRequest with its prescription ID and line item identifier",
+            )
+            continue
+        if not is_short_form_id_shaped(short_form) or not is_item_identifier(item_id):
+            rules.invalid(
+                f"{base}.authorizingPrescription",
+                "The prescription ID must have the form XXXXXX-XXXXXX-XXXXXC. " + ITEM_IDENTIFIER_RULE,
             )
             continue
         reason = _dict(_extension(dispense, NON_DISPENSING_REASON_URL).get("valueCoding")).get("code")

@@ -17,7 +17,7 @@ from gateway.api.errors import unexpected_error_response
 from gateway.logs import get_logger
 
 log = get_logger("gateway.access")
-_SAFE_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_SAFE_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -47,7 +47,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id = _valid_uuid(_header(scope, b"x-request-id")) or str(uuid.uuid4())
         correlation_id = _header(scope, b"x-correlation-id")
-        if correlation_id is not None and not _SAFE_CORRELATION_ID.match(correlation_id):
+        if correlation_id is not None and not _SAFE_CORRELATION_ID.fullmatch(correlation_id):
             correlation_id = None
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)

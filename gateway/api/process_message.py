@@ -49,7 +49,7 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
         ],
     )
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0

@@ -350,7 +350,7 @@ def search_tasks(
             else:
                 conditions.append(condition)
         elif name == "_count":
-            if not value.isdigit() or not 1 <= int(value) <= MAX_COUNT:
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_COUNT:
                 issues.append(_bad(name, f"_count is a whole number from 1 to {MAX_COUNT}"))
             else:
                 count = int(value)
