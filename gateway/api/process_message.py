@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from auth.audit import Action, Outcome
 from auth.identity import Caller
+from fhir_profiles import strict_json
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.api.deps import CurrentCaller, Services, ServicesDep
 from gateway.api.responses import FhirResponse
@@ -64,7 +65,9 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
             400, [Issue(IssueType.STRUCTURE, ErrorCode.INVALID_JSON, "The request body is empty")]
         )
     try:
-        document = orjson.loads(body)
+        document = strict_json.loads(body)
+    except strict_json.DuplicateKeyError as exc:
+        raise OperationOutcomeError(400, [exc.issue()]) from exc
     except orjson.JSONDecodeError as exc:
         raise OperationOutcomeError(
             400,
