@@ -174,6 +174,8 @@ def _identifier(value: Any, system: str, *, many: bool = False) -> str | None:
 def _business_status(task: dict[str, Any], base: str, issues: list[Issue]) -> str | None:
     for coding in _list(_dict(task.get("businessStatus")).get("coding")):
         system, code = _dict(coding).get("system"), _dict(coding).get("code")
+        if not isinstance(code, str):
+            code = repr(code)  # a number or an object: not a status, and not hashable either
         if system == codes.HOMECARE_STATUS_SYSTEM and code in PROVIDER_STATUSES:
             return str(code)
         if system == PSU_STATUS_SYSTEM and code in PSU_TO_HOMECARE:
