@@ -182,6 +182,8 @@ def run_demo(*, port: int, prescriptions: int) -> None:
     if "HOMECARE_DATA_DIR" not in os.environ and "DATABASE_URL" not in os.environ:
         os.environ["HOMECARE_DATA_DIR"] = "var/demo"
     os.environ.setdefault("HOMECARE_LOG_LEVEL", "WARNING")
+    # The demo's subscriber is a receiver on this machine (README, "Trying it"); the start says so.
+    os.environ.setdefault("HOMECARE_ALLOW_LOOPBACK_SUBSCRIBERS", "true")
     base_url = f"http://127.0.0.1:{port}"
     os.environ.setdefault("HOMECARE_PUBLIC_BASE_URL", base_url)
     settings = Settings()

@@ -29,6 +29,12 @@ def prepare(settings: Settings) -> None:
     machine signs with the same keys. A missing or unreadable key stops the start here.
     """
     configure_logging(level=settings.log_level, json=settings.log_json)
+    if settings.allow_loopback_subscribers:
+        log.warning(
+            "loopback_subscribers_allowed",
+            detail="HOMECARE_ALLOW_LOOPBACK_SUBSCRIBERS is on: subscriptions may post to this machine "
+            "(127.0.0.0/8, ::1, plain http included). Development only.",
+        )
     database = Database(settings.resolved_database_url, pool_size=1)
     database.migrate()
     database.dispose()

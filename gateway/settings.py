@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Failed notification deliveries in a row that put a subscription in error.",
     )
+    allow_loopback_subscribers: bool = Field(
+        default=False,
+        description="Development only: let subscriptions post to loopback (127.0.0.0/8, ::1), plain http "
+        "included, e.g. to a receiver on this machine. Off by default, in development too; production "
+        "refuses to start with it on. Other private, link-local and reserved addresses are never allowed.",
+    )
     provider_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts its copy of the provider registry."
     )
@@ -86,6 +92,10 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "HOMECARE_SIGNING_KEYS_DIR must name the gateway's signing key folder in production"
                 )
+            if self.allow_loopback_subscribers:
+                raise ValueError(
+                    "HOMECARE_ALLOW_LOOPBACK_SUBSCRIBERS is for development only: unset it in production"
+                )
             if not self.public_base_url.startswith("https://"):
                 raise ValueError("HOMECARE_PUBLIC_BASE_URL must be the gateway's https address in production")
         return self
@@ -114,6 +124,7 @@ class Settings(BaseSettings):
             breaker_cooldown_seconds=self.breaker_cooldown_seconds,
             notification_timeout_seconds=self.notification_timeout_seconds,
             subscription_error_after=self.subscription_error_after,
+            allow_loopback_subscribers=self.allow_loopback_subscribers,
         )
 
     @property

@@ -20,6 +20,7 @@ from gateway.clock import Clock
 from gateway.dispatch.worker import Doorbell
 from gateway.domain import access
 from gateway.domain.status_updates import StatusListener
+from gateway.notify.endpoints import Resolver, system_resolver
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import ProviderDirectory
@@ -37,6 +38,8 @@ class Services:
     tokens: TokenService
     # Called inside the transaction of every status change (subscriptions hang off it).
     on_status_change: StatusListener | None = None
+    # Where subscriber endpoints' names are looked up (tests give a StaticResolver).
+    endpoint_resolver: Resolver = system_resolver
 
 
 async def get_services(request: Request) -> Services:

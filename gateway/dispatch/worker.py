@@ -33,6 +33,7 @@ from gateway.domain.cancellation import StatusListener
 from gateway.logs import get_logger
 from gateway.metrics import BREAKER_OPEN, NOTIFICATIONS, SENDS
 from gateway.notify import delivery
+from gateway.notify.endpoints import EndpointPolicy
 from gateway.store.db import Database
 from gateway.store.models import Provider
 from gateway.store.providers import list_providers
@@ -260,7 +261,9 @@ class Dispatcher:
         if self._rest_hooks is None:
             assert self._signing_keys is not None, "notifications are only claimed with signing keys"
             self._rest_hooks = delivery.RestHookSender(
-                self._signing_keys, timeout_seconds=self._settings.notification_timeout_seconds
+                self._signing_keys,
+                timeout_seconds=self._settings.notification_timeout_seconds,
+                endpoints=EndpointPolicy(allow_loopback=self._settings.allow_loopback_subscribers),
             )
         return self._rest_hooks
 

@@ -29,6 +29,7 @@ from gateway.domain.status import Verdict
 from gateway.domain.status_updates import Applied
 from gateway.logs import get_logger
 from gateway.notify.criteria import CriteriaError, parse_criteria
+from gateway.notify.endpoints import EndpointPolicy
 from gateway.notify.subscription import check_subscription, subscription_resource
 from gateway.store import subscriptions as store
 from gateway.store.db import Database
@@ -174,7 +175,7 @@ def create_subscription(
     *,
     document: Any,
     caller: Caller,
-    allow_loopback_http: bool,
+    endpoints: EndpointPolicy,
     request_id: str,
     clock: Clock,
 ) -> Created:
@@ -183,7 +184,7 @@ def create_subscription(
     try:
         if caller.role not in SUBSCRIBER_ROLES:
             raise _forbidden_role(caller)
-        request = check_subscription(document, now=now, allow_loopback_http=allow_loopback_http)
+        request = check_subscription(document, now=now, endpoints=endpoints)
     except OperationOutcomeError as refusal:
         _record(
             db,
