@@ -27,6 +27,7 @@ from gateway.server import prepare
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import add_provider, list_providers, update_provider
+from gateway.transport import uvicorn_options
 
 console = Console()
 
@@ -201,7 +202,12 @@ def run_demo(*, port: int, prescriptions: int) -> None:
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, db=database), host="127.0.0.1", port=port, log_config=None, access_log=False
+            create_app(settings, db=database),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            **uvicorn_options(settings),
         )
     )
 

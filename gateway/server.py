@@ -17,6 +17,7 @@ from gateway.notify.service import notify_status_change
 from gateway.security import build_token_service
 from gateway.settings import Settings
 from gateway.store.db import Database
+from gateway.transport import uvicorn_options
 
 log = get_logger("gateway.server")
 
@@ -63,6 +64,7 @@ def run_server(*, host: str, port: int, workers: int) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        **uvicorn_options(settings, by_name=True),
     )
 
 

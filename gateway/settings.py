@@ -30,6 +30,15 @@ class Settings(BaseSettings):
         description="The gateway's address as clients see it; assertions' `aud` is this + /auth/token.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A connection's request headers must arrive within this."
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A request's body must arrive within this of its headers (else 408)."
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="Open connections per server process; beyond it new requests get 503."
+    )
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, ge=1)

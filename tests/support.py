@@ -98,10 +98,13 @@ def free_port() -> int:
 class RunningServer:
     """A uvicorn server on a free loopback port, in a background thread."""
 
-    def __init__(self, app: FastAPI, *, port: int | None = None) -> None:
+    def __init__(self, app: FastAPI, *, port: int | None = None, **options: Any) -> None:
+        """`options` go to uvicorn.Config (e.g. gateway.transport.uvicorn_options(settings))."""
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, **options
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 

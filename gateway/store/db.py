@@ -8,6 +8,7 @@ fraction of a millisecond rather than through SQLite's busy handler, whose sleep
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import threading
@@ -39,6 +40,14 @@ def normalise_url(url: str) -> URL:
     return parsed
 
 
+def _owner_only_file(path: Path) -> None:
+    """The SQLite file holds patient data: owner-only (0600), in a folder made owner-only (0700) when
+    this creates it. SQLite gives its -wal and -shm files the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    path.chmod(0o600)
+
+
 class Database:
     """Engines and sessions for one database. On PostgreSQL reads and writes share one engine."""
 
@@ -49,7 +58,7 @@ class Database:
         if self.is_sqlite:
             database = self.url.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                _owner_only_file(Path(database))
             self.engine = self._sqlite_engine(writer=False, pool_size=pool_size)
             self.write_engine = self._sqlite_engine(writer=True, pool_size=pool_size)
         else:
