@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 import uvicorn
@@ -14,6 +15,7 @@ from gateway.domain.expiry import run_expiry
 from gateway.domain.sealing import run_housekeeping
 from gateway.logs import configure_logging, get_logger
 from gateway.notify.service import notify_status_change
+from gateway.operator_errors import ensure_port_free
 from gateway.security import build_token_service
 from gateway.settings import Settings
 from gateway.store.db import Database
@@ -45,7 +47,8 @@ def prepare(settings: Settings) -> None:
 
 
 def run_server(*, host: str, port: int, workers: int) -> None:
-    settings = Settings()
+    settings = _with_public_url_for(Settings(), host, port)
+    ensure_port_free(host, port)
     prepare(settings)
     log.info(
         "starting",
@@ -66,6 +69,16 @@ def run_server(*, host: str, port: int, workers: int) -> None:
         server_header=False,
         **uvicorn_options(settings, by_name=True),
     )
+
+
+def _with_public_url_for(settings: Settings, host: str, port: int) -> Settings:
+    """Without a configured public URL the gateway is where it listens: `serve --port N` puts N in
+    the token audience (set in the environment, which uvicorn's worker processes read too)."""
+    if "public_base_url" in settings.model_fields_set:
+        return settings
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host  # noqa: S104
+    os.environ["HOMECARE_PUBLIC_BASE_URL"] = f"http://{shown}:{port}"
+    return Settings()
 
 
 def run_worker() -> None:

@@ -99,7 +99,8 @@ class Settings(BaseSettings):
         if self.environment is Environment.PRODUCTION:
             if self.signing_keys_dir is None:
                 raise ValueError(
-                    "HOMECARE_SIGNING_KEYS_DIR must name the gateway's signing key folder in production"
+                    "HOMECARE_SIGNING_KEYS_DIR must name the gateway's signing key folder in production "
+                    "(make its first key with `homecare-gateway keys rotate`)"
                 )
             if self.allow_loopback_subscribers:
                 raise ValueError(

@@ -22,6 +22,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 from sqlmodel import Session
@@ -38,6 +39,22 @@ def normalise_url(url: str) -> URL:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def database_problem(exc: BaseException) -> str | None:
+    """One line an operator can act on when `exc` says the configured database cannot be used."""
+    if isinstance(exc, sqlalchemy_errors.ArgumentError):
+        return (
+            "DATABASE_URL is not a database URL this gateway can use: give sqlite:///path/to/file.db "
+            "or postgresql://user@host:5432/name"
+        )
+    if isinstance(exc, sqlalchemy_errors.OperationalError | sqlalchemy_errors.InterfaceError):
+        reason = (str(exc.orig) if exc.orig is not None else str(exc)).strip().splitlines()
+        return (
+            f"The database cannot be reached or opened ({reason[0][:200] if reason else 'no reason given'}): "
+            "check DATABASE_URL (or HOMECARE_DATA_DIR for the embedded database) and that the server runs"
+        )
+    return None
 
 
 def _owner_only_file(path: Path) -> None:
