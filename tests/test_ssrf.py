@@ -10,12 +10,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from auth.signing import SigningKeys, ensure_signing_key
 from gateway.app import create_app
@@ -33,7 +39,9 @@ FHIR_JSON = {"Content-Type": "application/fhir+json"}
 class ConnectionRecorder:
     """A TCP listener on a loopback address that counts connections and answers `answer` to each."""
 
-    def __init__(self, host: str = "127.0.0.1", answer: bytes = b"") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", answer: bytes = b"", tls: ssl.SSLContext | None = None
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.bind((host, 0))
@@ -41,6 +49,7 @@ class ConnectionRecorder:
         self.sock.settimeout(0.1)
         self.port = int(self.sock.getsockname()[1])
         self.answer = answer
+        self.tls = tls
         self.requests: list[bytes] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -58,6 +67,8 @@ class ConnectionRecorder:
             with connection:
                 connection.settimeout(2)
                 try:
+                    if self.tls is not None:
+                        connection = self.tls.wrap_socket(connection, server_side=True)
                     self.requests.append(connection.recv(65536))
                     if self.answer:
                         connection.sendall(self.answer)
@@ -264,3 +275,53 @@ def test_an_http_client_error_text_never_reaches_the_subscriber(keys: SigningKey
     # Nobody listens on this port: the failure is the same words as a refused address.
     result = _send(EndpointPolicy(allow_loopback=True), f"http://127.0.0.1:{free_port()}/hook", keys)
     assert result == DeliveryResult(delivered=False, error=UNREACHABLE)
+
+
+def _certificate_for(name: str, folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for `name` (its own trust anchor) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_file, key_file = folder / f"{name}.crt", folder / f"{name}.key"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return certificate_file, key_file
+
+
+@pytest.mark.parametrize(("certificate_name", "delivered"), [("hook.test", True), ("other.test", False)])
+def test_tls_checks_the_certificate_against_the_name_not_the_checked_address(
+    keys: SigningKeys, tmp_path: Path, certificate_name: str, delivered: bool
+) -> None:
+    certificate, key = _certificate_for(certificate_name, tmp_path)
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(certificate, key)
+    trusting = ssl.create_default_context(cafile=str(certificate))
+    answer = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    with ConnectionRecorder(answer=answer, tls=serving) as endpoint:
+        policy = EndpointPolicy(allow_loopback=True, resolver=StaticResolver({"hook.test": ["127.0.0.1"]}))
+
+        async def post() -> DeliveryResult:
+            sender = RestHookSender(keys, timeout_seconds=2, endpoints=policy, ssl_context=trusting)
+            try:
+                return await sender.post(_notification(f"https://hook.test:{endpoint.port}/hook"))
+            finally:
+                await sender.aclose()
+
+        result = asyncio.run(post())
+    assert result.delivered is delivered, result

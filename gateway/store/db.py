@@ -8,6 +8,7 @@ fraction of a millisecond rather than through SQLite's busy handler, whose sleep
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -61,7 +62,10 @@ def _owner_only_file(path: Path) -> None:
     """The SQLite file holds patient data: owner-only (0600), in a folder made owner-only (0700) when
     this creates it. SQLite gives its -wal and -shm files the database file's mode."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    # Only a file this creates is opened here: closing any other descriptor of a database file would
+    # drop the locks this process's SQLite connections hold on it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     path.chmod(0o600)
 
 
