@@ -145,7 +145,7 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)

@@ -20,6 +20,8 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, RSAKey
 
+from fhir_profiles import strict_json
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # RS512 is the NHS API platform's; RS384 and ES384 are SMART Backend Services'; the 256s are allowed.
 ASSERTION_ALGORITHMS = ("RS512", "RS384", "ES384", "RS256", "ES256")
@@ -163,7 +165,10 @@ def read_assertion(text: str) -> UnverifiedAssertion:
         raise MalformedAssertionError("client_assertion is too long")
     try:
         signed = jws.extract_compact(text.encode("ascii"))
-        claims = json.loads(signed.payload)
+        claims = strict_json.loads(signed.payload)
+    except strict_json.DuplicateKeyError as exc:
+        # Another reader might keep the other value of a repeated claim (`aud`, `iss`, `exp`...).
+        raise MalformedAssertionError("client_assertion's payload gives a claim twice") from exc
     except (JoseError, ValueError, UnicodeError) as exc:
         raise MalformedAssertionError(
             "client_assertion is not a signed JWT (JWS compact serialisation)"

@@ -45,7 +45,7 @@ _CONTENT = (
     "reason",
 )
 _SEALER_LOCK = 4242002  # PostgreSQL advisory lock: one sealer at a time across processes
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,100}")
 
 
 class Action(StrEnum):
@@ -120,7 +120,7 @@ class AuditRecord:
         values["action"] = self.action.value
         values["outcome"] = self.outcome.value
         # An id from a URL is whatever the caller sent: keep it only if it is shaped like one of ours.
-        if self.resource_id is not None and not _SAFE_ID.match(self.resource_id):
+        if self.resource_id is not None and not _SAFE_ID.fullmatch(self.resource_id):
             values["resource_id"] = None
         return values
 
@@ -192,7 +192,7 @@ class ChainHead:
     @classmethod
     def parse(cls, text: str) -> ChainHead:
         seq, separator, digest = text.partition(":")
-        if not separator or not seq.isdigit() or len(digest) != 64:
+        if not separator or not (seq.isascii() and seq.isdigit()) or len(digest) != 64:
             raise ValueError("an anchor is SEQ:HASH, as `audit verify` prints it")
         return cls(int(seq), digest.lower())
 

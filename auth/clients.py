@@ -28,8 +28,9 @@ from auth.assertion import ASSERTION_ALGORITHMS
 from auth.identity import Role
 from auth.models import Client, utc_text
 from auth.scopes import ScopeError, beyond_role, parse_scopes
+from fhir_profiles.identifiers import is_ods_code
 
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,99}$")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,99}")
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MIN_RSA_BITS = 2048
 _CURVES = frozenset({"P-256", "P-384"})
@@ -56,7 +57,7 @@ class KeySetError(ClientRegistryError):
 
 
 def check_client_id(client_id: str) -> str:
-    if not _CLIENT_ID.match(client_id):
+    if not _CLIENT_ID.fullmatch(client_id):
         raise ClientRegistryError("a client id is 1-100 letters, digits and . _ : - (starting alphanumeric)")
     return client_id
 
@@ -167,6 +168,8 @@ def add_client(
     now: datetime,
 ) -> Client:
     check_client_id(client_id)
+    if not is_ods_code(ods_code):
+        raise ClientRegistryError("an ODS code is 3-12 capital letters (A-Z) and digits (0-9)")
     try:
         granted = parse_scopes(scopes)
     except ScopeError as exc:

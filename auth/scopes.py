@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-_SCOPE = re.compile(r"^system/(?P<resource>\*|[A-Z][A-Za-z]{1,63})\.(?P<permissions>c?r?u?d?s?)$")
+_SCOPE = re.compile(r"system/(?P<resource>\*|[A-Z][A-Za-z]{1,63})\.(?P<permissions>c?r?u?d?s?)")
 
 
 class ScopeError(ValueError):
@@ -34,7 +34,7 @@ class Scope:
 
 @lru_cache(maxsize=256)
 def _parse(text: str) -> Scope:
-    match = _SCOPE.match(text)
+    match = _SCOPE.fullmatch(text)
     if match is None or not match["permissions"]:
         raise ScopeError(f"'{text}' is not a SMART v2 system scope (system/Resource.cruds)")
     return Scope(match["resource"], frozenset(match["permissions"]))

@@ -28,6 +28,10 @@ class SigningKeyError(Exception):
     """The key folder is missing, empty, unreadable or not private enough."""
 
 
+class MissingSigningKeyError(SigningKeyError):
+    """The key folder holds no key yet (`homecare-gateway keys rotate` makes one)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     signing: ECKey
@@ -88,7 +92,7 @@ class SigningKeys:
     def _load(self) -> _Loaded:
         files = key_files(self.folder)
         if not files:
-            raise SigningKeyError(f"no signing key (signing-*.pem) in {self.folder}")
+            raise MissingSigningKeyError(f"no signing key (signing-*.pem) in {self.folder}")
         keys = [_read_private_key(path, require_private_file=self._require_private_files) for path in files]
         return _Loaded(
             signing=keys[-1], public=KeySet(list[Key](keys)), folder_mtime=self.folder.stat().st_mtime

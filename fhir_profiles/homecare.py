@@ -9,11 +9,8 @@ instead of stopping at the first.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from fhir_profiles import codes
 from fhir_profiles.identifiers import (
@@ -22,6 +19,7 @@ from fhir_profiles.identifiers import (
     ORDER_ITEM_NUMBER_SYSTEM,
     PRESCRIPTION_LONG_FORM_SYSTEM,
     PRESCRIPTION_ORDER_NUMBER_SYSTEM,
+    is_item_identifier,
     is_nhs_number_shaped,
     is_ods_code,
     is_short_form_id_shaped,
@@ -33,6 +31,7 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, Severity
 from fhir_profiles.structure import check_bundle_structure
 
 MAX_LINE_ITEMS = 4
+ITEM_IDENTIFIER_RULE = "A line item identifier is 1-64 ASCII letters, digits, '.' and '-'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +196,8 @@ def read_envelope(document: Any) -> MessageEnvelope:
 def validate_message(document: Any, raw: bytes | None = None) -> ValidationResult:
     """Structure and message-level rules shared by every event, then the event's own profile.
 
-    `raw` is the body the document was parsed from, when there is one: it makes some checks faster.
+    `raw`, the body the document was parsed from, is accepted from callers that hold it; no rule
+    needs it now that only the references the gateway follows must resolve.
     """
     result = ValidationResult(envelope=read_envelope(document))
     result.issues.extend(check_bundle_structure(document))
@@ -221,7 +221,7 @@ def validate_message(document: Any, raw: bytes | None = None) -> ValidationResul
             "Bundle.entry[0].resource.eventCoding.code",
         )
     if event == codes.EVENT_PRESCRIPTION_ORDER:
-        _check_references(rules, raw)
+        _check_references(rules)
     # A code the structural check already refused is not reported twice.
     located = {issue.expression for issue in result.issues}
     result.issues.extend(issue for issue in rules.issues if issue.expression not in located)
@@ -404,6 +404,9 @@ def _check_line_item(
             f"{base}.identifier",
             f"A line item identifier (system {ORDER_ITEM_NUMBER_SYSTEM})",
         )
+    elif not is_item_identifier(item_id):
+        rules.invalid(f"{base}.identifier", ITEM_IDENTIFIER_RULE)
+        item_id = None
     elif item_id in seen_item_ids:
         rules.add(
             IssueType.DUPLICATE,
@@ -575,60 +578,51 @@ def _check_patient(rules: _Rules, requests: list[tuple[int, dict[str, Any]]]) ->
     return nhs_number, deceased
 
 
-_REFERENCE = re.compile(rb'"reference"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# The references the gateway follows (by element name): only these must resolve inside the Bundle.
+# Others, such as a Provenance's target list, are kept as received: EPS accepts a signed order whose
+# Provenance names a resource the message leaves out, and the signature was made over those bytes.
+_FOLLOWED_MEDICATION_REQUEST_REFERENCES = ("subject", "requester", "performer")
+_FOLLOWED_PRACTITIONER_ROLE_REFERENCES = ("practitioner", "organization")
 
 
-def _check_references(rules: _Rules, raw: bytes | None) -> None:
-    """Every local reference (urn:uuid, urn:oid or Type/id) resolves to an entry of the Bundle.
-
-    With the raw body at hand, one regular-expression pass proves the common case (all resolve);
-    only a message with a dangling reference is walked to say where.
-    """
-    if raw is not None and all(_resolves(rules, value) for value in _raw_references(raw)):
-        return
+def _check_references(rules: _Rules) -> None:
+    """The references the gateway follows resolve to entries of the Bundle (by fullUrl, or Type/id):
+    MessageHeader.focus, each MedicationRequest's subject, requester and performer, and the
+    practitioner and organization of the PractitionerRoles those requesters name."""
+    if rules.entries and rules.entries[0][1].get("resourceType") == "MessageHeader":
+        index, header = rules.entries[0]
+        for position, focus in enumerate(_list(header.get("focus"))):
+            _check_followed(rules, focus, f"Bundle.entry[{index}].resource.focus[{position}]")
     for index, resource in rules.entries:
-        _walk_references(rules, resource, ["Bundle", f"entry[{index}]", "resource"])
+        if resource.get("resourceType") != "MedicationRequest":
+            continue
+        for name in _FOLLOWED_MEDICATION_REQUEST_REFERENCES:
+            _check_followed(rules, resource.get(name), f"Bundle.entry[{index}].resource.{name}")
+        role = rules.resolve(resource.get("requester"))
+        if role is not None and role[1].get("resourceType") == "PractitionerRole":
+            for name in _FOLLOWED_PRACTITIONER_ROLE_REFERENCES:
+                _check_followed(rules, role[1].get(name), f"Bundle.entry[{role[0]}].resource.{name}")
 
 
-def _raw_references(raw: bytes) -> list[str]:
-    values: list[str] = []
-    for match in _REFERENCE.finditer(raw):
-        value = match.group(1)
-        values.append(
-            orjson.loads(b'"' + value + b'"') if b"\\" in value else value.decode("utf-8", "replace")
-        )
-    return values
-
-
-def _resolves(rules: _Rules, target: str) -> bool:
-    if not _is_local_reference(target):
-        return True
-    return target in rules.by_full_url or target in rules.by_relative
+def _check_followed(rules: _Rules, reference: Any, expression: str) -> None:
+    target = _str(_dict(reference).get("reference"))
+    if target is None or not _is_local_reference(target) or rules.resolve(reference) is not None:
+        return
+    where = f"{expression}.reference"
+    if any(issue.expression == where for issue in rules.issues):
+        return  # a PractitionerRole shared by every item is reported once
+    rules.add(
+        IssueType.VALUE,
+        ErrorCode.INVALID_VALUE,
+        "Reference does not resolve to any entry of the Bundle (references resolve by fullUrl)",
+        where,
+    )
 
 
 def _is_local_reference(target: str) -> bool:
     if target.startswith(("urn:uuid:", "urn:oid:")):
         return True
     return target.count("/") == 1 and not target.startswith(("http:", "https:", "#"))
-
-
-def _walk_references(rules: _Rules, node: dict[str, Any], stack: list[str]) -> None:
-    for key, value in node.items():
-        if key == "reference" and isinstance(value, str):
-            if not _resolves(rules, value):
-                rules.add(
-                    IssueType.VALUE,
-                    ErrorCode.INVALID_VALUE,
-                    "Reference does not resolve to any entry of the Bundle (references resolve by fullUrl)",
-                    ".".join([*stack, "reference"]),
-                )
-            continue
-        children = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
-        for position, child in enumerate(children):
-            if isinstance(child, dict):
-                stack.append(key if child is value else f"{key}[{position}]")
-                _walk_references(rules, child, stack)
-                stack.pop()
 
 
 CANCELLATION_REASON_SYSTEM = "https://fhir.nhs.uk/CodeSystem/medicationrequest-status-reason"
@@ -678,6 +672,8 @@ def _check_cancellation(rules: _Rules, envelope: MessageEnvelope) -> Cancellatio
         )
         if item_id is None:
             rules.missing(f"{base}.identifier", f"The line item identifier ({ORDER_ITEM_NUMBER_SYSTEM})")
+        elif not is_item_identifier(item_id):
+            rules.invalid(f"{base}.identifier", ITEM_IDENTIFIER_RULE)
         elif reason is not None:
             items.append((item_id, str(reason["code"]), str(reason.get("display") or "")))
         type_code = _str(
@@ -728,6 +724,12 @@ def _check_dispense_notification(rules: _Rules, envelope: MessageEnvelope) -> Di
             rules.missing(
                 f"{base}.authorizingPrescription",
                 "The authorising MedicationRequest with its prescription ID and line item identifier",
+            )
+            continue
+        if not is_short_form_id_shaped(short_form) or not is_item_identifier(item_id):
+            rules.invalid(
+                f"{base}.authorizingPrescription",
+                "The prescription ID must have the form XXXXXX-XXXXXX-XXXXXC. " + ITEM_IDENTIFIER_RULE,
             )
             continue
         reason = _dict(_extension(dispense, NON_DISPENSING_REASON_URL).get("valueCoding")).get("code")

@@ -1,7 +1,9 @@
 """NHS identifiers: NHS numbers (Modulus 11), short-form prescription IDs (ISO 7064 MOD 37-2), ODS codes.
 
-Each check is a pure function; the generators make valid identifiers for the message builder, tests,
-benchmarks and simulators.
+Each check is a pure function over the whole value, in ASCII only: `[0-9]` and `[A-Z]`, never
+Python's `\\d` or `str.isdigit()` (which take Arabic-Indic, fullwidth or Devanagari digits) nor `$`
+(which lets a trailing newline through), so one patient or prescription has one spelling. The
+generators make valid identifiers for the message builder, tests, benchmarks and simulators.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ ORDER_ITEM_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/prescription-order-item-numbe
 
 # EPS uses "+" where ISO 7064 uses "*" for the 37th character.
 _MOD37_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ+"
-_SHORT_FORM_RE = re.compile(r"^[0-9A-F]{6}-[0-9A-Z]{6}-[0-9A-F]{5}[0-9A-Z+]$")
-_NHS_NUMBER_RE = re.compile(r"^\d{10}$")
-_ODS_RE = re.compile(r"^[A-Z0-9]{3,12}$")
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# Matched with fullmatch: the whole value, never a prefix of it.
+_SHORT_FORM_RE = re.compile(r"[0-9A-F]{6}-[0-9A-Z]{6}-[0-9A-F]{5}[0-9A-Z+]")
+_NHS_NUMBER_RE = re.compile(r"[0-9]{10}")
+_ODS_RE = re.compile(r"[A-Z0-9]{3,12}")
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# A line item identifier: EPS sends a UUID; any FHIR-id-like ASCII token of up to 64 is taken.
+_ITEM_IDENTIFIER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,63}")
 
 
 def nhs_number_check_digit(first_nine: str) -> int | None:
@@ -35,13 +40,13 @@ def nhs_number_check_digit(first_nine: str) -> int | None:
 
 
 def is_valid_nhs_number(value: str) -> bool:
-    if not _NHS_NUMBER_RE.match(value):
+    if not _NHS_NUMBER_RE.fullmatch(value):
         return False
     return nhs_number_check_digit(value[:9]) == int(value[9])
 
 
 def is_nhs_number_shaped(value: str) -> bool:
-    return bool(_NHS_NUMBER_RE.match(value))
+    return bool(_NHS_NUMBER_RE.fullmatch(value))
 
 
 def mod37_check_character(payload: str) -> str:
@@ -53,7 +58,7 @@ def mod37_check_character(payload: str) -> str:
 
 
 def is_short_form_id_shaped(value: str) -> bool:
-    return bool(_SHORT_FORM_RE.match(value))
+    return bool(_SHORT_FORM_RE.fullmatch(value))
 
 
 def is_valid_short_form_id(value: str) -> bool:
@@ -64,11 +69,21 @@ def is_valid_short_form_id(value: str) -> bool:
 
 
 def is_uuid(value: str) -> bool:
-    return bool(_UUID_RE.match(value))
+    return bool(_UUID_RE.fullmatch(value))
 
 
 def is_ods_code(value: str) -> bool:
-    return bool(_ODS_RE.match(value))
+    return bool(_ODS_RE.fullmatch(value))
+
+
+def is_item_identifier(value: str) -> bool:
+    """A line item identifier (`prescription-order-item-number`): 1-64 ASCII letters, digits, `.`, `-`."""
+    return bool(_ITEM_IDENTIFIER_RE.fullmatch(value))
+
+
+def is_ascii_digits(value: str) -> bool:
+    """One or more of 0-9 and nothing else (`str.isdigit` also takes other scripts' digits)."""
+    return value.isascii() and value.isdigit()
 
 
 def generate_nhs_number(rng: random.Random) -> str:

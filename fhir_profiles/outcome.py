@@ -42,6 +42,7 @@ class IssueType(StrEnum):
     BUSINESS_RULE = "business-rule"
     EXCEPTION = "exception"
     TRANSIENT = "transient"
+    TIMEOUT = "timeout"
     THROTTLED = "throttled"
     INFORMATIONAL = "informational"
 

@@ -20,6 +20,8 @@ from fhir_profiles.identifiers import (
     ODS_SYSTEM,
     ORDER_ITEM_NUMBER_SYSTEM,
     PRESCRIPTION_ORDER_NUMBER_SYSTEM,
+    is_item_identifier,
+    is_ods_code,
     is_short_form_id_shaped,
 )
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType
@@ -116,22 +118,27 @@ def read_status_task(task: Any, *, base: str = "Task") -> tuple[StatusReport | N
             )
         )
     item_identifier = _identifier(task.get("focus"), ORDER_ITEM_NUMBER_SYSTEM)
+    if item_identifier is not None and not is_item_identifier(item_identifier):
+        item_identifier = None
     if item_identifier is None:
         issues.append(
             Issue(
                 IssueType.REQUIRED,
                 ErrorCode.MISSING_FIELD,
-                f"focus must identify the line item ({ORDER_ITEM_NUMBER_SYSTEM})",
+                f"focus must identify the line item ({ORDER_ITEM_NUMBER_SYSTEM}): 1-64 ASCII letters, "
+                "digits, '.' and '-'",
                 f"{base}.focus.identifier",
             )
         )
     owner = _identifier(task.get("owner"), ODS_SYSTEM)
+    if owner is not None and not is_ods_code(owner):
+        owner = None
     if owner is None:
         issues.append(
             Issue(
                 IssueType.REQUIRED,
                 ErrorCode.MISSING_FIELD,
-                f"owner must be the provider's ODS code ({ODS_SYSTEM})",
+                f"owner must be the provider's ODS code ({ODS_SYSTEM}): 3-12 of A-Z and 0-9",
                 f"{base}.owner.identifier",
             )
         )
@@ -167,6 +174,8 @@ def _identifier(value: Any, system: str, *, many: bool = False) -> str | None:
 def _business_status(task: dict[str, Any], base: str, issues: list[Issue]) -> str | None:
     for coding in _list(_dict(task.get("businessStatus")).get("coding")):
         system, code = _dict(coding).get("system"), _dict(coding).get("code")
+        if not isinstance(code, str):
+            code = repr(code)  # a number or an object: not a status, and not hashable either
         if system == codes.HOMECARE_STATUS_SYSTEM and code in PROVIDER_STATUSES:
             return str(code)
         if system == PSU_STATUS_SYSTEM and code in PSU_TO_HOMECARE:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from fhir_profiles import strict_models
-from fhir_profiles.outcome import ErrorCode, Issue, IssueType
+from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 
 _COVERAGE_GAPS = frozenset({"extra_forbidden", "union_tag_invalid"})
 _COVERED_ENTRY_KEYS = frozenset({"fullUrl", "link", "id", "extension", "modifierExtension", "resource"})
@@ -299,3 +299,24 @@ def check_resource_structure(document: dict[str, Any]) -> list[Issue]:
             )
         ]
     return []
+
+
+def require_resource(document: Any, resource_type: str) -> dict[str, Any]:
+    """`document` when it is a structurally sound FHIR R4 `resource_type`; otherwise a 400 that names
+    every problem. Rules that read the resource afterwards can trust its JSON types."""
+    if not isinstance(document, dict) or document.get("resourceType") != resource_type:
+        raise OperationOutcomeError(
+            400,
+            [
+                Issue(
+                    IssueType.STRUCTURE,
+                    ErrorCode.INVALID_RESOURCE_TYPE,
+                    f"The body must be a FHIR {resource_type}",
+                    "resourceType",
+                )
+            ],
+        )
+    issues = check_resource_structure(document)
+    if issues:
+        raise OperationOutcomeError(400, issues)
+    return document

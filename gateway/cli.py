@@ -13,6 +13,7 @@ from rich.table import Table
 
 from adapters.registry import AdapterRegistryError, available_schemes, validate_settings
 from gateway.clock import system_clock
+from gateway.operator_errors import advice
 from gateway.security_cli import audit_app, clients_app, keys_app, token
 from gateway.settings import Settings
 from gateway.store.db import Database
@@ -295,7 +296,14 @@ def openapi(
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        app()
+    except Exception as exc:
+        line = advice(exc)
+        if line is None:
+            raise
+        typer.echo(f"Error: {line}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

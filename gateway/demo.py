@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -23,10 +24,12 @@ from auth.scopes import ROLE_CEILINGS
 from fhir_profiles.builder import PrescriptionMessageBuilder
 from gateway.app import create_app
 from gateway.clock import system_clock
+from gateway.operator_errors import OperatorError, ensure_port_free
 from gateway.server import prepare
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import add_provider, list_providers, update_provider
+from gateway.transport import uvicorn_options
 
 console = Console()
 
@@ -178,13 +181,37 @@ Watch the status the providers report (a Task per line item, newest change first
     )
 
 
+_held_locks: list[int] = []
+
+
+def _hold_the_demo_lock(data_dir: Path) -> None:
+    """One demo per data folder: a second one would point the first one's providers at its own
+    simulators. The lock is the process's until it exits."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(data_dir / "demo.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise OperatorError(
+            f"Another demo is running on {data_dir}: stop it (Ctrl-C where it runs) before starting one "
+            "more, or give this one its own HOMECARE_DATA_DIR and --port"
+        ) from None
+    _held_locks.append(descriptor)
+
+
 def run_demo(*, port: int, prescriptions: int) -> None:
     if "HOMECARE_DATA_DIR" not in os.environ and "DATABASE_URL" not in os.environ:
         os.environ["HOMECARE_DATA_DIR"] = "var/demo"
     os.environ.setdefault("HOMECARE_LOG_LEVEL", "WARNING")
+    # The demo's subscriber is a receiver on this machine (README, "Trying it"); the start says so.
+    os.environ.setdefault("HOMECARE_ALLOW_LOOPBACK_SUBSCRIBERS", "true")
     base_url = f"http://127.0.0.1:{port}"
     os.environ.setdefault("HOMECARE_PUBLIC_BASE_URL", base_url)
     settings = Settings()
+    # Before anything changes: a demo already running keeps its providers and its port.
+    _hold_the_demo_lock(settings.data_dir)
+    ensure_port_free("127.0.0.1", port)
     prepare(settings)
     database = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
     key_path = _register_demo_client(database, settings.data_dir, DEMO_CLIENT, Role.TRUST, DEMO_TRUST)
@@ -199,7 +226,12 @@ def run_demo(*, port: int, prescriptions: int) -> None:
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, db=database), host="127.0.0.1", port=port, log_config=None, access_log=False
+            create_app(settings, db=database),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            **uvicorn_options(settings),
         )
     )
 

@@ -38,6 +38,7 @@ from auth.models import Client
 from auth.signing import rotate_signing_keys
 from fhir_profiles.identifiers import is_ods_code
 from gateway.clock import system_clock
+from gateway.operator_errors import OperatorError
 from gateway.security import http_for_key_sets
 from gateway.settings import Settings
 from gateway.store.audit import seal_audit_log
@@ -285,7 +286,14 @@ def token(
     ] = False,
 ) -> None:
     """Sign a client assertion with your key and get an access token (prints the token response JSON)."""
-    private_key = load_private_key(key)
+    try:
+        private_key = load_private_key(key)
+    except OSError as exc:
+        raise OperatorError(
+            f"Cannot read the key file {key} ({exc.strerror}): give your private key with --key"
+        ) from None
+    except ValueError as exc:
+        raise OperatorError(f"{exc}: give your private key (PEM or JWK) with --key") from None
     assertion = sign_assertion(
         key=private_key,
         kid=kid or private_key.thumbprint(),
@@ -297,8 +305,13 @@ def token(
     if assertion_only:
         typer.echo(assertion)
         return
-    with httpx.Client(timeout=10) as http:
-        response = request_access_token(http, token_url=token_url, assertion=assertion, scope=scope)
+    try:
+        with httpx.Client(timeout=10) as http:
+            response = request_access_token(http, token_url=token_url, assertion=assertion, scope=scope)
+    except httpx.HTTPError:
+        raise OperatorError(
+            f"No answer from the gateway at {token_url}: is it running, and is --token-url right?"
+        ) from None
     if response.status_code != 200:
         typer.echo(response.text, err=True)
         raise typer.Exit(1)

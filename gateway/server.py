@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 import uvicorn
@@ -10,9 +11,11 @@ import uvicorn
 from auth.signing import SigningKeys, ensure_signing_key
 from gateway.clock import system_clock
 from gateway.logs import configure_logging, get_logger
+from gateway.operator_errors import ensure_port_free
 from gateway.runner import Runtime
 from gateway.settings import Settings
 from gateway.store.db import Database
+from gateway.transport import uvicorn_options
 
 log = get_logger("gateway.server")
 
@@ -25,6 +28,12 @@ def prepare(settings: Settings) -> None:
     machine signs with the same keys. A missing or unreadable key stops the start here.
     """
     configure_logging(level=settings.log_level, json=settings.log_json)
+    if settings.allow_loopback_subscribers:
+        log.warning(
+            "loopback_subscribers_allowed",
+            detail="HOMECARE_ALLOW_LOOPBACK_SUBSCRIBERS is on: subscriptions may post to this machine "
+            "(127.0.0.0/8, ::1, plain http included). Development only.",
+        )
     database = Database(settings.resolved_database_url, pool_size=1)
     database.migrate()
     database.dispose()
@@ -34,7 +43,8 @@ def prepare(settings: Settings) -> None:
 
 
 def run_server(*, host: str, port: int, workers: int) -> None:
-    settings = Settings()
+    settings = _with_public_url_for(Settings(), host, port)
+    ensure_port_free(host, port)
     prepare(settings)
     log.info(
         "starting",
@@ -53,7 +63,18 @@ def run_server(*, host: str, port: int, workers: int) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        **uvicorn_options(settings, by_name=True),
     )
+
+
+def _with_public_url_for(settings: Settings, host: str, port: int) -> Settings:
+    """Without a configured public URL the gateway is where it listens: `serve --port N` puts N in
+    the token audience (set in the environment, which uvicorn's worker processes read too)."""
+    if "public_base_url" in settings.model_fields_set:
+        return settings
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host  # noqa: S104
+    os.environ["HOMECARE_PUBLIC_BASE_URL"] = f"http://{shown}:{port}"
+    return Settings()
 
 
 def run_worker() -> None:

@@ -30,6 +30,15 @@ class Settings(BaseSettings):
         description="The gateway's address as clients see it; assertions' `aud` is this + /auth/token.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A connection's request headers must arrive within this."
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A request's body must arrive within this of its headers (else 408)."
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="Open connections per server process; beyond it new requests get 503."
+    )
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, ge=1)
@@ -53,6 +62,12 @@ class Settings(BaseSettings):
         default=5,
         ge=1,
         description="Failed notification deliveries in a row that put a subscription in error.",
+    )
+    allow_loopback_subscribers: bool = Field(
+        default=False,
+        description="Development only: let subscriptions post to loopback (127.0.0.0/8, ::1), plain http "
+        "included, e.g. to a receiver on this machine. Off by default, in development too; production "
+        "refuses to start with it on. Other private, link-local and reserved addresses are never allowed.",
     )
     provider_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts its copy of the provider registry."
@@ -84,7 +99,12 @@ class Settings(BaseSettings):
         if self.environment is Environment.PRODUCTION:
             if self.signing_keys_dir is None:
                 raise ValueError(
-                    "HOMECARE_SIGNING_KEYS_DIR must name the gateway's signing key folder in production"
+                    "HOMECARE_SIGNING_KEYS_DIR must name the gateway's signing key folder in production "
+                    "(make its first key with `homecare-gateway keys rotate`)"
+                )
+            if self.allow_loopback_subscribers:
+                raise ValueError(
+                    "HOMECARE_ALLOW_LOOPBACK_SUBSCRIBERS is for development only: unset it in production"
                 )
             if not self.public_base_url.startswith("https://"):
                 raise ValueError("HOMECARE_PUBLIC_BASE_URL must be the gateway's https address in production")
@@ -114,6 +134,7 @@ class Settings(BaseSettings):
             breaker_cooldown_seconds=self.breaker_cooldown_seconds,
             notification_timeout_seconds=self.notification_timeout_seconds,
             subscription_error_after=self.subscription_error_after,
+            allow_loopback_subscribers=self.allow_loopback_subscribers,
         )
 
     @property

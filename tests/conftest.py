@@ -28,6 +28,7 @@ from tests.support import (
     register,
     require_postgres,
     wipe,
+    with_test_resolver,
 )
 
 DEFAULT_PROVIDERS = (
@@ -65,12 +66,13 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         jwks_refresh_seconds=0,
         provider_cache_seconds=0,
         run_dispatcher=False,
+        allow_loopback_subscribers=True,
     )
 
 
 @pytest.fixture(scope="session")
 def server(database: Database, settings: Settings) -> Iterator[RunningServer]:
-    with RunningServer(create_app(settings, db=database)) as running:
+    with RunningServer(with_test_resolver(create_app(settings, db=database))) as running:
         yield running
 
 

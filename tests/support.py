@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 from auth.assertion import ASSERTION_TYPE, generate_client_key, private_key, sign_assertion
 from auth.clients import KeySource, add_client
 from auth.identity import Role
+from gateway.notify.endpoints import StaticResolver
 from gateway.store.db import Database, throwaway_schema
 
 POSTGRES_URL = os.environ.get(
@@ -37,6 +38,24 @@ TRUST_SCOPES = (
 )
 PROVIDER_SCOPES = "system/MedicationRequest.rs system/MedicationDispense.c system/Task.rs system/Task.cu"
 CLINICIAN_APP_SCOPES = "system/MedicationRequest.rs system/Task.rs"
+
+
+# Subscriber host names the tests use, and a public address for them: the gateway resolves every
+# endpoint, and there is no DNS in a test (none of these ever receives a connection).
+SUBSCRIBER_HOSTS = StaticResolver(
+    {
+        "ehr.rba.example.nhs.uk": ["8.8.8.8"],
+        "ehr.example.nhs.uk": ["8.8.8.8"],
+        "ehr.example": ["2001:4860:4860::8888"],
+        "localhost": ["127.0.0.1", "::1"],
+    }
+)
+
+
+def with_test_resolver(app: FastAPI) -> FastAPI:
+    """The app, resolving subscriber endpoints with SUBSCRIBER_HOSTS instead of DNS."""
+    app.state.services = replace(app.state.services, endpoint_resolver=SUBSCRIBER_HOSTS)
+    return app
 
 
 def in_ci() -> bool:
@@ -79,10 +98,13 @@ def free_port() -> int:
 class RunningServer:
     """A uvicorn server on a free loopback port, in a background thread."""
 
-    def __init__(self, app: FastAPI, *, port: int | None = None) -> None:
+    def __init__(self, app: FastAPI, *, port: int | None = None, **options: Any) -> None:
+        """`options` go to uvicorn.Config (e.g. gateway.transport.uvicorn_options(settings))."""
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, **options
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 

@@ -6,6 +6,7 @@ skip when that folder is absent.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,29 @@ def test_the_homecare_order_is_accepted(sender_clients: dict[str, httpx.Client],
     ]
     stored = sender_clients["RBA"].get(response.headers["location"])
     assert stored.content == (eps_fixtures / SEND_HOMECARE).read_bytes()
+
+
+def _provenance_naming_a_resource_outside(body: bytes) -> bytes:
+    """The message as a trust on EPS may send it: its Provenance's target list names a resource the
+    Bundle leaves out (changed in memory only; the fixture file is never written)."""
+    message = orjson.loads(body)
+    provenances = [e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "Provenance"]
+    assert provenances, "the signed example carries a Provenance"
+    for provenance in provenances:
+        provenance["target"].append({"reference": f"urn:uuid:{uuid.uuid4()}"})
+    return orjson.dumps(message)
+
+
+def test_a_signed_order_whose_provenance_names_a_resource_outside_the_bundle_is_accepted(
+    sender_clients: dict[str, httpx.Client], eps_fixtures: Path
+) -> None:
+    body = _provenance_naming_a_resource_outside((eps_fixtures / SEND_HOMECARE).read_bytes())
+    response = sender_clients["RBA"].post(
+        "/fhir/$process-message", content=body, headers={"Content-Type": "application/fhir+json"}
+    )
+    assert response.status_code == 200, response.text
+    stored = sender_clients["RBA"].get(response.headers["location"])
+    assert stored.content == body, "the Provenance is kept as received"
 
 
 def _detail_code(issue: dict[str, Any]) -> str | None:

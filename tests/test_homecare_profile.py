@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import pytest
 
 from fhir_profiles.builder import BREAKAGES, PrescriptionMessageBuilder, break_message
@@ -162,3 +165,35 @@ def test_a_valid_fhir_resource_the_fast_models_do_not_cover_is_accepted() -> Non
     message["entry"][-1]["resource"]["status"] = 7
     issues = validate_message(message).issues
     assert [i.expression for i in issues] == ["Bundle.entry[7].resource.status"]
+
+
+def _entry(message: dict[str, Any], resource_type: str) -> dict[str, Any]:
+    return next(e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == resource_type)
+
+
+def test_references_the_gateway_does_not_follow_need_not_resolve() -> None:
+    message = PrescriptionMessageBuilder(seed=3).build(items=2)
+    _entry(message, "Provenance")["target"].append({"reference": f"urn:uuid:{uuid.uuid4()}"})
+    _entry(message, "Provenance")["agent"][0]["who"] = {"reference": "Practitioner/not-in-this-bundle"}
+    assert validate_message(message).ok
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "element", "expression"),
+    [
+        ("MessageHeader", "focus", "Bundle.entry[0].resource.focus[0].reference"),
+        ("MedicationRequest", "requester", "Bundle.entry[1].resource.requester.reference"),
+        ("MedicationRequest", "performer", "Bundle.entry[1].resource.performer.reference"),
+        ("PractitionerRole", "practitioner", "Bundle.entry[3].resource.practitioner.reference"),
+        ("PractitionerRole", "organization", "Bundle.entry[3].resource.organization.reference"),
+    ],
+)
+def test_references_the_gateway_follows_must_resolve(
+    resource_type: str, element: str, expression: str
+) -> None:
+    message = PrescriptionMessageBuilder(seed=3).build(items=1)
+    dangling = {"reference": f"urn:uuid:{uuid.uuid4()}"}
+    resource = _entry(message, resource_type)
+    resource[element] = [dangling] if element == "focus" else dangling
+    issues = validate_message(message).issues
+    assert ("INVALID_VALUE", expression) in [(i.detail.value, i.expression) for i in issues], issues

@@ -36,6 +36,7 @@ from gateway.dispatch.worker import Dispatcher
 from gateway.domain.context import Context
 from gateway.domain.intake import receive_message_blocking
 from gateway.logs import configure_logging
+from gateway.notify.delivery import UNREACHABLE
 from gateway.notify.receiver import ReceiverServer
 from gateway.notify.service import enqueue_notifications
 from gateway.notify.signature import SignatureError, sign_detached, verify_detached
@@ -55,6 +56,7 @@ FAST = DispatcherSettings(
     breaker_cooldown_seconds=0,
     notification_timeout_seconds=2.0,
     subscription_error_after=3,
+    allow_loopback_subscribers=True,
 )
 SECRET = "Bearer subscriber-secret-7f3a"
 
@@ -429,7 +431,7 @@ def test_a_subscriber_that_stays_down_puts_the_subscription_in_error(
 
     first, second = notification_rows(db)
     assert (first["state"], first["attempts"]) == ("dead", 3), "three failures in a row (the setting)"
-    assert "ConnectError" in first["last_error"]
+    assert first["last_error"] == UNREACHABLE
     assert (second["state"], second["attempts"]) == ("dead", 0), "never sent after a lost one"
     assert "error" in second["last_error"]
     stored = rba.get(f"/fhir/Subscription/{subscription_id}").json()

@@ -22,10 +22,17 @@ from gateway.clock import system_clock
 from gateway.domain.context import Context
 from gateway.notify import service
 from gateway.notify.criteria import CriteriaError, parse_criteria
-from gateway.notify.subscription import endpoint_problem
+from gateway.notify.endpoints import EndpointPolicy
 from gateway.settings import Environment, Settings
 from gateway.store.db import Database
-from tests.support import PUBLIC_BASE_URL, RunningServer, Tenant, http_as
+from tests.support import (
+    PUBLIC_BASE_URL,
+    SUBSCRIBER_HOSTS,
+    RunningServer,
+    Tenant,
+    http_as,
+    with_test_resolver,
+)
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 AsTenant = Callable[..., httpx.Client]
@@ -276,7 +283,7 @@ def production_server(database: Database, db: Database, tmp_path: Path) -> Itera
         audit_seal_seconds=0,
         run_dispatcher=False,
     )
-    with RunningServer(create_app(settings, db=database)) as running:
+    with RunningServer(with_test_resolver(create_app(settings, db=database))) as running:
         yield running
 
 
@@ -299,14 +306,16 @@ def test_production_wants_https_to_a_public_address(
 
 
 def test_the_endpoint_rules() -> None:
-    assert endpoint_problem(ENDPOINT, allow_loopback_http=False) is None
-    assert endpoint_problem("https://8.8.8.8:8443/hook", allow_loopback_http=False) is None
-    assert endpoint_problem("http://127.0.0.1:1/hook", allow_loopback_http=True) is None
-    assert endpoint_problem("http://127.0.0.1:1/hook", allow_loopback_http=False)
-    assert endpoint_problem("https://ehr.example/hook#part", allow_loopback_http=False)
-    assert endpoint_problem("https://ehr.example:0/hook", allow_loopback_http=False)
-    assert endpoint_problem("https://ehr.example/a b", allow_loopback_http=False)
-    assert endpoint_problem("https://" + "a" * 2000 + ".example/", allow_loopback_http=False)
+    production = EndpointPolicy(resolver=SUBSCRIBER_HOSTS)
+    development = EndpointPolicy(allow_loopback=True, resolver=SUBSCRIBER_HOSTS)
+    assert production.url_problem(ENDPOINT) is None
+    assert production.check("https://8.8.8.8:8443/hook") == ["8.8.8.8"]
+    assert development.check("http://127.0.0.1:1/hook") == ["127.0.0.1"]
+    assert production.url_problem("http://127.0.0.1:1/hook")
+    assert production.url_problem("https://ehr.example/hook#part")
+    assert production.url_problem("https://ehr.example:0/hook")
+    assert production.url_problem("https://ehr.example/a b")
+    assert production.url_problem("https://" + "a" * 2000 + ".example/")
 
 
 @pytest.mark.parametrize(
@@ -389,7 +398,7 @@ def test_only_a_trusts_systems_may_subscribe_even_holding_the_scope(db: Database
             Context(db),
             document=subscription(),
             caller=provider,
-            allow_loopback_http=False,
+            endpoints=EndpointPolicy(resolver=SUBSCRIBER_HOSTS),
             request_id=str(uuid.uuid4()),
         )
     assert refused.value.status_code == 403

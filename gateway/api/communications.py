@@ -10,6 +10,7 @@ from starlette.responses import Response
 from auth.identity import Caller
 from auth.scopes import PRESCRIPTION_ORDER_UPDATE, READ_TASKS
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
+from fhir_profiles.structure import require_resource
 from gateway.api.deps import ServicesDep, authorise, for_caller
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
@@ -33,7 +34,8 @@ ThreadReader = Annotated[Caller, Security(authorise, scopes=[READ_TASKS])]
     },
 )
 async def answer_query(request: Request, caller: QueryAnswerer, services: ServicesDep) -> Response:
-    _, communication = await read_fhir_json_body(request, services.settings.max_body_bytes)
+    _, body = await read_fhir_json_body(request, services.settings.max_body_bytes)
+    communication = require_resource(body, "Communication")
     resource = await for_caller(
         services,
         request,

@@ -19,6 +19,7 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeE
 from gateway.clock import Clock
 from gateway.domain import access
 from gateway.domain.context import Context
+from gateway.notify.endpoints import Resolver, system_resolver
 from gateway.settings import Settings
 from gateway.store.db import Database
 
@@ -30,6 +31,8 @@ class Services:
     settings: Settings
     context: Context
     tokens: TokenService
+    # Where subscriber endpoints' names are looked up (tests give a StaticResolver).
+    endpoint_resolver: Resolver = system_resolver
 
     @property
     def db(self) -> Database:

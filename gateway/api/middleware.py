@@ -1,4 +1,5 @@
-"""Request context: request and correlation ids on every response and log line; one access log line.
+"""Request context: request and correlation ids on every response and log line; one access log line;
+the headers every answer carries; and the deadline for a request's body.
 
 A pure ASGI middleware (no per-request task or body buffering): it sits on the hot path.
 """
@@ -10,14 +11,54 @@ import time
 import uuid
 from typing import Any
 
+import anyio
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.api.errors import unexpected_error_response
+from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
+from gateway.api.errors import outcome_response, unexpected_error_response
 from gateway.logs import get_logger
 
 log = get_logger("gateway.access")
-_SAFE_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_SAFE_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# On every answer: most carry patient data, and none should be kept by a cache or sniffed as
+# another content type than the one declared.
+_ALWAYS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
+
+
+def _body_too_slow(seconds: float) -> OperationOutcomeError:
+    return OperationOutcomeError(
+        408,
+        [
+            Issue(
+                IssueType.TIMEOUT,
+                ErrorCode.INVALID_VALUE,
+                f"The request body did not arrive within {seconds:g} seconds; nothing was stored",
+            )
+        ],
+        headers={"Connection": "close"},
+    )
+
+
+def _with_body_deadline(receive: Receive, seconds: float) -> Receive:
+    """`receive`, refusing with 408 (and closing the connection) a body that is not complete within
+    `seconds` of the request's start. Once the body is in, waiting (for a disconnect) is not timed."""
+    deadline = time.monotonic() + seconds
+    body_done = False
+
+    async def receive_in_time() -> Message:
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        try:
+            with anyio.fail_after(max(deadline - time.monotonic(), 0)):
+                message = await receive()
+        except TimeoutError:
+            raise _body_too_slow(seconds) from None
+        body_done = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return receive_in_time
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -47,9 +88,10 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id = _valid_uuid(_header(scope, b"x-request-id")) or str(uuid.uuid4())
         correlation_id = _header(scope, b"x-correlation-id")
-        if correlation_id is not None and not _SAFE_CORRELATION_ID.match(correlation_id):
+        if correlation_id is not None and not _SAFE_CORRELATION_ID.fullmatch(correlation_id):
             correlation_id = None
         scope.setdefault("state", {})["request_id"] = request_id
+        receive = _with_body_deadline(receive, _body_timeout(scope))
         structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)
         extra = [(b"x-request-id", request_id.encode())]
         if correlation_id:
@@ -78,7 +120,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), *extra]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in _ALWAYS if name not in present]
+                message["headers"] = [*headers, *extra]
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 # Logged before the last byte leaves: whoever holds the answer can find its line.
                 log_request()
@@ -86,6 +131,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_ids)
+        except OperationOutcomeError as refusal:
+            # A body too slow for its deadline while no route was reading it (a route's own reads
+            # are answered by the error handler).
+            if response_started:
+                raise
+            await outcome_response(refusal)(scope, receive, send_with_ids)
         except Exception as exc:
             if response_started:
                 raise
@@ -94,3 +145,9 @@ class RequestContextMiddleware:
         finally:
             log_request()
             structlog.contextvars.clear_contextvars()
+
+
+def _body_timeout(scope: Scope) -> float:
+    """The app's setting (the app is in the scope, with its services), or the default."""
+    services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+    return float(services.settings.body_timeout_seconds) if services is not None else 30.0

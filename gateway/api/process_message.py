@@ -6,6 +6,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from fhir_profiles import strict_json
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.api.deps import CurrentCaller, ServicesDep, request_id
 from gateway.api.responses import FhirResponse
@@ -42,7 +43,7 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
         ],
     )
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0
@@ -57,7 +58,9 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
             400, [Issue(IssueType.STRUCTURE, ErrorCode.INVALID_JSON, "The request body is empty")]
         )
     try:
-        document = orjson.loads(body)
+        document = strict_json.loads(body)
+    except strict_json.DuplicateKeyError as exc:
+        raise OperationOutcomeError(400, [exc.issue()]) from exc
     except orjson.JSONDecodeError as exc:
         raise OperationOutcomeError(
             400,

@@ -20,6 +20,7 @@ from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
 from gateway.notify import service
+from gateway.notify.endpoints import EndpointPolicy
 
 router = APIRouter(tags=["subscriptions"])
 
@@ -64,7 +65,9 @@ async def create_subscription(
         caller,
         service.create_subscription,
         document=document,
-        allow_loopback_http=services.settings.is_development,
+        endpoints=EndpointPolicy(
+            allow_loopback=services.settings.allow_loopback_subscribers, resolver=services.endpoint_resolver
+        ),
     )
     return FhirResponse(created.resource, status_code=201, headers={"Location": created.location})
 

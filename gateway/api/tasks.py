@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -10,6 +11,12 @@ from starlette.responses import Response
 
 from auth.identity import Caller
 from auth.scopes import READ_TASKS, UPDATE_TASKS
+from fhir_profiles.identifiers import (
+    is_item_identifier,
+    is_nhs_number_shaped,
+    is_ods_code,
+    is_short_form_id_shaped,
+)
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.api.deps import Services, ServicesDep, authorise, for_caller
 from gateway.api.process_message import read_fhir_json_body
@@ -207,6 +214,28 @@ _SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Identifier search values are checked for shape first: a value spelt in another script's digits, or
+# with a trailing newline, would otherwise find nothing and leave the caller guessing why.
+_IDENTIFIER_PARAMETERS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "owner": (is_ods_code, "an ODS code: 3-12 of A-Z and 0-9"),
+    "requester": (is_ods_code, "an ODS code: 3-12 of A-Z and 0-9"),
+    "focus:identifier": (is_item_identifier, "a line item identifier: 1-64 ASCII letters, digits, '.', '-'"),
+    "based-on:identifier": (is_short_form_id_shaped, "a short-form prescription ID (XXXXXX-XXXXXX-XXXXXC)"),
+    "patient:identifier": (is_nhs_number_shaped, "an NHS number: 10 digits, 0-9"),
+}
+
+
+def _check_identifier_parameters(parameters: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    issues = [
+        Issue(IssueType.VALUE, ErrorCode.INVALID_VALUE, f"{name} is {_IDENTIFIER_PARAMETERS[name][1]}", name)
+        for name, value in parameters
+        if name in _IDENTIFIER_PARAMETERS and not _IDENTIFIER_PARAMETERS[name][0](value.rpartition("|")[2])
+    ]
+    if issues:
+        raise OperationOutcomeError(400, issues)
+    return parameters
+
+
 @router.get(
     "/fhir/Task",
     summary="Search Tasks: owner, requester, business-status, focus:identifier, based-on:identifier, "
@@ -215,7 +244,7 @@ _SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=_SEARCH_RESPONSES,
 )
 async def search_tasks(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
-    parameters = list(request.query_params.multi_items())
+    parameters = _check_identifier_parameters(list(request.query_params.multi_items()))
     query = "&".join(f"{k}={v}" for k, v in parameters if k != "_page_token")
     base = f"{services.settings.base_url}/fhir/Task"
     bundle = await for_caller(
@@ -247,7 +276,9 @@ async def search_tasks(request: Request, caller: TaskReader, services: ServicesD
     },
 )
 async def search_tasks_by_post(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
-    parameters = await _search_form(request) + list(request.query_params.multi_items())
+    parameters = _check_identifier_parameters(
+        await _search_form(request) + list(request.query_params.multi_items())
+    )
     base = f"{services.settings.base_url}/fhir/Task/_search"
     bundle = await for_caller(
         services,

@@ -18,3 +18,5 @@ class DispatcherSettings:
     notification_timeout_seconds: float = 10.0
     # Failed deliveries in a row after which a subscription goes into `error`.
     subscription_error_after: int = 5
+    # Subscriber endpoints on loopback may be posted to (development only; see gateway.notify.endpoints).
+    allow_loopback_subscribers: bool = False

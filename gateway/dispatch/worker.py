@@ -29,6 +29,7 @@ from gateway.domain.delivery import DeliveryChannel, DeliveryOutcome, OutcomeKin
 from gateway.domain.status_authority import StatusListener
 from gateway.logs import get_logger
 from gateway.metrics import BREAKER_OPEN
+from gateway.notify.endpoints import EndpointPolicy
 from gateway.notify.rest_hook import RestHookChannel
 from gateway.store import outbox
 from gateway.store.db import Database
@@ -86,6 +87,7 @@ class Dispatcher:
                 signing_keys,
                 timeout_seconds=self._settings.notification_timeout_seconds,
                 error_after=self._settings.subscription_error_after,
+                endpoints=EndpointPolicy(allow_loopback=self._settings.allow_loopback_subscribers),
             )
         # Outcomes are recorded in group commits: under load one transaction records many sends.
         self._writer = BatchWriter(db)

@@ -170,7 +170,7 @@ class _SearchRequest:
             self.updated.append((prefix, moment))
 
     def count_of(self, value: str) -> None:
-        if not value.isdigit() or not 1 <= int(value) <= MAX_COUNT:
+        if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_COUNT:
             self.bad("_count", f"_count is a whole number from 1 to {MAX_COUNT}")
         else:
             self.count = int(value)

@@ -11,13 +11,16 @@ resubscribes and reads the current state instead. Any delivery resets the count.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
+import anyio.to_thread
 import httpx
 
 from adapters.base import retry_after_seconds
 from auth.signing import SigningKeys
 from gateway import __version__
+from gateway.notify.endpoints import EndpointPolicy, EndpointRefusedError, PinnedTransport, pinned
 from gateway.notify.signature import SIGNATURE_HEADER, sign_detached
 from gateway.notify.subscription import FHIR_JSON
 from gateway.store.outbox import NOTIFICATION_KEY_PREFIX, ClaimedNotification
@@ -35,12 +38,30 @@ def notification_id(notification: ClaimedNotification) -> str:
     return notification.idempotency_key.removeprefix(NOTIFICATION_KEY_PREFIX)
 
 
-class RestHookSender:
-    """Posts notifications with one shared HTTP client; signs each body with the gateway's key."""
+# The same words for every failure short of an HTTP answer: a subscriber learns nothing of the
+# gateway's network (which address was refused, whether a port is open) from its subscription.
+UNREACHABLE = "the endpoint could not be reached (no HTTP answer)"
 
-    def __init__(self, signing_keys: SigningKeys, *, timeout_seconds: float) -> None:
+
+class RestHookSender:
+    """Posts notifications with one shared HTTP client; signs each body with the gateway's key.
+
+    Before every send the endpoint's host is resolved and every address checked (`endpoints`); the
+    connection goes to a checked address, and redirects are not followed.
+    """
+
+    def __init__(
+        self,
+        signing_keys: SigningKeys,
+        *,
+        timeout_seconds: float,
+        endpoints: EndpointPolicy,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._signing_keys = signing_keys
+        self._endpoints = endpoints
         self._http = httpx.AsyncClient(
+            transport=PinnedTransport(ssl_context),
             timeout=httpx.Timeout(timeout_seconds),
             follow_redirects=False,
             headers={"User-Agent": f"homecare-gateway/{__version__}"},
@@ -61,24 +82,25 @@ class RestHookSender:
     async def post(self, notification: ClaimedNotification) -> DeliveryResult:
         body = notification.payload or b""
         try:
-            # Streamed and never read: a subscriber's answer is its status code, whatever its size.
-            async with self._http.stream(
-                "POST", notification.endpoint, content=body, headers=self.headers_for(notification, body)
-            ) as response:
-                if response.is_success:
-                    return DeliveryResult(delivered=True)
-                return DeliveryResult(
-                    delivered=False,
-                    error=f"the endpoint answered HTTP {response.status_code}",
-                    retry_after=retry_after_seconds(response.headers.get("retry-after")),
-                )
-        except httpx.TimeoutException as exc:
-            return DeliveryResult(delivered=False, error=f"no answer in time ({type(exc).__name__})")
-        except httpx.HTTPError as exc:
-            # The type only: an exception's text may repeat the URL, and the URL may hold a token.
-            return DeliveryResult(
-                delivered=False, error=f"could not reach the endpoint ({type(exc).__name__})"
-            )
+            addresses = await anyio.to_thread.run_sync(self._endpoints.check, notification.endpoint)
+        except EndpointRefusedError:
+            return DeliveryResult(delivered=False, error=UNREACHABLE)
+        try:
+            with pinned(notification.endpoint, addresses[0]):
+                # Streamed and never read: a subscriber's answer is its status code, whatever its size.
+                async with self._http.stream(
+                    "POST", notification.endpoint, content=body, headers=self.headers_for(notification, body)
+                ) as response:
+                    if response.is_success:
+                        return DeliveryResult(delivered=True)
+                    return DeliveryResult(
+                        delivered=False,
+                        error=f"the endpoint answered HTTP {response.status_code}",
+                        retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                    )
+        except httpx.HTTPError:
+            # Never the exception's text: it may name addresses, or repeat the URL and a token in it.
+            return DeliveryResult(delivered=False, error=UNREACHABLE)
 
     async def aclose(self) -> None:
         await self._http.aclose()

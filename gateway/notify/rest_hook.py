@@ -16,6 +16,7 @@ from auth.signing import SigningKeys
 from gateway.domain.delivery import DeliveryOutcome, OutcomeKind, Recorded
 from gateway.metrics import NOTIFICATIONS
 from gateway.notify.delivery import RestHookSender
+from gateway.notify.endpoints import EndpointPolicy
 from gateway.store import outbox, subscriptions
 from gateway.store.db import Tx
 from gateway.store.outbox import ClaimedNotification
@@ -31,8 +32,15 @@ class RestHookChannel:
         Recorded.LEASE_LOST: "notification_lease_lost",
     }
 
-    def __init__(self, signing_keys: SigningKeys, *, timeout_seconds: float, error_after: int) -> None:
-        self._sender = RestHookSender(signing_keys, timeout_seconds=timeout_seconds)
+    def __init__(
+        self,
+        signing_keys: SigningKeys,
+        *,
+        timeout_seconds: float,
+        error_after: int,
+        endpoints: EndpointPolicy,
+    ) -> None:
+        self._sender = RestHookSender(signing_keys, timeout_seconds=timeout_seconds, endpoints=endpoints)
         self._error_after = error_after
 
     async def prepare(self, messages: Sequence[ClaimedNotification]) -> None:

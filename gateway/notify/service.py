@@ -27,6 +27,7 @@ from gateway.domain.status import Verdict
 from gateway.domain.status_authority import Applied
 from gateway.logs import get_logger
 from gateway.notify.criteria import CriteriaError, parse_criteria
+from gateway.notify.endpoints import EndpointPolicy
 from gateway.notify.subscription import check_subscription, subscription_resource
 from gateway.store import audit, outbox
 from gateway.store import subscriptions as store
@@ -143,14 +144,14 @@ def record_refused_create(ctx: Context, *, caller: Caller, request_id: str, stat
 
 
 def create_subscription(
-    ctx: Context, *, document: Any, caller: Caller, allow_loopback_http: bool, request_id: str
+    ctx: Context, *, document: Any, caller: Caller, endpoints: EndpointPolicy, request_id: str
 ) -> Created:
     """Check and store a new subscription for the caller's trust, `active` at once."""
     now = ctx.clock()
     try:
         if caller.role not in SUBSCRIBER_ROLES:
             raise _forbidden_role(caller)
-        request = check_subscription(document, now=now, allow_loopback_http=allow_loopback_http)
+        request = check_subscription(document, now=now, endpoints=endpoints)
     except OperationOutcomeError as refusal:
         _record(
             ctx,

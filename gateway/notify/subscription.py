@@ -2,23 +2,22 @@
 
 Structure is fhir.resources R4B's to judge; then the gateway's own rules: a new subscription is
 `requested`, its criteria are ones we support (see `criteria`), its channel is a rest-hook to an
-https endpoint (plain http to loopback in development only), its payload FHIR JSON or none (an
+https endpoint whose host resolves to public addresses only (see `endpoints`), its payload FHIR JSON or none (an
 empty-body notification), its headers well-formed and not ones the gateway sets itself. Every
 problem is collected before answering, each with the FHIRPath of its element.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from fhir_profiles.structure import check_resource_structure
 from gateway.notify.criteria import CriteriaError, parse_criteria
+from gateway.notify.endpoints import EndpointPolicy, EndpointRefusedError
 from gateway.store.subscriptions import StoredSubscription
 
 FHIR_JSON = "application/fhir+json"
@@ -27,10 +26,8 @@ SUBSCRIPTION_STATUSES = frozenset({"requested", "active", "error", "off"})
 CHANNEL_TYPES = frozenset({"rest-hook", "websocket", "email", "sms", "message"})
 MAX_HEADERS = 10
 MAX_HEADER_LENGTH = 1000
-MAX_ENDPOINT_LENGTH = 2000
 MAX_REASON_LENGTH = 500
 REDACTED = "[redacted]"
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,100}$")
 _HEADER_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
 # Set by the gateway on every notification, or by HTTP itself: a subscriber cannot choose them.
@@ -74,46 +71,6 @@ def _missing(expression: str) -> Issue:
     return _issue(
         IssueType.REQUIRED, ErrorCode.MISSING_FIELD, f"Required element '{element}' is missing", expression
     )
-
-
-def endpoint_problem(url: str, *, allow_loopback_http: bool) -> str | None:
-    """Why the gateway will not post to `url`, or None. Plain http only to loopback, and only in
-    development; in production no loopback or private address either (the gateway must not be
-    pointed at its own network)."""
-    if len(url) > MAX_ENDPOINT_LENGTH:
-        return f"The endpoint is longer than {MAX_ENDPOINT_LENGTH} characters"
-    if any(character.isspace() or ord(character) < 0x20 for character in url):
-        return "The endpoint contains spaces or control characters"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "The endpoint is not a valid URL"
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in ("https", "http") or not host:
-        return "The endpoint must be an absolute https:// URL"
-    if parts.username is not None or parts.password is not None:
-        return "The endpoint may not carry credentials: send them in channel.header"
-    if parts.fragment:
-        return "The endpoint may not have a #fragment"
-    if port == 0:
-        return "The endpoint's port is not valid"
-    loopback = host in _LOOPBACK_NAMES
-    if parts.scheme == "http" and not (allow_loopback_http and loopback):
-        return (
-            "The endpoint must use https (plain http is accepted for 127.0.0.1 and localhost, "
-            "in development only)"
-        )
-    if not allow_loopback_http:
-        if loopback or host.endswith(".localhost"):
-            return "The endpoint may not be a loopback address"
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return None
-        if not address.is_global:
-            return "The endpoint may not be a private, loopback or reserved address"
-    return None
 
 
 def _header_issues(headers: Any) -> tuple[list[Issue], tuple[str, ...]]:
@@ -179,7 +136,7 @@ class _Channel:
 
 
 def _own_rules(
-    document: dict[str, Any], *, now: datetime, allow_loopback_http: bool
+    document: dict[str, Any], *, now: datetime, endpoints: EndpointPolicy
 ) -> tuple[list[Issue], SubscriptionRequest | None]:
     issues: list[Issue] = []
     for name in ("status", "reason", "criteria", "channel"):
@@ -211,7 +168,7 @@ def _own_rules(
     issues += end_issues
     channel = _Channel()
     if isinstance(document.get("channel"), dict):
-        channel = _channel_rules(document["channel"], issues, allow_loopback_http=allow_loopback_http)
+        channel = _channel_rules(document["channel"], issues, endpoints=endpoints)
     if issues or criteria is None or reason is None or channel.endpoint is None:
         return issues, None
     return issues, SubscriptionRequest(
@@ -271,7 +228,7 @@ def _end(end_text: str | None, *, now: datetime) -> tuple[datetime | None, list[
     return end, []
 
 
-def _channel_rules(channel: dict[str, Any], issues: list[Issue], *, allow_loopback_http: bool) -> _Channel:
+def _channel_rules(channel: dict[str, Any], issues: list[Issue], *, endpoints: EndpointPolicy) -> _Channel:
     """The channel's rules: a rest-hook, a usable endpoint, FHIR JSON or no payload, headers we may send."""
     if channel.get("modifierExtension"):
         issues.append(
@@ -298,10 +255,13 @@ def _channel_rules(channel: dict[str, Any], issues: list[Issue], *, allow_loopba
     if channel.get("endpoint") is None:
         issues.append(_missing("Subscription.channel.endpoint"))
     elif endpoint is not None:
-        problem = endpoint_problem(endpoint, allow_loopback_http=allow_loopback_http)
-        if problem:
+        try:
+            endpoints.check(endpoint)
+        except EndpointRefusedError as refused:
             issues.append(
-                _issue(IssueType.VALUE, ErrorCode.INVALID_VALUE, problem, "Subscription.channel.endpoint")
+                _issue(
+                    IssueType.VALUE, ErrorCode.INVALID_VALUE, str(refused), "Subscription.channel.endpoint"
+                )
             )
     payload = _payload(_string(channel, "payload"), issues)
     header_issues, headers = _header_issues(channel.get("header"))
@@ -326,7 +286,7 @@ def _payload(payload_text: str | None, issues: list[Issue]) -> str | None:
     return payload
 
 
-def check_subscription(document: Any, *, now: datetime, allow_loopback_http: bool) -> SubscriptionRequest:
+def check_subscription(document: Any, *, now: datetime, endpoints: EndpointPolicy) -> SubscriptionRequest:
     """The subscription asked for, or an OperationOutcomeError (400) with every problem found."""
     if not isinstance(document, dict):
         raise OperationOutcomeError(
@@ -352,7 +312,7 @@ def check_subscription(document: Any, *, now: datetime, allow_loopback_http: boo
             ],
         )
     issues = check_resource_structure(document)
-    rule_issues, request = _own_rules(document, now=now, allow_loopback_http=allow_loopback_http)
+    rule_issues, request = _own_rules(document, now=now, endpoints=endpoints)
     reported = {issue.expression for issue in issues}
     issues.extend(issue for issue in rule_issues if issue.expression not in reported)
     if issues or request is None:

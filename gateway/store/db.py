@@ -10,6 +10,8 @@ fraction of a millisecond rather than through SQLite's busy handler, whose sleep
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import sqlite3
 import threading
@@ -24,6 +26,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -77,6 +80,33 @@ def _constraint_of(exc: IntegrityError) -> str | None:
     return text_of_error.partition("constraint failed: ")[2] or None
 
 
+def database_problem(exc: BaseException) -> str | None:
+    """One line an operator can act on when `exc` says the configured database cannot be used."""
+    if isinstance(exc, sqlalchemy_errors.ArgumentError):
+        return (
+            "DATABASE_URL is not a database URL this gateway can use: give sqlite:///path/to/file.db "
+            "or postgresql://user@host:5432/name"
+        )
+    if isinstance(exc, sqlalchemy_errors.OperationalError | sqlalchemy_errors.InterfaceError):
+        reason = (str(exc.orig) if exc.orig is not None else str(exc)).strip().splitlines()
+        return (
+            f"The database cannot be reached or opened ({reason[0][:200] if reason else 'no reason given'}): "
+            "check DATABASE_URL (or HOMECARE_DATA_DIR for the embedded database) and that the server runs"
+        )
+    return None
+
+
+def _owner_only_file(path: Path) -> None:
+    """The SQLite file holds patient data: owner-only (0600), in a folder made owner-only (0700) when
+    this creates it. SQLite gives its -wal and -shm files the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Only a file this creates is opened here: closing any other descriptor of a database file would
+    # drop the locks this process's SQLite connections hold on it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    path.chmod(0o600)
+
+
 class Database:
     """Engines and sessions for one database. On PostgreSQL reads and writes share one engine."""
 
@@ -87,7 +117,7 @@ class Database:
         if self.is_sqlite:
             database = self.url.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                _owner_only_file(Path(database))
             self.engine = self._sqlite_engine(writer=False, pool_size=pool_size)
             self.write_engine = self._sqlite_engine(writer=True, pool_size=pool_size)
         else:

@@ -74,6 +74,8 @@ def serve_gateway(database: Database, folder: Path) -> Iterator[SuiteTarget]:
         retry_cap_seconds=1.0,
         cancel_wait_seconds=5,
         log_level="WARNING",
+        # The suite's subscriber listens on loopback over plain http.
+        allow_loopback_subscribers=True,
     )
     with RunningServer(create_app(settings, db=database), port=port) as server:
         yield SuiteTarget(server.base_url, config, database)

@@ -33,6 +33,5 @@ def write_waivers(folder: Path, waivers: dict[str, str]) -> Path:
     return path
 
 
-# The gateway does not refuse repeated JSON keys yet (DESIGN.md §10 wave 2, hardening): waived here,
-# as a vendor waives a known gap, until that lands.
-KNOWN_GAPS = {"INTAKE-13": "repeated JSON keys are refused by the hardening work, not landed yet"}
+# Known gaps of our own gateway, waived as a vendor waives them (with a reason each): none today.
+KNOWN_GAPS: dict[str, str] = {}
