@@ -23,19 +23,21 @@ from typing import Any
 import httpx
 import orjson
 
-from adapters.fhir_rest.lifecycle import (
+from adapters.fhir_rest.simulator_config import SimulatorConfig
+from adapters.fhir_rest.status_tasks import status_task, task_id
+from adapters.inbound import DeliveryWindow
+from adapters.simulation.lifecycle import (
     INTAKE_REJECTIONS,
     TOO_LATE_TO_CANCEL,
     UNKNOWN_PRESCRIPTION,
     WRONG_PROVIDER,
     RealTime,
+    Reason,
     SimulationTime,
     Step,
     order_random,
     plan_lifecycle,
 )
-from adapters.fhir_rest.simulator_config import SimulatorConfig
-from adapters.fhir_rest.status_tasks import DeliveryWindow, Reason, status_task, task_id
 from fhir_profiles import codes
 from fhir_profiles.homecare import validate_message
 from fhir_profiles.identifiers import ORDER_ITEM_NUMBER_SYSTEM
