@@ -80,6 +80,8 @@ class BookedOrder:
 class IntakeResult:
     outcome: Intake
     reason: Reason | None = None
+    first: bool = True
+    """False when the key was seen before (the answer repeats the first one)."""
 
 
 @dataclass(slots=True)
@@ -126,7 +128,9 @@ class OrderBook:
             self._receipts[key] = self._receipts.get(key, 0) + 1
             if key in self._answers:
                 first = self._answers[key]
-                return first if first.outcome is Intake.REFUSED else IntakeResult(Intake.DUPLICATE)
+                if first.outcome is Intake.REFUSED:
+                    return IntakeResult(Intake.REFUSED, first.reason, first=False)
+                return IntakeResult(Intake.DUPLICATE, first=False)
             existing = self._by_short_form.get(short_form_id)
             if existing is not None:
                 outcome = Intake.DUPLICATE if existing.message == message else Intake.CONFLICT
@@ -176,6 +180,22 @@ class OrderBook:
         if events:
             self._spawn(self._deliver(events))
         return refusal
+
+    def refusal_events(
+        self, *, key: str, short_form_id: str, item_ids: tuple[str, ...], reason: Reason
+    ) -> list[LifecycleEvent]:
+        """`rejected` events for an order refused at intake, for protocols whose only answer is a status
+        report (files, pull): logged like every other event, for the protocol to deliver."""
+        with self._lock:
+            now = self._time.now()
+            events = [
+                LifecycleEvent(
+                    len(self._events) + position, key, short_form_id, item, "rejected", now, reason
+                )
+                for position, item in enumerate(item_ids, start=1)
+            ]
+            self._events.extend(events)
+            return events
 
     # --- the lifecycle ---------------------------------------------------------------------------
 
