@@ -1,5 +1,5 @@
 """HL7 v2 encoding details shared by the order builder, the ACKs and the status reader: escaping, timestamps,
-control ids, and parsing with hl7apy into a flat list of segments.
+control ids, and reading a message into a flat list of segments checked against hl7apy's definitions.
 """
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from typing import Any
+from functools import lru_cache
 
-from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.exceptions import HL7apyException
-from hl7apy.parser import parse_message
+from hl7apy import load_reference
+from hl7apy.exceptions import ChildNotFound, HL7apyException
 
 ORDER_VERSION = "2.5"
 CONTROL_ID_LENGTH = 20
@@ -35,6 +34,7 @@ _SUPPORTED_VERSIONS = (
 _ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
 _UNESCAPES = {"E": "\\", "F": "|", "S": "^", "T": "&", "R": "~"}
 _ESCAPE_SEQUENCE = re.compile(r"\\([EFSTR])\\")
+_SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _TIMESTAMP = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d{1,4})?([+-]\d{4})?$")
 
 
@@ -170,7 +170,12 @@ def header_fields(text: str) -> list[str]:
 
 
 def parse(raw: bytes) -> ParsedMessage:
-    """An HL7 v2 message read with hl7apy (structure of every segment checked, groups not required)."""
+    """An HL7 v2 message split into segments and fields, every segment ID checked against hl7apy's
+    definition of the message's version (Z segments are local and always allowed).
+
+    Fields are split here rather than by hl7apy's parser, which builds an object per component and
+    costs about 30 ms for a two-item order: too slow to sit in front of every ACK.
+    """
     text = normalise(raw)
     fields = header_fields(text)
     if not fields:
@@ -181,21 +186,26 @@ def parse(raw: bytes) -> ParsedMessage:
     readable = readable_version(version)
     if readable is None:
         raise Hl7Error(f"unsupported HL7 version '{version[:10]}'", error_code="203", location="MSH^1^12")
-    if readable != version:
-        text = _with_version(text, readable)
-    try:
-        message: Any = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
-    except (HL7apyException, ValueError, KeyError, IndexError) as exc:
-        raise Hl7Error(f"the message cannot be parsed: {str(exc)[:200]}") from exc
-    segments = []
-    for element in message.children:
-        name = str(element.name)
-        raw_fields = element.to_er7().split("|")
-        if name == "MSH":
-            segments.append(Segment(name, tuple(["|", *raw_fields[1:]])))
-        else:
-            segments.append(Segment(name, tuple(raw_fields[1:])))
+    segments = [Segment("MSH", tuple(fields))]
+    for position, line in enumerate(text.split("\r")[1:], start=2):
+        if not line.strip():
+            continue
+        name = line[:3]
+        if not _SEGMENT_ID.match(name) or (len(line) > 3 and line[3] != "|"):
+            raise Hl7Error(f"line {position} is not an HL7 segment", location=f"{name[:3]}^{position}")
+        if not name.startswith("Z") and not _known_segment(name, readable):
+            raise Hl7Error(f"{name} is not a segment of HL7 v{readable}", location=f"{name}^{position}")
+        segments.append(Segment(name, tuple(line.split("|")[1:])))
     return ParsedMessage(tuple(segments))
+
+
+@lru_cache(maxsize=1024)
+def _known_segment(name: str, version: str) -> bool:
+    try:
+        load_reference(name, "Segment", version)
+    except (ChildNotFound, HL7apyException):
+        return False
+    return True
 
 
 def readable_version(version: str) -> str | None:
@@ -204,10 +214,3 @@ def readable_version(version: str) -> str | None:
         return version
     major_minor = ".".join(version.split(".")[:2])
     return major_minor if major_minor in _SUPPORTED_VERSIONS and major_minor.startswith("2.") else None
-
-
-def _with_version(text: str, version: str) -> str:
-    first, _, rest = text.partition("\r")
-    parts = first.split("|")
-    parts[11] = version
-    return "|".join(parts) + ("\r" + rest if rest else "")

@@ -429,8 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--step-delay-seconds", type=float, default=2.0)
     parser.add_argument("--reject-rate", type=float, default=0.0)
+    parser.add_argument(
+        "--no-lifecycle", dest="lifecycle", action="store_false", help="only acknowledge orders"
+    )
     options = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         server = MllpSimulatorServer(
             options.ods,
@@ -441,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status_port=options.status_port,
             step_delay_seconds=options.step_delay_seconds,
             reject_rate=options.reject_rate,
+            lifecycle=options.lifecycle,
         )
     except ValidationError as exc:
         sys.stderr.write(f"invalid simulator settings:\n{exc}\n")

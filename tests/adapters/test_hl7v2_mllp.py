@@ -561,3 +561,26 @@ def test_the_dispense_sample_reads_once_it_names_a_homecare_prescription() -> No
     )
     assert report.dispense is not None and report.dispense.quantity == "10"
     assert orjson.dumps(report.occurred_at.isoformat())
+
+
+def test_the_order_fits_the_v2_5_rde_o11_structure_as_hl7apy_defines_it(
+    builder: PrescriptionMessageBuilder,
+) -> None:
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    from adapters.hl7v2_mllp.messages import Parties, build_order_message
+    from adapters.order_content import read_order_content
+
+    text = build_order_message(
+        read_order_content(order_for(builder.build(items=3))),
+        control_id="C1",
+        parties=Parties("HOMECARE-GATEWAY", "HG", "PHARMACY", "VNCEL"),
+        now=datetime.now(UTC),
+    )
+    message = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=True)
+    assert [child.name for child in message.children] == ["MSH", "RDE_O11_PATIENT", *["RDE_O11_ORDER"] * 3]
+    order = message.children[2]
+    names = [child.name for child in order.children]
+    assert names[:3] == ["ORC", "RXE", "NTE"] and names[-1] == "RXR"
+    assert [segment.name for segment in order.children[3].children] == ["TQ1"]
