@@ -68,7 +68,9 @@ async def run(port: int, work: list[Order], connections: int) -> tuple[float, li
     latencies.clear()
     cpu, wall = time.process_time(), time.perf_counter()
     shares = [work[n::connections] for n in range(connections)]
-    await asyncio.gather(*(sender(a, share, n) for n, (a, share) in enumerate(zip(adapters, shares))))
+    await asyncio.gather(
+        *(sender(a, share, n) for n, (a, share) in enumerate(zip(adapters, shares, strict=True)))
+    )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     for adapter in adapters:
         await adapter.aclose()
