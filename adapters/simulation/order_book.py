@@ -97,16 +97,26 @@ class _Order:
 
 
 Deliver = Callable[[list[LifecycleEvent]], Awaitable[None]]
+Record = Callable[[list[LifecycleEvent]], None]
 
 
 class OrderBook:
     def __init__(
-        self, settings: Callable[[], LifecycleSettings], *, time: SimulationTime, deliver: Deliver
+        self,
+        settings: Callable[[], LifecycleSettings],
+        *,
+        time: SimulationTime,
+        deliver: Deliver,
+        on_record: Record | None = None,
+        lock: threading.RLock | None = None,
     ) -> None:
+        """`deliver` sends events in the protocol (awaited by the lifecycle, in order). `on_record`, when
+        given, sees them the moment they happen, under `lock` (share it to keep state beside the book)."""
         self._settings = settings
         self._time = time
         self._deliver = deliver
-        self._lock = threading.RLock()
+        self._on_record = on_record
+        self._lock = lock or threading.RLock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._generation = 0
         self._clear()
@@ -220,21 +230,14 @@ class OrderBook:
                 live = [
                     item for item in step.items if order.item_statuses[item] not in ("cancelled", "rejected")
                 ]
-                events = self._record(
-                    order,
-                    step.status,
-                    live,
-                    reason=step.reason,
-                    attempt=step.attempt,
-                    window=_window(step, order),
-                )
-                if all(status in _FINISHED for status in order.item_statuses.values()):
-                    order.lifecycle_done = True
+                events = self._record(order, step.status, live, reason=step.reason, step=step)
+                finished = all(status in _FINISHED for status in order.item_statuses.values())
             if events:
                 await self._deliver(events)
-            if order.lifecycle_done:
-                return
+            if finished:
+                break
         with self._lock:
+            # Done once its last reports are delivered, so a reader who sees it done sees them too.
             order.lifecycle_done = True
 
     def _record(
@@ -244,12 +247,13 @@ class OrderBook:
         items: list[str],
         *,
         reason: Reason | None = None,
-        attempt: int | None = None,
-        window: DeliveryWindow | None = None,
+        step: Step | None = None,
     ) -> list[LifecycleEvent]:
         """Log one event per item (lock held); a refused cancel leaves the statuses as they are."""
         now = max(self._time.now(), order.last_modified + timedelta(microseconds=1))
         order.last_modified = now
+        window = _window(step, now) if step is not None else None
+        attempt = step.attempt if step is not None else None
         events = []
         for item in items:
             if status != CANCEL_REFUSED:
@@ -267,6 +271,8 @@ class OrderBook:
             )
             self._events.append(event)
             events.append(event)
+        if self._on_record is not None and events:
+            self._on_record(events)
         return events
 
     # --- control and reads, from any thread ------------------------------------------------------
@@ -323,12 +329,10 @@ async def _run_awaitable(work: Awaitable[Any]) -> None:
     await work
 
 
-def _window(step: Step, order: _Order) -> DeliveryWindow | None:
+def _window(step: Step, now: datetime) -> DeliveryWindow | None:
     if step.window_days_ahead is None or step.window_hours is None:
         return None
-    day = (order.last_modified + timedelta(days=step.window_days_ahead)).replace(
-        minute=0, second=0, microsecond=0
-    )
+    day = (now + timedelta(days=step.window_days_ahead)).replace(minute=0, second=0, microsecond=0)
     return DeliveryWindow(
         start=day.replace(hour=step.window_hours[0]), end=day.replace(hour=step.window_hours[1])
     )
