@@ -584,3 +584,136 @@ def test_the_order_fits_the_v2_5_rde_o11_structure_as_hl7apy_defines_it(
     names = [child.name for child in order.children]
     assert names[:3] == ["ORC", "RXE", "NTE"] and names[-1] == "RXR"
     assert [segment.name for segment in order.children[3].children] == ["TQ1"]
+
+
+# --- TLS --------------------------------------------------------------------------------------------------
+
+
+def issue_certificates(folder: Path) -> dict[str, Path]:
+    """A private CA, a server certificate for 127.0.0.1 / localhost and a client certificate (CN VNCEL-MLLP)."""
+    import ipaddress
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(UTC)
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    def write(stem: str, key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> None:
+        (folder / f"{stem}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        (folder / f"{stem}.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("Test CA"))
+        .issuer_name(name("Test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    write("ca", ca_key, ca)
+    for stem, common_name, usage in (
+        ("server", "localhost", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", "VNCEL-MLLP", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(common_name))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if stem == "server":
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        write(stem, key, builder.sign(ca_key, hashes.SHA256()))
+    return {stem: folder / f"{stem}.{kind}" for stem in ("ca", "server", "client") for kind in ("pem",)} | {
+        f"{stem}_key": folder / f"{stem}.key" for stem in ("server", "client")
+    }
+
+
+@pytest.mark.anyio
+async def test_orders_go_over_tls_and_a_plain_client_cannot_talk_to_a_tls_provider(
+    builder: PrescriptionMessageBuilder, tmp_path: Path
+) -> None:
+    files = issue_certificates(tmp_path)
+    with MllpSimulatorServer(
+        "VNCEL", lifecycle=False, tls_cert_file=files["server"], tls_key_file=files["server_key"]
+    ) as provider:
+        settings = settings_for(provider, tls=True, tls_ca_file=str(files["ca"]), ack_timeout_seconds=2)
+        async with adapter_for("hl7v2-mllp", **settings) as adapter:
+            assert (await adapter.send(order_for(builder.build()), idempotency_key="order-1")).is_delivered
+        async with adapter_for(
+            "hl7v2-mllp", **settings_for(provider, tls=True, ack_timeout_seconds=2)
+        ) as untrusting:
+            with pytest.raises(AdapterTransportError, match="SSL"):
+                await untrusting.send(order_for(builder.build()), idempotency_key="order-2")
+        assert len(provider.orders()) == 1
+
+
+@pytest.mark.anyio
+async def test_the_listener_can_require_a_client_certificate_naming_the_provider(
+    store: SqliteReportStore, tmp_path: Path
+) -> None:
+    import ssl
+
+    files = issue_certificates(tmp_path)
+    store.routes["A1B2C3-A99968-D0E87S"] = "VNCEL"
+    listener_settings = MllpListenerSettings(
+        port=0,
+        tls_cert_file=files["server"],
+        tls_key_file=files["server_key"],
+        tls_client_ca_file=files["ca"],
+    )
+    named = Hl7v2MllpSettings(
+        host="h", port=1, inbound_allowed_addresses="127.0.0.1", inbound_tls_subject="VNCEL-MLLP"
+    )
+    other = Hl7v2MllpSettings(
+        host="h", port=1, inbound_allowed_addresses="127.0.0.1", inbound_tls_subject="SOMEONE"
+    )
+    for provider_settings, expected in ((named, "AA"), (other, "AR")):
+        server = MllpListener(listener_settings, sink=store, providers={"VNCEL": provider_settings}.get)
+        _, port = await server.start()
+        try:
+            context = ssl.create_default_context(cafile=str(files["ca"]))
+            context.load_cert_chain(str(files["client"]), str(files["client_key"]))
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=context, server_hostname="localhost"
+            )
+            writer.write(frame(orr(f"TLS-{expected}", [event("A1B2C3-A99968-D0E87S", "item-1", "accepted")])))
+            await writer.drain()
+            received = await asyncio.wait_for(read_frame(reader), 10)
+            writer.close()
+            assert received is not None and read_ack(received.payload).code == expected
+            no_certificate = ssl.create_default_context(cafile=str(files["ca"]))
+            with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=no_certificate, server_hostname="localhost"
+                )
+                writer.write(frame("MSH|^~\\&|x"))
+                await writer.drain()
+                await asyncio.wait_for(reader.readexactly(1), 10)
+        finally:
+            await server.aclose()
+    assert store.stored_keys() == ["hl7v2-mllp/VNCEL/TLS-AA"]
