@@ -217,7 +217,7 @@ class SftpFolder:
                 try:
                     # Plain SFTP rename refuses to replace an existing file: the first writer wins.
                     await sftp.rename(temporary, final)
-                except asyncssh.SFTPFailure:
+                except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists):
                     await sftp.remove(temporary)
                     if await sftp.exists(final):
                         return False

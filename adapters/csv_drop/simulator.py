@@ -115,7 +115,10 @@ class FolderProvider:
     async def pick_up_orders(self) -> None:
         for name in await self._files.list_files(str(self.order_dir)):
             data = await self._files.read(str(self.order_dir), name)
-            outcome = await self._take(name, data)
+            try:
+                outcome = await self._take(name, data)
+            except (ValueError, KeyError, UnicodeDecodeError):
+                outcome = "unreadable"  # a real provider would raise it with the gateway's operators
             await self._files.move(str(self.order_dir), name, TAKEN)
             with self._lock:
                 self._pickups.append(OrderPickup(name, outcome))
