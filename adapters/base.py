@@ -51,6 +51,7 @@ class Order:
 class SendOutcome(StrEnum):
     DELIVERED = "delivered"
     REJECTED = "rejected"
+    HELD = "held"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +61,28 @@ class SendResult:
     `delivered`: the provider's system took the order (a transport acknowledgement; the gateway
     records `sent`, and acceptance comes later as a status update). `rejected`: a permanent refusal;
     the gateway records `rejected` with `reason` (and `code`, when the provider gave one).
+
+    `answer_follows` (with `delivered`): the protocol's acknowledgement only says the message
+    arrived, so the provider's answer to a cancellation (cancelled, or refused) comes later as a
+    status report; without it, a delivered cancellation is agreed at once (`fhir-rest`).
+
+    `held`: nothing went on the wire because the provider fetches its orders itself (`pull`): the
+    order stays `queued`, visible to the provider, until the provider acknowledges it.
     """
 
     outcome: SendOutcome
     detail: str = ""
     reason: str | None = None
     code: str | None = None
+    answer_follows: bool = False
 
     @classmethod
-    def delivered(cls, detail: str = "") -> SendResult:
-        return cls(SendOutcome.DELIVERED, detail=detail)
+    def delivered(cls, detail: str = "", *, answer_follows: bool = False) -> SendResult:
+        return cls(SendOutcome.DELIVERED, detail=detail, answer_follows=answer_follows)
+
+    @classmethod
+    def held_for_pull(cls, detail: str = "") -> SendResult:
+        return cls(SendOutcome.HELD, detail=detail)
 
     @classmethod
     def rejected(cls, reason: str, code: str | None = None) -> SendResult:

@@ -1,4 +1,5 @@
-"""The simulated homecare provider behind the FHIR REST simulator: intake, deduplication, lifecycle, status.
+"""The simulated homecare provider behind the FHIR REST simulator: intake, deduplication and status Tasks
+over the shared order book (`adapters.simulation.order_book`), which runs the lifecycle.
 
 Framework-free: `simulator.py` puts it on HTTP. Requests are handled on the server's event loop;
 the read methods (`orders`, `receipts`, `status_log`, ...) and `configure`/`reset` are safe to call
@@ -17,25 +18,22 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import httpx
 import orjson
 
-from adapters.fhir_rest.lifecycle import (
-    INTAKE_REJECTIONS,
-    TOO_LATE_TO_CANCEL,
-    UNKNOWN_PRESCRIPTION,
-    WRONG_PROVIDER,
-    RealTime,
-    SimulationTime,
-    Step,
-    order_random,
-    plan_lifecycle,
-)
 from adapters.fhir_rest.simulator_config import SimulatorConfig
-from adapters.fhir_rest.status_tasks import DeliveryWindow, Reason, status_task, task_id
+from adapters.fhir_rest.status_tasks import status_task, task_id
+from adapters.simulation.lifecycle import WRONG_PROVIDER, RealTime, Reason, SimulationTime
+from adapters.simulation.order_book import (
+    CANCEL_REFUSED,
+    BookedOrder,
+    Intake,
+    LifecycleEvent,
+    OrderBook,
+)
 from fhir_profiles import codes
 from fhir_profiles.homecare import validate_message
 from fhir_profiles.identifiers import ORDER_ITEM_NUMBER_SYSTEM
@@ -45,11 +43,6 @@ log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 _JSON_MEDIA_TYPES = frozenset({FHIR_JSON, "application/json"})
-# Statuses from which a cancellation is too late (the medicine has been dispensed).
-_DISPENSED_OR_LATER = frozenset(
-    {"dispensed", "delivery-scheduled", "out-for-delivery", "delivered", "delivery-failed"}
-)
-_FINISHED = frozenset({"rejected", "cancelled", "delivered"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,20 +106,13 @@ class StatusReport:
         return self.response_status is not None and 200 <= self.response_status < 300
 
 
-@dataclass(slots=True)
-class _Order:
-    key: str
-    short_form_id: str
+@dataclass(frozen=True, slots=True)
+class _OrderDetails:
+    """What the FHIR side keeps of an order beside the shared order book."""
+
     sender_ods: str
     nhs_number: str
-    item_ids: tuple[str, ...]
-    message: bytes
-    received_at: datetime
     correlation_id: str | None
-    item_statuses: dict[str, str]
-    last_modified: datetime
-    reports: int = 0
-    lifecycle_done: bool = False
 
 
 class ProviderSimulator:
@@ -147,16 +133,22 @@ class ProviderSimulator:
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._generation = 0
+        self.book = OrderBook(
+            lambda: self._config,
+            time=self._time,
+            deliver=self._deliver_events,
+            on_record=self._log_events,
+            lock=self._lock,
+        )
         # Access tokens outlive a reset, as a provider's sessions would.
         self._tokens: dict[str, float] = {}
         self._tokens_issued = 0
         self._clear()
 
     def _clear(self) -> None:
-        self._orders: dict[str, _Order] = {}
-        self._by_short_form: dict[str, _Order] = {}
+        self._details: dict[str, _OrderDetails] = {}
+        self._report_counts: dict[str, int] = {}
+        self._logged: dict[int, StatusReport] = {}
         self._answers: dict[str, tuple[str, Answer]] = {}
         self._receipts: list[Receipt] = []
         self._receipt_counts: dict[str, int] = {}
@@ -177,22 +169,18 @@ class ProviderSimulator:
     def reset(self) -> None:
         """Forget every order, receipt and report and stop running lifecycles; the config stays."""
         with self._lock:
-            self._generation += 1
             self._clear()
-            running = list(self._tasks)
-        if self._loop is not None and not self._loop.is_closed():
-            for task in running:
-                self._loop.call_soon_threadsafe(task.cancel)
+            self.book.reset(self._loop)
 
     # --- reads, from any thread -----------------------------------------------------------------
 
     def orders(self) -> list[AcceptedOrder]:
         with self._lock:
-            return [self._snapshot(order) for order in self._orders.values()]
+            return [self._snapshot(order) for order in self.book.orders()]
 
     def order(self, short_form_id: str) -> AcceptedOrder | None:
         with self._lock:
-            order = self._by_short_form.get(short_form_id)
+            order = self.book.order(short_form_id)
             return self._snapshot(order) if order else None
 
     def receipts(self) -> list[Receipt]:
@@ -213,17 +201,18 @@ class ProviderSimulator:
         with self._lock:
             return list(self._reports)
 
-    def _snapshot(self, order: _Order) -> AcceptedOrder:
+    def _snapshot(self, order: BookedOrder) -> AcceptedOrder:
+        details = self._details[order.short_form_id]
         return AcceptedOrder(
             idempotency_key=order.key,
             short_form_id=order.short_form_id,
-            sender_ods=order.sender_ods,
-            nhs_number=order.nhs_number,
+            sender_ods=details.sender_ods,
+            nhs_number=details.nhs_number,
             item_ids=order.item_ids,
             message=order.message,
             received_at=order.received_at,
             receipts=self._receipt_counts.get(order.key, 0),
-            item_statuses=dict(order.item_statuses),
+            item_statuses=order.item_statuses,
             lifecycle_done=order.lifecycle_done,
         )
 
@@ -234,11 +223,7 @@ class ProviderSimulator:
         self._http = httpx.AsyncClient(timeout=10.0)
 
     async def stop(self) -> None:
-        with self._lock:
-            running = list(self._tasks)
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await self.book.stop()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -367,7 +352,7 @@ class ProviderSimulator:
         if order.performer_ods != config.ods:
             return _reason_refusal(422, WRONG_PROVIDER, f"This is {config.ods}"), "refused"
 
-        existing = self._by_short_form.get(order.short_form_id)
+        existing = self.book.order(order.short_form_id)
         if existing is not None:
             if existing.message == body:
                 self._answers[key] = self._answers[existing.key]
@@ -375,126 +360,73 @@ class ProviderSimulator:
             clash = _refusal(409, "duplicate", "duplicate-prescription-id", "Prescription ID reused")
             return clash, "conflict"
 
-        if order_random(config.seed, "intake", order.short_form_id).random() < config.reject_rate:
-            reason = order_random(config.seed, "intake-reason", order.short_form_id).choice(INTAKE_REJECTIONS)
-            refusal = _reason_refusal(422, reason)
+        details = _OrderDetails(order.sender_ods, order.nhs_number, headers.get("x-correlation-id"))
+        self._details[order.short_form_id] = details
+        items = tuple(item.item_identifier for item in order.items)
+        intake = self.book.take(key=key, short_form_id=order.short_form_id, item_ids=items, message=body)
+        if intake.outcome is Intake.REFUSED and intake.reason is not None:
+            refusal = _reason_refusal(422, intake.reason)
             self._answers[key] = (digest, refusal)
             return refusal, "refused"
-
-        now = self._time.now()
-        accepted = _Order(
-            key=key,
-            short_form_id=order.short_form_id,
-            sender_ods=order.sender_ods,
-            nhs_number=order.nhs_number,
-            item_ids=tuple(item.item_identifier for item in order.items),
-            message=body,
-            received_at=now,
-            correlation_id=headers.get("x-correlation-id"),
-            item_statuses={item.item_identifier: "received" for item in order.items},
-            last_modified=now,
-        )
-        self._orders[key] = accepted
-        self._by_short_form[accepted.short_form_id] = accepted
         ok = Answer(200, success_outcome(f"Order {order.short_form_id} received by {config.ods}"))
         self._answers[key] = (digest, ok)
-        if config.lifecycle:
-            steps = plan_lifecycle(config, accepted.short_form_id, accepted.item_ids)
-            self._spawn(self._run_lifecycle(accepted, steps, self._generation))
-        else:
-            accepted.lifecycle_done = True
         return ok, "accepted"
 
     def _cancel(
         self, key: str, digest: str, document: dict[str, Any], headers: Mapping[str, str]
     ) -> tuple[Answer, str]:
         short_form_id, named_items = _cancel_targets(document)
-        order = self._by_short_form.get(short_form_id or "")
-        if order is None:
-            return _reason_refusal(422, UNKNOWN_PRESCRIPTION), "refused"
-        targets = [item for item in order.item_ids if not named_items or item in named_items]
-        if any(order.item_statuses[item] in _DISPENSED_OR_LATER for item in targets):
-            return _reason_refusal(422, TOO_LATE_TO_CANCEL), "refused"
-        to_cancel = [item for item in targets if order.item_statuses[item] not in _FINISHED]
-        reports = self._record(order, Step("cancelled", tuple(to_cancel), 0.0)) if to_cancel else []
-        if all(status in _FINISHED for status in order.item_statuses.values()):
-            order.lifecycle_done = True
-        if reports:
-            self._spawn(self._deliver_reports(reports, headers.get("x-correlation-id")))
+        refusal = self.book.cancel(short_form_id or "", named_items or None)
+        if refusal is not None:
+            # Refused at once (422): the refusal is the answer, no status Task follows.
+            return _reason_refusal(422, refusal), "refused"
         ok = Answer(200, success_outcome(f"Cancellation of {short_form_id} accepted by {self._config.ods}"))
         self._answers[key] = (digest, ok)
         return ok, "cancelled"
 
     # --- lifecycle and status reports ------------------------------------------------------------
 
-    def _spawn(self, work: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
-        with self._lock:
-            self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        with self._lock:
-            self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("simulator background task failed", exc_info=task.exception())
-
-    async def _run_lifecycle(self, order: _Order, steps: list[Step], generation: int) -> None:
-        for step in steps:
-            await self._time.sleep(step.delay_seconds)
-            with self._lock:
-                if generation != self._generation:
-                    return
-                reports = self._record(order, step)
-                if all(status in _FINISHED for status in order.item_statuses.values()):
-                    order.lifecycle_done = True
-            await self._deliver_reports(reports, order.correlation_id)
-            if order.lifecycle_done:
-                return
-        with self._lock:
-            order.lifecycle_done = True
-
-    def _record(self, order: _Order, step: Step) -> list[StatusReport]:
-        """Apply a step to the items still live and log one report per item (lock held)."""
-        items = [item for item in step.items if order.item_statuses[item] not in ("cancelled", "rejected")]
-        now = max(self._time.now(), order.last_modified + timedelta(microseconds=1))
-        order.last_modified = now
-        window = None
-        if step.window_days_ahead is not None and step.window_hours is not None:
-            day = (now + timedelta(days=step.window_days_ahead)).replace(minute=0, second=0, microsecond=0)
-            window = DeliveryWindow(
-                start=day.replace(hour=step.window_hours[0]), end=day.replace(hour=step.window_hours[1])
-            )
-        reports = []
+    def _log_events(self, events: list[LifecycleEvent]) -> None:
+        """One status Task per item per step, logged the moment it happens (the book's lock is held)."""
         target = str(self._config.status_url) if self._config.status_url else None
-        for item in items:
-            order.item_statuses[item] = step.status
-            order.reports += 1
-            report = StatusReport(
-                sequence=len(self._reports) + 1,
-                short_form_id=order.short_form_id,
-                item_id=item,
-                status=step.status,
-                task=status_task(
-                    task_id=task_id(self._config.ods, order.short_form_id, item, order.reports),
-                    short_form_id=order.short_form_id,
-                    item_id=item,
-                    nhs_number=order.nhs_number,
-                    provider_ods=self._config.ods,
-                    status=step.status,
-                    last_modified=now,
-                    reason=step.reason,
-                    window=window,
-                    attempt=step.attempt,
-                ),
-                target=target,
+        for event in events:
+            details = self._details.get(event.short_form_id)
+            if event.status == CANCEL_REFUSED or details is None:
+                continue  # a too-late cancellation is refused in the answer itself
+            count = self._report_counts.get(event.short_form_id, 0) + 1
+            self._report_counts[event.short_form_id] = count
+            self._reports.append(
+                StatusReport(
+                    sequence=len(self._reports) + 1,
+                    short_form_id=event.short_form_id,
+                    item_id=event.item_id,
+                    status=event.status,
+                    task=status_task(
+                        task_id=task_id(self._config.ods, event.short_form_id, event.item_id, count),
+                        short_form_id=event.short_form_id,
+                        item_id=event.item_id,
+                        nhs_number=details.nhs_number,
+                        provider_ods=self._config.ods,
+                        status=event.status,
+                        last_modified=event.occurred_at,
+                        reason=event.reason,
+                        window=event.window,
+                        attempt=event.attempt,
+                    ),
+                    target=target,
+                )
             )
-            self._reports.append(report)
-            reports.append(report)
-        return reports
+            self._logged[event.sequence] = self._reports[-1]
 
-    async def _deliver_reports(self, reports: list[StatusReport], correlation_id: str | None) -> None:
-        for report in reports:
+    async def _deliver_events(self, events: list[LifecycleEvent]) -> None:
+        """POST each event's logged Task to status_url, when there is one."""
+        with self._lock:
+            reports = [
+                (report, self._details[event.short_form_id].correlation_id)
+                for event in events
+                if (report := self._logged.pop(event.sequence, None)) is not None
+            ]
+        for report, correlation_id in reports:
             if report.target is not None:
                 await self._post_status(report, report.target, correlation_id)
 

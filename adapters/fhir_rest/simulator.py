@@ -44,7 +44,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adapters.fhir_rest.lifecycle import SimulationTime
 from adapters.fhir_rest.provider import (
     AcceptedOrder,
     Answer,
@@ -53,6 +52,7 @@ from adapters.fhir_rest.provider import (
     StatusReport,
 )
 from adapters.fhir_rest.simulator_config import SimulatorConfig
+from adapters.simulation.lifecycle import SimulationTime
 
 __all__ = [
     "AcceptedOrder",

@@ -10,10 +10,11 @@ in `output`.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from adapters.inbound import DeliveryWindow
+from adapters.simulation.lifecycle import Reason
 from fhir_profiles import codes
 from fhir_profiles.identifiers import (
     NHS_NUMBER_SYSTEM,
@@ -49,21 +50,6 @@ STATUS_DISPLAY = {
     "cancelled": "Cancelled",
 }
 _TASK_NAMESPACE = uuid.UUID("3c7a61f2-4a59-4f0e-9a0b-6f1d2f0c5e11")
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """A coded reason for a status; `party` says who caused it (patient, trust, provider, courier)."""
-
-    code: str
-    display: str
-    party: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryWindow:
-    start: datetime
-    end: datetime
 
 
 def fhir_instant(moment: datetime) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -96,3 +97,17 @@ def wait_for(condition: Callable[[], T | None], *, timeout: float = 30.0, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.02)
+
+
+async def eventually(
+    condition: Callable[[], T | None], *, timeout: float = 30.0, what: str = "condition"
+) -> T:
+    """`wait_for` for async tests: polls without blocking the event loop (a listener may be serving on it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.02)

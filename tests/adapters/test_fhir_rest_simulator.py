@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adapters.fhir_rest.lifecycle import VirtualTime
 from adapters.fhir_rest.simulator import SimulatorServer, StatusReport
+from adapters.simulation.lifecycle import VirtualTime
 from fhir_profiles import codes
 from fhir_profiles.builder import PrescriptionMessageBuilder
 from fhir_profiles.identifiers import (

@@ -160,3 +160,74 @@ def test_a_broken_adapter_package_is_refused_when_loaded(scheme: str, problem: s
     with pytest.raises(AdapterLoadError) as caught:
         load_adapter_class(scheme)
     assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "adapter_class", "settings"),
+    [
+        (
+            "hl7v2-mllp",
+            "adapters.hl7v2_mllp:Hl7v2MllpAdapter",
+            {"host": "mllp.provider.example", "port": "2575"},
+        ),
+        ("csv-drop", "adapters.csv_drop:CsvDropAdapter", {"order_dir": "/srv/out", "status_dir": "/srv/in"}),
+        ("pull", "adapters.pull:PullAdapter", {}),
+    ],
+)
+@pytest.mark.anyio
+async def test_every_built_in_scheme_loads_through_its_entry_point(
+    scheme: str, adapter_class: str, settings: dict[str, str]
+) -> None:
+    module, _, name = adapter_class.partition(":")
+    loaded = load_adapter_class(scheme)
+    assert loaded.__module__.startswith(f"{module}.")
+    assert loaded.__name__ == name and loaded.scheme == scheme
+    adapter = create_adapter(scheme, settings)
+    await adapter.aclose()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "settings", "problem"),
+    [
+        ("hl7v2-mllp", {"host": "h"}, "port: Field required"),
+        ("hl7v2-mllp", {"host": "h", "port": "70000"}, "port"),
+        ("hl7v2-mllp", {"host": "h", "port": 1, "tls_server_name": "x"}, "tls is off"),
+        (
+            "hl7v2-mllp",
+            {"host": "h", "port": 1, "inbound_allowed_addresses": "10.0.0.0/8,nonsense"},
+            "inbound",
+        ),
+        ("hl7v2-mllp", {"host": "h", "port": 1, "processing_id": "X"}, "processing_id"),
+        ("csv-drop", {"order_dir": "/a", "status_dir": "/a"}, "must differ"),
+        ("csv-drop", {"order_dir": "/a", "status_dir": "/b", "order_format": "xml"}, "order_format"),
+        (
+            "csv-drop",
+            {"order_dir": "/a", "status_dir": "/b", "sftp_host": "h"},
+            "only used with transport=sftp",
+        ),
+        ("pull", {"lease_seconds": "1"}, "lease_seconds"),
+        ("pull", {"nonsense": "1"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_each_new_adapter_refuses_bad_settings_clearly(
+    scheme: str, settings: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(InvalidAdapterSettings) as caught:
+        validate_settings(scheme, settings)
+    assert problem in str(caught.value)
+
+
+def test_hl7v2_settings_from_the_command_line_are_read_as_the_cli_passes_them() -> None:
+    settings = validate_settings(
+        "hl7v2-mllp",
+        {
+            "host": "h",
+            "port": "2575",
+            "ack_timeout_seconds": "5",
+            "inbound_allowed_addresses": "10.1.0.0/16, 192.0.2.7",
+        },
+    )
+    assert settings.port == 2575  # type: ignore[attr-defined]
+    assert settings.allows("10.1.2.3", None) and settings.allows("192.0.2.7", None)  # type: ignore[attr-defined]
+    assert not settings.allows("10.2.0.1", None)  # type: ignore[attr-defined]
+    assert settings.allows("::ffff:192.0.2.7", None)  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
-"""The homecare lifecycle the simulator plays out for each accepted order, and the time it runs on.
+"""The homecare lifecycle every provider simulator plays out for each accepted order, its knobs, and the
+time it runs on. Shared by the simulators of all adapters, so each protocol's provider behaves alike.
 
 An order's path is planned up front from a random generator seeded with the simulator's seed and
 the prescription ID, so the same seed gives every order the same path, whatever order requests
@@ -17,10 +18,65 @@ import asyncio
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol, Self
 
-from adapters.fhir_rest.simulator_config import SimulatorConfig
-from adapters.fhir_rest.status_tasks import Reason
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fhir_profiles.status_task import PROVIDER_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """A coded reason for a status; `party` says who caused it (patient, trust, provider, courier)."""
+
+    code: str
+    display: str
+    party: str | None = None
+
+
+class LifecycleSettings(BaseModel):
+    """The knobs every provider simulator shares: the seed, refusals at intake and the lifecycle of
+    accepted orders. Each simulator's config adds its transport's knobs. Lifecycle settings apply to
+    orders accepted afterwards (an order's path is planned when it is accepted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ods: str = Field(default="VNCEL", pattern=r"^[A-Z0-9]{3,12}$", description="The provider's ODS code")
+    seed: int = Field(default=0, description="Seed of every random choice, so runs repeat")
+    reject_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of new orders refused at once (with a reason)"
+    )
+    lifecycle: bool = Field(default=True, description="Move accepted orders through the lifecycle")
+    step_delay_seconds: float = Field(default=2.0, ge=0, description="Wait before each status change")
+    step_delays: dict[str, float] = Field(
+        default_factory=dict, description="Per-status waits overriding step_delay_seconds"
+    )
+    lifecycle_reject_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of items rejected after review"
+    )
+    query_rate: float = Field(default=0.0, ge=0, le=1, description="Share of accepted items queried")
+    delivery_failure_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Chance that a delivery attempt fails"
+    )
+    max_delivery_attempts: int = Field(default=3, ge=1, le=10)
+
+    @field_validator("step_delays")
+    @classmethod
+    def _known_statuses(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - PROVIDER_STATUSES)
+        if unknown:
+            raise ValueError(f"unknown statuses {unknown}; choose from {sorted(PROVIDER_STATUSES)}")
+        if any(delay < 0 for delay in value.values()):
+            raise ValueError("delays cannot be negative")
+        return value
+
+    def delay_for(self, status: str) -> float:
+        return self.step_delays.get(status, self.step_delay_seconds)
+
+    def updated(self, changes: dict[str, Any]) -> Self:
+        """A validated copy with `changes` applied."""
+        return type(self).model_validate({**dict(self), **changes})
+
 
 # Refusals at intake (the order is answered 422 with one of these).
 INTAKE_REJECTIONS = (
@@ -103,7 +159,7 @@ def order_random(seed: int, purpose: str, short_form_id: str) -> random.Random:
     return random.Random(f"{seed}/{purpose}/{short_form_id}")
 
 
-def plan_lifecycle(config: SimulatorConfig, short_form_id: str, items: tuple[str, ...]) -> list[Step]:
+def plan_lifecycle(config: LifecycleSettings, short_form_id: str, items: tuple[str, ...]) -> list[Step]:
     rng = order_random(config.seed, "lifecycle", short_form_id)
     steps: list[Step] = []
     live: list[str] = []

@@ -1,0 +1,1 @@
+"""What every provider simulator shares: the homecare lifecycle, its knobs, and the book of orders taken."""
