@@ -28,6 +28,7 @@ from fhir_profiles.homecare import (
     PrescriptionOrder,
     validate_message,
 )
+from fhir_profiles.medication import medicine_name
 from fhir_profiles.outcome import (
     ErrorCode,
     Issue,
@@ -251,6 +252,7 @@ def _build_rows(
         "valid_until": end_of_validity(order.valid_until),
         "created_at": now,
         "updated_at": now,
+        "status_since": now,
     }
     items = [
         {
@@ -261,6 +263,7 @@ def _build_rows(
             "tenant_ods": order.sender_ods,
             "provider_ods": order.performer_ods,
             "resource": orjson.dumps(item.resource),
+            "medicine": medicine_name(item.resource),
             "status": Status.QUEUED.value,
             "updated_at": now,
         }

@@ -18,6 +18,9 @@ from gateway.domain.status import DEFINITIONS, STATUS_SYSTEM, Status, task_statu
 TASK_IDENTIFIER_SYSTEM = "https://homecare-gateway.nhs.uk/Id/task"
 PARTIAL_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-PrescriptionPartial"
 VERDICT_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-StatusVerdict"
+# Task.input carrying the medicine's name, so a status reader need not fetch the MedicationRequest.
+TASK_INPUT_SYSTEM = "https://homecare-gateway.nhs.uk/CodeSystem/task-input"
+TASK_INPUT_MEDICATION = "medication"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,8 @@ class ItemView:
     created_at: datetime
     prescription_status: str
     partial: bool
+    # The medicine's name as the trust wrote it (None for items stored before it was kept).
+    medicine: str | None = None
 
 
 def fhir_instant(moment: datetime) -> str:
@@ -79,6 +84,17 @@ def render_task(view: ItemView, *, detail: dict[str, Any] | None = None) -> dict
             }
         ],
     }
+    if view.medicine:
+        task["input"] = [
+            {
+                "type": {
+                    "coding": [
+                        {"system": TASK_INPUT_SYSTEM, "code": TASK_INPUT_MEDICATION, "display": "Medication"}
+                    ]
+                },
+                "valueCodeableConcept": {"text": view.medicine},
+            }
+        ]
     if detail:
         _add_detail(task, detail)
     return task

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, insert, select, update
+from sqlalchemy import ColumnElement, Connection, and_, case, insert, select, update
 
 from gateway.domain.status import Status, StatusUpdate, Verdict, prescription_status
 from gateway.domain.tasks import ItemView
@@ -30,6 +30,7 @@ VIEW_COLUMNS = (
     prescription_table.c.created_at,
     prescription_table.c.status,
     prescription_table.c.partial,
+    item_table.c.medicine,
 )
 
 
@@ -169,7 +170,16 @@ def refresh_prescription_status(
     connection.execute(
         update(prescription_table)
         .where(prescription_table.c.id == prescription_id)
-        .values(status=derived.status.value, partial=derived.partial, updated_at=now)
+        .values(
+            status=derived.status.value,
+            partial=derived.partial,
+            updated_at=now,
+            # "Time in status" counts from the last change of the derived status, not of any item.
+            status_since=case(
+                (prescription_table.c.status == derived.status.value, prescription_table.c.status_since),
+                else_=now,
+            ),
+        )
     )
     condition = item_table.c.id == item_id if item_id else item_table.c.prescription_id == prescription_id
     row = connection.execute(views_query().where(condition).order_by(item_table.c.position).limit(1)).one()
