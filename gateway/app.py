@@ -36,6 +36,7 @@ from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import ProviderDirectory
 from gateway.store.writer import BatchWriter
+from gateway.web import install as install_web_pages
 
 
 def create_app(settings: Settings, *, db: Database | None = None, clock: Clock = system_clock) -> FastAPI:
@@ -107,6 +108,7 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     app.include_router(metadata.router)
     app.include_router(codesystems.router)
     app.include_router(operations.router)
+    install_web_pages(app, settings)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]

@@ -142,6 +142,24 @@ def _audit(
 # --- Accounts (the `users` commands) ----------------------------------------------------------------
 
 
+def _operator_change(connection: Any, action: Action, username: str, reason: str, now: datetime) -> None:
+    # Accounts are changed at the console: the actor is the operator, the account is the resource.
+    append(
+        connection,
+        [
+            AuditRecord(
+                occurred_at=now,
+                action=action,
+                outcome=Outcome.SUCCESS,
+                role="operator",
+                resource_type="ClinicianUser",
+                resource_id=username,
+                reason=reason,
+            )
+        ],
+    )
+
+
 def check_password(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
@@ -178,6 +196,7 @@ def add_user(
     try:
         with db.write_connection() as connection:
             user_store.insert_user(connection, user, now=now)
+            _operator_change(connection, Action.CREATE, username, "add-user", now)
     except user_store.UserExists:
         raise AccountError(f"the username {username} is taken") from None
     return _person(user)
@@ -194,9 +213,13 @@ def set_enabled(db: Database, *, username: str, enabled: bool, clock: Clock) -> 
         user = user_store.find_by_username(connection, username)
         if user is None:
             raise AccountError(f"no user {username}")
-        user_store.set_enabled(connection, username, enabled=enabled, now=clock())
+        now = clock()
+        user_store.set_enabled(connection, username, enabled=enabled, now=now)
         if not enabled:
             session_store.delete_user_sessions(connection, user.id)
+        _operator_change(
+            connection, Action.UPDATE, username, "enable-user" if enabled else "disable-user", now
+        )
 
 
 def reset_password(db: Database, *, username: str, password: str, clock: Clock) -> None:
@@ -208,8 +231,10 @@ def reset_password(db: Database, *, username: str, password: str, clock: Clock) 
             raise AccountError(f"no user {username}")
         if user.oidc_subject is not None:
             raise AccountError(f"{username} signs in through OpenID Connect and has no password here")
-        user_store.set_password(connection, username, password_hash=_hasher.hash(password), now=clock())
+        now = clock()
+        user_store.set_password(connection, username, password_hash=_hasher.hash(password), now=now)
         session_store.delete_user_sessions(connection, user.id)
+        _operator_change(connection, Action.UPDATE, username, "reset-password", now)
 
 
 # --- Signing in ----------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ _RESPONSIBLE = {
 @dataclass(frozen=True, slots=True)
 class ItemDetails:
     item_id: str
+    item_identifier: str
     label: str  # "Item 1"
     medicine: str
     dosage: str | None
@@ -190,6 +191,7 @@ def _item_details(item: store.ItemRow, resource: Any, label: str) -> ItemDetails
     status = Status(item.status)
     return ItemDetails(
         item_id=item.item_id,
+        item_identifier=item.item_identifier,
         label=label,
         medicine=item.medicine or "Medicine not named",
         dosage=dosage_text(resource),
