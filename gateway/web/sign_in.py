@@ -183,6 +183,8 @@ async def oidc_callback(request: Request, services: ServicesDep) -> Response:
     session = await browser_session(request, services)
     if oidc is None or session is None:
         return RedirectResponse("/web/sign-in?ended=expired", status_code=303)
+    if session.person is not None:
+        return RedirectResponse("/web/", status_code=303)
     parameters = {
         key: value for key, value in request.query_params.items() if key in ("code", "state", "error")
     }
