@@ -96,20 +96,22 @@ class SignedIn:
     caller: Caller
 
 
-def _signed_in(session: people.BrowserSession | None, request: Request) -> SignedIn:
+def _signed_in(session: people.BrowserSession | None, request: Request, services: Services) -> SignedIn:
     if session is None or session.person is None:
-        raise SignInRequired(expired=bool(request.cookies))
+        # A cookie whose session is gone: it ended (idle, too old, signed out elsewhere, disabled).
+        had_cookie = cookie_name(services.settings) in request.cookies
+        raise SignInRequired(expired=session is None and had_cookie)
     request.scope["state"]["client_id"] = people.WEB_CLIENT_ID
     return SignedIn(session.person, session, people.caller_for(session.person))
 
 
 async def require_person(request: Request, services: ServicesDep) -> SignedIn:
-    return _signed_in(await browser_session(request, services), request)
+    return _signed_in(await browser_session(request, services), request, services)
 
 
 async def require_person_quietly(request: Request, services: ServicesDep) -> SignedIn:
     """For background polling: does not count as activity, so an idle session still ends."""
-    return _signed_in(await browser_session(request, services, touch=False), request)
+    return _signed_in(await browser_session(request, services, touch=False), request, services)
 
 
 Person = Annotated[SignedIn, Depends(require_person)]
