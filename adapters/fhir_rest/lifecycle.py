@@ -125,7 +125,10 @@ def plan_lifecycle(config: SimulatorConfig, short_form_id: str, items: tuple[str
     for item, reason in queried:
         steps.append(Step("query", (item,), delay("query"), reason))
         # The trust answers; the item goes back to the status the query interrupted.
-        steps.append(Step("accepted", (item,), delay("accepted")))
+        answered_after = config.query_answer_seconds
+        steps.append(
+            Step("accepted", (item,), delay("accepted") if answered_after is None else answered_after)
+        )
     if not live:
         return steps
 

@@ -45,6 +45,12 @@ class SimulatorConfig(BaseModel):
         default=0.0, ge=0, le=1, description="Share of items rejected after review"
     )
     query_rate: float = Field(default=0.0, ge=0, le=1, description="Share of accepted items queried")
+    query_answer_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="How long a raised query stays open before the provider carries on as if answered "
+        "(default: the accepted step's delay); the demo keeps queries open for a person to answer",
+    )
     delivery_failure_rate: float = Field(
         default=0.0, ge=0, le=1, description="Chance that a delivery attempt fails"
     )

@@ -75,7 +75,7 @@ class DeliveryEntry:
 class ThreadMessage:
     author: str
     text: str
-    sent: str
+    sent: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +292,13 @@ def _deliveries(events: list[store.EventRow], labels: dict[str, str], item_count
     return entries
 
 
+def _instant(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+
+
 def _thread(
     db: Database,
     caller: Caller,
@@ -312,7 +319,7 @@ def _thread(
         text = next(
             (p.get("contentString") for p in resource.get("payload", []) if p.get("contentString")), ""
         )
-        messages.append(ThreadMessage(author=author, text=str(text), sent=str(resource.get("sent", ""))))
+        messages.append(ThreadMessage(author=author, text=str(text), sent=_instant(resource.get("sent"))))
     return QueryThread(
         item_id=item.item_id,
         label=label,
