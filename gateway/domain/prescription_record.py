@@ -23,7 +23,7 @@ from gateway.clock import Clock
 from gateway.domain import access, queries
 from gateway.domain.reads import not_found
 from gateway.domain.status import BEFORE_DISPENSED, GATEWAY_SOURCE, Status
-from gateway.domain.worklist import ACTION_WORDS, ActionReason, ActionSettings, action_rules, status_words
+from gateway.domain.worklist import ActionSettings, action_rules, action_words, status_words
 from gateway.store import worklist as store
 from gateway.store.db import Database
 
@@ -123,16 +123,13 @@ def prescription_record(
 ) -> PrescriptionRecord:
     with db.read() as session:
         connection = session.connection()
-        row = store.find_prescription(connection, caller, prescription_id)
+        row = store.find_prescription(connection, caller, prescription_id, action_rules(settings, clock()))
         if row is not None:
             items = store.items_of(connection, [prescription_id])
             resources = store.item_resources(connection, prescription_id)
             events = store.events_of(connection, prescription_id)
             body = store.message_bodies(connection, [row.message_id]).get(row.message_id)
             names = {provider.ods_code: provider.name for provider in store.provider_names(connection)}
-            reasons = store.reasons_for(
-                connection, caller, action_rules(settings, clock()), [prescription_id]
-            )
     access.record_lookup(
         db,
         caller=caller,
@@ -155,7 +152,6 @@ def prescription_record(
         for item in items
         if item.item_id in queried
     )
-    flagged = reasons.get(prescription_id, set())
     return PrescriptionRecord(
         prescription_id=row.prescription_id,
         short_form_id=row.short_form_id,
@@ -174,7 +170,7 @@ def prescription_record(
         timeline=tuple(_timeline(events, labels, names, caller)),
         deliveries=tuple(_deliveries(events, labels, len(items))),
         threads=threads,
-        actions=tuple(ACTION_WORDS[reason] for reason in ActionReason if reason.value in flagged),
+        actions=action_words(row.reasons),
     )
 
 

@@ -229,6 +229,16 @@ def prescription_status(items: Iterable[Status]) -> PrescriptionStatus:
     return PrescriptionStatus(least, partial=len(set(statuses)) > 1)
 
 
+# Line item statuses that need the trust's attention, most urgent first: the prescription keeps the
+# first one any of its items is in, so the clinician worklist finds them without reading every item.
+ATTENTION = (S.QUERY, S.DELIVERY_FAILED, S.UNDELIVERABLE, S.REJECTED)
+
+
+def attention_status(items: Iterable[Status]) -> Status | None:
+    present = set(items)
+    return next((status for status in ATTENTION if status in present), None)
+
+
 def task_status(status: Status) -> str:
     """The FHIR `Task.status` that goes with a business status."""
     return {

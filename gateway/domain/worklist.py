@@ -76,6 +76,10 @@ STATUS_WORDS: dict[Status, str] = {
 }
 
 
+def action_words(reasons: Sequence[str]) -> tuple[str, ...]:
+    return tuple(ACTION_WORDS[ActionReason(reason)] for reason in reasons)
+
+
 def status_words(status: str) -> str:
     try:
         return STATUS_WORDS[Status(status)]
@@ -98,6 +102,8 @@ def action_rules(settings: ActionSettings, now: datetime) -> ActionRules:
         recent_since=now - settings.recent,
         waiting_statuses=(Status.RECEIVED.value, Status.QUEUED.value, Status.SENT.value),
         live_statuses=tuple(sorted(status.value for status in BEFORE_DISPENSED)),
+        urgent_attention=(Status.QUERY.value, Status.DELIVERY_FAILED.value, Status.UNDELIVERABLE.value),
+        recent_attention=(Status.REJECTED.value,),
     )
 
 
@@ -182,24 +188,26 @@ def worklist(
     rules = action_rules(settings, now)
     with db.read() as session:
         connection = session.connection()
-        needing, total = store.worklist_counts(connection, caller, chosen, rules)
+        total = store.count_all(connection, caller, chosen)
         pages = max(1, math.ceil(total / page_size))
         page = min(max(1, query.page), pages)
         offset = (page - 1) * page_size
-        rows = store.worklist_rows(
-            connection, caller, chosen, rules, needing_action=True, offset=offset, limit=page_size
+        needing = store.count_needing_action(connection, caller, chosen, rules)
+        rows = (
+            store.rows_needing_action(connection, caller, chosen, rules, offset=offset, limit=page_size)
+            if offset < needing
+            else []
         )
         if len(rows) < page_size:
-            rows += store.worklist_rows(
+            rows += store.other_rows(
                 connection,
                 caller,
                 chosen,
                 rules,
-                needing_action=False,
                 offset=max(0, offset - needing),
                 limit=page_size - len(rows),
             )
-        shown = _present(connection, caller, rules, rows, now)
+        shown = _present(connection, rows)
     access.record_lookup(
         db,
         caller=caller,
@@ -214,23 +222,15 @@ def worklist(
     return WorklistPage(tuple(shown), page, pages, total, needing)
 
 
-def _present(
-    connection: Any,
-    caller: Caller,
-    rules: ActionRules,
-    rows: Sequence[store.PrescriptionRow],
-    now: datetime,
-) -> list[WorklistRow]:
+def _present(connection: Any, rows: Sequence[store.PrescriptionRow]) -> list[WorklistRow]:
     ids = [row.prescription_id for row in rows]
     medicines: dict[str, list[str]] = {}
     for item in store.items_of(connection, ids):
         medicines.setdefault(item.prescription_id, []).append(item.medicine or "Medicine not named")
-    reasons = store.reasons_for(connection, caller, rules, ids)
     bodies = store.message_bodies(connection, [row.message_id for row in rows])
     names = {provider.ods_code: provider.name for provider in store.provider_names(connection)}
     shown = []
     for row in rows:
-        order = [reason for reason in ActionReason if reason.value in reasons.get(row.prescription_id, set())]
         shown.append(
             WorklistRow(
                 prescription_id=row.prescription_id,
@@ -242,7 +242,7 @@ def _present(
                 partial=row.partial,
                 in_status_since=row.status_since or row.updated_at,
                 last_activity=row.updated_at,
-                actions=tuple(ACTION_WORDS[reason] for reason in order),
+                actions=action_words(row.reasons),
             )
         )
     return shown

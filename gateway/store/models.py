@@ -67,8 +67,11 @@ class Prescription(SQLModel, table=True):
         Index("ix_prescription_short_form_id", "short_form_id"),
         Index("ix_prescription_provider_status", "provider_ods", "status"),
         Index("ix_prescription_valid_until", "valid_until"),
-        # The clinician worklist: one trust's prescriptions, newest activity first.
+        # The clinician worklist: one trust's prescriptions, newest activity first; those whose items
+        # need attention; those not yet accepted.
         Index("ix_prescription_tenant_updated", "tenant_ods", "updated_at", "id"),
+        Index("ix_prescription_tenant_attention", "tenant_ods", "attention", "updated_at", "id"),
+        Index("ix_prescription_tenant_status_created", "tenant_ods", "status", "created_at", "id"),
     )
 
     id: str = Field(sa_column=Column(String(36), primary_key=True))
@@ -86,6 +89,8 @@ class Prescription(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     # When the prescription's (derived) status last changed: "time in status" on the clinician pages.
     status_since: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    # The most urgent status among its items that needs the trust's attention (domain.status.ATTENTION).
+    attention: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
 
 
 class PrescriptionItem(SQLModel, table=True):

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, case, insert, select, update
 
-from gateway.domain.status import Status, StatusUpdate, Verdict, prescription_status
+from gateway.domain.status import Status, StatusUpdate, Verdict, attention_status, prescription_status
 from gateway.domain.tasks import ItemView
 from gateway.store.models import Prescription, PrescriptionItem, StatusEvent
 
@@ -167,12 +167,14 @@ def refresh_prescription_status(
         )
     ]
     derived = prescription_status(statuses)
+    attention = attention_status(statuses)
     connection.execute(
         update(prescription_table)
         .where(prescription_table.c.id == prescription_id)
         .values(
             status=derived.status.value,
             partial=derived.partial,
+            attention=attention.value if attention else None,
             updated_at=now,
             # "Time in status" counts from the last change of the derived status, not of any item.
             status_since=case(

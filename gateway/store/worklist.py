@@ -4,20 +4,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Select,
-    Subquery,
     and_,
+    case,
     func,
     literal,
+    not_,
+    null,
+    or_,
     select,
-    union_all,
+    union,
 )
 
 from auth.identity import Caller
@@ -59,6 +61,8 @@ class ActionRules:
     recent_since: datetime  # rejections and refused cancellations since this
     waiting_statuses: tuple[str, ...]  # not yet accepted
     live_statuses: tuple[str, ...]  # nothing dispensed yet
+    urgent_attention: tuple[str, ...]  # item statuses that need action for as long as they last
+    recent_attention: tuple[str, ...]  # item statuses that need action while recent
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class PrescriptionRow:
     updated_at: datetime
     valid_until: datetime | None
     message_id: str
+    reasons: tuple[str, ...] = ()  # why it needs action (ActionRules), most urgent first
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +142,8 @@ _ROW_COLUMNS = (
 )
 
 
-def _prescription_row(row: Any) -> PrescriptionRow:
-    return PrescriptionRow(*row)
+def _prescription_row(row: Any, reasons: tuple[str, ...] = ()) -> PrescriptionRow:
+    return replace(PrescriptionRow(*row[: len(_ROW_COLUMNS)]), reasons=reasons)
 
 
 def _visible(caller: Caller) -> ColumnElement[bool]:
@@ -151,50 +156,61 @@ def _item_visible(caller: Caller) -> ColumnElement[bool]:
     return visible_filter(caller, tenant_column=_item.c.tenant_ods, provider_column=_item.c.provider_ods)
 
 
-def action_reasons_query(caller: Caller, rules: ActionRules) -> Subquery:
-    """(prescription id, reason) for everything of the caller's that needs action; each arm is served
-    by an index, so the set is found without reading every prescription of the trust."""
-    mine = _item_visible(caller)
-    arms: list[Select[Any]] = [
-        select(_item.c.prescription_id, literal(status).label("reason")).where(mine, _item.c.status == status)
-        for status in ("query", "delivery-failed", "undeliverable")
-    ]
-    arms.append(
-        select(_item.c.prescription_id, literal("rejected").label("reason")).where(
-            mine, _item.c.status == "rejected", _item.c.updated_at >= rules.recent_since
-        )
-    )
-    arms.append(
-        select(_item.c.prescription_id, literal("not-accepted").label("reason"))
-        .join(_prescription, _prescription.c.id == _item.c.prescription_id)
-        .where(
-            mine,
-            _item.c.status.in_(rules.waiting_statuses),
-            _prescription.c.created_at < rules.accept_by,
-        )
-    )
-    arms.append(
-        select(_item.c.prescription_id, literal("expiring").label("reason"))
-        .join(_prescription, _prescription.c.id == _item.c.prescription_id)
-        .where(
-            mine,
-            _prescription.c.valid_until >= rules.now,
-            _prescription.c.valid_until < rules.expiring_before,
-            _item.c.status.in_(rules.live_statuses),
-        )
-    )
-    # A cancellation asked for lately whose item is neither cancelled nor still waiting: refused.
-    arms.append(
-        select(_item.c.prescription_id, literal("cancel-refused").label("reason"))
+def _action_rules(caller: Caller, rules: ActionRules) -> dict[str, ColumnElement[bool]]:
+    """Each reason for action as a condition on the prescription row, most urgent first.
+
+    Item-level statuses are read from `attention` (kept with the derived status), so every rule is a
+    condition on the prescription itself: the worklist never reads a trust's line items to find
+    them. A cancellation refused lately is found from the (few) recent cancel requests.
+    """
+    p = _prescription.c
+    refused_cancellations = (
+        select(_item.c.prescription_id)
         .join(_event, _event.c.item_id == _item.c.id)
         .where(
-            mine,
+            _item_visible(caller),
             _event.c.status == "cancel-requested",
             _event.c.recorded_at >= rules.recent_since,
             _item.c.status.not_in(("cancel-requested", "cancelled")),
         )
     )
-    return union_all(*arms).subquery("action_reasons")
+    # Every condition is true or false, never NULL: the rows needing no action are its negation.
+    flagged = p.attention.is_not(None)
+    found: dict[str, ColumnElement[bool]] = {
+        status: and_(flagged, p.attention == status) for status in rules.urgent_attention
+    }
+    found.update(
+        {
+            status: and_(flagged, p.attention == status, p.updated_at >= rules.recent_since)
+            for status in rules.recent_attention
+        }
+    )
+    found["cancel-refused"] = p.id.in_(refused_cancellations)
+    found["expiring"] = and_(
+        p.valid_until.is_not(None),
+        p.valid_until >= rules.now,
+        p.valid_until < rules.expiring_before,
+        p.status.in_(rules.live_statuses),
+    )
+    found["not-accepted"] = and_(p.status.in_(rules.waiting_statuses), p.created_at < rules.accept_by)
+    return found
+
+
+def _needs_action(caller: Caller, rules: ActionRules) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = or_(*_action_rules(caller, rules).values())
+    return condition
+
+
+def _with_reasons(caller: Caller, rules: ActionRules) -> list[Any]:
+    return [
+        case((condition, literal(reason)), else_=null()).label(f"reason_{position}")
+        for position, (reason, condition) in enumerate(_action_rules(caller, rules).items())
+    ]
+
+
+def _flagged_row(row: Any) -> PrescriptionRow:
+    reasons = tuple(str(reason) for reason in row[len(_ROW_COLUMNS) :] if reason is not None)
+    return _prescription_row(row, reasons)
 
 
 def _filters(caller: Caller, chosen: WorklistFilter) -> list[ColumnElement[bool]]:
@@ -214,59 +230,62 @@ def _filters(caller: Caller, chosen: WorklistFilter) -> list[ColumnElement[bool]
     return conditions
 
 
-def worklist_counts(
+def count_all(connection: Connection, caller: Caller, chosen: WorklistFilter) -> int:
+    """Every prescription of the caller's that matches the filter."""
+    query = select(func.count()).select_from(_prescription).where(*_filters(caller, chosen))
+    return int(connection.execute(query).scalar_one())
+
+
+def count_needing_action(
     connection: Connection, caller: Caller, chosen: WorklistFilter, rules: ActionRules
-) -> tuple[int, int]:
-    """(prescriptions needing action, all prescriptions) that match the filter."""
-    conditions = _filters(caller, chosen)
-    flagged = select(action_reasons_query(caller, rules).c.prescription_id)
-    needing = connection.execute(
-        select(func.count()).select_from(_prescription).where(*conditions, _prescription.c.id.in_(flagged))
-    ).scalar_one()
-    total = connection.execute(
-        select(func.count()).select_from(_prescription).where(*conditions)
-    ).scalar_one()
-    return int(needing), int(total)
+) -> int:
+    """How many match the filter and need action: one indexed query per rule, their ids united
+    (testing every rule on every row would read the trust's whole table)."""
+    filters = _filters(caller, chosen)
+    flagged = union(
+        *(select(_prescription.c.id).where(*filters, rule) for rule in _action_rules(caller, rules).values())
+    ).subquery()
+    return int(connection.execute(select(func.count()).select_from(flagged)).scalar_one())
 
 
-def worklist_rows(
+def rows_needing_action(
     connection: Connection,
     caller: Caller,
     chosen: WorklistFilter,
     rules: ActionRules,
     *,
-    needing_action: bool,
     offset: int,
     limit: int,
 ) -> list[PrescriptionRow]:
-    """One section of the worklist (needing action, or the rest), newest activity first."""
-    flagged = select(action_reasons_query(caller, rules).c.prescription_id)
-    membership = _prescription.c.id.in_(flagged) if needing_action else _prescription.c.id.not_in(flagged)
+    """A page of the prescriptions needing action, newest activity first, each with its reasons."""
+    rows = connection.execute(
+        select(*_ROW_COLUMNS, *_with_reasons(caller, rules))
+        .where(*_filters(caller, chosen), _needs_action(caller, rules))
+        .order_by(_prescription.c.updated_at.desc(), _prescription.c.id.desc())
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return [_flagged_row(row) for row in rows]
+
+
+def other_rows(
+    connection: Connection,
+    caller: Caller,
+    chosen: WorklistFilter,
+    rules: ActionRules,
+    *,
+    offset: int,
+    limit: int,
+) -> list[PrescriptionRow]:
+    """A page of the prescriptions needing no action, newest activity first."""
     rows = connection.execute(
         select(*_ROW_COLUMNS)
-        .where(*_filters(caller, chosen), membership)
+        .where(*_filters(caller, chosen), not_(_needs_action(caller, rules)))
         .order_by(_prescription.c.updated_at.desc(), _prescription.c.id.desc())
         .offset(offset)
         .limit(limit)
     ).all()
     return [_prescription_row(row) for row in rows]
-
-
-def reasons_for(
-    connection: Connection, caller: Caller, rules: ActionRules, prescription_ids: Sequence[str]
-) -> dict[str, set[str]]:
-    """Why each of the given prescriptions needs action (absent: it does not)."""
-    if not prescription_ids:
-        return {}
-    reasons = action_reasons_query(caller, rules)
-    found: dict[str, set[str]] = {}
-    for prescription_id, reason in connection.execute(
-        select(reasons.c.prescription_id, reasons.c.reason).where(
-            reasons.c.prescription_id.in_(list(prescription_ids))
-        )
-    ):
-        found.setdefault(prescription_id, set()).add(reason)
-    return found
 
 
 def items_of(connection: Connection, prescription_ids: Sequence[str]) -> list[ItemRow]:
@@ -306,11 +325,15 @@ def message_bodies(connection: Connection, message_ids: Sequence[str]) -> dict[s
     return {row[0]: row[1] for row in rows}
 
 
-def find_prescription(connection: Connection, caller: Caller, prescription_id: str) -> PrescriptionRow | None:
+def find_prescription(
+    connection: Connection, caller: Caller, prescription_id: str, rules: ActionRules
+) -> PrescriptionRow | None:
     row = connection.execute(
-        select(*_ROW_COLUMNS).where(_prescription.c.id == prescription_id, _visible(caller))
+        select(*_ROW_COLUMNS, *_with_reasons(caller, rules)).where(
+            _prescription.c.id == prescription_id, _visible(caller)
+        )
     ).first()
-    return _prescription_row(row) if row else None
+    return _flagged_row(row) if row else None
 
 
 def events_of(connection: Connection, prescription_id: str) -> list[EventRow]:

@@ -1,5 +1,6 @@
 """Migration 0007 on both backends: existing line items get their medicine's name from the stored
-MedicationRequest, prescriptions their status-since time; and it can be undone."""
+MedicationRequest, prescriptions their status-since time and what needs attention; and it can be
+undone."""
 
 from __future__ import annotations
 
@@ -50,25 +51,35 @@ def test_0007_backfills_medicine_names_and_status_since_and_can_be_undone(empty_
             ),
             {"now": now},
         )
-        for position, (item_id, resource) in enumerate((("i1", named), ("i2", coded), ("i3", {"x": 1}))):
+        items = (("i1", named, "rejected"), ("i2", coded, "delivery-failed"), ("i3", {"x": 1}, "accepted"))
+        for position, (item_id, resource, status) in enumerate(items):
             connection.execute(
                 text(
                     "INSERT INTO prescription_item (id, prescription_id, tenant_ods, provider_ods, position, "
                     "item_identifier, resource, status, version, updated_at) VALUES (:id, 'p1', 'RBA', 'VNCEL', "
-                    ":position, :id, :resource, 'queued', 1, :now)"
+                    ":position, :id, :resource, :status, 1, :now)"
                 ),
-                {"id": item_id, "position": position, "resource": orjson.dumps(resource), "now": now},
+                {
+                    "id": item_id,
+                    "position": position,
+                    "resource": orjson.dumps(resource),
+                    "status": status,
+                    "now": now,
+                },
             )
     db.alembic("upgrade", "0007_clinician_accounts")
     with db.read() as session:
         medicines = session.execute(text("SELECT id, medicine FROM prescription_item ORDER BY id")).all()
-        since, updated = session.execute(text("SELECT status_since, updated_at FROM prescription")).one()
+        since, updated, attention = session.execute(
+            text("SELECT status_since, updated_at, attention FROM prescription")
+        ).one()
     assert [tuple(row) for row in medicines] == [
         ("i1", "Adalimumab 40mg pens"),
         ("i2", "Etanercept 50mg"),
         ("i3", None),
     ]
     assert since == updated
+    assert attention == "delivery-failed", "the most urgent of its items' statuses"
     db.alembic("downgrade", "0006_search_indexes")
     with db.engine.connect() as connection:
         tables = inspect(connection).get_table_names()

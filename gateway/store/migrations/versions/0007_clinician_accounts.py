@@ -3,7 +3,10 @@
 - `clinician_user` (people who sign in, one trust each) and `web_session` (server-side sessions).
 - `prescription_item.medicine`: the medicine's name, filled from each stored MedicationRequest.
 - `prescription.status_since`: when the derived status last changed (existing rows: their last update).
-- Indexes for the worklist: a trust's prescriptions by last activity, and recent events by status.
+- `prescription.attention`: the most urgent of its items' statuses that needs the trust's attention
+  (query, delivery-failed, undeliverable, rejected), kept with the derived status from now on.
+- Indexes for the worklist: a trust's prescriptions by last activity, by attention, by status and
+  arrival; and recent events by status.
 
 Revision ID: 0007_clinician_accounts
 Revises: 0006_search_indexes
@@ -24,6 +27,22 @@ branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 
 _BACKFILL_BATCH = 1000
+# The first of domain.status.ATTENTION that any item of the prescription is in (frozen here: a
+# migration must not change when that list does).
+ATTENTION_BACKFILL = """
+UPDATE prescription SET attention = CASE
+  WHEN EXISTS (SELECT 1 FROM prescription_item AS item
+               WHERE item.prescription_id = prescription.id AND item.status = 'query') THEN 'query'
+  WHEN EXISTS (SELECT 1 FROM prescription_item AS item
+               WHERE item.prescription_id = prescription.id AND item.status = 'delivery-failed')
+       THEN 'delivery-failed'
+  WHEN EXISTS (SELECT 1 FROM prescription_item AS item
+               WHERE item.prescription_id = prescription.id AND item.status = 'undeliverable')
+       THEN 'undeliverable'
+  WHEN EXISTS (SELECT 1 FROM prescription_item AS item
+               WHERE item.prescription_id = prescription.id AND item.status = 'rejected') THEN 'rejected'
+END
+"""
 
 
 def upgrade() -> None:
@@ -61,8 +80,16 @@ def upgrade() -> None:
         batch.add_column(sa.Column("medicine", sa.String(500), nullable=True))
     with op.batch_alter_table("prescription") as batch:
         batch.add_column(sa.Column("status_since", UTCDateTime(), nullable=True))
+        batch.add_column(sa.Column("attention", sa.String(32), nullable=True))
     op.execute("UPDATE prescription SET status_since = updated_at")
+    op.execute(ATTENTION_BACKFILL)
     op.create_index("ix_prescription_tenant_updated", "prescription", ["tenant_ods", "updated_at", "id"])
+    op.create_index(
+        "ix_prescription_tenant_attention", "prescription", ["tenant_ods", "attention", "updated_at", "id"]
+    )
+    op.create_index(
+        "ix_prescription_tenant_status_created", "prescription", ["tenant_ods", "status", "created_at", "id"]
+    )
     op.create_index("ix_status_event_status_recorded", "status_event", ["status", "recorded_at"])
     _backfill_medicines()
 
@@ -98,8 +125,11 @@ def _backfill_medicines() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_status_event_status_recorded", table_name="status_event")
+    op.drop_index("ix_prescription_tenant_status_created", table_name="prescription")
+    op.drop_index("ix_prescription_tenant_attention", table_name="prescription")
     op.drop_index("ix_prescription_tenant_updated", table_name="prescription")
     with op.batch_alter_table("prescription") as batch:
+        batch.drop_column("attention")
         batch.drop_column("status_since")
     with op.batch_alter_table("prescription_item") as batch:
         batch.drop_column("medicine")
