@@ -132,6 +132,8 @@ class Settings(BaseSettings):
                 )
             if not self.public_base_url.startswith("https://"):
                 raise ValueError("HOMECARE_PUBLIC_BASE_URL must be the gateway's https address in production")
+            if self.oidc_issuer and not self.oidc_issuer.startswith("https://"):
+                raise ValueError("HOMECARE_OIDC_ISSUER must be an https address in production")
         if self.oidc_issuer and not (self.oidc_client_id and self.oidc_client_secret):
             raise ValueError(
                 "HOMECARE_OIDC_ISSUER needs HOMECARE_OIDC_CLIENT_ID and HOMECARE_OIDC_CLIENT_SECRET"
