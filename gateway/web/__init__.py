@@ -19,5 +19,6 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(pages.router)
     # Served by the gateway itself: the pages work on a network without internet.
     app.mount("/web/static", StaticFiles(directory=STATIC), name="web-static")
+    app.include_router(pages.fallback)
     for exception, handler in EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exception, handler)

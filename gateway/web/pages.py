@@ -253,3 +253,17 @@ async def live(request: Request, person: PollingPerson, services: ServicesDep) -
         worklist.live_stamp, services.db, caller=person.caller, prescription_id=prescription
     )
     return JSONResponse({"stamp": stamp}, headers=PAGE_HEADERS)
+
+
+# Registered after the static files: any other address under /web answers with a page, not FHIR.
+fallback = APIRouter(include_in_schema=False)
+
+
+@fallback.api_route("/web/{rest:path}", methods=["GET", "POST"])
+async def not_found(request: Request) -> Response:
+    return render(
+        request,
+        "error.html",
+        {"heading": "Page not found", "message": "There is no page at this address."},
+        status_code=404,
+    )

@@ -168,6 +168,9 @@ def test_another_trusts_person_sees_nothing_and_a_direct_link_is_not_found(
         direct = bob.get(f"/web/prescriptions/{prescription}")
         assert direct.status_code == 404 and "belongs to another trust" in direct.text
         assert bob.get("/web/prescriptions/not-an-id").status_code == 404
+        unknown = bob.get("/web/no-such-page")
+        assert unknown.status_code == 404 and "text/html" in unknown.headers["content-type"]
+        assert bob.get("/web/static/web.css").status_code == 200
         refused = bob.submit(
             f"/web/prescriptions/{prescription}/cancel/confirm", {"reason": "0001"}, csrf=csrf_of(page.text)
         )
