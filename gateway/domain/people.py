@@ -247,6 +247,20 @@ def _verify(password_hash: str | None, password: str) -> bool:
         return False
 
 
+def _count_failure(connection: Any, user: UserRecord, policy: SessionPolicy, now: datetime) -> bool:
+    """One more wrong password; True when it locks the account (the count then starts again)."""
+    attempts = user.failed_attempts + 1
+    locks = attempts >= policy.lockout_attempts
+    user_store.record_failed_sign_in(
+        connection,
+        user.id,
+        failed_attempts=0 if locks else attempts,
+        locked_until=now + policy.lockout if locks else None,
+        now=now,
+    )
+    return locks
+
+
 def sign_in_with_password(
     db: Database, *, username: str, password: str, policy: SessionPolicy, clock: Clock, request_id: str
 ) -> Person | None:
@@ -255,51 +269,40 @@ def sign_in_with_password(
     with db.write_connection() as connection:
         user = user_store.find_by_username(connection, username.strip().lower())
         locked = user is not None and user.locked_until is not None and user.locked_until > now
+        # A locked account's password is not even checked; an unknown user's costs the same time.
         matches = _verify(user.password_hash if user and not locked else None, password)
-        if user is None or not user.enabled or locked or not matches:
-            reason = (
-                "unknown-user"
-                if user is None
-                else "disabled"
-                if not user.enabled
-                else "locked"
-                if locked
-                else "wrong-password"
-            )
-            if user is not None and not locked and not matches:
-                attempts = user.failed_attempts + 1
-                locks = attempts >= policy.lockout_attempts
-                user_store.record_failed_sign_in(
-                    connection,
-                    user.id,
-                    failed_attempts=0 if locks else attempts,
-                    locked_until=now + policy.lockout if locks else None,
-                    now=now,
-                )
-                reason = "locked-now" if locks else reason
+        if user is not None and user.enabled and not locked and matches:
+            user_store.record_sign_in(connection, user.id, now=now)
             _audit(
                 connection,
                 action=Action.SIGN_IN,
-                outcome=Outcome.REFUSED,
-                username=user.username if user else None,
-                ods=user.ods_code if user else None,
+                outcome=Outcome.SUCCESS,
+                username=user.username,
+                ods=user.ods_code,
                 now=now,
-                reason=reason,
+                reason="password",
                 request_id=request_id,
             )
-            return None
-        user_store.record_sign_in(connection, user.id, now=now)
+            return _person(user)
+        if user is None:
+            reason = "unknown-user"
+        elif locked:
+            reason = "locked"
+        elif not matches:
+            reason = "locked-now" if _count_failure(connection, user, policy, now) else "wrong-password"
+        else:
+            reason = "disabled"
         _audit(
             connection,
             action=Action.SIGN_IN,
-            outcome=Outcome.SUCCESS,
-            username=user.username,
-            ods=user.ods_code,
+            outcome=Outcome.REFUSED,
+            username=user.username if user else None,
+            ods=user.ods_code if user else None,
             now=now,
-            reason="password",
+            reason=reason,
             request_id=request_id,
         )
-    return _person(user)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,23 +315,49 @@ class OidcIdentity:
     ods_code: str | None
 
 
+def _oidc_account(
+    connection: Any, user: UserRecord | None, identity: OidcIdentity, ods_code: str, now: datetime
+) -> Person:
+    """The account of the person the identity provider vouched for: made on first sign-in, brought
+    up to date (name, trust) on each one after."""
+    name = identity.display_name.strip()[:200] or identity.subject
+    if user is None:
+        username = f"oidc:{identity.subject}"[:100]
+        if user_store.find_by_username(connection, username) is not None:
+            # The same subject at another issuer: the issuer's digest keeps the two people apart.
+            issuer = hashlib.sha256(identity.issuer.encode()).hexdigest()[:8]
+            username = f"oidc:{issuer}:{identity.subject}"[:100]
+        user = UserRecord(
+            id=str(uuid.uuid4()),
+            username=username,
+            display_name=name,
+            ods_code=ods_code,
+            password_hash=None,
+            oidc_issuer=identity.issuer,
+            oidc_subject=identity.subject,
+            enabled=True,
+            failed_attempts=0,
+            locked_until=None,
+            last_sign_in_at=now,
+            created_at=now,
+        )
+        user_store.insert_user(connection, user, now=now)
+    else:
+        user_store.update_profile(connection, user.id, display_name=name, ods_code=ods_code, now=now)
+    user_store.record_sign_in(connection, user.id, now=now)
+    return Person(user.id, user.username, name, ods_code)
+
+
 def sign_in_with_oidc(
     db: Database, *, identity: OidcIdentity, clock: Clock, request_id: str
 ) -> Person | None:
-    """The person the identity provider vouched for, their account made on first sign-in.
-
-    Their trust is the one the provider's claim names now (people move between trusts). Refused
-    (None) when the claim holds no ODS code or the account was disabled here.
-    """
+    """The person the identity provider vouched for, their trust the one its claim names now (people
+    move between trusts). None when the claim holds no ODS code or the account is disabled here."""
     now = clock()
     with db.write_connection() as connection:
         user = user_store.find_by_oidc(connection, issuer=identity.issuer, subject=identity.subject)
-        refused = (
-            identity.ods_code is None
-            or not is_ods_code(identity.ods_code)
-            or (user is not None and not user.enabled)
-        )
-        if refused or identity.ods_code is None:
+        ods = identity.ods_code if identity.ods_code and is_ods_code(identity.ods_code) else None
+        if ods is None or (user is not None and not user.enabled):
             _audit(
                 connection,
                 action=Action.SIGN_IN,
@@ -336,43 +365,22 @@ def sign_in_with_oidc(
                 username=user.username if user else None,
                 ods=None,
                 now=now,
-                reason="disabled" if user is not None and not user.enabled else "no-ods-claim",
+                reason="no-ods-claim" if ods is None else "disabled",
                 request_id=request_id,
             )
             return None
-        name = identity.display_name.strip()[:200] or identity.subject
-        if user is None:
-            user = UserRecord(
-                id=str(uuid.uuid4()),
-                username=f"oidc:{identity.subject}"[:100],
-                display_name=name,
-                ods_code=identity.ods_code,
-                password_hash=None,
-                oidc_issuer=identity.issuer,
-                oidc_subject=identity.subject,
-                enabled=True,
-                failed_attempts=0,
-                locked_until=None,
-                last_sign_in_at=now,
-                created_at=now,
-            )
-            user_store.insert_user(connection, user, now=now)
-        else:
-            user_store.update_profile(
-                connection, user.id, display_name=name, ods_code=identity.ods_code, now=now
-            )
-        user_store.record_sign_in(connection, user.id, now=now)
+        person = _oidc_account(connection, user, identity, ods, now)
         _audit(
             connection,
             action=Action.SIGN_IN,
             outcome=Outcome.SUCCESS,
-            username=user.username,
-            ods=identity.ods_code,
+            username=person.username,
+            ods=ods,
             now=now,
             reason="oidc",
             request_id=request_id,
         )
-    return Person(user.id, user.username, name, identity.ods_code)
+    return person
 
 
 # --- Sessions --------------------------------------------------------------------------------------------

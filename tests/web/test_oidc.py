@@ -16,7 +16,7 @@ from tests.support import RunningServer, free_port
 from tests.test_status_api import order
 from tests.web import oidc_provider
 from tests.web.conftest import web_settings
-from tests.web.support import Browser, prescription_links
+from tests.web.support import Browser, add_people, prescription_links
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,7 @@ def gateway(
     db: Database, idp: tuple[oidc_provider.OidcProvider, RunningServer], tmp_path: object
 ) -> Iterator[tuple[oidc_provider.OidcProvider, RunningServer]]:
     provider, _ = idp
+    add_people(db)
     provider.knobs = oidc_provider.Knobs()
     provider.person = oidc_provider.Person("5550001", "Dana Doctor", {"ods_code": "RBA"})
     with gateway_for(db, provider, tmp_path) as server:

@@ -146,3 +146,7 @@ def test_the_first_oidc_sign_in_makes_the_account_and_later_ones_follow_the_clai
     assert people.sign_in_with_oidc(db, identity=identity, clock=clock, request_id="r") is None
     with pytest.raises(people.AccountError):
         people.reset_password(db, username="oidc:5550001", password=PASSWORD, clock=clock)
+    elsewhere = people.OidcIdentity("https://other-idp.test", "5550001", "Another Person", "RBA")
+    other = people.sign_in_with_oidc(db, identity=elsewhere, clock=clock, request_id="r")
+    assert other is not None and other.user_id != first.user_id
+    assert other.username.startswith("oidc:") and other.username.endswith(":5550001")
