@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := gateway fhir_profiles auth adapters conformance
 
-.PHONY: demo serve test lint openapi bench conformance clean
+AXE_VERSION := 4.14.1
+AXE := $(VENV)/npm/node_modules/axe-core/axe.min.js
+
+.PHONY: demo serve test lint openapi bench conformance clean browser-tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -26,7 +29,28 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
-test: lint
+# The browser tests drive Debian's chromium (never a browser Playwright downloads) and run axe-core.
+# As root the set-up installs what is missing; elsewhere the browser tests skip, saying why (CI=true
+# makes that a failure).
+browser-tools: $(STAMP)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "Note: /usr/bin/chromium is missing and this is not root: the browser tests will skip"; \
+	  fi; \
+	fi
+	@if [ ! -f $(AXE) ]; then \
+	  if command -v npm >/dev/null; then \
+	    npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix $(VENV)/npm \
+	      axe-core@$(AXE_VERSION); \
+	  else \
+	    echo "Note: npm is missing, so axe-core is: the browser tests will skip"; \
+	  fi; \
+	fi
+
+test: lint browser-tools
 	$(BIN)/homecare-gateway openapi --check
 	$(BIN)/python -m pytest -n auto
 

@@ -58,6 +58,9 @@ class Action(StrEnum):
     REGISTER_CLIENT = "register-client"
     DISABLE_CLIENT = "disable-client"
     ROTATE_CLIENT_KEY = "rotate-client-key"
+    # People at the clinician pages (the row's user_id names them).
+    SIGN_IN = "sign-in"
+    SIGN_OUT = "sign-out"
 
 
 class Outcome(StrEnum):

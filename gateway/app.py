@@ -30,6 +30,7 @@ from gateway.clock import Clock, system_clock
 from gateway.runner import Runtime
 from gateway.settings import Settings
 from gateway.store.db import Database
+from gateway.web import install as install_web_pages
 
 
 def create_app(settings: Settings, *, db: Database | None = None, clock: Clock = system_clock) -> FastAPI:
@@ -62,6 +63,7 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
         metrics.router,
     ):
         app.include_router(router)
+    install_web_pages(app, settings)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]

@@ -25,6 +25,7 @@ from gateway.store.providers import (
     list_providers,
     update_provider,
 )
+from gateway.users_cli import users_app
 
 app = typer.Typer(no_args_is_help=True, help="The homecare e-prescribing gateway.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -36,6 +37,7 @@ app.add_typer(outbox_app, name="outbox")
 app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(users_app, name="users")
 app.command()(token)
 console = Console()
 

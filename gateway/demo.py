@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -17,13 +18,16 @@ from rich.console import Console
 from rich.table import Table
 
 from adapters.fhir_rest.simulator import SimulatorServer
+from adapters.fhir_rest.simulator_config import SimulatorConfig
+from adapters.simulation.lifecycle import plan_lifecycle
 from auth.assertion import generate_client_key, load_private_key, request_access_token, sign_assertion
 from auth.clients import KeySource, add_client, get_client
 from auth.identity import Role
 from auth.scopes import ROLE_CEILINGS
-from fhir_profiles.builder import PrescriptionMessageBuilder
+from fhir_profiles.builder import Message, PrescriptionMessageBuilder
 from gateway.app import create_app
 from gateway.clock import system_clock
+from gateway.domain import people
 from gateway.operator_errors import OperatorError, ensure_port_free
 from gateway.server import prepare
 from gateway.settings import Settings
@@ -36,6 +40,9 @@ console = Console()
 DEMO_TRUST = "RBA"
 DEMO_CLIENT = "demo-trust-rba"
 DEMO_CLIENT_ALGORITHM = "ES384"
+DEMO_CLINICIAN = "demo.clinician"
+# A query raised by a demo provider stays open this long for the newcomer to answer on the pages.
+DEMO_QUERY_OPEN_SECONDS = 900.0
 DEMO_PROVIDERS = (
     ("VNCEL", "Demo Homecare Services (FHIR REST)", "fhir-rest"),
     ("VNFKT", "Demo Specialist Pharmacy (FHIR REST)", "fhir-rest"),
@@ -77,7 +84,14 @@ def _start_simulators(base_url: str, token_url: str, keys: dict[str, Path]) -> d
     """Two homecare providers on loopback that move orders through the lifecycle and report back."""
     behaviour: dict[str, dict[str, Any]] = {
         "VNCEL": {"step_delay_seconds": 3.0},
-        "VNFKT": {"step_delay_seconds": 4.0, "delivery_failure_rate": 0.4, "query_rate": 0.2},
+        "VNFKT": {
+            "step_delay_seconds": 4.0,
+            "delivery_failure_rate": 0.4,
+            # One attempt: a failed delivery stays failed (and on the worklist) until someone acts.
+            "max_delivery_attempts": 1,
+            "query_rate": 0.3,
+            "query_answer_seconds": DEMO_QUERY_OPEN_SECONDS,
+        },
     }
     simulators = {}
     for ods, _, _ in DEMO_PROVIDERS:
@@ -130,13 +144,39 @@ def _demo_token(token_url: str, key_path: Path, client_id: str = DEMO_CLIENT) ->
     return str(response.json()["access_token"])
 
 
-def _send_samples(base_url: str, token: str, count: int) -> None:
+def _path(message: Message, config: SimulatorConfig) -> set[str]:
+    """The statuses the provider simulator will report for this order (its plan is seeded)."""
+    requests = [
+        e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "MedicationRequest"
+    ]
+    items = tuple(request["identifier"][0]["value"] for request in requests)
+    return {step.status for step in plan_lifecycle(config, requests[0]["groupIdentifier"]["value"], items)}
+
+
+def _samples(count: int, configs: dict[str, SimulatorConfig]) -> list[tuple[str, Message]]:
+    """Sample orders, the first two chosen so that the action-needed list has work within a minute:
+    one the provider will query, one whose delivery will fail."""
     builder = PrescriptionMessageBuilder(sender_ods=DEMO_TRUST)
+    picked: list[tuple[str, Message]] = []
+    for wanted, unwanted in (("query", "delivery-failed"), ("delivery-failed", "query"))[: max(0, count)]:
+        for ods, config in configs.items():
+            candidates = (builder.build(items=1, performer_ods=ods) for _ in range(200))
+            found = next(
+                (m for m in candidates if wanted in (path := _path(m, config)) and unwanted not in path), None
+            )
+            if found is not None:
+                picked.append((ods, found))
+                break
+    for number in range(max(0, count - len(picked))):
+        ods = DEMO_PROVIDERS[number % len(DEMO_PROVIDERS)][0]
+        picked.append((ods, builder.build(items=1 + number % 3, performer_ods=ods)))
+    return picked
+
+
+def _send_samples(base_url: str, token: str, samples: list[tuple[str, Message]]) -> None:
     table = Table("prescription ID", "provider", "items", "HTTP", "gateway id")
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
-        for number in range(count):
-            ods = DEMO_PROVIDERS[number % len(DEMO_PROVIDERS)][0]
-            message = builder.build(items=1 + number % 3, performer_ods=ods)
+        for ods, message in samples:
             response = client.post(
                 "/fhir/$process-message",
                 content=orjson.dumps(message),
@@ -144,17 +184,45 @@ def _send_samples(base_url: str, token: str, count: int) -> None:
             )
             short_form = message["entry"][1]["resource"]["groupIdentifier"]["value"]
             location = response.headers.get("location", "-")
-            table.add_row(short_form, ods, str(1 + number % 3), str(response.status_code), location)
+            items = sum(1 for e in message["entry"] if e["resource"]["resourceType"] == "MedicationRequest")
+            table.add_row(short_form, ods, str(items), str(response.status_code), location)
     console.print(table)
 
 
+def _demo_clinician(database: Database) -> str:
+    """The demo trust's clinician, with a new password each run (printed once, never stored)."""
+    password = secrets.token_urlsafe(12)
+    try:
+        people.add_user(
+            database,
+            username=DEMO_CLINICIAN,
+            display_name="Demo Clinician",
+            ods_code=DEMO_TRUST,
+            password=password,
+            clock=system_clock,
+        )
+    except people.AccountError:
+        people.set_enabled(database, username=DEMO_CLINICIAN, enabled=True, clock=system_clock)
+        people.reset_password(database, username=DEMO_CLINICIAN, password=password, clock=system_clock)
+    return password
+
+
 def _print_guide(
-    base_url: str, token_url: str, key_path: Path, data_dir: Path, simulators: dict[str, SimulatorServer]
+    base_url: str,
+    token_url: str,
+    key_path: Path,
+    data_dir: Path,
+    simulators: dict[str, SimulatorServer],
+    clinician_password: str,
 ) -> None:
     example = Path("examples/prescription-order.json")
     console.print(
         f"""
 [bold]Homecare gateway demo is running[/bold] (data in {data_dir}, Ctrl-C to stop)
+
+[bold]Clinician pages[/bold]     {base_url}/web/
+  Sign in as          {DEMO_CLINICIAN}   password {clinician_password}   (trust {DEMO_TRUST})
+  Within a minute the worklist shows a provider query to answer and a failed delivery.
 
   API documentation   {base_url}/docs
   Capability          curl {base_url}/fhir/metadata
@@ -223,6 +291,8 @@ def run_demo(*, port: int, prescriptions: int) -> None:
     }
     simulators = _start_simulators(base_url, settings.token_url, provider_keys)
     _register_demo_providers(database, simulators)
+    clinician_password = _demo_clinician(database)
+    samples = _samples(prescriptions, {ods: sim.simulator.config for ods, sim in simulators.items()})
 
     server = uvicorn.Server(
         uvicorn.Config(
@@ -240,8 +310,10 @@ def run_demo(*, port: int, prescriptions: int) -> None:
             if server.should_exit:
                 return
             threading.Event().wait(0.05)
-        _send_samples(base_url, _demo_token(settings.token_url, key_path), prescriptions)
-        _print_guide(base_url, settings.token_url, key_path, settings.data_dir, simulators)
+        _send_samples(base_url, _demo_token(settings.token_url, key_path), samples)
+        _print_guide(
+            base_url, settings.token_url, key_path, settings.data_dir, simulators, clinician_password
+        )
 
     threading.Thread(target=after_start, name="demo-samples", daemon=True).start()
     try:

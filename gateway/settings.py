@@ -94,6 +94,50 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="`audit verify` fails when a row stays unsealed longer than this."
     )
 
+    # The clinician pages (gateway/web): sessions, lock-out, the worklist's action-needed rules.
+    web_session_idle_seconds: float = Field(
+        default=1800, gt=0, description="A signed-in session ends after this long without a request."
+    )
+    web_session_max_seconds: float = Field(
+        default=43200, gt=0, description="A signed-in session ends this long after sign-in, whatever happens."
+    )
+    web_lockout_attempts: int = Field(
+        default=5, ge=1, description="Wrong passwords in a row that lock a local account."
+    )
+    web_lockout_seconds: float = Field(
+        default=900, gt=0, description="How long a locked account stays locked."
+    )
+    web_page_size: int = Field(default=25, ge=5, le=200, description="Worklist rows per page.")
+    web_live_poll_seconds: float = Field(
+        default=5.0, gt=0, description="How often an open page asks whether its prescriptions changed."
+    )
+    worklist_acceptance_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="An order the provider has not accepted within this long needs action.",
+    )
+    worklist_expiring_days: float = Field(
+        default=7.0, gt=0, description="Expiring this soon with nothing dispensed needs action."
+    )
+    worklist_recent_days: float = Field(
+        default=7.0, gt=0, description="Rejections and refused cancellations need action for this long."
+    )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="OpenID Connect issuer for clinician sign-in (e.g. NHS CIS2); its discovery document "
+        "is read from <issuer>/.well-known/openid-configuration. Unset: local accounts only.",
+    )
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_scopes: str = Field(default="openid profile", description="Scopes asked for at sign-in.")
+    oidc_ods_claim: str = Field(
+        default="ods_code",
+        description="The id_token (or userinfo) claim holding the person's trust ODS code; a dotted path "
+        "reaches into objects and the first element of lists.",
+    )
+    oidc_name_claim: str = Field(default="name", description="The claim holding the person's display name.")
+    oidc_button_label: str = Field(default="Sign in with your organisation's account")
+
     @model_validator(mode="after")
     def _refuse_development_defaults_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION:
@@ -108,6 +152,12 @@ class Settings(BaseSettings):
                 )
             if not self.public_base_url.startswith("https://"):
                 raise ValueError("HOMECARE_PUBLIC_BASE_URL must be the gateway's https address in production")
+            if self.oidc_issuer and not self.oidc_issuer.startswith("https://"):
+                raise ValueError("HOMECARE_OIDC_ISSUER must be an https address in production")
+        if self.oidc_issuer and not (self.oidc_client_id and self.oidc_client_secret):
+            raise ValueError(
+                "HOMECARE_OIDC_ISSUER needs HOMECARE_OIDC_CLIENT_ID and HOMECARE_OIDC_CLIENT_SECRET"
+            )
         return self
 
     @property
@@ -140,6 +190,11 @@ class Settings(BaseSettings):
     @property
     def resolved_signing_keys_dir(self) -> Path:
         return self.signing_keys_dir or self.data_dir / "signing-keys"
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies are marked Secure when the gateway is published over https."""
+        return self.public_base_url.startswith("https://")
 
     @property
     def base_url(self) -> str:

@@ -11,7 +11,7 @@ Routes (one table, below):
 
 | route                                   | does                                                    |
 |-----------------------------------------|---------------------------------------------------------|
-| `POST /fhir/$process-message`           | takes an order (see `provider.ProviderSimulator`)       |
+| `POST /fhir/$process-message`           | takes an order (see `simulated_provider.ProviderSimulator`) |
 | `GET /fhir/metadata`                    | a CapabilityStatement (503 when `down`)                 |
 | `POST /oauth2/token`                    | client-credentials tokens, when `client_id` is set      |
 | `GET/POST /_simulator/config`           | read or change behaviour (JSON; POST a partial object)  |
@@ -44,7 +44,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adapters.fhir_rest.provider import (
+from adapters.fhir_rest.simulated_provider import (
     AcceptedOrder,
     Answer,
     ProviderSimulator,

@@ -55,6 +55,12 @@ class LifecycleSettings(BaseModel):
         default=0.0, ge=0, le=1, description="Share of items rejected after review"
     )
     query_rate: float = Field(default=0.0, ge=0, le=1, description="Share of accepted items queried")
+    query_answer_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="How long a raised query stays open before the provider carries on as if answered "
+        "(default: the accepted step's delay); the demo keeps queries open for a person to answer",
+    )
     delivery_failure_rate: float = Field(
         default=0.0, ge=0, le=1, description="Chance that a delivery attempt fails"
     )
@@ -181,7 +187,10 @@ def plan_lifecycle(config: LifecycleSettings, short_form_id: str, items: tuple[s
     for item, reason in queried:
         steps.append(Step("query", (item,), delay("query"), reason))
         # The trust answers; the item goes back to the status the query interrupted.
-        steps.append(Step("accepted", (item,), delay("accepted")))
+        answered_after = config.query_answer_seconds
+        steps.append(
+            Step("accepted", (item,), delay("accepted") if answered_after is None else answered_after)
+        )
     if not live:
         return steps
 

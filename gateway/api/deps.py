@@ -62,8 +62,15 @@ async def for_caller(
     services: Services, request: Request, caller: Caller, action: Callable[..., T], /, **arguments: Any
 ) -> T:
     """Run a domain action for the caller in a worker thread, with the context and the request id."""
+    return await run_for(services, caller, request_id(request), action, **arguments)
+
+
+async def run_for(
+    services: Services, caller: Caller, request_id: str, action: Callable[..., T], /, **arguments: Any
+) -> T:
+    """Run a domain action (its first argument the context) for the caller, in a worker thread."""
     return await run_in_threadpool(
-        partial(action, services.context, caller=caller, request_id=request_id(request), **arguments)
+        partial(action, services.context, caller=caller, request_id=request_id, **arguments)
     )
 
 

@@ -13,6 +13,7 @@ import orjson
 from auth.audit import Action
 from fhir_profiles import codes
 from fhir_profiles.homecare import PrescriptionOrder
+from fhir_profiles.medication import medicine_name
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.domain.context import Context, in_thread
 from gateway.domain.messages import (
@@ -71,7 +72,13 @@ def _new_prescription(
     received: Received, order: PrescriptionOrder, *, prescription_id: str, now: datetime
 ) -> tuple[NewPrescription, IntakeAnswer]:
     items = [
-        NewItem(str(uuid.uuid4()), position, item.item_identifier, orjson.dumps(item.resource))
+        NewItem(
+            str(uuid.uuid4()),
+            position,
+            item.item_identifier,
+            orjson.dumps(item.resource),
+            medicine_name(item.resource),
+        )
         for position, item in enumerate(order.items)
     ]
     answer = informational(

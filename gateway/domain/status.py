@@ -283,6 +283,16 @@ def prescription_status(items: Iterable[Status]) -> PrescriptionStatus:
     return PrescriptionStatus(least, partial=len(set(statuses)) > 1)
 
 
+# Line item statuses that need the trust's attention, most urgent first: the prescription keeps the
+# first one any of its items is in, so the clinician worklist finds them without reading every item.
+ATTENTION = (S.QUERY, S.DELIVERY_FAILED, S.UNDELIVERABLE, S.REJECTED)
+
+
+def attention_status(items: Iterable[Status]) -> Status | None:
+    present = set(items)
+    return next((status for status in ATTENTION if status in present), None)
+
+
 _TASK_STATUS: Mapping[Status, str] = {
     S.RECEIVED: "received",
     S.QUEUED: "ready",

@@ -30,6 +30,7 @@ from gateway.domain.status import (
     Verdict,
     actor_of,
     admit_update,
+    attention_status,
     is_journey_move,
     prescription_status,
     step,
@@ -182,9 +183,15 @@ def _record(
         last_modified=last_modified,
         now=now,
     )
-    derived = prescription_status(Status(status) for status in items.statuses_of(tx, item.prescription_id))
+    statuses = [Status(status) for status in items.statuses_of(tx, item.prescription_id)]
+    derived, attention = prescription_status(statuses), attention_status(statuses)
     items.write_prescription_status(
-        tx, item.prescription_id, status=derived.status.value, partial=derived.partial, now=now
+        tx,
+        item.prescription_id,
+        status=derived.status.value,
+        partial=derived.partial,
+        attention=attention.value if attention else None,
+        now=now,
     )
     view = items.find(tx, ItemKey.by_id(item.item_id))
     assert view is not None, "the item was read in this transaction"

@@ -18,6 +18,9 @@ from gateway.store.items import ItemView
 TASK_IDENTIFIER_SYSTEM = "https://homecare-gateway.nhs.uk/Id/task"
 PARTIAL_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-PrescriptionPartial"
 VERDICT_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-StatusVerdict"
+# Task.input carrying the medicine's name, so a status reader need not fetch the MedicationRequest.
+TASK_INPUT_SYSTEM = "https://homecare-gateway.nhs.uk/CodeSystem/task-input"
+TASK_INPUT_MEDICATION = "medication"
 
 
 def fhir_instant(moment: datetime) -> str:
@@ -57,6 +60,17 @@ def render_task(view: ItemView, *, detail: dict[str, Any] | None = None) -> dict
             }
         ],
     }
+    if view.medicine:
+        task["input"] = [
+            {
+                "type": {
+                    "coding": [
+                        {"system": TASK_INPUT_SYSTEM, "code": TASK_INPUT_MEDICATION, "display": "Medication"}
+                    ]
+                },
+                "valueCodeableConcept": {"text": view.medicine},
+            }
+        ]
     if detail:
         _add_detail(task, detail)
     return task

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, or_, select, update
 
 from auth.identity import Caller
 from auth.tenancy import visible_filter
@@ -40,6 +40,8 @@ class ItemView:
     partial: bool
     # The status a query or a cancel request interrupted: where it returns to.
     resume_status: str | None
+    # The medicine's name as the trust wrote it (None for items stored before it was kept).
+    medicine: str | None
 
 
 _VIEW_COLUMNS = {
@@ -58,6 +60,7 @@ _VIEW_COLUMNS = {
     "prescription_status": prescription_table.c.status,
     "partial": prescription_table.c.partial,
     "resume_status": item_table.c.resume_status,
+    "medicine": item_table.c.medicine,
 }
 assert list(_VIEW_COLUMNS) == [field.name for field in fields(ItemView)]
 
@@ -189,13 +192,23 @@ def statuses_of(tx: Tx, prescription_id: str) -> list[str]:
 
 
 def write_prescription_status(
-    tx: Tx, prescription_id: str, *, status: str, partial: bool, now: datetime
+    tx: Tx, prescription_id: str, *, status: str, partial: bool, attention: str | None, now: datetime
 ) -> None:
-    """The prescription's status, derived by the status authority from its items."""
+    """The prescription's status and what among its items needs the trust's attention, derived by the
+    status authority from its items."""
     tx.connection.execute(
         update(prescription_table)
         .where(prescription_table.c.id == prescription_id)
-        .values(status=status, partial=partial, updated_at=now)
+        .values(
+            status=status,
+            partial=partial,
+            attention=attention,
+            updated_at=now,
+            # "Time in status" counts from the last change of the derived status, not of any item.
+            status_since=case(
+                (prescription_table.c.status == status, prescription_table.c.status_since), else_=now
+            ),
+        )
     )
 
 

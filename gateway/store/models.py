@@ -67,6 +67,11 @@ class Prescription(SQLModel, table=True):
         Index("ix_prescription_short_form_id", "short_form_id"),
         Index("ix_prescription_provider_status", "provider_ods", "status"),
         Index("ix_prescription_valid_until", "valid_until"),
+        # The clinician worklist: one trust's prescriptions, newest activity first; those whose items
+        # need attention; those not yet accepted.
+        Index("ix_prescription_tenant_updated", "tenant_ods", "updated_at", "id"),
+        Index("ix_prescription_tenant_attention", "tenant_ods", "attention", "updated_at", "id"),
+        Index("ix_prescription_tenant_status_created", "tenant_ods", "status", "created_at", "id"),
     )
 
     id: str = Field(sa_column=Column(String(36), primary_key=True))
@@ -82,6 +87,10 @@ class Prescription(SQLModel, table=True):
     valid_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    # When the prescription's (derived) status last changed: "time in status" on the clinician pages.
+    status_since: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    # The most urgent status among its items that needs the trust's attention (domain.status.ATTENTION).
+    attention: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
 
 
 class PrescriptionItem(SQLModel, table=True):
@@ -105,6 +114,8 @@ class PrescriptionItem(SQLModel, table=True):
     position: int = Field(sa_column=Column(Integer, nullable=False))
     item_identifier: str = Field(sa_column=Column(String(200), nullable=False))
     resource: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # The medicine's name as the trust wrote it (medicationCodeableConcept text or coding display).
+    medicine: str | None = Field(default=None, sa_column=Column(String(500), nullable=True))
     status: str = Field(sa_column=Column(String(32), nullable=False))
     # The status a query or a cancel request interrupted (where it goes back to).
     resume_status: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
@@ -121,6 +132,8 @@ class StatusEvent(SQLModel, table=True):
     __table_args__ = (
         Index("ix_status_event_prescription", "prescription_id", "id"),
         Index("ix_status_event_item", "item_id", "id"),
+        # Recent events of one kind (e.g. cancellations requested this week) for the worklist.
+        Index("ix_status_event_status_recorded", "status", "recorded_at"),
     )
 
     id: int | None = Field(
@@ -239,3 +252,58 @@ class MedicationDispenseRecord(SQLModel, table=True):
     message_id: str = Field(sa_column=Column(String(36), ForeignKey("inbound_message.id"), nullable=False))
     resource: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class ClinicianUser(SQLModel, table=True):
+    """A person who signs in to the clinician pages: a member of one trust (role `clinician`).
+
+    Local accounts hold an argon2 `password_hash`; people who sign in through OpenID Connect hold the
+    issuer and subject instead. Accounts are disabled, never deleted, so the audit log's names stay
+    meaningful.
+    """
+
+    __tablename__ = "clinician_user"
+    __table_args__ = (
+        UniqueConstraint("username", name="uq_clinician_user_username"),
+        UniqueConstraint("oidc_issuer", "oidc_subject", name="uq_clinician_user_oidc"),
+    )
+
+    id: str = Field(sa_column=Column(String(36), primary_key=True))
+    username: str = Field(sa_column=Column(String(100), nullable=False))
+    display_name: str = Field(sa_column=Column(String(200), nullable=False))
+    ods_code: str = Field(sa_column=Column(String(12), nullable=False))
+    password_hash: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
+    oidc_issuer: str | None = Field(default=None, sa_column=Column(String(500), nullable=True))
+    oidc_subject: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    enabled: bool = Field(default=True, sa_column=Column(Boolean, nullable=False))
+    failed_attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    locked_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    last_sign_in_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class WebSession(SQLModel, table=True):
+    """A browser's session with the clinician pages, kept server-side.
+
+    The cookie holds a random opaque token; only its SHA-256 is stored (`token_hash`), so a copy of
+    the table opens no session. A session without `user_id` belongs to someone not yet signed in
+    (it carries the sign-in form's CSRF token, and an OpenID Connect sign-in's state, nonce and PKCE
+    verifier in `pending`). Signing in replaces it with a new session (no fixation).
+    """
+
+    __tablename__ = "web_session"
+    __table_args__ = (
+        Index("ix_web_session_user", "user_id"),
+        Index("ix_web_session_expires", "expires_at"),
+    )
+
+    token_hash: str = Field(sa_column=Column(String(64), primary_key=True))
+    user_id: str | None = Field(
+        default=None, sa_column=Column(String(36), ForeignKey("clinician_user.id"), nullable=True)
+    )
+    csrf_token: str = Field(sa_column=Column(String(64), nullable=False))
+    pending: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    last_seen_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -26,6 +26,7 @@ class NewItem:
     position: int
     item_identifier: str
     resource: bytes
+    medicine: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class NewPrescription:
             "valid_until": self.valid_until,
             "created_at": self.created_at,
             "updated_at": self.created_at,
+            "status_since": self.created_at,
         }
 
     def item_values(self) -> list[dict[str, Any]]:
@@ -74,6 +76,7 @@ class NewPrescription:
                 "tenant_ods": self.tenant_ods,
                 "provider_ods": self.provider_ods,
                 "resource": item.resource,
+                "medicine": item.medicine,
                 "status": self.status,
                 "updated_at": self.created_at,
             }
