@@ -9,6 +9,7 @@ import uvicorn
 
 from auth.signing import SigningKeys, ensure_signing_key
 from gateway.clock import system_clock
+from gateway.fault_injection import install as install_test_fault
 from gateway.logs import configure_logging, get_logger
 from gateway.runner import Runtime
 from gateway.settings import Settings
@@ -60,6 +61,7 @@ def run_worker() -> None:
     """`homecare-gateway worker`: a dispatcher (and the audit sealer), stopped by SIGTERM or Ctrl-C."""
     settings = Settings()
     prepare(settings)
+    install_test_fault(settings.test_fault)
 
     async def main() -> None:
         runtime = Runtime.create(replace_pool(settings), clock=system_clock)
