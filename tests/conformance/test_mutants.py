@@ -132,6 +132,14 @@ def test_every_fault_has_the_tests_that_must_catch_it() -> None:
     assert set(KILLED_BY) == set(Fault)
 
 
+def test_the_readme_lists_every_mutant_and_the_tests_that_kill_it() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("`")[1]: line for line in readme.splitlines() if line.startswith("| `")}
+    for fault, test_ids in KILLED_BY.items():
+        assert fault.value in rows, f"README: no row for {fault.value}"
+        assert rows[fault.value].rstrip(" |").endswith(", ".join(test_ids)), f"README: {fault.value}"
+
+
 def test_production_refuses_a_test_fault(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"HOMECARE_TEST_FAULT=accept-alg-none .* production refuses it"):
         Settings(
