@@ -33,6 +33,9 @@ def write_waivers(folder: Path, waivers: dict[str, str]) -> Path:
     return path
 
 
-# The gateway does not refuse repeated JSON keys yet (DESIGN.md §10 wave 2, hardening): waived here,
-# as a vendor waives a known gap, until that lands.
-KNOWN_GAPS = {"INTAKE-13": "repeated JSON keys are refused by the hardening work, not landed yet"}
+# The gateway does not refuse repeated JSON keys, nor read identifiers as ASCII only, yet (DESIGN.md
+# §10 wave 2, hardening): waived here, as a vendor waives a known gap, until that lands.
+KNOWN_GAPS = {
+    "INTAKE-13": "repeated JSON keys are refused by the hardening work, not landed yet",
+    "INTAKE-14": "identifiers are read as ASCII only by the hardening work, not landed yet",
+}
