@@ -27,6 +27,7 @@ from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.schemas import FHIR_SCHEMAS
 from gateway.clock import Clock, system_clock
+from gateway.fault_injection import install as install_test_fault
 from gateway.runner import Runtime
 from gateway.settings import Settings
 from gateway.store.db import Database
@@ -41,6 +42,7 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
         docs_url="/docs",
         redoc_url=None,
     )
+    install_test_fault(settings.test_fault)
     runtime = Runtime.create(settings, db=db, clock=clock)
 
     @asynccontextmanager

@@ -10,6 +10,7 @@ import uvicorn
 
 from auth.signing import SigningKeys, ensure_signing_key
 from gateway.clock import system_clock
+from gateway.fault_injection import install as install_test_fault
 from gateway.logs import configure_logging, get_logger
 from gateway.operator_errors import ensure_port_free
 from gateway.runner import Runtime
@@ -81,6 +82,7 @@ def run_worker() -> None:
     """`homecare-gateway worker`: a dispatcher (and the audit sealer), stopped by SIGTERM or Ctrl-C."""
     settings = Settings()
     prepare(settings)
+    install_test_fault(settings.test_fault)
 
     async def main() -> None:
         runtime = Runtime.create(replace_pool(settings), clock=system_clock)

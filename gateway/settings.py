@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.dispatch.policy import RetryPolicy
 from gateway.dispatch.settings import DispatcherSettings
+from gateway.faults import Fault
 
 
 class Environment(StrEnum):
@@ -93,6 +94,11 @@ class Settings(BaseSettings):
     audit_max_unsealed_seconds: float = Field(
         default=60.0, gt=0, description="`audit verify` fails when a row stays unsealed longer than this."
     )
+    test_fault: Fault | None = Field(
+        default=None,
+        description="Test only: break one rule on purpose (gateway/faults.py), to test the conformance "
+        "suite. Production refuses it.",
+    )
 
     # The clinician pages (gateway/web): sessions, lock-out, the worklist's action-needed rules.
     web_session_idle_seconds: float = Field(
@@ -141,6 +147,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_development_defaults_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION:
+            if self.test_fault is not None:
+                raise ValueError(
+                    f"HOMECARE_TEST_FAULT={self.test_fault.value} breaks the gateway on purpose, for "
+                    "testing the conformance suite; production refuses it: unset it"
+                )
             if self.signing_keys_dir is None:
                 raise ValueError(
                     "HOMECARE_SIGNING_KEYS_DIR must name the gateway's signing key folder in production "

@@ -16,7 +16,7 @@ from sqlalchemy import insert, text
 
 from adapters.fhir_rest.simulator import SimulatorServer
 from auth.identity import Caller, Role
-from fhir_profiles.builder import PrescriptionMessageBuilder
+from fhir_profiles.builder import PrescriptionMessageBuilder, build_cancellation
 from gateway.clock import system_clock
 from gateway.dispatch.policy import RetryPolicy
 from gateway.dispatch.settings import DispatcherSettings
@@ -301,6 +301,38 @@ def test_concurrent_workers_never_claim_the_same_row(db: Database) -> None:
     assert len(every) == 60
     assert len(set(every)) == 60, "a row was claimed by two workers"
     assert sum(1 for claimed in claims if claimed) >= 2, "the workers really competed"
+
+
+def test_a_cancel_that_meets_a_claim_being_made_asks_the_provider(db: Database) -> None:
+    """A dispatcher's claim not yet committed when a cancel looks at the order: the cancel waits for
+    it, sees the order going out, and asks the provider (202) rather than answering 'cancelled'
+    for an order that is about to be delivered."""
+    if db.is_sqlite:
+        pytest.skip("SQLite runs one writer at a time: a claim cannot be half made while a cancel runs")
+    [(prescription_id, body)] = accept(db)
+    cancel = orjson.dumps(build_cancellation(orjson.loads(body)))
+    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+    context = Context.for_database(db, cancel_wait_seconds=0)
+
+    def cancel_it() -> int:
+        answer = receive_message_blocking(
+            context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
+        )
+        return answer.status_code
+
+    claim = text("UPDATE outbox SET state = :sending WHERE prescription_id = :id AND kind = :order")
+    with db.engine.connect() as dispatcher, ThreadPoolExecutor(1) as pool:
+        sending, order = outbox.State.SENDING.value, outbox.Kind.ORDER.value
+        assert (
+            dispatcher.execute(claim, {"sending": sending, "id": prescription_id, "order": order}).rowcount
+            == 1
+        )
+        answer = pool.submit(cancel_it)
+        time.sleep(0.5)
+        assert not answer.done(), "the cancel did not wait for the claim in progress"
+        dispatcher.commit()
+        assert answer.result(timeout=30) == 202
+    context.close()
 
 
 def test_metrics_show_the_outbox_and_the_sends(db: Database, simulator: SimulatorServer, server: Any) -> None:

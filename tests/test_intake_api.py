@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -10,8 +11,10 @@ import orjson
 import pytest
 
 from fhir_profiles.builder import PrescriptionMessageBuilder, break_message
+from gateway.clock import system_clock
 from gateway.store import prescriptions as store
 from gateway.store.db import Database
+from gateway.store.providers import ProviderDirectory, add_provider
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -282,3 +285,20 @@ def test_the_status_code_system_is_published(client: httpx.Client, db: Database)
     assert code_system["url"] == "https://homecare-gateway.nhs.uk/CodeSystem/homecare-status"
     codes = {concept["code"]: concept for concept in code_system["concept"]}
     assert len(codes) == 16 and codes["delivered"]["property"][0]["valueBoolean"] is True
+
+
+def test_a_provider_registered_after_the_directory_was_read_takes_its_first_order(db: Database) -> None:
+    directory = ProviderDirectory(db, ttl=300)
+    assert directory.get("VNEW1") is None
+    with db.write() as session:
+        add_provider(
+            session,
+            ods_code="VNEW1",
+            name="New provider",
+            adapter="fhir-rest",
+            settings={},
+            now=system_clock(),
+        )
+    time.sleep(1.1)  # the directory looks again on a miss at most once a second
+    entry = directory.get("VNEW1")
+    assert entry is not None and entry.enabled

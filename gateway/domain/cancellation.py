@@ -145,7 +145,8 @@ def _refuse_too_late(views: list[ItemView]) -> None:
 
 def _never_sent(tx: Tx, prescription_id: str, views: list[ItemView]) -> bool:
     """Whether the whole order is still ours: not sent, every item named, none at the provider."""
-    order_state = outbox.order_state(tx, prescription_id)
+    # Locked: a send that starts now must not deliver an order this answer calls cancelled.
+    order_state = outbox.order_state(tx, prescription_id, for_change=True)
     return (
         order_state in (outbox.State.PENDING, outbox.State.DEAD)
         and all(Status(view.status) in NOT_YET_AT_PROVIDER for view in views)

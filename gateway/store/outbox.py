@@ -126,12 +126,15 @@ def enqueue(tx: Tx, messages: Sequence[NewMessage]) -> None:
         tx.connection.execute(_INSERT, [message.values() for message in messages])
 
 
-def order_state(tx: Tx, prescription_id: str) -> State | None:
-    state = tx.connection.execute(
-        select(outbox_table.c.state).where(
-            outbox_table.c.prescription_id == prescription_id, outbox_table.c.kind == Kind.ORDER.value
-        )
-    ).scalar_one_or_none()
+def order_state(tx: Tx, prescription_id: str, *, for_change: bool = False) -> State | None:
+    """Where the prescription's order is; `for_change` locks it (a dispatcher's claim then skips it,
+    and a claim not yet committed is waited for), so a decision on it cannot race a send."""
+    query = select(outbox_table.c.state).where(
+        outbox_table.c.prescription_id == prescription_id, outbox_table.c.kind == Kind.ORDER.value
+    )
+    if for_change and tx.locks_rows:
+        query = query.with_for_update()
+    state = tx.connection.execute(query).scalar_one_or_none()
     return None if state is None else State(state)
 
 

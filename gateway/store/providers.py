@@ -102,12 +102,16 @@ class ProviderEntry:
     enabled: bool
 
 
+_MISS_RECHECK_SECONDS = 1.0
+
+
 class ProviderDirectory:
     """Which providers exist and take orders, read from the registry at most every `ttl` seconds.
 
     Intake asks for every prescription; the registry changes rarely (a CLI command), so a change
     takes effect within about `ttl` seconds in every process. A stale copy is refreshed in the
-    background, so no request waits for the database; `ttl=0` reads the registry every time.
+    background, so no request waits for the database; `ttl=0` reads the registry every time. A
+    provider missing from the copy is looked up again at once (a new provider's first order).
     """
 
     def __init__(self, db: Database, *, ttl: float = 2.0) -> None:
@@ -125,7 +129,13 @@ class ProviderDirectory:
         elif age > self._ttl and not self._refreshing.is_set():
             self._refreshing.set()
             threading.Thread(target=self.refresh, name="provider-directory", daemon=True).start()
-        return self._entries.get(ods_code)
+        entry = self._entries.get(ods_code)
+        if entry is None and time.monotonic() - self._loaded_at > _MISS_RECHECK_SECONDS:
+            # Registered a moment ago? Look once more before intake refuses the order (an operator
+            # who just ran `providers add` must not see its first order refused). At most once a second.
+            self.refresh()
+            entry = self._entries.get(ods_code)
+        return entry
 
     def refresh(self) -> None:
         try:

@@ -72,6 +72,7 @@ def serve_gateway(database: Database, folder: Path) -> Iterator[SuiteTarget]:
         dispatch_poll_seconds=0.05,
         retry_base_seconds=0.2,
         retry_cap_seconds=1.0,
+        breaker_cooldown_seconds=1.0,
         cancel_wait_seconds=5,
         log_level="WARNING",
         # The suite's subscriber listens on loopback over plain http.

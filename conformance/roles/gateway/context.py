@@ -65,7 +65,11 @@ class ProviderSystem:
             return Answer.json(404, _outcome("error", "not-found", "No such route"))
         event, short_form = _message_facts(request.body)
         if short_form in self.hold:
-            answer = Answer.json(503, _outcome("error", "transient", "Held by the conformance suite"))
+            # A long Retry-After keeps the held order waiting between attempts, so a gateway's
+            # circuit breaker is not tripped by the holding (and a cancel rarely meets a send).
+            answer = Answer.json(
+                503, _outcome("error", "transient", "Held by the conformance suite"), Retry_After="120"
+            )
         elif event == "prescription-order-update" and short_form in self.refuse_cancel:
             answer = Answer.json(
                 422, _outcome("error", "business-rule", "Too late to cancel: already dispensed")
