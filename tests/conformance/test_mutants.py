@@ -81,6 +81,8 @@ TEST_GATEWAY_SETTINGS = {
     "HOMECARE_BREAKER_COOLDOWN_SECONDS": "1",
     "HOMECARE_CANCEL_WAIT_SECONDS": "1",
     "HOMECARE_LOG_LEVEL": "WARNING",
+    # The suite's subscriber listens on loopback over plain http.
+    "HOMECARE_ALLOW_LOOPBACK_SUBSCRIBERS": "true",
 }
 
 
