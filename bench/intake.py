@@ -141,6 +141,12 @@ def main() -> None:
     side.add_argument("--log-level", default="INFO", help="the gateway's log level (default %(default)s)")
     side.add_argument("--no-dispatcher", action="store_true", help="serve without the in-process dispatcher")
     side.add_argument("--out", type=Path, help="write every measurement as JSON lines to this file")
+    side.add_argument(
+        "--baseline",
+        type=Path,
+        help="a folder with another version of the gateway's packages (e.g. `git archive` of a commit), "
+        "measured in the same run as `baseline-Nw`",
+    )
     arguments = parser.parse_args()
     if arguments.peers is not None:
         connections = numbers(arguments.connections)
@@ -160,6 +166,7 @@ def main() -> None:
                 log_level=arguments.log_level,
                 dispatcher=not arguments.no_dispatcher,
                 out=arguments.out,
+                baseline=arguments.baseline,
             )
         )
         return

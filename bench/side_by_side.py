@@ -17,6 +17,7 @@ request, and each gateway's throughput as a ratio of every peer's.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -54,6 +55,8 @@ class Options:
     log_level: str
     dispatcher: bool
     out: Path | None
+    # Another checkout of the gateway (a folder with its packages) measured in the same run.
+    baseline: Path | None = None
 
 
 def peer_bench_dir() -> Path:
@@ -99,8 +102,12 @@ def running_gateway(
     log_level: str = "INFO",
     dispatcher: bool = True,
     database_url: str | None = None,
+    code: Path | None = None,
 ) -> Iterator[BenchGateway]:
-    """`homecare-gateway serve` with a client for the sender and the provider registered (unreachable)."""
+    """`homecare-gateway serve` with a client for the sender and the provider registered (unreachable).
+
+    `code`: a folder holding another version of the gateway's packages, imported instead of these.
+    """
     env = {
         "HOMECARE_LOG_LEVEL": log_level,
         "HOMECARE_RUN_DISPATCHER": "true" if dispatcher else "false",
@@ -108,6 +115,7 @@ def running_gateway(
         "HOMECARE_PUBLIC_BASE_URL": PUBLIC_BASE_URL,
         "HOMECARE_SIGNING_KEYS_DIR": str(folder.parent / "signing-keys"),
         "HOMECARE_ACCESS_TOKEN_SECONDS": "3600",
+        **({"PYTHONPATH": str(code)} if code else {}),
     }
     folder.mkdir()
     with database(database_url) as url:
@@ -158,23 +166,25 @@ def run(options: Options) -> None:
         targets: dict[str, int] = {}
         names: dict[str, str] = {}
         token = ""
-        for workers in options.workers:
+        versions = [("gateway", None)] + ([("baseline", options.baseline)] if options.baseline else [])
+        for (name, code), workers in itertools.product(versions, options.workers):
             gateway = stack.enter_context(
                 running_gateway(
-                    folder / f"gateway-{workers}w",
+                    folder / f"{name}-{workers}w",
                     workers=workers,
                     sender=sender,
                     provider=provider,
                     log_level=options.log_level,
                     dispatcher=options.dispatcher,
                     database_url=options.database_url,
+                    code=code,
                 )
             )
             token = token or gateway.access_token()
             url = f"http://127.0.0.1:{gateway.port}/fhir/$process-message"
             assert gateway.process is not None
             targets[url] = gateway.process.pid
-            names[f"gateway-{workers}w"] = url
+            names[f"{name}-{workers}w"] = url
         results = options.out or folder / "results.jsonl"
         cpu_log = folder / "cpu.jsonl"
         env = {**os.environ, "TOKEN": token, **wrap_wrk(folder, targets, cpu_log)}
@@ -264,3 +274,12 @@ def print_table(rows: list[dict[str, Any]], options: Options) -> None:
             )
             if ratios:
                 print(f"  {target} req/s as a ratio of: {ratios}")
+            cpus = {t: _median(found, "server_cpu_ms_per_req") for t, found in here.items()}
+            mine = cpus[target]
+            cpu_ratios = ", ".join(
+                f"{other} {mine / cpu:.2f}x"
+                for other, cpu in cpus.items()
+                if other != target and cpu and mine
+            )
+            if cpu_ratios:
+                print(f"  {target} CPU per request as a ratio of: {cpu_ratios}")

@@ -51,7 +51,7 @@ def main(arguments: list[str]) -> int:
     after = process_tree_cpu_seconds(pid)
     sys.stdout.buffer.write(finished.stdout)
     sys.stdout.flush()
-    result = next(
+    result: dict[str, object] = next(
         (json.loads(line) for line in finished.stdout.decode().splitlines() if line.startswith("{")), {}
     )
     connections = int(arguments[arguments.index("-c") + 1]) if "-c" in arguments else None
