@@ -189,7 +189,7 @@ async def _receive(
         await services.writer.run(partial(insert_prescription, new=decision.rows))
     except IntegrityError:
         return await run_in_threadpool(intake.resolve_conflict, services.db, decision)
-    services.doorbell.ring()
+    services.doorbell.ring(decision.order.performer_ods)
     return decision.answer
 
 
