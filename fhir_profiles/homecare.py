@@ -198,7 +198,7 @@ def validate_message(document: Any, raw: bytes | None = None) -> ValidationResul
     `raw` is the body the document was parsed from, when there is one: it makes some checks faster.
     """
     result = ValidationResult(envelope=read_envelope(document))
-    result.issues.extend(check_bundle_structure(document))
+    result.issues.extend(check_bundle_structure(document, raw))
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         return result
     rules = _Rules(document)
