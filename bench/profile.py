@@ -1,7 +1,7 @@
 """Where the gateway's CPU goes under intake load: py-spy on the running server (see bench/profile.sh).
 
     bench/profile.sh [--seconds 20] [--connections 16] [--workers 1] [--rate 100] [--label NAME]
-                     [--out DIR] [--log-level INFO] [--no-dispatcher] [--database-url URL]
+                     [--out DIR] [--log-level INFO] [--no-dispatcher] [--database-url URL] [--gil]
 
 Starts `homecare-gateway serve` as `bench/intake.py --peers` does (SQLite, a trust client for the
 order's sender, the order's provider registered where nothing listens, the dispatcher on), loads it
@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--no-dispatcher", action="store_true")
     parser.add_argument("--database-url")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument(
+        "--gil", action="store_true", help="only samples holding the GIL: Python's own CPU, no waits"
+    )
     arguments = parser.parse_args()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = arguments.out or REPO / "var" / "profiles" / f"{stamp}-{arguments.label}"
@@ -115,6 +118,7 @@ def main() -> None:
                     *(PY_SPY, "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--nolineno"),
                     *("--format", "raw", "--rate", str(arguments.rate), "--duration", str(arguments.seconds)),
                     *("--output", str(stacks)),
+                    *(("--gil",) if arguments.gil else ()),
                 ],
                 check=True,
                 stdout=subprocess.DEVNULL,
