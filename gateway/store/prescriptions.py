@@ -20,6 +20,7 @@ from gateway.store.models import (
     PrescriptionItem,
     StatusEvent,
 )
+from gateway.store.writer import groupable
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,11 @@ _INSERT_EVENT = insert(StatusEvent.__table__)  # type: ignore[attr-defined]
 _INSERT_OUTBOX = insert(OutboxMessage.__table__)  # type: ignore[attr-defined]
 
 
+def _insert_together(connection: Connection, calls: list[dict[str, Any]]) -> None:
+    insert_prescriptions(connection, [call["new"] for call in calls])
+
+
+@groupable(_insert_together)
 def insert_prescription(connection: Connection, *, new: NewPrescription) -> None:
     # Core inserts: the hot path of intake needs no ORM machinery. The audit row is written in the
     # same transaction as the change it records.
@@ -118,6 +124,16 @@ def insert_prescription(connection: Connection, *, new: NewPrescription) -> None
     connection.execute(_INSERT_EVENT, list(new.events))
     connection.execute(_INSERT_OUTBOX, list(new.outbox))
     append(connection, new.audit)
+
+
+def insert_prescriptions(connection: Connection, news: Sequence[NewPrescription]) -> None:
+    """Several accepted prescriptions at once: one executemany per table, not one insert per row."""
+    connection.execute(_INSERT_MESSAGE, [new.message for new in news])
+    connection.execute(_INSERT_PRESCRIPTION, [new.prescription for new in news])
+    connection.execute(_INSERT_ITEM, [item for new in news for item in new.items])
+    connection.execute(_INSERT_EVENT, [event for new in news for event in new.events])
+    connection.execute(_INSERT_OUTBOX, [message for new in news for message in new.outbox])
+    append(connection, [record for new in news for record in new.audit])
 
 
 def get_prescription(session: Session, prescription_id: str) -> Prescription | None:

@@ -6,6 +6,11 @@ the `BatchWriter` and await it; the writer takes everything queued, runs the wri
 commits once. Each write is still all-or-nothing and still fails alone: if the batch fails, every
 write in it is retried in a transaction of its own, so one conflicting request never takes its neighbours
 down with it. Nothing is acknowledged before its commit.
+
+A write function marked `@groupable(together)` (and submitted as `partial(function, **arguments)`)
+runs with the others of its kind in the batch as one `together(connection, [arguments, ...])`: one
+executemany per table instead of one insert per row. Such writes must not depend on one another.
+Awaiting requests are woken once per batch (one `call_soon_threadsafe` for all of them).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import Connection
 
@@ -24,13 +30,38 @@ from gateway.store.db import Database
 
 T = TypeVar("T")
 Write = Callable[[Connection], T]
+Together = Callable[[Connection, list[dict[str, Any]]], object]
 MAX_BATCH = 128
+_TOGETHER = "_runs_together_as"
+
+
+def groupable(together: Together) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Mark `write(connection, **arguments)`: its calls in one batch may run as `together(connection,
+    [arguments, ...])`, whose result every call gets."""
+
+    def mark(write: Callable[..., T]) -> Callable[..., T]:
+        setattr(write, _TOGETHER, together)
+        return write
+
+    return mark
+
+
+def _together(write: Write[Any]) -> Together | None:
+    if isinstance(write, partial) and not write.args:
+        found: Together | None = getattr(write.func, _TOGETHER, None)
+        return found
+    return None
 
 
 @dataclass(slots=True)
 class _Job(Generic[T]):
     write: Write[T]
-    future: Future[T] = field(default_factory=Future)
+    future: Future[T] | None = None
+    # For `run`: resolved on its event loop, together with the rest of the batch.
+    waiter: asyncio.Future[T] | None = None
+
+
+_Outcome = tuple[bool, Any]  # (succeeded, result or exception)
 
 
 class BatchWriter:
@@ -54,13 +85,18 @@ class BatchWriter:
 
     def submit(self, write: Write[T]) -> Future[T]:
         self._ensure_started()
-        job: _Job[T] = _Job(write)
+        job: _Job[T] = _Job(write, future=Future())
         self._queue.put(job)
+        assert job.future is not None
         return job.future
 
     async def run(self, write: Write[T]) -> T:
         """Run `write` in the next batch and return its result once committed."""
-        return await asyncio.wrap_future(self.submit(write))
+        self._ensure_started()
+        job: _Job[T] = _Job(write, waiter=asyncio.get_running_loop().create_future())
+        self._queue.put(job)
+        assert job.waiter is not None
+        return await job.waiter
 
     def close(self) -> None:
         with self._start_lock:
@@ -90,20 +126,65 @@ class BatchWriter:
     def _write_batch(self, batch: list[_Job[Any]]) -> None:
         try:
             with self._db.write_connection() as connection:
-                results = [job.write(connection) for job in batch]
+                results = self._write_all(connection, batch)
         except Exception:  # noqa: BLE001  (one bad write must not fail the others: retry each alone)
             self._write_one_by_one(batch)
             return
-        for job, result in zip(batch, results, strict=True):
-            job.future.set_result(result)
+        _settle(batch, [(True, result) for result in results])
+
+    @staticmethod
+    def _write_all(connection: Connection, batch: list[_Job[Any]]) -> list[Any]:
+        """Every write of the batch, groupable ones together; results in the batch's order."""
+        results: list[Any] = [None] * len(batch)
+        groups: dict[Together, list[int]] = {}
+        for position, job in enumerate(batch):
+            together = _together(job.write)
+            if together is None:
+                results[position] = job.write(connection)
+            else:
+                groups.setdefault(together, []).append(position)
+        for together, positions in groups.items():
+            calls = [cast(partial[Any], batch[position].write).keywords for position in positions]
+            result = together(connection, calls)
+            for position in positions:
+                results[position] = result
+        return results
 
     def _write_one_by_one(self, batch: list[_Job[Any]]) -> None:
         # Each in a transaction of its own: one write's failure cannot touch another's.
+        outcomes: list[_Outcome] = []
         for job in batch:
             try:
                 with self._db.write_connection() as connection:
-                    result = job.write(connection)
+                    outcomes.append((True, job.write(connection)))
             except Exception as exc:  # noqa: BLE001  (handed to the request that owns the write)
-                job.future.set_exception(exc)
+                outcomes.append((False, exc))
+        _settle(batch, outcomes)
+
+
+def _settle(batch: list[_Job[Any]], outcomes: list[_Outcome]) -> None:
+    """Hand each write its outcome: one wake-up per event loop for all the requests awaiting there."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Outcome]]] = {}
+    for job, outcome in zip(batch, outcomes, strict=True):
+        if job.waiter is not None:
+            by_loop.setdefault(job.waiter.get_loop(), []).append((job.waiter, outcome))
+        elif job.future is not None and job.future.set_running_or_notify_cancel():
+            if outcome[0]:
+                job.future.set_result(outcome[1])
             else:
-                job.future.set_result(result)
+                job.future.set_exception(outcome[1])
+    for loop, waiting in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, waiting)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            continue
+
+
+def _resolve(waiting: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
+    for waiter, (succeeded, value) in waiting:
+        if waiter.done():  # the request was cancelled; its write stands
+            continue
+        if succeeded:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(value)
