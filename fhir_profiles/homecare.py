@@ -127,17 +127,17 @@ class _Rules:
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
         self.issues: list[Issue] = []
-        self.entries: list[tuple[int, dict[str, Any]]] = [
-            (index, _dict(_dict(entry).get("resource")))
-            for index, entry in enumerate(_list(document.get("entry")))
-        ]
+        self.entries: list[tuple[int, dict[str, Any]]] = []
         self.by_full_url: dict[str, tuple[int, dict[str, Any]]] = {}
-        for index, entry in enumerate(_list(document.get("entry"))):
-            full_url = _str(_dict(entry).get("fullUrl"))
-            if full_url:
-                self.by_full_url[full_url] = (index, _dict(_dict(entry).get("resource")))
         self.by_relative: dict[str, tuple[int, dict[str, Any]]] = {}
-        for index, resource in self.entries:
+        # One pass over the entries (this runs for every message).
+        for index, item in enumerate(_list(document.get("entry"))):
+            entry = _dict(item)
+            resource = _dict(entry.get("resource"))
+            self.entries.append((index, resource))
+            full_url = _str(entry.get("fullUrl"))
+            if full_url:
+                self.by_full_url[full_url] = (index, resource)
             resource_type, resource_id = _str(resource.get("resourceType")), _str(resource.get("id"))
             if resource_type and resource_id:
                 self.by_relative[f"{resource_type}/{resource_id}"] = (index, resource)
@@ -573,7 +573,9 @@ def _check_patient(rules: _Rules, requests: list[tuple[int, dict[str, Any]]]) ->
     return nhs_number, deceased
 
 
-_REFERENCE = re.compile(rb'"reference"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# The string after "reference": runs of plain characters between escapes (no per-character alternation,
+# which makes Python's engine three times slower on a 12 KiB message).
+_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
 def _check_references(rules: _Rules, raw: bytes | None) -> None:
