@@ -16,7 +16,7 @@ from fhir_profiles.builder import PrescriptionMessageBuilder
 from gateway.clock import system_clock
 from gateway.domain.intake import Acceptance, check_message
 from gateway.store.db import Database
-from gateway.store.prescriptions import NewPrescription, insert_prescription
+from gateway.store.prescriptions import NewPrescription, insert_prescription, insert_prescriptions
 from gateway.store.providers import ProviderDirectory, add_provider
 from gateway.store.writer import BatchWriter
 
@@ -116,3 +116,49 @@ def test_a_request_that_gave_up_waiting_does_not_stop_the_writer(sqlite: Databas
     finally:
         writer.close()
     assert count(sqlite, "prescription") == 3
+
+
+TABLES = (
+    ("audit_event", "resource_id"),
+    ("outbox", "prescription_id"),
+    ("status_event", "prescription_id"),
+    ("prescription_item", "prescription_id"),
+    ("prescription", "id"),
+    ("inbound_message", "id"),
+)
+GENERATED = {"audit_event": {"id", "seq"}, "outbox": {"id"}, "status_event": {"id"}}
+
+
+def stored(db: Database, prescription_id: str) -> dict[str, list[list[tuple[str, object]]]]:
+    """Every column the prescription's write stored, except ids the database assigns."""
+    found: dict[str, list[list[tuple[str, object]]]] = {}
+    with db.read() as session:
+        for table, key in TABLES:
+            rows = session.execute(
+                text(f"SELECT * FROM {table} WHERE {key} = :id"),
+                {"id": prescription_id},
+            ).mappings()
+            found[table] = sorted(
+                [
+                    sorted(
+                        (name, value) for name, value in row.items() if name not in GENERATED.get(table, ())
+                    )
+                    for row in rows
+                ],
+                key=repr,
+            )
+    return found
+
+
+def test_the_bulk_insert_stores_exactly_what_the_core_insert_stores(db: Database) -> None:
+    new = accepted_rows(db, 1, seed=11)[0]
+    prescription_id = new.prescription["id"]
+    with db.write_connection() as connection:
+        insert_prescription(connection, new=new)
+    by_core = stored(db, prescription_id)
+    with db.write_connection() as connection:
+        for table, key in TABLES:
+            connection.execute(text(f"DELETE FROM {table} WHERE {key} = :id"), {"id": prescription_id})
+        insert_prescriptions(connection, [new])
+    assert stored(db, prescription_id) == by_core
+    assert all(by_core[table] for table, _ in TABLES)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, insert
+from sqlalchemy import ColumnElement, Connection, Table, bindparam, func, insert
+from sqlalchemy.engine import Dialect
 from sqlmodel import Session, col, select
 
 from auth.audit import AuditRecord, append
@@ -126,13 +127,73 @@ def insert_prescription(connection: Connection, *, new: NewPrescription) -> None
     append(connection, new.audit)
 
 
+@dataclass(frozen=True, slots=True)
+class _PreparedInsert:
+    sql: str
+    names: tuple[str, ...]
+    convert: tuple[Callable[[Any], Any] | None, ...]
+    positional: bool
+
+
+class _BulkInsert:
+    """Many rows into one table with a single driver-level executemany.
+
+    The statement and each column's bind conversion (the same SQLAlchemy type processors a Core
+    insert uses) are prepared once per dialect and column set; each batch then costs one tuple per
+    row. A Core insert redoes the statement lookup and parameter processing on every execution,
+    which on the intake path cost more than the insert itself.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self._table = table
+        self._prepared: dict[tuple[str, tuple[str, ...]], _PreparedInsert] = {}
+
+    def __call__(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        dialect = connection.dialect
+        keys = tuple(rows[0])
+        prepared = self._prepared.get((dialect.name, keys)) or self._prepare(dialect, keys)
+        pairs = tuple(zip(prepared.names, prepared.convert, strict=True))
+        values = [
+            tuple(row[name] if convert is None else convert(row[name]) for name, convert in pairs)
+            for row in rows
+        ]
+        parameters: list[Any] = (
+            values if prepared.positional else [dict(zip(prepared.names, row, strict=True)) for row in values]
+        )
+        # Through SQLAlchemy's driver-level path: its events and error translation still apply.
+        connection.exec_driver_sql(prepared.sql, parameters)
+
+    def _prepare(self, dialect: Dialect, keys: tuple[str, ...]) -> _PreparedInsert:
+        compiled = insert(self._table).values({key: bindparam(key) for key in keys}).compile(dialect=dialect)
+        names = tuple(compiled.positiontup or ()) if compiled.positional else keys
+        prepared = _PreparedInsert(
+            sql=compiled.string,
+            names=names,
+            convert=tuple(
+                self._table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+            ),
+            positional=bool(compiled.positional),
+        )
+        self._prepared[(dialect.name, keys)] = prepared
+        return prepared
+
+
+_BULK_MESSAGE = _BulkInsert(InboundMessage.__table__)  # type: ignore[attr-defined]
+_BULK_PRESCRIPTION = _BulkInsert(Prescription.__table__)  # type: ignore[attr-defined]
+_BULK_ITEM = _BulkInsert(PrescriptionItem.__table__)  # type: ignore[attr-defined]
+_BULK_EVENT = _BulkInsert(StatusEvent.__table__)  # type: ignore[attr-defined]
+_BULK_OUTBOX = _BulkInsert(OutboxMessage.__table__)  # type: ignore[attr-defined]
+
+
 def insert_prescriptions(connection: Connection, news: Sequence[NewPrescription]) -> None:
     """Several accepted prescriptions at once: one executemany per table, not one insert per row."""
-    connection.execute(_INSERT_MESSAGE, [new.message for new in news])
-    connection.execute(_INSERT_PRESCRIPTION, [new.prescription for new in news])
-    connection.execute(_INSERT_ITEM, [item for new in news for item in new.items])
-    connection.execute(_INSERT_EVENT, [event for new in news for event in new.events])
-    connection.execute(_INSERT_OUTBOX, [message for new in news for message in new.outbox])
+    _BULK_MESSAGE(connection, [new.message for new in news])
+    _BULK_PRESCRIPTION(connection, [new.prescription for new in news])
+    _BULK_ITEM(connection, [item for new in news for item in new.items])
+    _BULK_EVENT(connection, [event for new in news for event in new.events])
+    _BULK_OUTBOX(connection, [message for new in news for message in new.outbox])
     append(connection, [record for new in news for record in new.audit])
 
 
