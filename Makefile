@@ -67,8 +67,9 @@ conformance: $(STAMP)
 		--config $(CONFORMANCE_DIR)/conformance.toml --report-dir $(CONFORMANCE_DIR)/reports \
 		--waivers conformance/waivers/homecare-gateway.toml
 
+# The gateway side by side with FHIRStarter, Medplum and a raw floor (../shared/peer-bench); ~10 minutes.
 bench: $(STAMP)
-	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/intake.py --peers --workers 1,2 --connections 16,64 --repeat 2
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

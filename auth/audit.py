@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -118,7 +118,8 @@ class AuditRecord:
 
     def row(self) -> dict[str, Any]:
         """The values to insert, for callers that write in bulk with Core inserts."""
-        values = asdict(self)
+        # Every field is an immutable scalar: no deep copy (`asdict` copies each one, on the hot path).
+        values = {name: getattr(self, name) for name in _RECORD_FIELDS}
         values["occurred_at"] = utc_text(self.occurred_at)
         values["action"] = self.action.value
         values["outcome"] = self.outcome.value
@@ -128,6 +129,7 @@ class AuditRecord:
         return values
 
 
+_RECORD_FIELDS = tuple(field.name for field in fields(AuditRecord))
 # A Core insert: audit rows are written on hot paths and need no ORM machinery.
 _INSERT = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
 

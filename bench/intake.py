@@ -1,6 +1,12 @@
 """Intake benchmark: prescriptions per second over real HTTP, against a raw floor in the same run.
 
     python bench/intake.py [--requests 6000] [--concurrency 64] [--workers 2] [--items 2]
+    python bench/intake.py --peers [--workers 1,2] [--connections 16,64] [--duration 10] [--repeat 3]
+
+With `--peers` it runs the side-by-side comparison of `../shared/peer-bench` (FHIRStarter, Medplum
+and a raw floor, on the real 12.2 KiB EPS homecare order) with the gateway as one more target, and
+prints req/s, p50/p99, server CPU ms per request and the gateway's ratio to each peer: see
+`bench/side_by_side.py`. Without it:
 
 It starts `homecare-gateway serve` (SQLite in a temporary data folder, one provider, a registered
 trust client whose access token the load carries; the dispatcher is off, as this measures intake)
@@ -32,6 +38,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import side_by_side
 from bench.loadgen import BenchGateway, cli, free_port, post_all, report, wait_for_port
 from fhir_profiles import strict_json
 from fhir_profiles.builder import PrescriptionMessageBuilder
@@ -137,26 +144,77 @@ def run_gateway(
         return post_all(gateway.port, path, bodies, concurrency=concurrency, headers=headers)
 
 
+def numbers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", help="uvicorn workers (default 2); with --peers a list (default 1,2)")
     parser.add_argument("--items", type=int, default=2, help="line items per prescription (1-4)")
+    side = parser.add_argument_group("side by side (--peers)")
+    side.add_argument(
+        "--peers",
+        nargs="?",
+        const="fhirstarter-2w,medplum,floor",
+        default=None,
+        help="run the peer benchmark; optionally which peers (default %(const)s, or none)",
+    )
+    side.add_argument("--connections", default="16,64")
+    side.add_argument("--duration", type=int, default=10)
+    side.add_argument("--warmup", type=int, default=3)
+    side.add_argument("--repeat", type=int, default=1)
+    side.add_argument("--bodies", type=int, default=0, help="unique orders (default: enough for the run)")
+    side.add_argument("--template", help="the order to copy (default: the harness's EPS homecare order)")
+    side.add_argument("--database-url", help="a PostgreSQL database to run the gateway on instead of SQLite")
+    side.add_argument("--log-level", default="INFO", help="the gateway's log level (default %(default)s)")
+    side.add_argument("--no-dispatcher", action="store_true", help="serve without the in-process dispatcher")
+    side.add_argument("--out", type=Path, help="write every measurement as JSON lines to this file")
+    side.add_argument(
+        "--baseline",
+        type=Path,
+        help="a folder with another version of the gateway's packages (e.g. `git archive` of a commit), "
+        "measured in the same run as `baseline-Nw`",
+    )
     arguments = parser.parse_args()
+    if arguments.peers is not None:
+        connections = numbers(arguments.connections)
+        rounds = arguments.repeat * len(connections)
+        side_by_side.run(
+            side_by_side.Options(
+                peers=arguments.peers,
+                workers=numbers(arguments.workers or "1,2"),
+                connections=connections,
+                duration=arguments.duration,
+                warmup=arguments.warmup,
+                repeat=arguments.repeat,
+                # Every request a new prescription, at up to 1,000/s (a gateway keeps what it took).
+                bodies=arguments.bodies or 1000 * (arguments.duration + arguments.warmup) * rounds + 100,
+                template=arguments.template,
+                database_url=arguments.database_url,
+                log_level=arguments.log_level,
+                dispatcher=not arguments.no_dispatcher,
+                out=arguments.out,
+                baseline=arguments.baseline,
+            )
+        )
+        return
+    workers = int(arguments.workers or 2)
 
     bodies = make_bodies(arguments.requests, arguments.items, seed=1)
     warmup = make_bodies(300, arguments.items, seed=2)
     size = statistics.mean(len(body) for body in bodies)
     print(
         f"{arguments.requests} unique prescriptions of {arguments.items} items (~{size / 1024:.1f} KiB), "
-        f"concurrency {arguments.concurrency}, {arguments.workers} uvicorn workers, {os.cpu_count()} cores"
+        f"concurrency {arguments.concurrency}, {workers} uvicorn workers, {os.cpu_count()} cores"
     )
     report_parse_cost(bodies)
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
-        floor = run_floor(arguments.workers, warmup, bodies, arguments.concurrency, folder)
-        gateway = run_gateway(arguments.workers, warmup, bodies, arguments.concurrency, folder)
+        floor = run_floor(workers, warmup, bodies, arguments.concurrency, folder)
+        gateway = run_gateway(workers, warmup, bodies, arguments.concurrency, folder)
     report("raw floor (orjson + SQLite insert)", floor)
     report("gateway $process-message", gateway)
     print(f"gateway / floor: {gateway['rps'] / floor['rps']:.0%}")

@@ -136,6 +136,8 @@ class BenchClient:
     ods: str = "RBA"
     scopes: str = "system/MedicationRequest.c"
     algorithm: str = "ES384"
+    # The token URL the gateway publishes (the assertion's `aud`), when not the one posted to.
+    audience: str | None = None
 
     def __post_init__(self) -> None:
         self.key_file = self.folder / f"{self.client_id}.pem"
@@ -161,7 +163,7 @@ class BenchClient:
                         key=key,
                         kid=key.thumbprint(),
                         client_id=self.client_id,
-                        token_url=self.token_url,
+                        token_url=self.audience or self.token_url,
                         now=now,
                     ),
                 }
@@ -210,8 +212,17 @@ class BenchGateway(ServerProcess):
         self.client = self.add_client(self.client_id, role="trust", ods=self.ods, scopes=self.scopes)
 
     def add_client(self, client_id: str, *, role: str, ods: str, scopes: str) -> BenchClient:
+        published = f"{self.env['HOMECARE_PUBLIC_BASE_URL'].rstrip('/')}/auth/token"
         return BenchClient(
-            self.folder, self.env, self.token_url, client_id, role, ods, scopes, algorithm=self.algorithm
+            self.folder,
+            self.env,
+            self.token_url,
+            client_id,
+            role,
+            ods,
+            scopes,
+            algorithm=self.algorithm,
+            audience=published,
         )
 
     def token_requests(self, count: int) -> list[bytes]:

@@ -128,17 +128,17 @@ class _Rules:
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
         self.issues: list[Issue] = []
-        self.entries: list[tuple[int, dict[str, Any]]] = [
-            (index, _dict(_dict(entry).get("resource")))
-            for index, entry in enumerate(_list(document.get("entry")))
-        ]
+        self.entries: list[tuple[int, dict[str, Any]]] = []
         self.by_full_url: dict[str, tuple[int, dict[str, Any]]] = {}
-        for index, entry in enumerate(_list(document.get("entry"))):
-            full_url = _str(_dict(entry).get("fullUrl"))
-            if full_url:
-                self.by_full_url[full_url] = (index, _dict(_dict(entry).get("resource")))
         self.by_relative: dict[str, tuple[int, dict[str, Any]]] = {}
-        for index, resource in self.entries:
+        # One pass over the entries (this runs for every message).
+        for index, item in enumerate(_list(document.get("entry"))):
+            entry = _dict(item)
+            resource = _dict(entry.get("resource"))
+            self.entries.append((index, resource))
+            full_url = _str(entry.get("fullUrl"))
+            if full_url:
+                self.by_full_url[full_url] = (index, resource)
             resource_type, resource_id = _str(resource.get("resourceType")), _str(resource.get("id"))
             if resource_type and resource_id:
                 self.by_relative[f"{resource_type}/{resource_id}"] = (index, resource)
@@ -200,7 +200,7 @@ def validate_message(document: Any, raw: bytes | None = None) -> ValidationResul
     needs it now that only the references the gateway follows must resolve.
     """
     result = ValidationResult(envelope=read_envelope(document))
-    result.issues.extend(check_bundle_structure(document))
+    result.issues.extend(check_bundle_structure(document, raw))
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         return result
     rules = _Rules(document)

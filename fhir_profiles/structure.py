@@ -18,7 +18,7 @@ from fhir.resources.R4B.resource import Resource as R4BResource
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from fhir_profiles import strict_models
+from fhir_profiles import strict_decoder, strict_models
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 
 _COVERAGE_GAPS = frozenset({"extra_forbidden", "union_tag_invalid"})
@@ -151,8 +151,14 @@ def _resource_type_issues(entries: Iterable[tuple[int, Any]]) -> tuple[list[Issu
     return issues, unknown
 
 
-def check_bundle_structure(document: Any) -> list[Issue]:
-    """Every structural problem with a FHIR R4 Bundle given as parsed JSON; empty when it is sound."""
+def check_bundle_structure(document: Any, raw: bytes | None = None) -> list[Issue]:
+    """Every structural problem with a FHIR R4 Bundle given as parsed JSON; empty when it is sound.
+
+    `raw`, the bytes the document was parsed from, lets a sound message be confirmed straight from
+    them (`strict_decoder`, the fast path); every other verdict comes from the strict models.
+    """
+    if raw is not None and strict_decoder.is_sound_bundle(raw):
+        return []
     if not isinstance(document, dict):
         return [
             Issue(

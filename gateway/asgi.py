@@ -11,5 +11,5 @@ from gateway.settings import Settings
 
 def app_from_environment() -> FastAPI:
     settings = Settings()
-    configure_logging(level=settings.log_level, json=settings.log_json)
+    configure_logging(level=settings.log_level, json=settings.log_json, cache_loggers=True)
     return create_app(settings)

@@ -19,7 +19,9 @@ def _dumps(value: Any, **_: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
+def configure_logging(*, level: str = "INFO", json: bool = True, cache_loggers: bool = False) -> None:
+    """`cache_loggers`: each module's logger is built once, on its first line, not on every line
+    (a server process configures once; tests that configure again leave it off)."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -33,7 +35,7 @@ def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache_loggers,
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(

@@ -97,10 +97,11 @@ def _unauthenticated(diagnostics: str) -> OperationOutcomeError:
 async def authorise(
     security_scopes: SecurityScopes,
     request: Request,
-    services: ServicesDep,
     authorization: Annotated[str | None, Depends(smart_backend_services)],
 ) -> Caller:
     """The caller behind the bearer access token, holding every scope the route needs; else 401/403."""
+    # The services straight from the app, not as a dependency: every sub-dependency costs each request.
+    services: Services = request.app.state.services
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthenticated("A bearer access token is required (Authorization: Bearer ...)")

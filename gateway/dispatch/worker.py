@@ -12,7 +12,6 @@ re-drives it. A subscription whose deliveries keep failing goes into `error`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import socket
@@ -40,18 +39,31 @@ log = get_logger("gateway.dispatch")
 
 
 class Doorbell:
-    """Rung by intake after a commit so an in-process dispatcher sends at once instead of polling."""
+    """Rung by intake after a commit so an in-process dispatcher sends at once instead of polling.
+
+    A ring may name the provider the new message is for: a dispatcher whose breaker holds that
+    provider back has nothing to claim for it, so it lets the ring pass (see `Dispatcher._idle`).
+    """
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._rung_for: set[str | None] = set()
 
-    def ring(self) -> None:
+    def ring(self, provider_ods: str | None = None) -> None:
+        self._rung_for.add(provider_ods)
         self._event.set()
 
-    async def wait(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
+    async def wait(self, timeout: float) -> frozenset[str | None]:
+        """Who rang (None: a ring that named no provider); empty when the timeout passed first."""
+        try:
             await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            rung: frozenset[str | None] = frozenset()
+        else:
+            rung = frozenset(self._rung_for)
+        self._rung_for.clear()
         self._event.clear()
+        return rung
 
 
 class Dispatcher:
@@ -110,16 +122,30 @@ class Dispatcher:
             log.info("dispatcher_stopped", owner=self.owner)
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        """Wait for the doorbell, a finished send (room for more), the poll interval or the stop."""
+        """Wait for the doorbell, a finished send (room for more), the poll interval or the stop.
+
+        A ring only for providers whose breaker is open is let pass: their messages cannot be
+        claimed, and claiming on every intake commit while a provider is down would scan its
+        growing backlog (under the write lock) hundreds of times a second.
+        """
         self._send_finished.clear()
-        waits = [
-            asyncio.ensure_future(self._doorbell.wait(self._settings.poll_seconds)),
-            asyncio.ensure_future(self._send_finished.wait()),
-            asyncio.ensure_future(stop.wait()),
-        ]
-        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for future in pending:
-            future.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.poll_seconds
+        while True:
+            bell = asyncio.ensure_future(self._doorbell.wait(max(deadline - loop.time(), 0)))
+            waits = [
+                bell,
+                asyncio.ensure_future(self._send_finished.wait()),
+                asyncio.ensure_future(stop.wait()),
+            ]
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for future in pending:
+                future.cancel()
+            if bell not in done or not self._only_held_back(bell.result()):
+                return
+
+    def _only_held_back(self, rung: frozenset[str | None]) -> bool:
+        return bool(rung) and None not in rung and rung <= self._breaker.open_providers()
 
     async def _claim(self) -> list[Claimed]:
         room = self._settings.max_in_flight - len(self._in_flight)

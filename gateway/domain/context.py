@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 
@@ -20,7 +20,12 @@ from gateway.store.writer import BatchWriter
 T = TypeVar("T")
 
 
-def _nobody() -> None:
+class Wake(Protocol):
+    def __call__(self, provider_ods: str | None = None) -> None:
+        """Wake the dispatcher: messages were queued (for this provider, when one is named)."""
+
+
+def _nobody(provider_ods: str | None = None) -> None:
     return None
 
 
@@ -33,7 +38,7 @@ class Context:
     # Hears every applied status change, in its transaction (subscriptions hang off it).
     listener: StatusListener | None = None
     # Rung after a commit that queued messages, so an in-process dispatcher sends them at once.
-    wake_dispatcher: Callable[[], None] = field(default=_nobody)
+    wake_dispatcher: Wake = field(default=_nobody)
     # How long a cancellation waits for the provider's answer before answering 202.
     cancel_wait_seconds: float = 5.0
 

@@ -44,7 +44,7 @@ async def receive_order(ctx: Context, received: Received) -> IntakeAnswer:
         await ctx.batch_writer.run(lambda tx: insert_prescription(tx, new))
     except AlreadyStored:
         return await in_thread(_after_collision, ctx, received, order)
-    ctx.wake_dispatcher()
+    ctx.wake_dispatcher(order.performer_ods)
     return answer
 
 

@@ -5,7 +5,8 @@ queueing for SQLite's single write lock. Requests hand their write (a function o
 the `BatchWriter` and await it; the writer takes everything queued, runs the writes together, and
 commits once. Each write is still all-or-nothing and still fails alone: if the batch fails, every
 write in it is retried in a transaction of its own, so one conflicting request never takes its neighbours
-down with it. Nothing is acknowledged before its commit.
+down with it. Nothing is acknowledged before its commit; a request that gave up waiting (its client
+went away) leaves its write to stand, and the writer goes on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from gateway.store.db import Database, Tx
@@ -23,12 +24,15 @@ from gateway.store.db import Database, Tx
 T = TypeVar("T")
 Write = Callable[[Tx], T]
 MAX_BATCH = 128
+_Outcome = tuple[bool, Any]  # (succeeded, the result or the exception)
 
 
 @dataclass(slots=True)
 class _Job(Generic[T]):
     write: Write[T]
-    future: Future[T] = field(default_factory=Future)
+    # `submit`'s callers wait on a thread future; `run`'s on their event loop, woken once per batch.
+    future: Future[T] | None = None
+    waiter: asyncio.Future[T] | None = None
 
 
 class BatchWriter:
@@ -52,13 +56,16 @@ class BatchWriter:
 
     def submit(self, write: Write[T]) -> Future[T]:
         self._ensure_started()
-        job: _Job[T] = _Job(write)
-        self._queue.put(job)
-        return job.future
+        future: Future[T] = Future()
+        self._queue.put(_Job(write, future=future))
+        return future
 
     async def run(self, write: Write[T]) -> T:
         """Run `write` in the next batch and return its result once committed."""
-        return await asyncio.wrap_future(self.submit(write))
+        self._ensure_started()
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Job(write, waiter=waiter))
+        return await waiter
 
     def close(self) -> None:
         with self._start_lock:
@@ -92,16 +99,43 @@ class BatchWriter:
         except Exception:  # noqa: BLE001  (one bad write must not fail the others: retry each alone)
             self._write_one_by_one(batch)
             return
-        for job, result in zip(batch, results, strict=True):
-            job.future.set_result(result)
+        _settle(batch, [(True, result) for result in results])
 
     def _write_one_by_one(self, batch: list[_Job[Any]]) -> None:
         # Each in a transaction of its own: one write's failure cannot touch another's.
+        outcomes: list[_Outcome] = []
         for job in batch:
             try:
                 with self._db.transaction() as tx:
-                    result = job.write(tx)
+                    outcomes.append((True, job.write(tx)))
             except Exception as exc:  # noqa: BLE001  (handed to the request that owns the write)
-                job.future.set_exception(exc)
+                outcomes.append((False, exc))
+        _settle(batch, outcomes)
+
+
+def _settle(batch: list[_Job[Any]], outcomes: list[_Outcome]) -> None:
+    """Hand each write its outcome: one wake-up per event loop for all the requests awaiting there."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Outcome]]] = {}
+    for job, outcome in zip(batch, outcomes, strict=True):
+        if job.waiter is not None:
+            by_loop.setdefault(job.waiter.get_loop(), []).append((job.waiter, outcome))
+        elif job.future is not None and job.future.set_running_or_notify_cancel():
+            if outcome[0]:
+                job.future.set_result(outcome[1])
             else:
-                job.future.set_result(result)
+                job.future.set_exception(outcome[1])
+    for loop, waiting in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, waiting)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            continue
+
+
+def _resolve(waiting: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
+    for waiter, (succeeded, value) in waiting:
+        if waiter.done():  # the request was cancelled; its write stands
+            continue
+        if succeeded:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(value)

@@ -1,0 +1,285 @@
+"""The gateway side by side with other FHIR intakes, through the shared peer benchmark.
+
+`bench/intake.py --peers` lands here. The peer benchmark (`../shared/peer-bench`, see its README)
+starts each peer fresh, loads it with wrk and the same generated copies of a real EPS homecare
+order, and reads the peer's CPU time around the measured run. The gateway is one of its extra
+`NAME=URL` targets: started here (`homecare-gateway serve`, one per worker count asked for, each with
+an empty SQLite database, or a throw-away PostgreSQL schema), with a registered trust client (the
+order's sender) and the order's provider registered at an address where nothing listens, so the
+dispatcher runs but only retries in the background, as a gateway whose provider is down.
+
+The harness reads no CPU time for a target it did not start, so `wrk` is wrapped (see
+`bench/wrk_cpu.py`): the wrapper reads the gateway's CPU time (all its processes) before and after
+each wrk run against it, exactly as the harness does for its peers. The table printed at the end has,
+per connection count: req/s (median over rounds, with the range), p50/p99, server CPU ms per
+request, and each gateway's throughput as a ratio of every peer's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import BenchGateway, cli, database
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_BENCH = Path(os.environ.get("PEER_BENCH", REPO.parent / "shared" / "peer-bench"))
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+# Where the registered provider "lives": nothing listens on the discard port.
+UNREACHABLE_PROVIDER = "http://127.0.0.1:9/fhir"
+PUBLIC_BASE_URL = "http://gateway.bench.test"
+
+
+@dataclass(frozen=True)
+class Options:
+    peers: str
+    workers: Sequence[int]
+    connections: Sequence[int]
+    duration: int
+    warmup: int
+    repeat: int
+    bodies: int
+    template: str | None
+    database_url: str | None
+    log_level: str
+    dispatcher: bool
+    out: Path | None
+    # Another checkout of the gateway (a folder with its packages) measured in the same run.
+    baseline: Path | None = None
+
+
+def peer_bench_dir() -> Path:
+    if (PEER_BENCH / "run_side_by_side.sh").is_file():
+        return PEER_BENCH
+    raise SystemExit(f"the peer benchmark is not at {PEER_BENCH} (set PEER_BENCH to its folder)")
+
+
+def make_bodies(harness: Path, count: int, folder: Path, template: str | None) -> Path:
+    """`count` unique copies of the template order (the harness's generator and default template)."""
+    command = [sys.executable, str(harness / "gen_bodies.py"), str(count), str(folder)]
+    if template:
+        command.append(template)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return folder / "bodies.jsonl"
+
+
+def sender_and_provider(bodies: Path) -> tuple[str, str]:
+    """The ODS codes of the order's sender (the trust) and of its performer (the provider)."""
+    with bodies.open("rb") as lines:
+        message = json.loads(lines.readline())
+    sender = performer = None
+    for entry in message["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "MessageHeader":
+            sender = resource["sender"]["identifier"]["value"]
+        if resource["resourceType"] == "MedicationRequest":
+            identifier = resource["dispenseRequest"]["performer"]["identifier"]
+            if identifier["system"] == ODS_SYSTEM:
+                performer = identifier["value"]
+    if sender is None or performer is None:
+        raise SystemExit("the template has no MessageHeader sender or no MedicationRequest performer")
+    return sender, performer
+
+
+@contextmanager
+def running_gateway(
+    folder: Path,
+    *,
+    workers: int,
+    sender: str,
+    provider: str,
+    log_level: str = "INFO",
+    dispatcher: bool = True,
+    database_url: str | None = None,
+    code: Path | None = None,
+) -> Iterator[BenchGateway]:
+    """`homecare-gateway serve` with a client for the sender and the provider registered (unreachable).
+
+    `code`: a folder holding another version of the gateway's packages, imported instead of these.
+    """
+    env = {
+        "HOMECARE_LOG_LEVEL": log_level,
+        "HOMECARE_RUN_DISPATCHER": "true" if dispatcher else "false",
+        # One token for every gateway of the run: the same signing keys and published address.
+        "HOMECARE_PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "HOMECARE_SIGNING_KEYS_DIR": str(folder.parent / "signing-keys"),
+        "HOMECARE_ACCESS_TOKEN_SECONDS": "3600",
+        **({"PYTHONPATH": str(code)} if code else {}),
+    }
+    folder.mkdir()
+    with database(database_url) as url:
+        gateway = BenchGateway(
+            folder,
+            workers=workers,
+            ods=sender,
+            client_id=f"bench-{sender.lower()}",
+            database_url=url,
+            extra_env=env,
+        )
+        cli(
+            gateway.env,
+            *("providers", "add", "--ods", provider, "--name", "Unreachable bench provider"),
+            *("--adapter", "fhir-rest", "--base-url", UNREACHABLE_PROVIDER),
+        )
+        with gateway:
+            yield gateway
+
+
+def wrap_wrk(folder: Path, targets: dict[str, int], cpu_log: Path) -> dict[str, str]:
+    """A `wrk` first on PATH that reads the gateways' CPU time around each run against them."""
+    real = shutil.which("wrk")
+    if real is None:
+        raise SystemExit("wrk not found: run the peer benchmark's peers/setup.sh once")
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "wrk"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "bench" / "wrk_cpu.py"}" "$@"\n', encoding="utf-8"
+    )
+    wrapper.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "BENCH_REAL_WRK": real,
+        "BENCH_CPU_TARGETS": json.dumps(targets),
+        "BENCH_CPU_LOG": str(cpu_log),
+    }
+
+
+def run(options: Options) -> None:
+    harness = peer_bench_dir()
+    subprocess.run(["bash", str(harness / "peers" / "setup.sh")], check=True)
+    with tempfile.TemporaryDirectory(prefix="bench-intake-") as temporary, ExitStack() as stack:
+        folder = Path(temporary)
+        bodies = make_bodies(harness, options.bodies, folder / "bodies", options.template)
+        sender, provider = sender_and_provider(bodies)
+        targets: dict[str, int] = {}
+        names: dict[str, str] = {}
+        token = ""
+        versions = [("gateway", None)] + ([("baseline", options.baseline)] if options.baseline else [])
+        for (name, code), workers in itertools.product(versions, options.workers):
+            gateway = stack.enter_context(
+                running_gateway(
+                    folder / f"{name}-{workers}w",
+                    workers=workers,
+                    sender=sender,
+                    provider=provider,
+                    log_level=options.log_level,
+                    dispatcher=options.dispatcher,
+                    database_url=options.database_url,
+                    code=code,
+                )
+            )
+            token = token or gateway.access_token()
+            url = f"http://127.0.0.1:{gateway.port}/fhir/$process-message"
+            assert gateway.process is not None
+            targets[url] = gateway.process.pid
+            names[f"{name}-{workers}w"] = url
+        results = options.out or folder / "results.jsonl"
+        cpu_log = folder / "cpu.jsonl"
+        env = {**os.environ, "TOKEN": token, **wrap_wrk(folder, targets, cpu_log)}
+        command = [
+            "bash",
+            str(harness / "run_side_by_side.sh"),
+            *("--no-setup", "--bodies-file", str(bodies), "--out", str(results)),
+            *("--duration", str(options.duration), "--warmup", str(options.warmup)),
+            *("--connections", ",".join(map(str, options.connections)), "--repeat", str(options.repeat)),
+            *("--peers", options.peers or "none"),
+            *(f"{name}={url}" for name, url in names.items()),
+        ]
+        # The harness's own table goes to a file: the one printed here adds the gateway's CPU.
+        with (folder / "harness-table.txt").open("wb") as table:
+            subprocess.run(command, check=True, env=env, stdout=table)
+        rows = attach_cpu(load_jsonl(results), load_jsonl(cpu_log))
+        if options.out:
+            options.out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        print_table(rows, options)
+
+
+def load_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def attach_cpu(rows: list[dict[str, Any]], readings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each gateway measurement the CPU time the wrk wrapper read around that very run."""
+    unused = list(readings)
+    for row in rows:
+        if row.get("kind") != "target" or "requests" not in row:
+            continue
+        for reading in unused:
+            if (
+                reading["url"] == row["url"]
+                and reading["requests"] == row["requests"]
+                and reading["connections"] == row["connections"]
+            ):
+                row["server_cpu_s"] = reading["cpu_s"]
+                row["server_cpu_ms_per_req"] = round(1000 * reading["cpu_s"] / row["requests"], 3)
+                unused.remove(reading)
+                break
+    return rows
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [row[key] for row in rows if row.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def print_table(rows: list[dict[str, Any]], options: Options) -> None:
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if "requests" in row:
+            groups.setdefault((row["connections"], row["target"]), []).append(row)
+    rounds = max((row.get("round", 1) for row in rows), default=1)
+    print(
+        f"\nmedian of {rounds} round(s), {options.duration} s each after {options.warmup} s warm-up; "
+        f"gateway on {'PostgreSQL' if options.database_url else 'SQLite'}, log level {options.log_level}, "
+        f"dispatcher {'on' if options.dispatcher else 'off'}; {os.cpu_count()} cores shared with wrk"
+    )
+    header = (
+        f"{'target':<20} {'c':>4} {'req/s':>7} {'(range)':>11} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'CPU ms/req':>10} {'non-2xx':>8}"
+    )
+    for connections in sorted({c for c, _ in groups}):
+        print(f"\n{header}\n{'-' * len(header)}")
+        here = {target: found for (c, target), found in groups.items() if c == connections}
+        rates = {
+            target: statistics.median(r["requests_per_s"] for r in found) for target, found in here.items()
+        }
+        for target, found in here.items():
+            spread = [r["requests_per_s"] for r in found]
+            span = f"{min(spread):.0f}-{max(spread):.0f}" if len(found) > 1 else ""
+            cpu = _median(found, "server_cpu_ms_per_req")
+            print(
+                f"{target:<20} {connections:>4} {rates[target]:>7.0f} {span:>11} "
+                f"{_median(found, 'p50_ms') or 0:>8.1f} {_median(found, 'p99_ms') or 0:>8.1f} "
+                f"{'-' if cpu is None else f'{cpu:.2f}':>10} {sum(r['non_2xx'] for r in found):>8}"
+            )
+        for target in (t for t in here if t.startswith("gateway")):
+            ratios = ", ".join(
+                f"{peer} {rates[target] / rates[peer]:.2f}x"
+                for peer in here
+                if not peer.startswith("gateway")
+            )
+            if ratios:
+                print(f"  {target} req/s as a ratio of: {ratios}")
+            cpus = {t: _median(found, "server_cpu_ms_per_req") for t, found in here.items()}
+            mine = cpus[target]
+            cpu_ratios = ", ".join(
+                f"{other} {mine / cpu:.2f}x"
+                for other, cpu in cpus.items()
+                if other != target and cpu and mine
+            )
+            if cpu_ratios:
+                print(f"  {target} CPU per request as a ratio of: {cpu_ratios}")

@@ -1,0 +1,70 @@
+"""`wrk`, with the CPU time of the server it loads read before and after (for `bench/side_by_side.py`).
+
+The peer benchmark reads a peer's CPU time around its measured run, but not that of a target it did
+not start. This wrapper, put first on PATH as `wrk`, does the same for the gateways: when the URL
+wrk is given is one of `BENCH_CPU_TARGETS` (JSON: URL -> server PID), it reads the CPU seconds of
+that process and its children (the harness's `proc_cpu.py` reading) before and after, and appends
+one JSON line to `BENCH_CPU_LOG`. wrk's output passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def process_tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    seconds: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            data = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        seconds[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += seconds.get(pid, 0.0)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total
+
+
+def main(arguments: list[str]) -> int:
+    real = os.environ["BENCH_REAL_WRK"]
+    targets: dict[str, int] = json.loads(os.environ.get("BENCH_CPU_TARGETS", "{}"))
+    url = next((argument for argument in arguments if argument.startswith("http")), None)
+    if url not in targets:
+        os.execv(real, [real, *arguments])
+    pid = targets[url]
+    before = process_tree_cpu_seconds(pid)
+    finished = subprocess.run([real, *arguments], stdout=subprocess.PIPE, check=False)
+    after = process_tree_cpu_seconds(pid)
+    sys.stdout.buffer.write(finished.stdout)
+    sys.stdout.flush()
+    result: dict[str, object] = next(
+        (json.loads(line) for line in finished.stdout.decode().splitlines() if line.startswith("{")), {}
+    )
+    connections = int(arguments[arguments.index("-c") + 1]) if "-c" in arguments else None
+    reading = {
+        "url": url,
+        "connections": connections,
+        "requests": result.get("requests"),
+        "cpu_s": round(after - before, 3),
+    }
+    with Path(os.environ["BENCH_CPU_LOG"]).open("a", encoding="utf-8") as log:
+        log.write(json.dumps(reading) + "\n")
+    return finished.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
