@@ -14,6 +14,7 @@ from gateway import __version__
 from gateway.api import (
     codesystems,
     communications,
+    measures,
     metadata,
     operations,
     process_message,
@@ -30,6 +31,7 @@ from gateway.clock import Clock, system_clock
 from gateway.dispatch.worker import Dispatcher
 from gateway.domain.expiry import run_expiry
 from gateway.domain.sealing import run_housekeeping
+from gateway.kpi.service import run_kpi_fold
 from gateway.notify.service import notify_status_change
 from gateway.security import build_token_service
 from gateway.settings import Settings
@@ -75,11 +77,24 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
             if settings.audit_seal_seconds
             else None
         )
+        # The KPI figures follow the event log (gateway.kpi.service): the one place they are kept up to date.
+        kpi_folding = (
+            asyncio.create_task(
+                run_kpi_fold(
+                    database,
+                    clock=clock,
+                    interval=settings.kpi_fold_seconds,
+                    close_days=settings.kpi_month_close_days,
+                )
+            )
+            if settings.kpi_fold_seconds
+            else None
+        )
         try:
             yield
         finally:
             stop.set()
-            for background in (housekeeping, expiring):
+            for background in (housekeeping, expiring, kpi_folding):
                 if background is not None:
                     background.cancel()
             if running is not None:
@@ -106,6 +121,7 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
     app.include_router(subscriptions.router)
     app.include_router(metadata.router)
     app.include_router(codesystems.router)
+    app.include_router(measures.router)
     app.include_router(operations.router)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)

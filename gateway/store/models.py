@@ -121,6 +121,8 @@ class StatusEvent(SQLModel, table=True):
     __table_args__ = (
         Index("ix_status_event_prescription", "prescription_id", "id"),
         Index("ix_status_event_item", "item_id", "id"),
+        # A month's KPI recompute finds the prescriptions with an event in the month.
+        Index("ix_status_event_occurred", "occurred_at"),
     )
 
     id: int | None = Field(
@@ -239,3 +241,47 @@ class MedicationDispenseRecord(SQLModel, table=True):
     message_id: str = Field(sa_column=Column(String(36), ForeignKey("inbound_message.id"), nullable=False))
     resource: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class KpiMonthly(SQLModel, table=True):
+    """One KPI's figures for one provider, one trust and one calendar month (gateway.kpi).
+
+    Every column is a sum over prescriptions, so the figures are kept up to date by adding what
+    new events change: `numerator`, `denominator`, `strata` (counts by breakdown and category, e.g.
+    failed deliveries by cause) and `distribution` (how many observations took each whole number of
+    minutes, for medians and percentiles).
+    """
+
+    __tablename__ = "kpi_monthly"
+
+    month: str = Field(sa_column=Column(String(7), primary_key=True))
+    provider_ods: str = Field(sa_column=Column(String(12), primary_key=True))
+    tenant_ods: str = Field(sa_column=Column(String(12), primary_key=True))
+    measure: str = Field(sa_column=Column(String(40), primary_key=True))
+    numerator: int = Field(sa_column=Column(BigInteger, nullable=False))
+    denominator: int = Field(sa_column=Column(BigInteger, nullable=False))
+    strata: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    distribution: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class KpiRestatement(SQLModel, table=True):
+    """A month of one provider and trust that received events after it closed: its figures were
+    restated, last at `restated_at` (the newest such event's recording time)."""
+
+    __tablename__ = "kpi_restatement"
+
+    month: str = Field(sa_column=Column(String(7), primary_key=True))
+    provider_ods: str = Field(sa_column=Column(String(12), primary_key=True))
+    tenant_ods: str = Field(sa_column=Column(String(12), primary_key=True))
+    restated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class KpiFold(SQLModel, table=True):
+    """How far the KPI aggregate has read the event log: every event up to `last_event_id` is in it."""
+
+    __tablename__ = "kpi_fold"
+
+    name: str = Field(sa_column=Column(String(20), primary_key=True))
+    last_event_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
