@@ -152,10 +152,10 @@ def _earliest(first: datetime | None, second: datetime | None) -> datetime | Non
     return min(first, second)
 
 
-def replay(reports: Sequence[EventRecord]) -> list[EventRecord]:
-    """The reports that make up an item's history, in the order they happened: the status
-    authority's own replay (`derive`), so a duplicate counts once and a stale report only where it
-    fits, exactly as for the item's status."""
+def replay(reports: Sequence[EventRecord]) -> list[tuple[EventRecord, Verdict]]:
+    """An item's reports in the order they happened, each judged by the status authority's own
+    replay (`derive`): applied, duplicate (the status it already had) or refused (impossible where
+    it falls). So a duplicate counts once and a stale report only where it fits, as for the status."""
     updates: list[StatusUpdate] = []
     for event in reports:
         try:
@@ -166,9 +166,8 @@ def replay(reports: Sequence[EventRecord]) -> list[EventRecord]:
     _, verdicts = derive(_HISTORY_START, updates)
     by_id = {event.id: event for event in reports}
     return [
-        by_id[update.sequence]
+        (by_id[update.sequence], verdicts[update.sequence])
         for update in sorted(updates, key=lambda u: (u.occurred_at, u.sequence))
-        if verdicts[update.sequence] is Verdict.APPLIED
     ]
 
 
@@ -176,7 +175,8 @@ def _item_figures(item: _Item, tally: _Tally) -> datetime | None:
     """Count one item's history; returns when it expired (None if it did not)."""
     if item.sent is not None:
         tally.count(M.QUERY_RATE, month_of(item.sent), denominator=1)
-    history = replay(item.reports)
+    judged = replay(item.reports)
+    history = [event for event, verdict in judged if verdict is Verdict.APPLIED]
     accepted = False
     query_raised: datetime | None = None
     cancel_requested = False
@@ -209,7 +209,7 @@ def _item_figures(item: _Item, tally: _Tally) -> datetime | None:
             _delivery_attempt(event, month, tally)
         elif status == S.EXPIRED and expired is None:
             expired = event.occurred_at
-    _on_time(history, tally)
+    _on_time(judged, tally)
     for event in item.direct:
         if event.status == S.CANCELLED:
             tally.stratum(
@@ -229,21 +229,23 @@ def _delivery_attempt(event: EventRecord, month: str, tally: _Tally) -> None:
         )
 
 
-def _on_time(history: Sequence[EventRecord], tally: _Tally) -> None:
+def _on_time(judged: Sequence[tuple[EventRecord, Verdict]], tally: _Tally) -> None:
     """The item's agreed delivery date, and whether it was delivered by then (definitions: on-time).
 
     An item cancelled, rejected or expired has no delivery in its history: a report of one that
     happened after the end is refused by the replay, so such an item is never due."""
     due: date | None = None
     delivered_on: date | None = None
-    for event in history:
+    for event, verdict in judged:
         day = local_date(event.occurred_at)
-        if event.status == S.DELIVERY_SCHEDULED:
+        # Reported again while already scheduled, the status is a duplicate but its window may be new:
+        # that is how a delivery is rearranged.
+        if event.status == S.DELIVERY_SCHEDULED and verdict in (Verdict.APPLIED, Verdict.DUPLICATE):
             agreed = agreed_date(event)
             # Rescheduled in time moves the date; after the agreed date has passed it does not.
             if agreed is not None and (due is None or day <= due):
                 due = agreed
-        elif event.status == S.DELIVERED and delivered_on is None:
+        elif event.status == S.DELIVERED and verdict is Verdict.APPLIED and delivered_on is None:
             delivered_on = day
     if due is None:
         if delivered_on is not None:

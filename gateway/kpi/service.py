@@ -206,7 +206,9 @@ def read_figures(
             connection, months=months, provider_ods=provider, tenant_ods=view.tenant_ods
         )
     subjects: Sequence[str | None] = (
-        [provider] if not per_provider or provider is not None else sorted({c.key.provider_ods for c in cells})
+        [provider]
+        if not per_provider or provider is not None
+        else sorted({c.key.provider_ods for c in cells})
     )
     return _assemble(cells, restated, view=view, months=months, definitions=wanted, subjects=subjects)
 
