@@ -49,9 +49,10 @@ def fold_new_events(
 ) -> FoldResult:
     """Fold every event not yet in the aggregate into it, a batch per transaction."""
     folded = 0
+    _ensure_fold(db, now)
     while True:
         with db.write_connection() as connection:
-            position = store.claim_fold(connection, now=now)
+            position = store.claim_fold(connection)
             if position is None:
                 return FoldResult(folded, -1)
             heads = store.events_after(connection, position, limit=batch)
@@ -75,6 +76,11 @@ def fold_new_events(
             return FoldResult(folded, horizon)
 
 
+def _ensure_fold(db: Database, now: datetime) -> None:
+    with db.write_connection() as connection:
+        store.ensure_fold(connection, now=now)
+
+
 def _horizon(position: int, heads: Sequence[EventHead], *, now: datetime, grace: timedelta) -> int:
     """How far the fold may go: up to the first missing id still young enough to be committed later."""
     horizon = position
@@ -89,8 +95,9 @@ def recompute_month(db: Database, month: str, *, now: datetime, close_days: int)
     """Build one month's figures again from the log (as far as the fold has read it); returns how
     many prescriptions were read."""
     start, end = month_bounds(month)
+    _ensure_fold(db, now)
     with db.write_connection() as connection:
-        position = store.claim_fold(connection, now=now, wait=True)
+        position = store.claim_fold(connection, wait=True)
         assert position is not None  # waited for it
         chosen = store.prescriptions_with_events(connection, start, end) | store.prescriptions_with_events(
             connection, start - AGREED_AHEAD, start, status="delivery-scheduled"
@@ -110,8 +117,9 @@ def recompute_month(db: Database, month: str, *, now: datetime, close_days: int)
 
 def recompute_all(db: Database, *, now: datetime, close_days: int, grace: timedelta = GAP_GRACE) -> int:
     """Build every month again from the whole log; returns how many prescriptions were read."""
+    _ensure_fold(db, now)
     with db.write_connection() as connection:
-        position = store.claim_fold(connection, now=now, wait=True)
+        position = store.claim_fold(connection, wait=True)
         assert position is not None
         horizon = max(position, store.last_event_recorded_before(connection, now - grace))
         chosen = store.prescriptions_up_to(connection, horizon)

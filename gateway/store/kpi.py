@@ -142,25 +142,33 @@ def _guarded(work: Iterator[T]) -> Iterator[T]:
         raise KpiStoreError(f"the KPI tables could not be used: {type(exc).__name__}") from exc
 
 
-def claim_fold(connection: Connection, *, now: datetime, wait: bool = False) -> int | None:
-    """Lock the fold's place in the log and return it (the last event id folded in). Without `wait`,
-    None when another process holds it (it is folding now). The lock lasts until the transaction ends."""
+def ensure_fold(connection: Connection, *, now: datetime) -> None:
+    """Create the fold's place in the log (at 0) when it is missing. Run it in a transaction of its
+    own: inserting the row inside a fold's transaction could deadlock with another process doing the same."""
     try:
-        row = connection.execute(
-            select(_fold.c.last_event_id).where(_fold.c.name == FOLD).with_for_update(skip_locked=not wait)
-        ).first()
-        if row is not None:
-            return int(row[0])
+        if connection.execute(select(_fold.c.name).where(_fold.c.name == FOLD)).first() is not None:
+            return
         statement = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-        created = connection.execute(
+        connection.execute(
             statement(_fold)
             .values(name=FOLD, last_event_id=0, updated_at=now)
             .on_conflict_do_nothing(index_elements=["name"])
         )
     except SQLAlchemyError as exc:
+        raise KpiStoreError(f"the KPI fold could not be created: {type(exc).__name__}") from exc
+
+
+def claim_fold(connection: Connection, *, wait: bool = False) -> int | None:
+    """Lock the fold's place in the log (see `ensure_fold`) and return it: the last event id folded
+    in. Without `wait`, None when another process holds it (it is folding now). The lock lasts until
+    the transaction ends."""
+    try:
+        row = connection.execute(
+            select(_fold.c.last_event_id).where(_fold.c.name == FOLD).with_for_update(skip_locked=not wait)
+        ).first()
+    except SQLAlchemyError as exc:
         raise KpiStoreError(f"the KPI fold could not be claimed: {type(exc).__name__}") from exc
-    # Nothing inserted: the row exists and another process holds it.
-    return 0 if created.rowcount else None
+    return None if row is None else int(row[0])
 
 
 def advance_fold(connection: Connection, last_event_id: int, *, now: datetime) -> None:
