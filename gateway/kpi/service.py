@@ -84,8 +84,10 @@ def _ensure_fold(db: Database, now: datetime) -> None:
 def _horizon(position: int, heads: Sequence[EventHead], *, now: datetime, grace: timedelta) -> int:
     """How far the fold may go: up to the first missing id still young enough to be committed later."""
     horizon = position
-    for head in heads:
-        if head.id != horizon + 1 and head.recorded_at > now - grace:
+    for index, head in enumerate(heads):
+        # The first fold takes the log from its first event (the ids before it are nobody's).
+        first_ever = position == 0 and index == 0
+        if not first_ever and head.id != horizon + 1 and head.recorded_at > now - grace:
             break
         horizon = head.id
     return horizon

@@ -85,7 +85,9 @@ def arrival_order(histories: Iterable[History]) -> list[EventRecord]:
     return sorted(events, key=lambda e: (e.recorded_at, e.id))
 
 
-def kpi_tables(db: Database) -> tuple[dict[tuple[str, ...], tuple[Any, ...]], dict[tuple[str, ...], datetime]]:
+def kpi_tables(
+    db: Database,
+) -> tuple[dict[tuple[str, ...], tuple[Any, ...]], dict[tuple[str, ...], datetime]]:
     """Everything in kpi_monthly and kpi_restatement, keyed, without the bookkeeping times."""
     monthly = KpiMonthly.__table__  # type: ignore[attr-defined]
     restated = KpiRestatement.__table__  # type: ignore[attr-defined]
@@ -100,7 +102,8 @@ def kpi_tables(db: Database) -> tuple[dict[tuple[str, ...], tuple[Any, ...]], di
             for row in session.execute(select(monthly))
         }
         notes = {
-            (row.month, row.provider_ods, row.tenant_ods): row.restated_at for row in session.execute(select(restated))
+            (row.month, row.provider_ods, row.tenant_ods): row.restated_at
+            for row in session.execute(select(restated))
         }
     return cells, notes
 
@@ -124,7 +127,9 @@ def random_history(rng: random.Random, number: int) -> History:
         return history
     if rng.random() < 0.05:
         history.order(start, items=items, sent_after=None)
-        history.gateway("rejected", start + timedelta(minutes=2), reason="refused", code=rng.choice(("bad", None)))
+        history.gateway(
+            "rejected", start + timedelta(minutes=2), reason="refused", code=rng.choice(("bad", None))
+        )
         return history
     if rng.random() < 0.05:
         history.order(start, items=items, sent_after=None)
@@ -150,7 +155,11 @@ def _random_walk(rng: random.Random, history: History, item: str, moment: dateti
         source = "trust:" + history.trust if status in (Status.CANCEL_REQUESTED,) else None
         history.report(item, status.value, moment, recorded=moment + late, source=source, **detail)
         if rng.random() < 0.15:  # the same report again, or the schedule rearranged
-            again = _detail(rng, status, moment + timedelta(hours=2)) if status == Status.DELIVERY_SCHEDULED else detail
+            again = (
+                _detail(rng, status, moment + timedelta(hours=2))
+                if status == Status.DELIVERY_SCHEDULED
+                else detail
+            )
             history.report(item, status.value, moment + timedelta(hours=2), verdict="duplicate", **again)
         state = step(state, status)
 

@@ -35,7 +35,9 @@ def fresh(database: Database) -> Database:
     wipe(database)
     with database.write() as session:
         for ods in PROVIDERS:
-            add_provider(session, ods_code=ods, name=ods, adapter="fhir-rest", settings={}, now=system_clock())
+            add_provider(
+                session, ods_code=ods, name=ods, adapter="fhir-rest", settings={}, now=system_clock()
+            )
     return database
 
 
@@ -43,7 +45,11 @@ def fold(db: Database, **options: object) -> service.FoldResult:
     return service.fold_new_events(db, now=LATER, close_days=5, **options)  # type: ignore[arg-type]
 
 
-@given(seed=st.integers(0, 2**32), cuts=st.lists(st.floats(0, 1), max_size=6), batch=st.sampled_from((3, 50, 2000)))
+@given(
+    seed=st.integers(0, 2**32),
+    cuts=st.lists(st.floats(0, 1), max_size=6),
+    batch=st.sampled_from((3, 50, 2000)),
+)
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_folding_events_as_they_arrive_equals_recomputing_from_the_log(
     database: Database, seed: int, cuts: list[float], batch: int
@@ -78,7 +84,9 @@ def test_the_database_figures_are_the_pure_computation(database: Database) -> No
     expected = all_figures(h.events for h in histories)
     assert {(k.month, k.provider_ods, k.tenant_ods, k.measure) for k in expected} == set(cells)
     for key, figures in expected.items():
-        numerator, denominator, _, distribution = cells[(key.month, key.provider_ods, key.tenant_ods, key.measure)]
+        numerator, denominator, _, distribution = cells[
+            (key.month, key.provider_ods, key.tenant_ods, key.measure)
+        ]
         assert (numerator, denominator) == (figures.numerator, figures.denominator)
         assert {int(m): n for m, n in distribution.items()} == figures.distribution
 
@@ -96,7 +104,9 @@ def test_a_late_event_changes_its_month_and_marks_it_restated(database: Database
     assert cells[("2026-02", "VNCEL", "RBA", "on-time-delivery")][:2] == (0, 1)
     assert notes == {}
 
-    late = History("p1", events=[]).report("i1", "delivered", at("2026-02-19 15:00"), recorded=at("2026-03-12 09:30"))
+    late = History("p1", events=[]).report(
+        "i1", "delivered", at("2026-02-19 15:00"), recorded=at("2026-03-12 09:30")
+    )
     put_events(db, late.events)
     assert fold(db).events == 1
     cells, notes = kpi_tables(db)
@@ -139,6 +149,8 @@ def test_the_fold_waits_for_a_missing_id_then_moves_past_it() -> None:
     assert service._horizon(10, heads, now=now, grace=timedelta(seconds=60)) == 11
     # ...until the event after it is older than the grace: then 12 was rolled back.
     assert service._horizon(10, heads, now=now + timedelta(seconds=61), grace=timedelta(seconds=60)) == 14
+    # The very first fold starts at the first event, wherever the ids start.
+    assert service._horizon(0, heads, now=now, grace=timedelta(seconds=60)) == 11
 
 
 def test_recomputing_a_month_reads_deliveries_agreed_before_it(database: Database) -> None:

@@ -373,7 +373,7 @@ def test_an_event_recorded_after_its_month_closed_restates_the_month_and_says_wh
     )
     before = cell([history], M.ON_TIME_DELIVERY, "2026-02")
     assert restatements(history.events, close_days=5) == {}
-    # February closes on 5 March (5 days after it ends): a failure reported on 10 March restates it.
+    # February closes at the end of 5 March (5 days after it ends): a failure reported on 10 March restates it.
     history.events.pop()
     history.report("i1", "delivery-failed", at("2026-02-27 12:00"), recorded=at("2026-03-10 08:00"))
     assert restatements(history.events, close_days=5) == {
