@@ -16,6 +16,7 @@ import pytest
 from fhir.resources.R4B.measure import Measure
 from fhir.resources.R4B.measurereport import MeasureReport
 
+from fhir_profiles.codes import RESPONSIBLE_PARTY_SYSTEM, RESPONSIBLE_PARTY_URL
 from gateway.app import create_app
 from gateway.kpi import service
 from gateway.settings import Settings
@@ -286,7 +287,7 @@ def test_figures_follow_real_orders_and_status_reports(
     client: httpx.Client, as_tenant: Callable[..., httpx.Client], public: httpx.Client, db: Database
 ) -> None:
     provider = as_tenant("provider-vncel")
-    message, (item,) = order(client, items=1, seed=21)
+    message, _ = order(client, items=1, seed=21)
     now = datetime.now(UTC).replace(microsecond=0)
     day = now.date().isoformat()
 
@@ -309,14 +310,13 @@ def test_figures_follow_real_orders_and_status_reports(
         "valuePeriod": {"start": day, "end": day},
     }
     step("delivery-scheduled", 55, output=[window_output])
+    party = {"system": RESPONSIBLE_PARTY_SYSTEM, "code": "patient"}
     step(
-        "delivery-failed", 60,
+        "delivery-failed",
+        60,
         statusReason={"coding": [{"code": "patient-not-in"}]},
-        extension=[{
-            "url": "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-ResponsibleParty",
-            "valueCoding": {"system": "https://homecare-gateway.nhs.uk/CodeSystem/responsible-party", "code": "patient"},
-        }],
-    )  # fmt: skip
+        extension=[{"url": RESPONSIBLE_PARTY_URL, "valueCoding": party}],
+    )
     step("out-for-delivery", 61)
     step("delivered", 62)
     service.fold_new_events(db, now=datetime.now(UTC), close_days=5)

@@ -3,6 +3,7 @@ exactly what a recompute from the whole log (or of one month) gives."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from datetime import UTC, datetime, timedelta
@@ -60,7 +61,7 @@ def test_folding_events_as_they_arrive_equals_recomputing_from_the_log(
     put_prescriptions(db, histories)
     events = arrival_order(histories)
     bounds = sorted({0, len(events), *(int(cut * len(events)) for cut in cuts)})
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         put_events(db, events[start:end])
         fold(db, batch=batch)
     folded = kpi_tables(db)
