@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -156,19 +156,24 @@ def replay(reports: Sequence[EventRecord]) -> list[tuple[EventRecord, Verdict]]:
     """An item's reports in the order they happened, each judged by the status authority's own
     replay (`derive`): applied, duplicate (the status it already had) or refused (impossible where
     it falls). So a duplicate counts once and a stale report only where it fits, as for the status."""
-    updates: list[StatusUpdate] = []
-    for event in reports:
-        try:
-            status = Status(event.status)
-        except ValueError:
-            continue
-        updates.append(StatusUpdate(status, event.occurred_at, event.source, event.id))
-    _, verdicts = derive(_HISTORY_START, updates)
-    by_id = {event.id: event for event in reports}
-    return [
-        (by_id[update.sequence], verdicts[update.sequence])
-        for update in sorted(updates, key=lambda u: (u.occurred_at, u.sequence))
+    ordered = sorted((e for e in reports if e.status in _STATUSES), key=lambda e: (e.occurred_at, e.id))
+    verdicts = _verdicts(tuple((Status(e.status), e.source) for e in ordered))
+    return list(zip(ordered, verdicts, strict=True))
+
+
+_STATUSES = frozenset(status.value for status in Status)
+_SAME_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@lru_cache(maxsize=65_536)
+def _verdicts(sequence: tuple[tuple[Status, str], ...]) -> tuple[Verdict, ...]:
+    """`derive`'s verdicts for reports already in the order they happened. They depend on that order,
+    the statuses and the sources only, and the same few sequences come up again and again."""
+    updates = [
+        StatusUpdate(status, _SAME_TIME, source, index) for index, (status, source) in enumerate(sequence)
     ]
+    _, verdicts = derive(_HISTORY_START, updates)
+    return tuple(verdicts[index] for index in range(len(updates)))
 
 
 def _item_figures(item: _Item, tally: _Tally) -> datetime | None:
@@ -319,8 +324,11 @@ def restatements(history: Sequence[EventRecord], *, close_days: int) -> dict[Mon
     latest such recording time. An event belongs to the month it happened in and, for an agreed
     delivery, to the month of the agreed date; a duplicate report changes nothing and restates nothing."""
     restated: dict[MonthKey, datetime] = {}
+    soonest = timedelta(days=close_days)
     for event in history:
-        if event.verdict == Verdict.DUPLICATE:
+        # A month closes at least `close_days` after anything in it happened (an agreed date is
+        # never before the report): an event recorded sooner restates nothing.
+        if event.verdict == Verdict.DUPLICATE or event.recorded_at - event.occurred_at <= soonest:
             continue
         months = {month_of(event.occurred_at)}
         if event.status == S.DELIVERY_SCHEDULED:

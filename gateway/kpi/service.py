@@ -20,7 +20,7 @@ from auth.identity import Caller, Role
 from gateway.clock import Clock
 from gateway.kpi.definitions import DEFINITIONS, MeasureDefinition
 from gateway.kpi.measures import add_into, latest_into, prescription_figures, restatements
-from gateway.kpi.months import month_bounds
+from gateway.kpi.months import first_day, last_day, month_bounds
 from gateway.logs import get_logger
 from gateway.store import kpi as store
 from gateway.store.db import Database
@@ -32,7 +32,7 @@ log = get_logger("gateway.kpi")
 # after the event that follows it was recorded, then taken as rolled back.
 GAP_GRACE = timedelta(seconds=60)
 # A month's recompute reads the prescriptions with an event in the month and those with a delivery
-# agreed in this many days before it (a delivery agreed earlier for the month is refreshed by a full
+# agreed for it in this many days before it (one agreed earlier still is put right by a full
 # recompute).
 AGREED_AHEAD = timedelta(days=92)
 FOLD_BATCH = 2000
@@ -68,8 +68,8 @@ def fold_new_events(
                 latest_into(
                     restated, restatements([e for e in history if e.id > position], close_days=close_days)
                 )
-            store.add_to_cells(connection, deltas, now=now)
-            store.note_restatements(connection, restated)
+            store.add_to_cells(connection, with_national(deltas), now=now)
+            store.note_restatements(connection, with_national_months(restated))
             store.advance_fold(connection, horizon, now=now)
         folded += sum(1 for head in heads if head.id <= horizon)
         if len(heads) < batch or horizon != heads[-1].id:
@@ -101,8 +101,15 @@ def recompute_month(db: Database, month: str, *, now: datetime, close_days: int)
     with db.write_connection() as connection:
         position = store.claim_fold(connection, wait=True)
         assert position is not None  # waited for it
-        chosen = store.prescriptions_with_events(connection, start, end) | store.prescriptions_with_events(
-            connection, start - AGREED_AHEAD, start, status="delivery-scheduled"
+        chosen = store.prescriptions_with_events(
+            connection, start, end
+        ) | store.prescriptions_with_agreed_dates(
+            connection,
+            start - AGREED_AHEAD,
+            start,
+            # As written, a dateTime's date may be a day off its UK date: read a day either side.
+            agreed_from=(first_day(month) - timedelta(days=1)).isoformat(),
+            agreed_before=(last_day(month) + timedelta(days=2)).isoformat(),
         )
         cells: dict[CellKey, Figures] = {}
         restated: dict[MonthKey, datetime] = {}
@@ -112,7 +119,9 @@ def recompute_month(db: Database, month: str, *, now: datetime, close_days: int)
                 restated,
                 {k: at for k, at in restatements(history, close_days=close_days).items() if k.month == month},
             )
-        store.replace_months(connection, [month], cells, restated, now=now)
+        store.replace_months(
+            connection, [month], with_national(cells), with_national_months(restated), now=now
+        )
     log.info("kpi_month_recomputed", month=month, prescriptions=len(chosen))
     return len(chosen)
 
@@ -130,10 +139,26 @@ def recompute_all(db: Database, *, now: datetime, close_days: int, grace: timede
         for history in store.histories(connection, chosen, up_to=horizon):
             add_into(cells, prescription_figures(history))
             latest_into(restated, restatements(history, close_days=close_days))
-        store.replace_months(connection, None, cells, restated, now=now)
+        store.replace_months(connection, None, with_national(cells), with_national_months(restated), now=now)
         store.advance_fold(connection, horizon, now=now)
     log.info("kpi_recomputed", prescriptions=len(chosen), position=horizon)
     return len(chosen)
+
+
+def with_national(cells: dict[CellKey, Figures]) -> dict[CellKey, Figures]:
+    """The cells and, beside them, their sums over every trust (tenant `*`): the national figures
+    are then read as they are, not summed from every trust's on each request."""
+    national: dict[CellKey, Figures] = {}
+    for key, figures in cells.items():
+        add_into(national, {CellKey(key.measure, key.provider_ods, store.ALL_TRUSTS, key.month): figures})
+    return cells | national
+
+
+def with_national_months(restated: dict[MonthKey, datetime]) -> dict[MonthKey, datetime]:
+    national: dict[MonthKey, datetime] = {}
+    for key, moment in restated.items():
+        latest_into(national, {MonthKey(key.provider_ods, store.ALL_TRUSTS, key.month): moment})
+    return restated | national
 
 
 async def run_kpi_fold(db: Database, *, clock: Clock, interval: float, close_days: int) -> None:
@@ -205,15 +230,16 @@ def read_figures(
     provider = view.provider_ods or provider_ods
     with db.read() as session:
         connection = session.connection()
+        tenant = view.tenant_ods or store.ALL_TRUSTS
         cells = store.read_cells(
             connection,
             months=months,
             provider_ods=provider,
-            tenant_ods=view.tenant_ods,
+            tenant_ods=tenant,
             measures=[d.id.value for d in wanted],
         )
         restated = store.read_restatements(
-            connection, months=months, provider_ods=provider, tenant_ods=view.tenant_ods
+            connection, months=months, provider_ods=provider, tenant_ods=tenant
         )
     subjects: Sequence[str | None] = (
         [provider]
@@ -227,7 +253,9 @@ def read_figures_by_trust(db: Database, *, months: Sequence[str]) -> list[Measur
     """Every trust's own figures, per provider (for operators: nothing hidden)."""
     with db.read() as session:
         connection = session.connection()
-        cells = store.read_cells(connection, months=months)
+        cells = [
+            c for c in store.read_cells(connection, months=months) if c.key.tenant_ods != store.ALL_TRUSTS
+        ]
         restated = store.read_restatements(connection, months=months)
     results: list[MeasureFigures] = []
     for trust in sorted({cell.key.tenant_ods for cell in cells}):

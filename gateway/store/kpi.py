@@ -10,9 +10,26 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, tuple_, update
+import orjson
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +44,8 @@ _fold = KpiFold.__table__  # type: ignore[attr-defined]
 
 T = TypeVar("T")
 FOLD = "monthly"
+# The tenant of the cells that sum every trust's (the national figures, read without summing trusts).
+ALL_TRUSTS = "*"
 # Prescriptions per query when reading histories (well under every driver's parameter limit).
 _CHUNK = 500
 
@@ -219,6 +238,10 @@ def histories(
 ) -> Iterator[list[EventRecord]]:
     """Each prescription's events with id up to `up_to`, in id order, one list per prescription."""
     ordered = sorted(set(prescription_ids))
+    # A recompute reads millions of rows: PostgreSQL's times come back aware (no conversion needed),
+    # and the detail is parsed by orjson rather than row by row through the JSON type.
+    instant: Any = DateTime(timezone=True)
+    aware = connection.dialect.name == "postgresql"
     columns = (
         _event.c.id,
         _event.c.prescription_id,
@@ -226,11 +249,11 @@ def histories(
         _prescription.c.tenant_ods,
         _prescription.c.provider_ods,
         _event.c.status,
-        _event.c.occurred_at,
-        _event.c.recorded_at,
+        type_coerce(_event.c.occurred_at, instant) if aware else _event.c.occurred_at,
+        type_coerce(_event.c.recorded_at, instant) if aware else _event.c.recorded_at,
         _event.c.source,
         _event.c.verdict,
-        _event.c.detail,
+        cast(_event.c.detail, Text),
     )
 
     def read() -> Iterator[list[EventRecord]]:
@@ -242,21 +265,34 @@ def histories(
                 .order_by(_event.c.prescription_id, _event.c.id)
             ).all()
             history: list[EventRecord] = []
-            for row in rows:
+            for (
+                event_id,
+                prescription,
+                item,
+                tenant,
+                provider,
+                status,
+                occurred,
+                recorded,
+                source,
+                verdict,
+                text,
+            ) in rows:
+                detail = orjson.loads(text) if text else None
                 record = EventRecord(
-                    id=int(row.id),
-                    prescription_id=row.prescription_id,
-                    item_id=row.item_id,
-                    tenant_ods=row.tenant_ods,
-                    provider_ods=row.provider_ods,
-                    status=row.status,
-                    occurred_at=row.occurred_at,
-                    recorded_at=row.recorded_at,
-                    source=row.source,
-                    verdict=row.verdict,
-                    detail=row.detail if isinstance(row.detail, dict) else {},
+                    int(event_id),
+                    prescription,
+                    item,
+                    tenant,
+                    provider,
+                    status,
+                    occurred,
+                    recorded,
+                    source,
+                    verdict,
+                    detail if isinstance(detail, dict) else _NO_DETAIL,
                 )
-                if history and history[0].prescription_id != record.prescription_id:
+                if history and history[0].prescription_id != prescription:
                     yield history
                     history = []
                 history.append(record)
@@ -264,6 +300,31 @@ def histories(
                 yield history
 
     return _guarded(read())
+
+
+_NO_DETAIL: Mapping[str, Any] = MappingProxyType({})
+
+
+def prescriptions_with_agreed_dates(
+    connection: Connection, start: datetime, end: datetime, *, agreed_from: str, agreed_before: str
+) -> set[str]:
+    """The prescriptions with a delivery agreed in [start, end) for a date that, as written, is in
+    [agreed_from, agreed_before) (ISO dates: a dateTime compares as its date written out)."""
+    window = _event.c.detail["delivery_window"]
+    conditions = [
+        _event.c.status == "delivery-scheduled",
+        _event.c.occurred_at >= start,
+        _event.c.occurred_at < end,
+        or_(
+            and_(window["end"].as_string() >= agreed_from, window["end"].as_string() < agreed_before),
+            and_(window["start"].as_string() >= agreed_from, window["start"].as_string() < agreed_before),
+        ),
+    ]
+    try:
+        rows = connection.execute(select(_event.c.prescription_id).where(*conditions).distinct()).all()
+    except SQLAlchemyError as exc:
+        raise KpiStoreError(f"the event log could not be read: {type(exc).__name__}") from exc
+    return {row[0] for row in rows}
 
 
 def prescriptions_up_to(connection: Connection, up_to: int) -> set[str]:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -121,8 +122,15 @@ class StatusEvent(SQLModel, table=True):
     __table_args__ = (
         Index("ix_status_event_prescription", "prescription_id", "id"),
         Index("ix_status_event_item", "item_id", "id"),
-        # A month's KPI recompute finds the prescriptions with an event in the month.
+        # A month's KPI recompute finds the prescriptions with an event in the month, and those with a
+        # delivery agreed before it.
         Index("ix_status_event_occurred", "occurred_at"),
+        Index(
+            "ix_status_event_scheduled",
+            "occurred_at",
+            postgresql_where=text("status = 'delivery-scheduled'"),
+            sqlite_where=text("status = 'delivery-scheduled'"),
+        ),
     )
 
     id: int | None = Field(

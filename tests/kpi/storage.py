@@ -116,7 +116,7 @@ def random_history(rng: random.Random, number: int) -> History:
     """A prescription that went somewhere in its life by legal steps, with duplicates, reports that
     arrive late or out of order, rearranged deliveries and the gateway's own steps."""
     history = History(f"p{number:04d}", provider=rng.choice(PROVIDERS), trust=rng.choice(TRUSTS))
-    start = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(0, 90 * 24 * 60))
+    start = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(0, 240 * 24 * 60))
     items = rng.choice((1, 1, 2))
     if rng.random() < 0.1:
         history.order(start, items=items, sent_after=None)
@@ -166,7 +166,10 @@ def _random_walk(rng: random.Random, history: History, item: str, moment: dateti
 
 def _detail(rng: random.Random, status: Status, moment: datetime) -> dict[str, Any]:
     if status == Status.DELIVERY_SCHEDULED:
-        day = (moment + timedelta(days=rng.randrange(-2, 20))).date().isoformat()
+        agreed = moment + timedelta(days=rng.randrange(-2, 40))
+        day = agreed.date().isoformat()
+        if rng.random() < 0.5:  # a dateTime late in the (UTC) day: in summer, the next UK day
+            day = f"{day}T23:{rng.randrange(60):02d}:00+00:00"
         return {"delivery_window": {"start": day, "end": day}} if rng.random() < 0.9 else {}
     if status in (Status.DELIVERY_FAILED, Status.REJECTED):
         reason = rng.choice(_REASONS)

@@ -82,7 +82,8 @@ def test_the_database_figures_are_the_pure_computation(database: Database) -> No
     put_events(db, arrival_order(histories))
     fold(db)
     cells, _ = kpi_tables(db)
-    expected = all_figures(h.events for h in histories)
+    expected = service.with_national(all_figures(h.events for h in histories))
+    assert any(key.tenant_ods == "*" for key in expected)
     assert {(k.month, k.provider_ods, k.tenant_ods, k.measure) for k in expected} == set(cells)
     for key, figures in expected.items():
         numerator, denominator, _, distribution = cells[
@@ -112,7 +113,10 @@ def test_a_late_event_changes_its_month_and_marks_it_restated(database: Database
     assert fold(db).events == 1
     cells, notes = kpi_tables(db)
     assert cells[("2026-02", "VNCEL", "RBA", "on-time-delivery")][:2] == (1, 1)
-    assert notes == {("2026-02", "VNCEL", "RBA"): at("2026-03-12 09:30")}
+    assert notes == {
+        ("2026-02", "VNCEL", "RBA"): at("2026-03-12 09:30"),
+        ("2026-02", "VNCEL", "*"): at("2026-03-12 09:30"),
+    }
 
 
 def test_folding_twice_changes_nothing_and_concurrent_folds_count_each_event_once(database: Database) -> None:
@@ -160,12 +164,19 @@ def test_recomputing_a_month_reads_deliveries_agreed_before_it(database: Databas
     history.report("i1", "accepted", at("2026-01-05 10:00"))
     history.report("i1", "dispensed", at("2026-01-06 10:00"))
     history.report("i1", "delivery-scheduled", at("2026-01-06 11:00"), **window("2026-02-20"))
-    put_prescriptions(db, [history])
-    put_events(db, history.events)
+    summer = History("p2").order(at("2026-06-05 09:00"))
+    summer.report("i2", "accepted", at("2026-06-05 10:00"))
+    summer.report("i2", "dispensed", at("2026-06-06 10:00"))
+    # Written as 30 June, but 23:30 UTC is 00:30 on 1 July in London: due in July.
+    summer.report("i2", "delivery-scheduled", at("2026-06-06 11:00"), **window("2026-06-30T23:30:00+00:00"))
+    put_prescriptions(db, [history, summer])
+    put_events(db, history.events + summer.events)
     fold(db)
     folded = kpi_tables(db)
     assert folded[0][("2026-02", "VNCEL", "RBA", "on-time-delivery")][:2] == (0, 1)
+    assert folded[0][("2026-07", "VNCEL", "RBA", "on-time-delivery")][:2] == (0, 1)
     assert service.recompute_month(db, "2026-02", now=LATER, close_days=5) == 1
+    assert service.recompute_month(db, "2026-07", now=LATER, close_days=5) == 1
     assert kpi_tables(db) == folded
 
 

@@ -1,8 +1,9 @@
 """KPIs from the event log: monthly figures per provider and trust, restated months, the fold's place.
 
 `kpi_monthly` holds each measure's sums for one provider, trust and month; `kpi_restatement` the
-months that received events after they closed; `kpi_fold` how far the log has been read. An index
-on `status_event.occurred_at` lets a month be recomputed without reading the whole log. Existing
+months that received events after they closed; `kpi_fold` how far the log has been read. Indexes
+on `status_event.occurred_at` (all events, and the agreed deliveries) let a month be recomputed
+without reading the whole log. Existing
 events are folded in by the running gateway (or `homecare-gateway kpi recompute`).
 
 Revision ID: 0008_kpi
@@ -49,9 +50,18 @@ def upgrade() -> None:
         sa.Column("updated_at", UTCDateTime(), nullable=False),
     )
     op.create_index("ix_status_event_occurred", "status_event", ["occurred_at"])
+    scheduled = sa.text("status = 'delivery-scheduled'")
+    op.create_index(
+        "ix_status_event_scheduled",
+        "status_event",
+        ["occurred_at"],
+        postgresql_where=scheduled,
+        sqlite_where=scheduled,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_status_event_scheduled", table_name="status_event")
     op.drop_index("ix_status_event_occurred", table_name="status_event")
     op.drop_table("kpi_fold")
     op.drop_table("kpi_restatement")
