@@ -47,33 +47,48 @@ class FoldResult:
 def fold_new_events(
     db: Database, *, now: datetime, close_days: int, batch: int = FOLD_BATCH, grace: timedelta = GAP_GRACE
 ) -> FoldResult:
-    """Fold every event not yet in the aggregate into it, a batch per transaction."""
+    """Fold every event not yet in the aggregate into it, a batch at a time."""
     folded = 0
     _ensure_fold(db, now)
     while True:
-        with db.write_connection() as connection:
-            position = store.claim_fold(connection)
-            if position is None:
-                return FoldResult(folded, -1)
-            heads = store.events_after(connection, position, limit=batch)
-            horizon = _horizon(position, heads, now=now, grace=grace)
-            if horizon == position:
-                return FoldResult(folded, position)
-            affected = {head.prescription_id for head in heads if head.id <= horizon}
-            deltas: dict[CellKey, Figures] = {}
-            restated: dict[MonthKey, datetime] = {}
-            for history in store.histories(connection, affected, up_to=horizon):
-                add_into(deltas, prescription_figures(history))
-                add_into(deltas, prescription_figures([e for e in history if e.id <= position]), -1)
-                latest_into(
-                    restated, restatements([e for e in history if e.id > position], close_days=close_days)
-                )
-            store.add_to_cells(connection, with_national(deltas), now=now)
-            store.note_restatements(connection, with_national_months(restated))
-            store.advance_fold(connection, horizon, now=now)
-        folded += sum(1 for head in heads if head.id <= horizon)
-        if len(heads) < batch or horizon != heads[-1].id:
-            return FoldResult(folded, horizon)
+        count, position, more = _fold_batch(db, now=now, close_days=close_days, batch=batch, grace=grace)
+        folded += count
+        if not more:
+            return FoldResult(folded, position)
+
+
+def _fold_batch(
+    db: Database, *, now: datetime, close_days: int, batch: int, grace: timedelta
+) -> tuple[int, int, bool]:
+    """Fold the next batch: how many events, the new position, and whether more may be waiting.
+
+    The work is done in a read transaction and only its result written under the fold's lock, so a
+    fold holds no write lock while it reads (on SQLite, writers wait for the lock). When another
+    process folded meanwhile, or is folding, the result is dropped: that process has it in hand."""
+    with db.read() as session:
+        connection = session.connection()
+        position = store.fold_position(connection)
+        heads = store.events_after(connection, position, limit=batch)
+        horizon = _horizon(position, heads, now=now, grace=grace)
+        if horizon == position:
+            return 0, position, False
+        affected = {head.prescription_id for head in heads if head.id <= horizon}
+        deltas: dict[CellKey, Figures] = {}
+        restated: dict[MonthKey, datetime] = {}
+        for history in store.histories(connection, affected, up_to=horizon):
+            add_into(deltas, prescription_figures(history))
+            add_into(deltas, prescription_figures([e for e in history if e.id <= position]), -1)
+            latest_into(
+                restated, restatements([e for e in history if e.id > position], close_days=close_days)
+            )
+    with db.write_connection() as connection:
+        if store.claim_fold(connection) != position:
+            return 0, position, False
+        store.add_to_cells(connection, with_national(deltas), now=now)
+        store.note_restatements(connection, with_national_months(restated))
+        store.advance_fold(connection, horizon, now=now)
+    count = sum(1 for head in heads if head.id <= horizon)
+    return count, horizon, len(heads) == batch and horizon == heads[-1].id
 
 
 def _ensure_fold(db: Database, now: datetime) -> None:
