@@ -220,6 +220,8 @@ def _item_figures(item: _Item, tally: _Tally) -> datetime | None:
             tally.stratum(
                 M.CANCELLATION_SUCCESS, month_of(event.occurred_at), SUPPLEMENT, CANCELLED_BEFORE_SENDING
             )
+        elif event.status == S.REJECTED:
+            _refused_at_send(event, 1, tally)
     return expired
 
 
@@ -300,8 +302,9 @@ def _reason_code(detail: Mapping[str, Any]) -> str | None:
 
 
 def _refusals_at_send(history: Sequence[EventRecord], items: Sequence[_Item], tally: _Tally) -> None:
-    """The provider's system refused the order for good when sent: a rejection of every item still
-    waiting (no report or decision of its own yet)."""
+    """A refusal at sending recorded once for the prescription: a rejection of every item still
+    waiting then (no report or decision of its own yet). Recorded per item, it is one of the item's
+    own decisions (`_item_figures`)."""
     for event in history:
         if event.item_id is not None or event.status != S.REJECTED:
             continue
@@ -310,13 +313,17 @@ def _refusals_at_send(history: Sequence[EventRecord], items: Sequence[_Item], ta
             for item in items
             if all(other.occurred_at > event.occurred_at for other in (*item.reports, *item.direct))
         )
-        if not waiting:
-            continue
-        month = month_of(event.occurred_at)
-        code = event.detail.get("code")
-        reason = str(code)[:64] if isinstance(code, str) and code else REFUSED_AT_SEND
-        tally.count(M.REJECTION_RATE, month, numerator=waiting, denominator=waiting)
-        tally.stratum(M.REJECTION_RATE, month, REASON, reason, waiting)
+        if waiting:
+            _refused_at_send(event, waiting, tally)
+
+
+def _refused_at_send(event: EventRecord, items: int, tally: _Tally) -> None:
+    """The provider's system refused the order for good when the gateway sent it."""
+    month = month_of(event.occurred_at)
+    code = event.detail.get("code")
+    reason = str(code)[:64] if isinstance(code, str) and code else REFUSED_AT_SEND
+    tally.count(M.REJECTION_RATE, month, numerator=items, denominator=items)
+    tally.stratum(M.REJECTION_RATE, month, REASON, reason, items)
 
 
 def restatements(history: Sequence[EventRecord], *, close_days: int) -> dict[MonthKey, datetime]:

@@ -103,13 +103,16 @@ class History:
             detail=detail,
         )
 
-    def direct(self, item: str, status: str, when: datetime, **detail: Any) -> History:
-        """A decision the gateway records outside the item's history (cancelled before sending)."""
+    def direct(
+        self, item: str, status: str, when: datetime, *, source: str | None = None, **detail: Any
+    ) -> History:
+        """A move on the order's way to the provider, recorded for one item outside its history of
+        reports (no verdict): the trust cancelling before it went, or the gateway's own steps."""
         return self._add(
             item=item,
             status=status,
             when=when,
-            source=f"trust:{self.trust}",
+            source=source or f"trust:{self.trust}",
             verdict=None,
             recorded=None,
             detail=detail,

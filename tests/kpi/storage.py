@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from gateway.domain.status import ItemState, Status, allowed_next, step
+from gateway.domain.status import ItemState, Status, StatusUpdate, Verdict, derive
 from gateway.store.db import Database
 from gateway.store.kpi import EventRecord
 from gateway.store.models import InboundMessage, KpiMonthly, KpiRestatement, Prescription, StatusEvent
@@ -142,26 +142,58 @@ def random_history(rng: random.Random, number: int) -> History:
     return history
 
 
+# What reports say, and who says it (the status authority judges moves by who makes them).
+_REPORTED = (
+    Status.ACCEPTED, Status.REJECTED, Status.QUERY, Status.IN_PREPARATION, Status.DISPENSED,
+    Status.DELIVERY_SCHEDULED, Status.OUT_FOR_DELIVERY, Status.DELIVERED, Status.DELIVERY_FAILED,
+    Status.CANCEL_REQUESTED, Status.CANCELLED, Status.EXPIRED,
+)  # fmt: skip
+
+
+def _source(history: History, status: Status) -> str:
+    if status == Status.CANCEL_REQUESTED:
+        return f"trust:{history.trust}"
+    return "gateway" if status == Status.EXPIRED else f"provider:{history.provider}"
+
+
 def _random_walk(rng: random.Random, history: History, item: str, moment: datetime) -> None:
-    state = ItemState(Status.SENT)
+    """Legal reports only: each one is one the status authority's replay applies where it falls."""
+    taken: list[StatusUpdate] = []
     for _ in range(rng.randrange(1, 12)):
-        choices = sorted(allowed_next(state) - {Status.QUEUED, Status.UNDELIVERABLE, Status.SENT})
-        if not choices:
-            return
-        status = rng.choice(choices)
         moment += timedelta(minutes=rng.choice((1, 30, 240, 1440, 4 * 1440)))
+        legal = [
+            status
+            for status in _REPORTED
+            if _applies(taken, StatusUpdate(status, moment, _source(history, status), len(taken)))
+        ]
+        if not legal:
+            return
+        status = rng.choice(legal)
+        taken.append(StatusUpdate(status, moment, _source(history, status), len(taken)))
         late = timedelta(days=rng.choice((0, 0, 0, 0, 1, 9, 40)))
         detail = _detail(rng, status, moment)
-        source = "trust:" + history.trust if status in (Status.CANCEL_REQUESTED,) else None
-        history.report(item, status.value, moment, recorded=moment + late, source=source, **detail)
+        history.report(
+            item, status.value, moment, recorded=moment + late, source=_source(history, status), **detail
+        )
         if rng.random() < 0.15:  # the same report again, or the schedule rearranged
             again = (
                 _detail(rng, status, moment + timedelta(hours=2))
                 if status == Status.DELIVERY_SCHEDULED
                 else detail
             )
-            history.report(item, status.value, moment + timedelta(hours=2), verdict="duplicate", **again)
-        state = step(state, status)
+            history.report(
+                item,
+                status.value,
+                moment + timedelta(hours=2),
+                verdict="duplicate",
+                source=_source(history, status),
+                **again,
+            )
+
+
+def _applies(taken: list[StatusUpdate], update: StatusUpdate) -> bool:
+    _, verdicts = derive(ItemState(Status.SENT), [*taken, update])
+    return verdicts[update.sequence] is Verdict.APPLIED
 
 
 def _detail(rng: random.Random, status: Status, moment: datetime) -> dict[str, Any]:

@@ -221,6 +221,22 @@ def test_rejection_rate_counts_decisions_with_reasons_and_refusals_at_sending() 
     assert figures.strata == {"reason": {"out-of-stock": 1, "invalid": 2}}
 
 
+def test_the_gateways_own_steps_count_the_same_recorded_per_item() -> None:
+    # As the status authority records the order's journey: each item moved by the gateway, no verdict.
+    history = History().order(at("2026-02-02 09:00"), items=2, sent_after=None)
+    for item in ("i1", "i2"):
+        history.direct(item, "undeliverable", at("2026-02-02 12:00"), source="gateway", attempts=12)
+        history.direct(item, "queued", at("2026-02-03 09:00"), source="gateway", redriven=True)
+        history.direct(item, "sent", at("2026-02-03 09:01"), source="gateway")
+    history.direct("i1", "rejected", at("2026-02-03 09:02"), source="gateway", code="invalid")
+    history.report("i2", "accepted", at("2026-02-03 10:00"))
+    rejections = cell([history], M.REJECTION_RATE, "2026-02")
+    assert (rejections.numerator, rejections.denominator) == (1, 2)
+    assert rejections.strata == {"reason": {"invalid": 1}}
+    assert cell([history], M.UNDELIVERABLE_ORDERS, "2026-02").numerator == 1
+    assert cell([history], M.QUERY_RATE, "2026-02").denominator == 2
+
+
 def test_an_order_accepted_then_declined_is_two_decisions_one_rejection() -> None:
     history = History().order(at("2026-02-01 09:00"))
     history.report("i1", "accepted", at("2026-02-01 10:00"))
