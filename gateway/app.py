@@ -14,6 +14,7 @@ from gateway.api import (
     codesystems,
     communications,
     dispenses,
+    measures,
     metadata,
     metrics,
     process_message,
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
         metadata.router,
         codesystems.router,
         metrics.router,
+        measures.router,
     ):
         app.include_router(router)
     install_web_pages(app, settings)

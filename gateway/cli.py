@@ -13,6 +13,7 @@ from rich.table import Table
 
 from adapters.registry import AdapterRegistryError, available_schemes, validate_settings
 from gateway.clock import system_clock
+from gateway.kpi_cli import kpi_app
 from gateway.operator_errors import advice
 from gateway.security_cli import audit_app, clients_app, keys_app, token
 from gateway.settings import Settings
@@ -38,6 +39,7 @@ app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(users_app, name="users")
+app.add_typer(kpi_app, name="kpi")
 app.command()(token)
 console = Console()
 

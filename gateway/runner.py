@@ -1,5 +1,5 @@
-"""The gateway's parts wired together, and the work that runs beside the API: the dispatcher, expiry
-and the audit sealer. One `Runtime` serves `serve` (the app's lifespan) and `worker` alike."""
+"""The gateway's parts wired together, and the work that runs beside the API: the dispatcher, expiry,
+the audit sealer and the KPI fold. One `Runtime` serves `serve` (the app's lifespan) and `worker` alike."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from gateway.clock import Clock, system_clock
 from gateway.dispatch.worker import Dispatcher
 from gateway.domain.context import Context, in_thread
 from gateway.domain.expiry import expire_due
+from gateway.kpi.service import fold_round
 from gateway.logs import get_logger
 from gateway.notify.service import notify_status_change
 from gateway.security import build_token_service
@@ -67,6 +68,9 @@ class Runtime:
             loops.append(_every(self.settings.expiry_check_seconds, "expiry", self._expire))
         if self.settings.audit_seal_seconds:
             loops.append(_every(self.settings.audit_seal_seconds, "audit_seal", self._housekeeping))
+        if self.settings.kpi_fold_seconds:
+            # The KPI figures follow the event log: folded in here, the one place they are kept up to date.
+            loops.append(_every(self.settings.kpi_fold_seconds, "kpi_fold", self._fold_kpis))
         background = [asyncio.create_task(loop) for loop in loops]
         try:
             yield stop
@@ -83,6 +87,14 @@ class Runtime:
         count = await in_thread(expire_due, self.context, now=self.context.clock())
         if count:
             log.info("prescriptions_expired", items=count)
+
+    async def _fold_kpis(self) -> None:
+        await in_thread(
+            fold_round,
+            self.context.db,
+            clock=self.context.clock,
+            close_days=self.settings.kpi_month_close_days,
+        )
 
     async def _housekeeping(self) -> None:
         """Seal the audit log and forget expired assertion ids."""

@@ -91,6 +91,20 @@ class Settings(BaseSettings):
         ge=0,
         description="How often the server seals the audit log; 0 leaves it to `homecare-gateway audit seal`.",
     )
+    kpi_fold_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How often the server folds new events into the KPI figures; 0 leaves it to "
+        "`homecare-gateway kpi recompute`.",
+    )
+    kpi_small_number_threshold: int = Field(
+        default=5, ge=1, description='Published counts below this (and above 0) are shown as "<N".'
+    )
+    kpi_month_close_days: int = Field(
+        default=5,
+        ge=0,
+        description="Days after a month ends when its KPI figures become final; later events restate it.",
+    )
     audit_max_unsealed_seconds: float = Field(
         default=60.0, gt=0, description="`audit verify` fails when a row stays unsealed longer than this."
     )

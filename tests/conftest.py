@@ -57,12 +57,13 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    # The audit sealer is off: tests seal when they mean to, so the chain they check is theirs.
+    # The audit sealer and the KPI fold are off: tests seal and fold when they mean to.
     return Settings(
         data_dir=tmp_path_factory.mktemp("data"),
         public_base_url=PUBLIC_BASE_URL,
         log_json=True,
         audit_seal_seconds=0,
+        kpi_fold_seconds=0,
         jwks_refresh_seconds=0,
         provider_cache_seconds=0,
         run_dispatcher=False,

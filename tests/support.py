@@ -123,6 +123,9 @@ class RunningServer:
 
 
 TABLES_IN_DELETE_ORDER = (
+    "kpi_monthly",
+    "kpi_restatement",
+    "kpi_fold",
     "outbox",
     "subscription",
     "audit_event",

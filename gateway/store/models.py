@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -134,6 +135,15 @@ class StatusEvent(SQLModel, table=True):
         Index("ix_status_event_item", "item_id", "id"),
         # Recent events of one kind (e.g. cancellations requested this week) for the worklist.
         Index("ix_status_event_status_recorded", "status", "recorded_at"),
+        # A month's KPI recompute finds the prescriptions with an event in the month, and those with a
+        # delivery agreed before it.
+        Index("ix_status_event_occurred", "occurred_at"),
+        Index(
+            "ix_status_event_scheduled",
+            "occurred_at",
+            postgresql_where=text("status = 'delivery-scheduled'"),
+            sqlite_where=text("status = 'delivery-scheduled'"),
+        ),
     )
 
     id: int | None = Field(
@@ -307,3 +317,47 @@ class WebSession(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     last_seen_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class KpiMonthly(SQLModel, table=True):
+    """One KPI's figures for one provider, one trust and one calendar month (gateway.kpi).
+
+    Every column is a sum over prescriptions, so the figures are kept up to date by adding what
+    new events change: `numerator`, `denominator`, `strata` (counts by breakdown and category, e.g.
+    failed deliveries by cause) and `distribution` (how many observations took each whole number of
+    minutes, for medians and percentiles).
+    """
+
+    __tablename__ = "kpi_monthly"
+
+    month: str = Field(sa_column=Column(String(7), primary_key=True))
+    provider_ods: str = Field(sa_column=Column(String(12), primary_key=True))
+    tenant_ods: str = Field(sa_column=Column(String(12), primary_key=True))
+    measure: str = Field(sa_column=Column(String(40), primary_key=True))
+    numerator: int = Field(sa_column=Column(BigInteger, nullable=False))
+    denominator: int = Field(sa_column=Column(BigInteger, nullable=False))
+    strata: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    distribution: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class KpiRestatement(SQLModel, table=True):
+    """A month of one provider and trust that received events after it closed: its figures were
+    restated, last at `restated_at` (the newest such event's recording time)."""
+
+    __tablename__ = "kpi_restatement"
+
+    month: str = Field(sa_column=Column(String(7), primary_key=True))
+    provider_ods: str = Field(sa_column=Column(String(12), primary_key=True))
+    tenant_ods: str = Field(sa_column=Column(String(12), primary_key=True))
+    restated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class KpiFold(SQLModel, table=True):
+    """How far the KPI aggregate has read the event log: every event up to `last_event_id` is in it."""
+
+    __tablename__ = "kpi_fold"
+
+    name: str = Field(sa_column=Column(String(20), primary_key=True))
+    last_event_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
