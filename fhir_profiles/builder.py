@@ -160,6 +160,8 @@ class PrescriptionMessageBuilder:
         performer: str,
         kind: str,
     ) -> dict[str, Any]:
+        """One EPS homecare MedicationRequest, written out whole: long because it is a template of the
+        resource, read top to bottom like the JSON it makes."""
         code, display, unit, unit_code = _MEDICINES[
             (position + self.rng.randrange(len(_MEDICINES))) % len(_MEDICINES)
         ]

@@ -422,6 +422,16 @@ def _check_line_item(
 
 def _shared_values(rules: _Rules, request: dict[str, Any], base: str) -> list[tuple[str, Any]]:
     """The values every line item must agree on, checked for shape as they are read."""
+    return [
+        *_prescription_ids(rules, request, base),
+        *_prescription_type(rules, request, base),
+        *_performer(rules, request, base),
+        *_parties_and_dates(rules, request, base),
+    ]
+
+
+def _prescription_ids(rules: _Rules, request: dict[str, Any], base: str) -> list[tuple[str, Any]]:
+    """The short-form prescription ID (with its check character) and the long-form UUID."""
     values: list[tuple[str, Any]] = []
     group = _dict(request.get("groupIdentifier"))
     short_form = _str(group.get("value"))
@@ -462,7 +472,10 @@ def _shared_values(rules: _Rules, request: dict[str, Any], base: str) -> list[tu
             )
         else:
             values.append(("groupIdentifier.prescriptionId", long_form.lower()))
+    return values
 
+
+def _prescription_type(rules: _Rules, request: dict[str, Any], base: str) -> list[tuple[str, Any]]:
     type_coding = _dict(_extension(request, codes.PRESCRIPTION_TYPE_URL).get("valueCoding"))
     type_code = _str(type_coding.get("code"))
     if type_code is None:
@@ -473,8 +486,11 @@ def _shared_values(rules: _Rules, request: dict[str, Any], base: str) -> list[tu
             f"The prescription type must come from {codes.PRESCRIPTION_TYPE_SYSTEM}",
         )
     else:
-        values.append(("prescriptionType", type_code))
+        return [("prescriptionType", type_code)]
+    return []
 
+
+def _performer(rules: _Rules, request: dict[str, Any], base: str) -> list[tuple[str, Any]]:
     performer = _dict(_dict(_dict(request.get("dispenseRequest")).get("performer")).get("identifier"))
     performer_ods = _str(performer.get("value"))
     if performer_ods is None:
@@ -488,8 +504,12 @@ def _shared_values(rules: _Rules, request: dict[str, Any], base: str) -> list[tu
             f"The homecare provider must be identified by a valid ODS code ({ODS_SYSTEM})",
         )
     else:
-        values.append(("dispenseRequest.performer", performer_ods))
+        return [("dispenseRequest.performer", performer_ods)]
+    return []
 
+
+def _parties_and_dates(rules: _Rules, request: dict[str, Any], base: str) -> list[tuple[str, Any]]:
+    values: list[tuple[str, Any]] = []
     subject = rules.resolve(request.get("subject"))
     if subject is not None:
         values.append(("subject", subject[0]))

@@ -82,30 +82,58 @@ def _list(value: Any) -> list[Any]:
 
 def read_status_task(task: Any, *, base: str = "Task") -> tuple[StatusReport | None, list[Issue]]:
     """The report a Task carries, or every problem with it (expressions start at `base`)."""
-    issues: list[Issue] = []
     if not isinstance(task, dict) or task.get("resourceType") != "Task":
         return None, [
             Issue(IssueType.STRUCTURE, ErrorCode.INVALID_RESOURCE_TYPE, "Expected a FHIR Task", base)
         ]
+    issues = _structure_issues(task, base)
+    short_form, item_identifier, owner = _named_item(task, base, issues)
+    status = _business_status(task, base, issues)
+    occurred_at = _last_modified(task, base, issues)
+    if issues or short_form is None or item_identifier is None or owner is None or status is None:
+        return None, issues
+    assert occurred_at is not None
+    task_id = task.get("id") if isinstance(task.get("id"), str) else None
+    return (
+        StatusReport(
+            short_form_id=short_form,
+            item_identifier=item_identifier,
+            owner_ods=owner,
+            status=status,
+            occurred_at=occurred_at,
+            task_id=task_id,
+            detail=_detail(task),
+        ),
+        [],
+    )
+
+
+def _structure_issues(task: dict[str, Any], base: str) -> list[Issue]:
+    """The Task checked against FHIR R4 (fhir.resources R4B), expressions rebased at `base`."""
     try:
         R4BTask.model_validate(task)
     except ValidationError as exc:
-        issues.extend(
-            issue_from_error(error, ()) for error in exc.errors(include_input=False, include_url=False)
-        )
-        issues = [
+        found = [issue_from_error(error, ()) for error in exc.errors(include_input=False, include_url=False)]
+        return [
             Issue(
                 i.code, i.detail, i.diagnostics, (i.expression or "").replace("Bundle", base, 1), i.severity
             )
-            for i in issues
+            for i in found
         ]
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        issues.append(
+        return [
             Issue(
                 IssueType.STRUCTURE, ErrorCode.INVALID_VALUE, f"Not a valid Task: {type(exc).__name__}", base
             )
-        )
+        ]
+    return []
 
+
+def _named_item(
+    task: dict[str, Any], base: str, issues: list[Issue]
+) -> tuple[str | None, str | None, str | None]:
+    """The prescription (basedOn), line item (focus) and provider (owner) the Task names; a problem
+    with any of them is added to `issues` and that one is None."""
     short_form = _identifier(task.get("basedOn"), PRESCRIPTION_ORDER_NUMBER_SYSTEM, many=True)
     if short_form is None or not is_short_form_id_shaped(short_form):
         issues.append(
@@ -142,24 +170,7 @@ def read_status_task(task: Any, *, base: str = "Task") -> tuple[StatusReport | N
                 f"{base}.owner.identifier",
             )
         )
-    status = _business_status(task, base, issues)
-    occurred_at = _last_modified(task, base, issues)
-    if issues or short_form is None or item_identifier is None or owner is None or status is None:
-        return None, issues
-    assert occurred_at is not None
-    task_id = task.get("id") if isinstance(task.get("id"), str) else None
-    return (
-        StatusReport(
-            short_form_id=short_form,
-            item_identifier=item_identifier,
-            owner_ods=owner,
-            status=status,
-            occurred_at=occurred_at,
-            task_id=task_id,
-            detail=_detail(task),
-        ),
-        [],
-    )
+    return short_form, item_identifier, owner
 
 
 def _identifier(value: Any, system: str, *, many: bool = False) -> str | None:

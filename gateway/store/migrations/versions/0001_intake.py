@@ -18,6 +18,7 @@ depends_on: Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """The first tables, as they were created (long: one create per table, in dependency order)."""
     op.create_table(
         "provider",
         sa.Column("ods_code", sa.String(12), primary_key=True),
