@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -100,6 +100,9 @@ def registered_providers(db: Database) -> dict[str, RegisteredProvider]:
 class ProviderEntry:
     ods_code: str
     enabled: bool
+    adapter: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The adapter's settings as registered (may hold secrets: never log them)."""
 
 
 class ProviderDirectory:
@@ -127,12 +130,30 @@ class ProviderDirectory:
             threading.Thread(target=self.refresh, name="provider-directory", daemon=True).start()
         return self._entries.get(ods_code)
 
+    def entries(self) -> list[ProviderEntry]:
+        """Every registered provider, as fresh as `get` gives them."""
+        if self._ttl == 0 or time.monotonic() - self._loaded_at > self._ttl:
+            self.refresh()
+        return list(self._entries.values())
+
     def refresh(self) -> None:
         try:
             with self._lock:
                 with self._db.read() as session:
-                    rows = session.execute(select(col(Provider.ods_code), col(Provider.enabled))).all()
-                self._entries = {row.ods_code: ProviderEntry(row.ods_code, bool(row.enabled)) for row in rows}
+                    rows = session.execute(
+                        select(
+                            col(Provider.ods_code),
+                            col(Provider.enabled),
+                            col(Provider.adapter),
+                            col(Provider.settings),
+                        )
+                    ).all()
+                self._entries = {
+                    row.ods_code: ProviderEntry(
+                        row.ods_code, bool(row.enabled), str(row.adapter), dict(row.settings or {})
+                    )
+                    for row in rows
+                }
                 self._loaded_at = time.monotonic()
         finally:
             self._refreshing.clear()
