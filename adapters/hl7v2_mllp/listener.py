@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -65,6 +66,8 @@ class MllpListener:
         self._zone = ZoneInfo(settings.default_timezone)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self.address: tuple[str, int] | None = None
+        """Where it listens, once started."""
 
     async def start(self) -> tuple[str, int]:
         """Listen; returns the address (the port the OS chose when `port` is 0)."""
@@ -74,10 +77,26 @@ class MllpListener:
             self.settings.port,
             ssl=self.settings.ssl_context(),
             limit=64 * 1024,
+            # Several gateway processes on one machine (serve --workers N) share the port: the
+            # kernel spreads the providers' connections over them.
+            reuse_port=hasattr(socket, "SO_REUSEPORT"),
         )
         host, port = self._server.sockets[0].getsockname()[:2]
+        self.address = (str(host), int(port))
         log.info("mllp listener on %s:%s", host, port)
-        return str(host), int(port)
+        return self.address
+
+    async def open(self) -> str:
+        """`StatusSource.open`: listen."""
+        host, port = await self.start()
+        return f"MLLP listener on {host}:{port}"
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """`StatusSource.serve`: connections are served until `stop` is set, then closed."""
+        try:
+            await stop.wait()
+        finally:
+            await self.aclose()
 
     async def aclose(self) -> None:
         if self._server is not None:
