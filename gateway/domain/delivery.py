@@ -162,7 +162,8 @@ def record_provider_outcome(
         detail = {"provider": message.provider_ods, "attempts": message.attempts + 1}
         move_prescription(tx, message.prescription_id, Status.SENT, detail=detail, now=now, listener=listener)
     else:
-        detail = {"provider": message.provider_ods, "reason": refusal, "code": outcome.code}
+        # The reason as every status event carries one, so the Task's history shows it as statusReason.
+        detail = {"provider": message.provider_ods, "reason": {"code": outcome.code, "text": refusal}}
         move_prescription(
             tx, message.prescription_id, Status.REJECTED, detail=detail, now=now, listener=listener
         )

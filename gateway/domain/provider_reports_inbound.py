@@ -152,9 +152,11 @@ def _apply(ctx: Context, tx: Tx, received: _Received, report: ProviderReport) ->
     detail = _detail(report, received)
     if status is Status.DISPENSED:
         return _dispensed(ctx, tx, received, report, view, detail)
+    occurred_at = report.occurred_at
     if status is Status.CANCELLED and Status(view.status) is Status.CANCEL_REQUESTED:
         detail["cancellation_answer"] = "agreed"
-    result = _change(ctx, tx, received, view, status, report.occurred_at, detail)
+        occurred_at = _answer_time(report, view)
+    result = _change(ctx, tx, received, view, status, occurred_at, detail)
     if status is Status.QUERY and result.verdict is Verdict.APPLIED:
         record_query_message(
             tx,
@@ -207,8 +209,15 @@ def _cancel_refused(
         now=received.now,
         listener=ctx.listener,
         item_id=view.item_id,
-        occurred_at=report.occurred_at,
+        occurred_at=_answer_time(report, view),
     )
+
+
+def _answer_time(report: ProviderReport, view: ItemView) -> datetime:
+    """When the provider answered a cancellation: never before the request it answers. HL7 v2 times
+    are to the second, so an answer in the same second would otherwise sort before the request."""
+    asked_at = view.last_modified
+    return report.occurred_at if asked_at is None else max(report.occurred_at, asked_at)
 
 
 def _dispensed(

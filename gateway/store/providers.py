@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from gateway.store.db import Database
+from gateway.store.db import Database, translate_errors
 from gateway.store.models import Provider
 
 
@@ -139,7 +139,7 @@ class ProviderDirectory:
     def refresh(self) -> None:
         try:
             with self._lock:
-                with self._db.read() as session:
+                with translate_errors(), self._db.read() as session:
                     rows = session.execute(
                         select(
                             col(Provider.ods_code),
