@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from gateway.clock import system_clock
+from gateway.clock import Clock, system_clock
 from gateway.runner import Runtime
 from gateway.settings import Settings
 from gateway.store.db import Database
@@ -33,9 +33,11 @@ FAST_WORKER: dict[str, Any] = {
 
 
 @contextmanager
-def running_gateway(db: Database, settings: Settings, **overrides: Any) -> Iterator[Runtime]:
+def running_gateway(
+    db: Database, settings: Settings, *, clock: Clock = system_clock, **overrides: Any
+) -> Iterator[Runtime]:
     """A runtime (`Runtime.running(dispatch=True)`) in a thread of its own until the block ends."""
-    runtime = Runtime.create(settings.model_copy(update={**FAST_WORKER, **overrides}), db=db)
+    runtime = Runtime.create(settings.model_copy(update={**FAST_WORKER, **overrides}), db=db, clock=clock)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     stop: list[asyncio.Event] = []
