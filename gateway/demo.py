@@ -24,6 +24,7 @@ from auth.scopes import ROLE_CEILINGS
 from fhir_profiles.builder import PrescriptionMessageBuilder
 from gateway.app import create_app
 from gateway.clock import system_clock
+from gateway.demo_adapters import AdapterProviders, demo_mllp_listen
 from gateway.operator_errors import OperatorError, ensure_port_free
 from gateway.server import prepare
 from gateway.settings import Settings
@@ -130,12 +131,12 @@ def _demo_token(token_url: str, key_path: Path, client_id: str = DEMO_CLIENT) ->
     return str(response.json()["access_token"])
 
 
-def _send_samples(base_url: str, token: str, count: int) -> None:
+def _send_samples(base_url: str, token: str, count: int, performers: list[str]) -> None:
     builder = PrescriptionMessageBuilder(sender_ods=DEMO_TRUST)
     table = Table("prescription ID", "provider", "items", "HTTP", "gateway id")
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
         for number in range(count):
-            ods = DEMO_PROVIDERS[number % len(DEMO_PROVIDERS)][0]
+            ods = performers[number % len(performers)]
             message = builder.build(items=1 + number % 3, performer_ods=ods)
             response = client.post(
                 "/fhir/$process-message",
@@ -149,7 +150,12 @@ def _send_samples(base_url: str, token: str, count: int) -> None:
 
 
 def _print_guide(
-    base_url: str, token_url: str, key_path: Path, data_dir: Path, simulators: dict[str, SimulatorServer]
+    base_url: str,
+    token_url: str,
+    key_path: Path,
+    data_dir: Path,
+    simulators: dict[str, SimulatorServer],
+    other_providers: str,
 ) -> None:
     example = Path("examples/prescription-order.json")
     console.print(
@@ -161,6 +167,7 @@ def _print_guide(
   Demo trust client   {DEMO_CLIENT} (ODS {DEMO_TRUST}), private key {key_path}
   Provider simulators {"; ".join(f"{ods} {sim.base_url}" for ods, sim in simulators.items())}
                       (orders they hold: {", ".join(sim.control_url + "/orders" for sim in simulators.values())})
+{other_providers}
   Metrics             curl {base_url}/metrics
 
 Get an access token (valid 5 minutes) as the demo trust system:
@@ -208,6 +215,7 @@ def run_demo(*, port: int, prescriptions: int) -> None:
     os.environ.setdefault("HOMECARE_ALLOW_LOOPBACK_SUBSCRIBERS", "true")
     base_url = f"http://127.0.0.1:{port}"
     os.environ.setdefault("HOMECARE_PUBLIC_BASE_URL", base_url)
+    demo_mllp_listen()
     settings = Settings()
     # Before anything changes: a demo already running keeps its providers and its port.
     _hold_the_demo_lock(settings.data_dir)
@@ -223,6 +231,14 @@ def run_demo(*, port: int, prescriptions: int) -> None:
     }
     simulators = _start_simulators(base_url, settings.token_url, provider_keys)
     _register_demo_providers(database, simulators)
+    other_providers = AdapterProviders(
+        database,
+        settings,
+        lambda client_id, ods: _register_demo_client(
+            database, settings.data_dir, client_id, Role.PROVIDER, ods
+        ),
+    )
+    other_providers.start()
 
     server = uvicorn.Server(
         uvicorn.Config(
@@ -240,8 +256,12 @@ def run_demo(*, port: int, prescriptions: int) -> None:
             if server.should_exit:
                 return
             threading.Event().wait(0.05)
-        _send_samples(base_url, _demo_token(settings.token_url, key_path), prescriptions)
-        _print_guide(base_url, settings.token_url, key_path, settings.data_dir, simulators)
+        other_providers.start_pull(base_url, DEMO_CLIENT_ALGORITHM)
+        performers = [ods for ods, _, _ in DEMO_PROVIDERS] + other_providers.ods_codes
+        _send_samples(base_url, _demo_token(settings.token_url, key_path), prescriptions, performers)
+        _print_guide(
+            base_url, settings.token_url, key_path, settings.data_dir, simulators, other_providers.guide()
+        )
 
     threading.Thread(target=after_start, name="demo-samples", daemon=True).start()
     try:
@@ -249,4 +269,5 @@ def run_demo(*, port: int, prescriptions: int) -> None:
     finally:
         for simulator in simulators.values():
             simulator.stop()
+        other_providers.stop()
         database.dispose()

@@ -132,6 +132,10 @@ class MllpListener:
                 await writer.drain()
         except (TimeoutError, FramingError, OSError) as exc:
             log.info("mllp connection from %s ended: %s", address, type(exc).__name__)
+        except asyncio.CancelledError:
+            # Closed by `aclose()`: end quietly (asyncio logs a connection handler that ends cancelled). A
+            # message stored but not yet acknowledged is sent again by the provider and taken as a repeat.
+            return
         finally:
             writer.close()
             with contextlib.suppress(OSError, ConnectionError):
