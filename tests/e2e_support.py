@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -72,6 +71,3 @@ def dispenses_of(client: httpx.Client, item_id: str) -> list[dict[str, Any]]:
     bundle = client.get("/fhir/MedicationDispense", params={"prescription": f"MedicationRequest/{item_id}"})
     assert bundle.status_code == 200, bundle.text
     return [entry["resource"] for entry in bundle.json().get("entry", [])]
-
-
-Condition = Callable[[], bool]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from gateway.store.db import Tx
 from gateway.store.models import ProviderMessage
@@ -52,12 +52,3 @@ def is_stored(tx: Tx, dedupe_key: str) -> bool:
         select(provider_message_table.c.id).where(provider_message_table.c.dedupe_key == dedupe_key)
     ).first()
     return row is not None
-
-
-def count_for(tx: Tx, provider_ods: str) -> int:
-    """How many messages the provider sent (for figures and tests)."""
-    return int(
-        tx.connection.execute(
-            select(func.count()).where(provider_message_table.c.provider_ods == provider_ods)
-        ).scalar_one()
-    )
