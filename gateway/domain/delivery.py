@@ -18,7 +18,7 @@ from gateway.domain.cancellation import provider_answered_cancel
 from gateway.domain.context import Context
 from gateway.domain.status import Status
 from gateway.domain.status_authority import StatusListener, move_prescription
-from gateway.store import outbox
+from gateway.store import items, outbox
 from gateway.store.db import Tx
 from gateway.store.outbox import Claimed, ClaimedMessage, Kind
 
@@ -138,8 +138,7 @@ def record_provider_outcome(
             tx, message, outcome, owner=owner, now=now, retry_at=retry_at, listener=listener
         )
     if outcome.kind is OutcomeKind.HELD:
-        held = outbox.mark_held(tx, owner, message.outbox_id, now=now)
-        return Recorded.HELD if held else Recorded.LEASE_LOST
+        return _record_held(tx, message, owner=owner, now=now)
     refusal = (
         (outcome.reason or "rejected by the provider")[:500] if outcome.kind is OutcomeKind.REFUSED else None
     )
@@ -168,6 +167,21 @@ def record_provider_outcome(
             tx, message.prescription_id, Status.REJECTED, detail=detail, now=now, listener=listener
         )
     return Recorded.DELIVERED if refusal is None else Recorded.REFUSED
+
+
+def _record_held(tx: Tx, message: ClaimedMessage, *, owner: str, now: datetime) -> Recorded:
+    """Held for the provider to pull; a cancellation the provider has answered already (it reads the
+    `cancel-requested` items, not the message) is done instead."""
+    if message.kind == Kind.CANCEL.value:
+        # Locked: a provider's answer being applied now is either seen here or sees the held row.
+        waiting = items.of_prescription(
+            tx, message.prescription_id, statuses=[Status.CANCEL_REQUESTED.value], for_change=True
+        )
+        if not waiting:
+            done = outbox.mark_done(tx, owner, message.outbox_id, now=now)
+            return Recorded.DELIVERED if done else Recorded.LEASE_LOST
+    held = outbox.mark_held(tx, owner, message.outbox_id, now=now)
+    return Recorded.HELD if held else Recorded.LEASE_LOST
 
 
 def _record_failure(

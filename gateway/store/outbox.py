@@ -130,11 +130,14 @@ def enqueue(tx: Tx, messages: Sequence[NewMessage]) -> None:
 
 
 def order_state(tx: Tx, prescription_id: str) -> State | None:
-    state = tx.connection.execute(
-        select(outbox_table.c.state).where(
-            outbox_table.c.prescription_id == prescription_id, outbox_table.c.kind == Kind.ORDER.value
-        )
-    ).scalar_one_or_none()
+    """The state of the prescription's order, its row locked for the transaction (PostgreSQL): a
+    dispatcher's claim either happened before (and is seen) or waits until this transaction ends."""
+    query = select(outbox_table.c.state).where(
+        outbox_table.c.prescription_id == prescription_id, outbox_table.c.kind == Kind.ORDER.value
+    )
+    if tx.locks_rows:
+        query = query.with_for_update()
+    state = tx.connection.execute(query).scalar_one_or_none()
     return None if state is None else State(state)
 
 
