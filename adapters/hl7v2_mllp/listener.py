@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 SCHEME = "hl7v2-mllp"
 ProviderDirectory = Callable[[str], Hl7v2MllpSettings | None]
 """The `hl7v2-mllp` settings of the provider with this ODS code, or None (not such a provider)."""
+# How long `aclose` lets a connection finish the message it is storing before cancelling it.
+_CLOSE_GRACE_SECONDS = 5.0
 # Problems with the message as a whole (HL7 table 0357, 2xx): application reject.
 _REJECT_CODES = frozenset({"200", "201", "202", "203"})
 
@@ -66,6 +68,7 @@ class MllpListener:
         self._zone = ZoneInfo(settings.default_timezone)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.address: tuple[str, int] | None = None
         """Where it listens, once started."""
 
@@ -99,11 +102,17 @@ class MllpListener:
             await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop listening and end every connection: each is closed, so a message being stored is
+        stored and its handler ends on its own; one still running after a grace period is cancelled."""
         if self._server is not None:
             self._server.close()
-            for task in list(self._connections):
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            for writer in list(self._writers):
+                writer.close()
+            if self._connections:
+                _, running = await asyncio.wait(list(self._connections), timeout=_CLOSE_GRACE_SECONDS)
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
@@ -111,6 +120,7 @@ class MllpListener:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
+        self._writers.add(writer)
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else ""
         names = _certificate_names(writer.get_extra_info("peercert"))
@@ -133,10 +143,11 @@ class MllpListener:
         except (TimeoutError, FramingError, OSError) as exc:
             log.info("mllp connection from %s ended: %s", address, type(exc).__name__)
         except asyncio.CancelledError:
-            # Closed by `aclose()`: end quietly (asyncio logs a connection handler that ends cancelled). A
+            # Cut short by `aclose()`: end quietly (asyncio logs a connection handler that ends cancelled). A
             # message stored but not yet acknowledged is sent again by the provider and taken as a repeat.
             return
         finally:
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(OSError, ConnectionError):
                 await writer.wait_closed()
