@@ -18,6 +18,7 @@ crash could lose. The adapter never writes a status or a table itself.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -140,6 +141,27 @@ class ReportSink(Protocol):
     """Supplied by the gateway: store the message (before any acknowledgement), then apply it."""
 
     async def __call__(self, message: InboundMessage) -> Ack: ...
+
+
+class StatusSource(Protocol):
+    """A listener or a poller through which providers' status comes in, handing each message to a
+    `ReportSink`. The gateway opens it, then serves it until `stop` is set; it releases everything
+    (sockets, connections) before `serve` returns."""
+
+    async def open(self) -> str:
+        """Start taking status (bind a port...); returns where it takes status from, for the logs."""
+        ...
+
+    async def serve(self, stop: asyncio.Event) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StatusPoller:
+    """A provider's status poller, and what it polls: a process runs one poller per `key` (one folder
+    is read by one poller, whichever providers name it)."""
+
+    key: str
+    source: StatusSource
 
 
 class InboundFormatError(ValueError):

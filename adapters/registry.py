@@ -9,13 +9,14 @@ providers that use it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
 from adapters.base import Adapter
+from adapters.inbound import ReportSink, StatusPoller, StatusSource
 
 ENTRY_POINT_GROUP = "homecare_gateway.adapters"
 
@@ -112,3 +113,40 @@ def create_adapter(scheme: str, settings: Mapping[str, Any]) -> Adapter:
     """A ready adapter for one provider; call `aclose()` on it when done."""
     adapter_class = load_adapter_class(scheme)
     return adapter_class(_parse_settings(adapter_class, settings))
+
+
+# --- Status in: the listeners and pollers an adapter offers (optional class methods) -------------
+
+
+def create_status_poller(
+    scheme: str, settings: Mapping[str, Any], *, provider_ods: str, sink: ReportSink
+) -> StatusPoller | None:
+    """The poller that reads this provider's status (e.g. a `csv-drop` status folder), from the
+    adapter's optional `status_poller(config, *, provider_ods, sink)`; None for adapters without one."""
+    adapter_class = load_adapter_class(scheme)
+    hook = getattr(adapter_class, "status_poller", None)
+    if hook is None:
+        return None
+    poller = hook(_parse_settings(adapter_class, settings), provider_ods=provider_ods, sink=sink)
+    return cast(StatusPoller, poller)
+
+
+def create_status_listener(
+    scheme: str,
+    options: Mapping[str, Any],
+    *,
+    sink: ReportSink,
+    provider_settings: Callable[[str], Mapping[str, Any] | None],
+) -> StatusSource:
+    """The one listener a process runs for every provider of `scheme` (e.g. the `hl7v2-mllp` MLLP
+    port), from the adapter's optional `status_listener(options, *, sink, provider_settings)`.
+    `provider_settings` gives the registered settings of the scheme's provider with an ODS code."""
+    adapter_class = load_adapter_class(scheme)
+    hook = getattr(adapter_class, "status_listener", None)
+    if hook is None:
+        raise AdapterLoadError(f"Adapter '{scheme}' has no status listener")
+    try:
+        listener = hook(options, sink=sink, provider_settings=provider_settings)
+    except ValidationError as exc:
+        raise InvalidAdapterSettings(scheme, _describe(exc)) from None
+    return cast(StatusSource, listener)

@@ -52,6 +52,7 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
             yield
 
     app.router.lifespan_context = lifespan
+    app.state.runtime = runtime
     app.state.services = Services(settings=settings, context=runtime.context, tokens=runtime.tokens)
     for router in (
         token.router,

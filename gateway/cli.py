@@ -90,7 +90,7 @@ def outbox_status() -> None:
     figures = stats(database, now=system_clock())
     console.print(
         f"depth {figures.depth}, due {figures.due}, oldest due {figures.oldest_due_age_seconds:.1f} s, "
-        f"dead {figures.dead}"
+        f"dead {figures.dead}, held for pull {figures.held}"
     )
     for provider, count in sorted(figures.by_provider_dead.items()):
         console.print(f"  dead for {provider}: {count}")

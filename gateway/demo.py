@@ -27,6 +27,7 @@ from auth.scopes import ROLE_CEILINGS
 from fhir_profiles.builder import Message, PrescriptionMessageBuilder
 from gateway.app import create_app
 from gateway.clock import system_clock
+from gateway.demo_adapters import AdapterProviders, demo_mllp_listen
 from gateway.domain import people
 from gateway.operator_errors import OperatorError, ensure_port_free
 from gateway.server import prepare
@@ -153,9 +154,11 @@ def _path(message: Message, config: SimulatorConfig) -> set[str]:
     return {step.status for step in plan_lifecycle(config, requests[0]["groupIdentifier"]["value"], items)}
 
 
-def _samples(count: int, configs: dict[str, SimulatorConfig]) -> list[tuple[str, Message]]:
-    """Sample orders, the first two chosen so that the action-needed list has work within a minute:
-    one the provider will query, one whose delivery will fail."""
+def _samples(
+    count: int, configs: dict[str, SimulatorConfig], performers: list[str]
+) -> list[tuple[str, Message]]:
+    """Sample orders, the first two chosen so that the action-needed list has work within a minute
+    (one the provider will query, one whose delivery will fail), the rest spread over every provider."""
     builder = PrescriptionMessageBuilder(sender_ods=DEMO_TRUST)
     picked: list[tuple[str, Message]] = []
     for wanted, unwanted in (("query", "delivery-failed"), ("delivery-failed", "query"))[: max(0, count)]:
@@ -168,7 +171,7 @@ def _samples(count: int, configs: dict[str, SimulatorConfig]) -> list[tuple[str,
                 picked.append((ods, found))
                 break
     for number in range(max(0, count - len(picked))):
-        ods = DEMO_PROVIDERS[number % len(DEMO_PROVIDERS)][0]
+        ods = performers[number % len(performers)]
         picked.append((ods, builder.build(items=1 + number % 3, performer_ods=ods)))
     return picked
 
@@ -214,6 +217,7 @@ def _print_guide(
     data_dir: Path,
     simulators: dict[str, SimulatorServer],
     clinician_password: str,
+    other_providers: str,
 ) -> None:
     example = Path("examples/prescription-order.json")
     console.print(
@@ -229,6 +233,7 @@ def _print_guide(
   Demo trust client   {DEMO_CLIENT} (ODS {DEMO_TRUST}), private key {key_path}
   Provider simulators {"; ".join(f"{ods} {sim.base_url}" for ods, sim in simulators.items())}
                       (orders they hold: {", ".join(sim.control_url + "/orders" for sim in simulators.values())})
+{other_providers}
   Metrics             curl {base_url}/metrics
 
 Get an access token (valid 5 minutes) as the demo trust system:
@@ -276,6 +281,7 @@ def run_demo(*, port: int, prescriptions: int) -> None:
     os.environ.setdefault("HOMECARE_ALLOW_LOOPBACK_SUBSCRIBERS", "true")
     base_url = f"http://127.0.0.1:{port}"
     os.environ.setdefault("HOMECARE_PUBLIC_BASE_URL", base_url)
+    demo_mllp_listen()
     settings = Settings()
     # Before anything changes: a demo already running keeps its providers and its port.
     _hold_the_demo_lock(settings.data_dir)
@@ -292,7 +298,15 @@ def run_demo(*, port: int, prescriptions: int) -> None:
     simulators = _start_simulators(base_url, settings.token_url, provider_keys)
     _register_demo_providers(database, simulators)
     clinician_password = _demo_clinician(database)
-    samples = _samples(prescriptions, {ods: sim.simulator.config for ods, sim in simulators.items()})
+
+    other_providers = AdapterProviders(
+        database,
+        settings,
+        lambda client_id, ods: _register_demo_client(
+            database, settings.data_dir, client_id, Role.PROVIDER, ods
+        ),
+    )
+    other_providers.start()
 
     server = uvicorn.Server(
         uvicorn.Config(
@@ -310,9 +324,21 @@ def run_demo(*, port: int, prescriptions: int) -> None:
             if server.should_exit:
                 return
             threading.Event().wait(0.05)
+        other_providers.start_pull(base_url, DEMO_CLIENT_ALGORITHM)
+        # The adapters' providers first: the two samples kept for the clinician go to FHIR REST ones.
+        performers = other_providers.ods_codes + [ods for ods, _, _ in DEMO_PROVIDERS]
+        samples = _samples(
+            prescriptions, {ods: sim.simulator.config for ods, sim in simulators.items()}, performers
+        )
         _send_samples(base_url, _demo_token(settings.token_url, key_path), samples)
         _print_guide(
-            base_url, settings.token_url, key_path, settings.data_dir, simulators, clinician_password
+            base_url,
+            settings.token_url,
+            key_path,
+            settings.data_dir,
+            simulators,
+            clinician_password,
+            other_providers.guide(),
         )
 
     threading.Thread(target=after_start, name="demo-samples", daemon=True).start()
@@ -321,4 +347,5 @@ def run_demo(*, port: int, prescriptions: int) -> None:
     finally:
         for simulator in simulators.values():
             simulator.stop()
+        other_providers.stop()
         database.dispose()

@@ -57,6 +57,9 @@ class OutboxCollector(Collector):
             "How long the oldest due message has been waiting",
             figures.oldest_due_age_seconds,
         )
+        yield GaugeMetricFamily(
+            "homecare_outbox_held", "Orders waiting for providers that pull them", figures.held
+        )
         dead = GaugeMetricFamily(
             "homecare_outbox_dead",
             "Dead letters (undeliverable, waiting for a re-drive)",

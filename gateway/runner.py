@@ -1,5 +1,6 @@
 """The gateway's parts wired together, and the work that runs beside the API: the dispatcher, expiry,
-the audit sealer and the KPI fold. One `Runtime` serves `serve` (the app's lifespan) and `worker` alike."""
+the alert for orders nobody pulls, the audit sealer, the KPI fold, and the adapters' status
+listener and pollers. One `Runtime` serves `serve` (the app's lifespan) and `worker` alike."""
 
 from __future__ import annotations
 
@@ -8,16 +9,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from adapters.registry import AdapterRegistryError
 from auth.tokens import TokenService
 from gateway.clock import Clock, system_clock
 from gateway.dispatch.worker import Dispatcher
 from gateway.domain.context import Context, in_thread
 from gateway.domain.expiry import expire_due
+from gateway.domain.pull import alert_unpulled
 from gateway.kpi.service import fold_round
 from gateway.logs import get_logger
+from gateway.metrics import SENDS
 from gateway.notify.service import notify_status_change
+from gateway.operator_errors import OperatorError
 from gateway.security import build_token_service
 from gateway.settings import Settings
+from gateway.status_sources import StatusSources
 from gateway.store.audit import seal_audit_log
 from gateway.store.db import Database, translate_errors
 from gateway.store.errors import StoreError
@@ -33,6 +39,7 @@ class Runtime:
     context: Context
     tokens: TokenService
     dispatcher: Dispatcher
+    status_sources: StatusSources
 
     @classmethod
     def create(
@@ -56,16 +63,25 @@ class Runtime:
             wake_dispatcher=dispatcher.doorbell.ring,
             cancel_wait_seconds=settings.cancel_wait_seconds,
         )
-        return cls(settings, context, tokens, dispatcher)
+        status_sources = StatusSources(
+            context,
+            mllp_options=settings.mllp_listener_options(),
+            poll_folders=settings.poll_status_folders,
+            refresh_seconds=settings.status_sources_refresh_seconds,
+        )
+        return cls(settings, context, tokens, dispatcher, status_sources)
 
     @asynccontextmanager
     async def running(self, *, dispatch: bool) -> AsyncIterator[asyncio.Event]:
         """The background work until the block ends (or the returned event is set)."""
         stop = asyncio.Event()
+        await self._open_status_sources()
+        receiving = asyncio.create_task(self.status_sources.serve(stop))
         dispatching = asyncio.create_task(self.dispatcher.run(stop)) if dispatch else None
         loops = []
         if dispatch:
             loops.append(_every(self.settings.expiry_check_seconds, "expiry", self._expire))
+            loops.append(_every(self.settings.pull_check_seconds, "unpulled_check", self._alert_unpulled))
         if self.settings.audit_seal_seconds:
             loops.append(_every(self.settings.audit_seal_seconds, "audit_seal", self._housekeeping))
         if self.settings.kpi_fold_seconds:
@@ -80,8 +96,32 @@ class Runtime:
                 task.cancel()
             if dispatching is not None:
                 await dispatching
+            await receiving
             self.context.close()
             self.tokens.close()
+
+    async def _open_status_sources(self) -> None:
+        try:
+            await self.status_sources.open()
+        except OSError as exc:
+            raise OperatorError(
+                f"HOMECARE_MLLP_LISTEN={self.settings.mllp_listen}: cannot listen there "
+                f"({exc.strerror or exc}): choose another address or port"
+            ) from None
+        except AdapterRegistryError as exc:
+            raise OperatorError(f"Bad setting for the MLLP listener (HOMECARE_MLLP_*): {exc}") from None
+
+    async def _alert_unpulled(self) -> None:
+        """Orders nobody pulled in time: dead and undeliverable, with the alert of a failed push."""
+        for order in await in_thread(alert_unpulled, self.context, now=self.context.clock()):
+            SENDS.labels(provider=order.provider_ods, outcome="dead").inc()
+            log.error(
+                "order_undeliverable",
+                channel="provider",
+                prescription_id=order.prescription_id,
+                provider=order.provider_ods,
+                reason=f"not pulled within {order.alert_seconds} s",
+            )
 
     async def _expire(self) -> None:
         count = await in_thread(expire_due, self.context, now=self.context.clock())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.dispatch.policy import RetryPolicy
@@ -72,6 +73,31 @@ class Settings(BaseSettings):
     )
     provider_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts its copy of the provider registry."
+    )
+    mllp_listen: str | None = Field(
+        default=None,
+        description="host:port of the inbound MLLP listener that takes hl7v2-mllp providers' status "
+        "messages (e.g. 0.0.0.0:2575; port 0 picks a free one). Unset: no listener.",
+    )
+    mllp_tls_cert_file: Path | None = Field(
+        default=None, description="The MLLP listener's TLS certificate (PEM); with the key, TLS is on."
+    )
+    mllp_tls_key_file: Path | None = Field(default=None, description="The MLLP listener's TLS private key.")
+    mllp_tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="CA of the certificates providers must present to the MLLP listener (needs TLS).",
+    )
+    poll_status_folders: bool = Field(
+        default=True,
+        description="Read the status folder of every enabled csv-drop provider (one poller per folder).",
+    )
+    status_sources_refresh_seconds: float = Field(
+        default=10.0, gt=0, description="How often the registry is read for status folders to poll."
+    )
+    pull_check_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often orders held for pull providers are checked against unpulled_alert_seconds.",
     )
     signing_keys_dir: Path | None = Field(
         default=None,
@@ -158,6 +184,13 @@ class Settings(BaseSettings):
     oidc_name_claim: str = Field(default="name", description="The claim holding the person's display name.")
     oidc_button_label: str = Field(default="Sign in with your organisation's account")
 
+    @field_validator("mllp_listen")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is not None and listen_address(value) is None:
+            raise ValueError("HOMECARE_MLLP_LISTEN is host:port, e.g. 0.0.0.0:2575 or [::]:2575")
+        return value
+
     @model_validator(mode="after")
     def _refuse_development_defaults_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION:
@@ -195,6 +228,21 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'gateway.db').as_posix()}"
 
+    def mllp_listener_options(self) -> dict[str, Any] | None:
+        """The MLLP listener's settings (`adapters.hl7v2_mllp.MllpListenerSettings`), or None."""
+        address = listen_address(self.mllp_listen) if self.mllp_listen else None
+        if address is None:
+            return None
+        options: dict[str, Any] = {"host": address[0], "port": address[1]}
+        for key, value in (
+            ("tls_cert_file", self.mllp_tls_cert_file),
+            ("tls_key_file", self.mllp_tls_key_file),
+            ("tls_client_ca_file", self.mllp_tls_client_ca_file),
+        ):
+            if value is not None:
+                options[key] = value
+        return options
+
     def dispatcher_settings(self) -> DispatcherSettings:
         return DispatcherSettings(
             poll_seconds=self.dispatch_poll_seconds,
@@ -229,3 +277,12 @@ class Settings(BaseSettings):
     def token_url(self) -> str:
         """The token endpoint's URL as published: the one `aud` of every client assertion must name."""
         return f"{self.base_url}/auth/token"
+
+
+def listen_address(value: str) -> tuple[str, int] | None:
+    """`host:port` (`[v6 address]:port` too) as (host, port), or None when it is not one."""
+    host, _, port = value.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        return None
+    return host, int(port)

@@ -68,6 +68,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         provider_cache_seconds=0,
         run_dispatcher=False,
         allow_loopback_subscribers=True,
+        # Status folders are read by the runtimes the adapter tests start, not by this shared server.
+        poll_status_folders=False,
     )
 
 

@@ -134,6 +134,7 @@ TABLES_IN_DELETE_ORDER = (
     "status_event",
     "query_message",
     "medication_dispense",
+    "provider_message",
     "prescription_item",
     "prescription",
     "inbound_message",

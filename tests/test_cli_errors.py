@@ -168,3 +168,17 @@ def test_a_second_demo_refuses_before_changing_anything(tmp_path: Path) -> None:
     assert_one_line_of_advice(second, "Another demo", "HOMECARE_DATA_DIR")
     assert_one_line_of_advice(same_port, "Another demo")
     assert before and after == before, "the running demo's providers still point at its simulators"
+
+
+def test_a_worker_whose_mllp_address_is_taken_says_which_setting_to_change(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        result = gateway("worker", env=clean_environment(tmp_path, HOMECARE_MLLP_LISTEN=taken))
+    assert_one_line_of_advice(result, f"HOMECARE_MLLP_LISTEN={taken}", "cannot listen")
+
+
+def test_an_mllp_address_without_a_port_is_a_bad_setting(tmp_path: Path) -> None:
+    result = gateway("worker", env=clean_environment(tmp_path, HOMECARE_MLLP_LISTEN="0.0.0.0"))
+    assert_one_line_of_advice(result, "HOMECARE_MLLP_LISTEN", "host:port")

@@ -31,3 +31,21 @@ def test_killing_workers_mid_send_loses_nothing_and_duplicates_no_acceptance(dat
     assert report.accepted_more_than_once == 0, report.lines()
     assert report.reached_provider == report.prescriptions == 60
     assert report.not_sent_at_gateway == 0, report.lines()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter", ["hl7v2-mllp", "csv-drop", "pull"])
+def test_killing_gateway_processes_mid_send_loses_nothing_and_applies_nothing_twice(
+    database: Database, adapter: str
+) -> None:
+    """Orders out and status back through each adapter, the processes doing it killed again and again:
+    every order reaches the provider once and ends `delivered`, and every report is applied once."""
+    wipe(database)
+    report = crash_test.run_crash_test(
+        database.url.render_as_string(hide_password=False), kills=6, prescriptions=20, seed=5, adapter=adapter
+    )
+    assert report.kills_mid_send >= 3, report.lines()
+    assert report.lost == 0, report.lines()
+    assert report.accepted_more_than_once == 0, report.lines()
+    assert report.not_sent_at_gateway == 0, report.lines()
+    assert report.applied_twice == 0, report.lines()

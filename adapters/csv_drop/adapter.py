@@ -25,7 +25,9 @@ from pydantic import BaseModel
 from adapters.base import Adapter, AdapterTransportError, Health, Order, SendResult
 from adapters.csv_drop.folders import DropFolder, FolderUnavailable, drop_folder
 from adapters.csv_drop.formats import order_csv
+from adapters.csv_drop.poller import StatusFolderPoller
 from adapters.csv_drop.settings import CsvDropSettings
+from adapters.inbound import ReportSink, StatusPoller
 from adapters.order_content import read_order_content
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
@@ -69,6 +71,12 @@ class CsvDropAdapter:
         return SendResult.delivered(
             detail=f"{'written' if written else 'already there'}: {name}", answer_follows=True
         )
+
+    @classmethod
+    def status_poller(cls, config: CsvDropSettings, *, provider_ods: str, sink: ReportSink) -> StatusPoller:
+        """The reader of this provider's status folder that the gateway runs (`adapters.registry`)."""
+        poller = StatusFolderPoller(config, provider_ods=provider_ods, sink=sink)
+        return StatusPoller(poller.key, poller)
 
     async def check(self) -> Health:
         """Both folders can be listed (over SFTP: the server answers, takes our key, and shows the pinned host key)."""

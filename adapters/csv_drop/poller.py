@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,25 @@ class StatusFolderPoller:
         self._sink = sink
         self._folder = folder or drop_folder(settings)
         self._clock = clock or (lambda: datetime.now(UTC))
+
+    @property
+    def key(self) -> str:
+        """What this poller reads: the status folder, on this machine or on an SFTP server."""
+        settings = self.settings
+        if settings.transport == "sftp":
+            return f"sftp://{settings.sftp_username}@{settings.sftp_host}:{settings.sftp_port}{settings.status_dir}"
+        return f"file://{os.path.realpath(settings.status_dir)}"
+
+    async def open(self) -> str:
+        """`StatusSource.open`: nothing to open (the folder is read at each poll)."""
+        return f"status folder {self.key} of {self.provider_ods}"
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """`StatusSource.serve`: poll until `stop` is set, then close the folder's connection."""
+        try:
+            await self.run(stop)
+        finally:
+            await self.aclose()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll every `poll_interval_seconds` until `stop` is set; an unreachable folder is tried again."""

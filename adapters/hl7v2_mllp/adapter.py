@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from adapters.base import Adapter, AdapterTransportError, Health, Order, SendResult
 from adapters.hl7v2_mllp.codec import Hl7Error, control_id
 from adapters.hl7v2_mllp.framing import FramingError, frame, read_frame
+from adapters.hl7v2_mllp.listener import MllpListener
 from adapters.hl7v2_mllp.messages import Acknowledgement, Parties, build_order_message, read_ack
-from adapters.hl7v2_mllp.settings import Hl7v2MllpSettings
+from adapters.hl7v2_mllp.settings import Hl7v2MllpSettings, MllpListenerSettings
+from adapters.inbound import ReportSink
 from adapters.order_content import read_order_content
 
 _RETRYABLE_ERRORS = frozenset({"206", "207"})
@@ -146,6 +148,23 @@ class Hl7v2MllpAdapter:
         if connection is not None:
             await connection.close()
 
+    @classmethod
+    def status_listener(
+        cls,
+        options: Mapping[str, Any],
+        *,
+        sink: ReportSink,
+        provider_settings: Callable[[str], Mapping[str, Any] | None],
+    ) -> MllpListener:
+        """The gateway's one inbound MLLP listener (`adapters.registry`): `options` are
+        `MllpListenerSettings`; `provider_settings` gives the registered settings of the `hl7v2-mllp`
+        provider with an ODS code (None when there is none)."""
+        return MllpListener(
+            MllpListenerSettings.model_validate(dict(options)),
+            sink=sink,
+            providers=_ParsedSettings(provider_settings),
+        )
+
     async def check(self) -> Health:
         """Opens (or reuses) the connection; sends nothing."""
         async with self._lock:
@@ -162,6 +181,29 @@ class Hl7v2MllpAdapter:
 
 if TYPE_CHECKING:
     _interface: type[Adapter] = Hl7v2MllpAdapter
+
+
+class _ParsedSettings:
+    """The listener's view of the registry: each provider's settings parsed, and kept while unchanged."""
+
+    def __init__(self, registered: Callable[[str], Mapping[str, Any] | None]) -> None:
+        self._registered = registered
+        self._parsed: dict[str, tuple[str, Hl7v2MllpSettings | None]] = {}
+
+    def __call__(self, ods: str) -> Hl7v2MllpSettings | None:
+        raw = self._registered(ods)
+        if raw is None:
+            return None
+        fingerprint = repr(sorted(raw.items()))
+        cached = self._parsed.get(ods)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        try:
+            parsed: Hl7v2MllpSettings | None = Hl7v2MllpSettings.model_validate(dict(raw))
+        except ValidationError:
+            parsed = None  # settings the registry would refuse: nobody may speak for this provider
+        self._parsed[ods] = (fingerprint, parsed)
+        return parsed
 
 
 def _result(ack: Acknowledgement) -> SendResult:

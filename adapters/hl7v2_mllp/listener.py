@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 SCHEME = "hl7v2-mllp"
 ProviderDirectory = Callable[[str], Hl7v2MllpSettings | None]
 """The `hl7v2-mllp` settings of the provider with this ODS code, or None (not such a provider)."""
+# How long `aclose` lets a connection finish the message it is storing before cancelling it.
+_CLOSE_GRACE_SECONDS = 5.0
 # Problems with the message as a whole (HL7 table 0357, 2xx): application reject.
 _REJECT_CODES = frozenset({"200", "201", "202", "203"})
 
@@ -65,6 +68,9 @@ class MllpListener:
         self._zone = ZoneInfo(settings.default_timezone)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.address: tuple[str, int] | None = None
+        """Where it listens, once started."""
 
     async def start(self) -> tuple[str, int]:
         """Listen; returns the address (the port the OS chose when `port` is 0)."""
@@ -74,17 +80,39 @@ class MllpListener:
             self.settings.port,
             ssl=self.settings.ssl_context(),
             limit=64 * 1024,
+            # Several gateway processes on one machine (serve --workers N) share the port: the
+            # kernel spreads the providers' connections over them.
+            reuse_port=hasattr(socket, "SO_REUSEPORT"),
         )
         host, port = self._server.sockets[0].getsockname()[:2]
+        self.address = (str(host), int(port))
         log.info("mllp listener on %s:%s", host, port)
-        return str(host), int(port)
+        return self.address
+
+    async def open(self) -> str:
+        """`StatusSource.open`: listen."""
+        host, port = await self.start()
+        return f"MLLP listener on {host}:{port}"
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """`StatusSource.serve`: connections are served until `stop` is set, then closed."""
+        try:
+            await stop.wait()
+        finally:
+            await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop listening and end every connection: each is closed, so a message being stored is
+        stored and its handler ends on its own; one still running after a grace period is cancelled."""
         if self._server is not None:
             self._server.close()
-            for task in list(self._connections):
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            for writer in list(self._writers):
+                writer.close()
+            if self._connections:
+                _, running = await asyncio.wait(list(self._connections), timeout=_CLOSE_GRACE_SECONDS)
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
@@ -92,6 +120,7 @@ class MllpListener:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
+        self._writers.add(writer)
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else ""
         names = _certificate_names(writer.get_extra_info("peercert"))
@@ -113,7 +142,12 @@ class MllpListener:
                 await writer.drain()
         except (TimeoutError, FramingError, OSError) as exc:
             log.info("mllp connection from %s ended: %s", address, type(exc).__name__)
+        except asyncio.CancelledError:
+            # Cut short by `aclose()`: end quietly (asyncio logs a connection handler that ends cancelled). A
+            # message stored but not yet acknowledged is sent again by the provider and taken as a repeat.
+            return
         finally:
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(OSError, ConnectionError):
                 await writer.wait_closed()

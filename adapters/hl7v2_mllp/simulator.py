@@ -365,6 +365,9 @@ class MllpSimulatorServer:
                     await writer.drain()
         except (FramingError, OSError):
             return
+        except asyncio.CancelledError:
+            # Stopped by `stop()`: end quietly (asyncio logs a connection handler that ends cancelled).
+            return
         finally:
             writer.close()
             if task is not None:

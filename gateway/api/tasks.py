@@ -240,6 +240,11 @@ def _check_identifier_parameters(parameters: list[tuple[str, str]]) -> list[tupl
     "/fhir/Task",
     summary="Search Tasks: owner, requester, business-status, focus:identifier, based-on:identifier, "
     "_lastUpdated, _count, _sort (patient:identifier only with POST _search)",
+    description="A provider registered with the `pull` adapter fetches its orders with "
+    "`owner=<its ODS>&business-status=queued` (and `_count`): each prescription returned is leased to "
+    "the caller for the provider's `lease_seconds` (its other pollers are not offered it meanwhile), "
+    "and each Task names the message to read in `input` (`prescription-message`: `Bundle/{id}`). "
+    "That search pages by leasing: search again for the next orders. Every other search only reads.",
     response_class=FhirResponse,
     responses=_SEARCH_RESPONSES,
 )

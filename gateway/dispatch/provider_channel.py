@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from adapters.base import Adapter, AdapterTransportError, Order
+from adapters.base import Adapter, AdapterTransportError, Order, SendOutcome
 from adapters.registry import AdapterRegistryError, create_adapter
 from gateway.domain.delivery import DeliveryOutcome, Recorded, record_provider_outcome
 from gateway.domain.status_authority import StatusListener
@@ -31,6 +31,7 @@ class ProviderChannel:
         Recorded.REFUSED: "order_rejected_by_provider",
         Recorded.RETRY: "send_failed_will_retry",
         Recorded.DEAD: "order_undeliverable",
+        Recorded.HELD: "order_held_for_pull",
         Recorded.LEASE_LOST: "send_lease_lost",
     }
 
@@ -69,8 +70,10 @@ class ProviderChannel:
             )
         except Exception as exc:  # noqa: BLE001  (an adapter bug must not lose the message: retry it)
             return DeliveryOutcome.failed(f"adapter error {type(exc).__name__}")
+        if result.outcome is SendOutcome.HELD:
+            return DeliveryOutcome.held(result.detail or "held for the provider to pull")
         if result.is_delivered:
-            return DeliveryOutcome.delivered()
+            return DeliveryOutcome.delivered(answer_follows=result.answer_follows)
         return DeliveryOutcome.refused(result.reason or "rejected by the provider", result.code)
 
     def _adapter_for(self, provider: RegisteredProvider) -> Adapter:

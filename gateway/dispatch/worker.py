@@ -191,7 +191,8 @@ class Dispatcher:
                 message.attempts + 1, self._rng, retry_after=outcome.retry_after
             )
             retry_at = None if delay is None else self._clock() + delay
-        elif destination is not None:
+        elif destination is not None and outcome.kind is not OutcomeKind.HELD:
+            # A message held for a provider that pulls it went nowhere: it says nothing of the provider.
             self._breaker.record_success(destination)
         if destination is not None:
             BREAKER_OPEN.labels(provider=destination).set(

@@ -34,7 +34,7 @@ from gateway.domain.status import (
     provider_source,
     trust_source,
 )
-from gateway.domain.status_authority import StatusListener, change_status
+from gateway.domain.status_authority import Applied, StatusListener, change_status
 from gateway.store import audit, events, items, messages, outbox
 from gateway.store.db import Tx
 from gateway.store.errors import AlreadyStored
@@ -144,11 +144,12 @@ def _refuse_too_late(views: list[ItemView]) -> None:
 
 
 def _never_sent(tx: Tx, prescription_id: str, views: list[ItemView]) -> bool:
-    """Whether the whole order is still ours: not sent, every item named, none at the provider."""
+    """Whether the whole order is still ours: not sent (or held for a provider that pulls its orders
+    and has not acknowledged it), every item named, none at the provider."""
     # Locked: a send that starts now must not deliver an order this answer calls cancelled.
     order_state = outbox.order_state(tx, prescription_id, for_change=True)
     return (
-        order_state in (outbox.State.PENDING, outbox.State.DEAD)
+        order_state in (outbox.State.PENDING, outbox.State.DEAD, outbox.State.HELD)
         and all(Status(view.status) in NOT_YET_AT_PROVIDER for view in views)
         and len(views) == len(items.statuses_of(tx, prescription_id))
     )
@@ -256,22 +257,32 @@ def provider_answered_cancel(
     reason: str | None,
     now: datetime,
     listener: StatusListener | None,
-) -> None:
-    """The provider's system answered our cancel message: cancelled, or back where they were."""
+    item_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> list[Applied]:
+    """The provider's system answered our cancel message: cancelled, or back where they were. Every
+    item of the prescription waiting for the answer, or only `item_id` when the provider answered
+    item by item; `occurred_at` is when the provider answered (default: now)."""
+    answered: list[Applied] = []
     for view in items.of_prescription(
         tx, prescription_id, statuses=[Status.CANCEL_REQUESTED.value], for_change=True
     ):
+        if item_id is not None and view.item_id != item_id:
+            continue
         target = Status.CANCELLED if agreed else Status(view.resume_status or Status.SENT)
         detail: dict[str, Any] = {"cancellation_answer": "agreed" if agreed else "refused"}
         if reason:
             detail["reason"] = {"code": None, "text": reason[:500]}
-        change_status(
-            tx,
-            view,
-            target,
-            source=provider_source(provider_ods),
-            occurred_at=now,
-            detail=detail,
-            now=now,
-            listener=listener,
+        answered.append(
+            change_status(
+                tx,
+                view,
+                target,
+                source=provider_source(provider_ods),
+                occurred_at=occurred_at or now,
+                detail=detail,
+                now=now,
+                listener=listener,
+            )
         )
+    return answered

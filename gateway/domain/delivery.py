@@ -18,7 +18,7 @@ from gateway.domain.cancellation import provider_answered_cancel
 from gateway.domain.context import Context
 from gateway.domain.status import Status
 from gateway.domain.status_authority import StatusListener, move_prescription
-from gateway.store import outbox
+from gateway.store import items, outbox
 from gateway.store.db import Tx
 from gateway.store.outbox import Claimed, ClaimedMessage, Kind
 
@@ -28,6 +28,7 @@ class OutcomeKind(StrEnum):
     REFUSED = "refused"  # the receiver refused it for good
     FAILED = "failed"  # worth trying again (unreachable, busy, timed out)
     DROPPED = "dropped"  # not sent: there is no longer anyone to send it to
+    HELD = "held"  # not sent: the receiver fetches it itself (a provider that pulls its orders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +38,17 @@ class DeliveryOutcome:
     code: str | None = None
     retry_after: float | None = None
     credentials_problem: bool = False
+    # Delivered, but the receiver's acknowledgement only says it arrived: the provider's answer to a
+    # cancellation comes later as a status report.
+    answer_follows: bool = False
 
     @classmethod
-    def delivered(cls) -> DeliveryOutcome:
-        return cls(OutcomeKind.DELIVERED)
+    def delivered(cls, *, answer_follows: bool = False) -> DeliveryOutcome:
+        return cls(OutcomeKind.DELIVERED, answer_follows=answer_follows)
+
+    @classmethod
+    def held(cls, reason: str) -> DeliveryOutcome:
+        return cls(OutcomeKind.HELD, reason=reason)
 
     @classmethod
     def refused(cls, reason: str, code: str | None = None) -> DeliveryOutcome:
@@ -70,6 +78,7 @@ class Recorded(StrEnum):
     RETRY = "retry"
     DEAD = "dead"
     DROPPED = "dropped"
+    HELD = "held"
     LEASE_LOST = "lease-lost"
 
 
@@ -121,35 +130,58 @@ def record_provider_outcome(
     listener: StatusListener | None,
 ) -> Recorded:
     """An order is `sent`, `rejected` (with the reason) or, out of retries, `undeliverable`; a
-    cancellation is agreed or refused (the items go back where they were)."""
+    cancellation is agreed or refused (the items go back where they were), or stays `cancel-requested`
+    when the provider's answer follows as a status report. A message held for a provider that pulls
+    its orders changes no status: the provider's acknowledgement does (`gateway.domain.pull`)."""
     if outcome.kind is OutcomeKind.FAILED:
         return _record_failure(
             tx, message, outcome, owner=owner, now=now, retry_at=retry_at, listener=listener
         )
+    if outcome.kind is OutcomeKind.HELD:
+        return _record_held(tx, message, owner=owner, now=now)
     refusal = (
         (outcome.reason or "rejected by the provider")[:500] if outcome.kind is OutcomeKind.REFUSED else None
     )
     if not outbox.mark_done(tx, owner, message.outbox_id, now=now, note=refusal):
         return Recorded.LEASE_LOST
     if message.kind == Kind.CANCEL.value:
-        provider_answered_cancel(
-            tx,
-            prescription_id=message.prescription_id,
-            provider_ods=message.provider_ods,
-            agreed=refusal is None,
-            reason=refusal,
-            now=now,
-            listener=listener,
-        )
+        # With `answer_follows` the items stay `cancel-requested` until the provider's status report
+        # answers; otherwise taking the cancellation is agreeing to it.
+        if refusal is not None or not outcome.answer_follows:
+            provider_answered_cancel(
+                tx,
+                prescription_id=message.prescription_id,
+                provider_ods=message.provider_ods,
+                agreed=refusal is None,
+                reason=refusal,
+                now=now,
+                listener=listener,
+            )
     elif refusal is None:
         detail = {"provider": message.provider_ods, "attempts": message.attempts + 1}
         move_prescription(tx, message.prescription_id, Status.SENT, detail=detail, now=now, listener=listener)
     else:
-        detail = {"provider": message.provider_ods, "reason": refusal, "code": outcome.code}
+        # The reason as every status event carries one, so the Task's history shows it as statusReason.
+        detail = {"provider": message.provider_ods, "reason": {"code": outcome.code, "text": refusal}}
         move_prescription(
             tx, message.prescription_id, Status.REJECTED, detail=detail, now=now, listener=listener
         )
     return Recorded.DELIVERED if refusal is None else Recorded.REFUSED
+
+
+def _record_held(tx: Tx, message: ClaimedMessage, *, owner: str, now: datetime) -> Recorded:
+    """Held for the provider to pull; a cancellation the provider has answered already (it reads the
+    `cancel-requested` items, not the message) is done instead."""
+    if message.kind == Kind.CANCEL.value:
+        # Locked: a provider's answer being applied now is either seen here or sees the held row.
+        waiting = items.of_prescription(
+            tx, message.prescription_id, statuses=[Status.CANCEL_REQUESTED.value], for_change=True
+        )
+        if not waiting:
+            done = outbox.mark_done(tx, owner, message.outbox_id, now=now)
+            return Recorded.DELIVERED if done else Recorded.LEASE_LOST
+    held = outbox.mark_held(tx, owner, message.outbox_id, now=now)
+    return Recorded.HELD if held else Recorded.LEASE_LOST
 
 
 def _record_failure(

@@ -12,7 +12,7 @@ from auth.audit import Action, AuditRecord, Outcome
 from auth.identity import Caller, Role
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from fhir_profiles.status_task import StatusReport, read_status_task
-from gateway.domain import access
+from gateway.domain import access, pull
 from gateway.domain.context import Context
 from gateway.domain.provider_queries import record_query_message
 from gateway.domain.reads import item_not_found
@@ -105,8 +105,10 @@ def _apply(
     now: datetime,
     request_id: str,
 ) -> Applied:
-    """A provider's report about one of the items routed to it."""
-    view = _reported_item(tx, caller, write, report)
+    """A provider's report about one of the items routed to it (the first about an order it pulled
+    records `sent` before it)."""
+    view = pull.record_pulled(ctx, tx, _reported_item(tx, caller, write, report), now=now)
+    answering_cancel = Status(view.status) is Status.CANCEL_REQUESTED
     result = change_status(
         tx,
         view,
@@ -118,6 +120,8 @@ def _apply(
         listener=ctx.listener,
         expression=f"{write.expression}.businessStatus",
     )
+    if answering_cancel:
+        pull.after_report(tx, result.view, now=now)
     if report.status == Status.QUERY.value and result.verdict is Verdict.APPLIED:
         question = report.detail.get("note") or (report.detail.get("reason") or {}).get("text")
         record_query_message(

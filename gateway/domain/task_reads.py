@@ -13,11 +13,11 @@ import orjson
 from auth.audit import Action
 from auth.identity import Caller
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
-from gateway.domain import access
+from gateway.domain import access, pull
 from gateway.domain.context import Context
 from gateway.domain.reads import item_not_found
 from gateway.domain.status import Status, Verdict, business_status, task_status
-from gateway.domain.tasks import VERDICT_URL, fhir_instant, render_task
+from gateway.domain.tasks import VERDICT_URL, fhir_instant, render_task, with_prescription_message
 from gateway.store import events, items
 from gateway.store.db import Tx
 from gateway.store.events import TimelineEvent
@@ -232,8 +232,13 @@ def search_tasks(
     next_url: str,
     request_id: str,
 ) -> dict[str, Any]:
-    """A searchset of the caller's Tasks, newest change first, with a keyset `next` link."""
+    """A searchset of the caller's Tasks, newest change first, with a keyset `next` link. A `pull`
+    provider's search for its queued orders leases what it returns instead (`gateway.domain.pull`)."""
     search = _read_search(parameters, patient_allowed=patient_allowed)
+    if not search.updated and search.after is None and pull.takes_leases(ctx, caller, search.wanted):
+        return _offer_queued_orders(
+            ctx, caller=caller, count=search.count, self_url=self_url, request_id=request_id
+        )
     wanted = TaskFilter(**search.wanted, updated=tuple(search.updated))
     page = Page(count=search.count, newest_first=search.newest_first, after=search.after)
     with ctx.db.snapshot() as tx:
@@ -257,6 +262,28 @@ def search_tasks(
         "entry": [
             {"fullUrl": f"Task/{view.item_id}", "resource": render_task(view), "search": {"mode": "match"}}
             for view in views
+        ],
+    }
+
+
+def _offer_queued_orders(
+    ctx: Context, *, caller: Caller, count: int, self_url: str, request_id: str
+) -> dict[str, Any]:
+    """Queued orders for a provider that pulls them, leased to this poller; no `next` link: the next
+    search offers the next orders."""
+    offered = pull.offer_queued_orders(ctx, caller=caller, count=count)
+    _audit_lookup(ctx, caller, None, found=True, request_id=request_id, action=Action.SEARCH, reason="pull")
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [{"relation": "self", "url": self_url}],
+        "entry": [
+            {
+                "fullUrl": f"Task/{item.view.item_id}",
+                "resource": with_prescription_message(render_task(item.view), item.message_id),
+                "search": {"mode": "match"},
+            }
+            for item in offered
         ],
     }
 

@@ -21,6 +21,7 @@ VERDICT_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-Sta
 # Task.input carrying the medicine's name, so a status reader need not fetch the MedicationRequest.
 TASK_INPUT_SYSTEM = "https://homecare-gateway.nhs.uk/CodeSystem/task-input"
 TASK_INPUT_MEDICATION = "medication"
+PRESCRIPTION_MESSAGE_INPUT = "prescription-message"
 
 
 def fhir_instant(moment: datetime) -> str:
@@ -73,6 +74,26 @@ def render_task(view: ItemView, *, detail: dict[str, Any] | None = None) -> dict
         ]
     if detail:
         _add_detail(task, detail)
+    return task
+
+
+def with_prescription_message(task: dict[str, Any], message_id: str) -> dict[str, Any]:
+    """The Task naming the prescription message Bundle to read (`GET /fhir/Bundle/{id}`), as the
+    gateway offers orders to providers that pull them."""
+    task["input"] = [
+        {
+            "type": {
+                "coding": [
+                    {
+                        "system": TASK_INPUT_SYSTEM,
+                        "code": PRESCRIPTION_MESSAGE_INPUT,
+                        "display": "The prescription message, as the trust sent it",
+                    }
+                ]
+            },
+            "valueReference": {"reference": f"Bundle/{message_id}"},
+        }
+    ]
     return task
 
 

@@ -1,4 +1,5 @@
-"""MedicationDispenses providers sent in dispense-notifications, kept as sent."""
+"""MedicationDispenses: sent by providers in dispense-notifications (kept as sent), or built from what a
+provider reported through its adapter."""
 
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ class Dispense:
     dispense_id: str
     prescription_id: str
     item_id: str
-    message_id: str
+    message_id: str | None
+    """The dispense-notification it came in (None when it came through an adapter)."""
     resource: bytes
     created_at: datetime
+    provider_message_id: str | None = None
+    """The provider's status message it came in, through an adapter."""
 
 
 def add_dispense(tx: Tx, dispense: Dispense) -> None:
@@ -36,6 +40,7 @@ def add_dispense(tx: Tx, dispense: Dispense) -> None:
                 "prescription_id": dispense.prescription_id,
                 "item_id": dispense.item_id,
                 "message_id": dispense.message_id,
+                "provider_message_id": dispense.provider_message_id,
                 "resource": dispense.resource,
                 "created_at": dispense.created_at,
             }
@@ -52,6 +57,7 @@ def _visible(caller: Caller) -> Select[Any]:
             dispense_table.c.message_id,
             dispense_table.c.resource,
             dispense_table.c.created_at,
+            dispense_table.c.provider_message_id,
         )
         .join(item_table, item_table.c.id == dispense_table.c.item_id)
         .where(visible_to(caller))

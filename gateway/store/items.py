@@ -152,6 +152,21 @@ def of_prescription(
     return [_view(row) for row in tx.connection.execute(query)]
 
 
+def of_prescriptions(tx: Tx, prescription_ids: Sequence[str], *, statuses: Sequence[str]) -> list[ItemView]:
+    """The items in `statuses` of several prescriptions, each prescription's in their order."""
+    if not prescription_ids:
+        return []
+    query = (
+        _views()
+        .where(
+            item_table.c.prescription_id.in_(list(prescription_ids)),
+            item_table.c.status.in_(list(statuses)),
+        )
+        .order_by(item_table.c.prescription_id, item_table.c.position)
+    )
+    return [_view(row) for row in tx.connection.execute(query)]
+
+
 def with_ids(tx: Tx, item_ids: Sequence[str]) -> list[ItemView]:
     rows = tx.connection.execute(_views().where(item_table.c.id.in_(list(item_ids))))
     return [_view(row) for row in rows]

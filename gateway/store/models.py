@@ -232,6 +232,28 @@ class OutboxMessage(SQLModel, table=True):
         default=None, sa_column=Column(String(36), ForeignKey("subscription.id"), nullable=True)
     )
     payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    # When a provider message was last held for the provider to pull (`pull` adapter, state `held`).
+    held_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
+class ProviderMessage(SQLModel, table=True):
+    """A status message a provider sent through its adapter's listener or poller (an HL7 v2 message, a
+    row of a status file), kept as received with the key that makes it applied once."""
+
+    __tablename__ = "provider_message"
+    __table_args__ = (
+        UniqueConstraint("dedupe_key", name="uq_provider_message_dedupe_key"),
+        Index("ix_provider_message_provider", "provider_ods", "received_at"),
+    )
+
+    id: str = Field(sa_column=Column(String(36), primary_key=True))
+    dedupe_key: str = Field(sa_column=Column(String(300), nullable=False))
+    scheme: str = Field(sa_column=Column(String(40), nullable=False))
+    provider_ods: str = Field(sa_column=Column(String(12), nullable=False))
+    peer: str | None = Field(default=None, sa_column=Column(String(300), nullable=True))
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    reports: int = Field(sa_column=Column(Integer, nullable=False))
+    received_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 
 class QueryMessage(SQLModel, table=True):
@@ -251,7 +273,8 @@ class QueryMessage(SQLModel, table=True):
 
 
 class MedicationDispenseRecord(SQLModel, table=True):
-    """A MedicationDispense from a provider's dispense-notification, kept as sent."""
+    """A MedicationDispense from a provider's dispense-notification, kept as sent (`message_id`), or
+    built from what a provider reported through its adapter (`provider_message_id`)."""
 
     __tablename__ = "medication_dispense"
     __table_args__ = (Index("ix_medication_dispense_item", "item_id"),)
@@ -259,7 +282,12 @@ class MedicationDispenseRecord(SQLModel, table=True):
     id: str = Field(sa_column=Column(String(36), primary_key=True))
     prescription_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription.id"), nullable=False))
     item_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription_item.id"), nullable=False))
-    message_id: str = Field(sa_column=Column(String(36), ForeignKey("inbound_message.id"), nullable=False))
+    message_id: str | None = Field(
+        default=None, sa_column=Column(String(36), ForeignKey("inbound_message.id"), nullable=True)
+    )
+    provider_message_id: str | None = Field(
+        default=None, sa_column=Column(String(36), ForeignKey("provider_message.id"), nullable=True)
+    )
     resource: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 

@@ -38,13 +38,16 @@ NOTIFICATION_KEY_PREFIX = "notification-"
 
 class State(StrEnum):
     """`pending` (due at `due_at`), `sending` (leased), `done` (the receiver answered for it), `dead`
-    (retries exhausted: a provider message can be re-driven), `cancelled` (withdrawn before it went)."""
+    (retries exhausted: a provider message can be re-driven), `cancelled` (withdrawn before it went),
+    `held` (nothing to send: the provider pulls it; `held_at` says since when, and a provider's poller
+    leases it with `lease_owner`/`lease_until` while it fetches it)."""
 
     PENDING = "pending"
     SENDING = "sending"
     DONE = "done"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    HELD = "held"
 
 
 class Kind(StrEnum):
@@ -139,15 +142,16 @@ def order_state(tx: Tx, prescription_id: str, *, for_change: bool = False) -> St
 
 
 def withdraw_order(tx: Tx, prescription_id: str, *, now: datetime) -> None:
-    """The prescription's order is not to be sent (cancelled or expired before it went)."""
+    """The prescription's order is not to be sent, or no longer to be pulled (cancelled or expired
+    before the provider had it)."""
     tx.connection.execute(
         update(outbox_table)
         .where(
             outbox_table.c.prescription_id == prescription_id,
             outbox_table.c.kind == Kind.ORDER.value,
-            outbox_table.c.state.in_((State.PENDING.value, State.DEAD.value)),
+            outbox_table.c.state.in_((State.PENDING.value, State.DEAD.value, State.HELD.value)),
         )
-        .values(state=State.CANCELLED.value, updated_at=now)
+        .values(state=State.CANCELLED.value, lease_owner=None, lease_until=None, updated_at=now)
     )
 
 
@@ -332,6 +336,12 @@ def mark_done(tx: Tx, owner: str, outbox_id: int, *, now: datetime, note: str | 
     return release_claim(tx, owner, outbox_id, now=now, state=State.DONE.value, last_error=note)
 
 
+def mark_held(tx: Tx, owner: str, outbox_id: int, *, now: datetime) -> bool:
+    """Nothing was sent: the provider pulls the message itself. Neither retried nor dead; `held_at`
+    says since when it waits."""
+    return release_claim(tx, owner, outbox_id, now=now, state=State.HELD.value, held_at=now, last_error=None)
+
+
 def mark_failed(
     tx: Tx, owner: str, outbox_id: int, *, attempts: int, error: str, retry_at: datetime | None, now: datetime
 ) -> bool:
@@ -373,9 +383,125 @@ def requeue_dead(
         tx.connection.execute(
             update(outbox_table)
             .where(outbox_table.c.id.in_([message.outbox_id for message in dead]))
-            .values(state=State.PENDING.value, attempts=0, due_at=now, last_error=None, updated_at=now)
+            .values(
+                state=State.PENDING.value,
+                attempts=0,
+                due_at=now,
+                last_error=None,
+                lease_owner=None,
+                lease_until=None,
+                updated_at=now,
+            )
         )
     return dead
+
+
+# --- Orders held for providers that pull them ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeldOrder:
+    """An order waiting for its provider to pull it: the prescription, and the message it pulls."""
+
+    outbox_id: int
+    prescription_id: str
+    message_id: str
+    held_at: datetime
+
+
+def _held_orders(provider_ods: str) -> Any:
+    return (
+        select(
+            outbox_table.c.id.label("outbox_id"),
+            outbox_table.c.prescription_id,
+            _prescription.c.message_id,
+            outbox_table.c.held_at,
+        )
+        .join(_prescription, _prescription.c.id == outbox_table.c.prescription_id)
+        .where(
+            outbox_table.c.provider_ods == provider_ods,
+            outbox_table.c.kind == Kind.ORDER.value,
+            outbox_table.c.state == State.HELD.value,
+        )
+        .order_by(outbox_table.c.held_at, outbox_table.c.id)
+    )
+
+
+def unleased_held_orders(tx: Tx, *, provider_ods: str, now: datetime, limit: int) -> list[HeldOrder]:
+    """Up to `limit` of the provider's held orders no poller holds a lease on, oldest held first;
+    locked for the lease (another poller's transaction skips them: `SKIP LOCKED`)."""
+    query = (
+        _held_orders(provider_ods)
+        .where(or_(outbox_table.c.lease_until.is_(None), outbox_table.c.lease_until <= now))
+        .limit(limit)
+    )
+    if tx.locks_rows:
+        query = query.with_for_update(skip_locked=True, of=outbox_table)
+    return [HeldOrder(**row._mapping) for row in tx.connection.execute(query)]
+
+
+def lease_held_orders(
+    tx: Tx, outbox_ids: Sequence[int], *, holder: str, until: datetime, now: datetime
+) -> None:
+    """The held orders are `holder`'s until `until`: no other poller is offered them before."""
+    if outbox_ids:
+        tx.connection.execute(
+            update(outbox_table)
+            .where(outbox_table.c.id.in_(list(outbox_ids)), outbox_table.c.state == State.HELD.value)
+            .values(lease_owner=holder[:80], lease_until=until, updated_at=now)
+        )
+
+
+def held_too_long(tx: Tx, *, provider_ods: str, held_before: datetime, limit: int) -> list[HeldOrder]:
+    """The provider's orders held since before `held_before` (nobody acknowledged them), locked."""
+    query = _held_orders(provider_ods).where(outbox_table.c.held_at < held_before).limit(limit)
+    if tx.locks_rows:
+        query = query.with_for_update(skip_locked=True, of=outbox_table)
+    return [HeldOrder(**row._mapping) for row in tx.connection.execute(query)]
+
+
+def mark_unpulled(tx: Tx, outbox_id: int, *, error: str, now: datetime) -> bool:
+    """A held order nobody pulled in time is dead, like one whose sends failed: an operator re-drives it."""
+    changed = tx.connection.execute(
+        update(outbox_table)
+        .where(outbox_table.c.id == outbox_id, outbox_table.c.state == State.HELD.value)
+        .values(
+            state=State.DEAD.value, last_error=error[:500], lease_owner=None, lease_until=None, updated_at=now
+        )
+    )
+    return bool(changed.rowcount)
+
+
+def finish_pulled_order(tx: Tx, prescription_id: str, *, now: datetime) -> bool:
+    """The provider acknowledged the order it pulled: its row is done and its lease released. False when
+    the prescription has no such row (the order was pushed, or is done already)."""
+    changed = tx.connection.execute(
+        update(outbox_table)
+        .where(
+            outbox_table.c.prescription_id == prescription_id,
+            outbox_table.c.kind == Kind.ORDER.value,
+            outbox_table.c.held_at.is_not(None),
+            # Dead: pulled after the alert; pending or sending: pulled while it was being re-driven.
+            outbox_table.c.state.in_(
+                (State.HELD.value, State.DEAD.value, State.PENDING.value, State.SENDING.value)
+            ),
+        )
+        .values(state=State.DONE.value, lease_owner=None, lease_until=None, last_error=None, updated_at=now)
+    )
+    return bool(changed.rowcount)
+
+
+def finish_held_cancellations(tx: Tx, prescription_id: str, *, now: datetime) -> None:
+    """The provider answered the cancellations it pulled: their held rows are done."""
+    tx.connection.execute(
+        update(outbox_table)
+        .where(
+            outbox_table.c.prescription_id == prescription_id,
+            outbox_table.c.kind == Kind.CANCEL.value,
+            outbox_table.c.state == State.HELD.value,
+        )
+        .values(state=State.DONE.value, updated_at=now)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +511,8 @@ class OutboxStats:
     oldest_due_age_seconds: float
     dead: int
     by_provider_dead: dict[str, int]
+    held: int = 0
+    """Messages waiting for their provider to pull them."""
 
 
 def stats(db: Database, *, now: datetime) -> OutboxStats:
@@ -415,6 +543,7 @@ def stats(db: Database, *, now: datetime) -> OutboxStats:
         oldest_due_age_seconds=_age(due.oldest, now),
         dead=by_state.get(State.DEAD.value, 0),
         by_provider_dead=dead_by_provider,
+        held=by_state.get(State.HELD.value, 0),
     )
 
 

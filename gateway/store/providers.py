@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from gateway.store.db import Database
+from gateway.store.db import Database, translate_errors
 from gateway.store.models import Provider
 
 
@@ -100,6 +100,9 @@ def registered_providers(db: Database) -> dict[str, RegisteredProvider]:
 class ProviderEntry:
     ods_code: str
     enabled: bool
+    adapter: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The adapter's settings as registered (may hold secrets: never log them)."""
 
 
 _MISS_RECHECK_SECONDS = 1.0
@@ -137,12 +140,30 @@ class ProviderDirectory:
             entry = self._entries.get(ods_code)
         return entry
 
+    def entries(self) -> list[ProviderEntry]:
+        """Every registered provider, as fresh as `get` gives them."""
+        if self._ttl == 0 or time.monotonic() - self._loaded_at > self._ttl:
+            self.refresh()
+        return list(self._entries.values())
+
     def refresh(self) -> None:
         try:
             with self._lock:
-                with self._db.read() as session:
-                    rows = session.execute(select(col(Provider.ods_code), col(Provider.enabled))).all()
-                self._entries = {row.ods_code: ProviderEntry(row.ods_code, bool(row.enabled)) for row in rows}
+                with translate_errors(), self._db.read() as session:
+                    rows = session.execute(
+                        select(
+                            col(Provider.ods_code),
+                            col(Provider.enabled),
+                            col(Provider.adapter),
+                            col(Provider.settings),
+                        )
+                    ).all()
+                self._entries = {
+                    row.ods_code: ProviderEntry(
+                        row.ods_code, bool(row.enabled), str(row.adapter), dict(row.settings or {})
+                    )
+                    for row in rows
+                }
                 self._loaded_at = time.monotonic()
         finally:
             self._refreshing.clear()

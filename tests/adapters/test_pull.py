@@ -61,7 +61,7 @@ def test_the_polling_provider_finds_its_queued_orders_with_its_signed_jwt(
     client: httpx.Client, server: RunningServer, tenants: dict[str, Tenant]
 ) -> None:
     """The search, the reads and the acknowledgements all go through the gateway's own API as this
-    provider's client. (What the gateway makes of `accepted` on a `queued` item is phase 2's to settle.)"""
+    provider's client (the gateway's side of pull is in tests/test_e2e_pull.py)."""
     _, items = send_order(client, items=2, seed=31)
     with polling_provider(server, tenants["provider-vncel"], down=True, max_delivery_attempts=1) as provider:
         assert provider.poll_once() == 1
@@ -89,8 +89,8 @@ def test_another_providers_poller_sees_none_of_these_orders(
 def test_the_polling_provider_reports_the_whole_lifecycle_through_task_updates(
     client: httpx.Client, db: Database, server: RunningServer, tenants: dict[str, Tenant]
 ) -> None:
-    """Until the gateway holds pull orders at `queued` (phase 2), the order is pushed to a FHIR provider
-    that only takes it (`sent`); the polling provider then pulls `sent` orders and reports every step."""
+    """The poller pulls whichever status it is told to (`search_status`): here orders pushed to a FHIR
+    provider that only takes them (`sent`), and it reports every step of their lifecycle."""
     token: Callable[[], str] = lambda: access_token(server, tenants["provider-vncel"])  # noqa: E731
     with SimulatorServer("VNCEL", lifecycle=False, status_token_source=token) as pushed_to:
         with db.write() as session:

@@ -73,6 +73,9 @@ def serve_gateway(database: Database, folder: Path) -> Iterator[SuiteTarget]:
         retry_base_seconds=0.2,
         retry_cap_seconds=1.0,
         breaker_cooldown_seconds=1.0,
+        # CANCEL-01 holds an order with 503s until its cancel arrives; on a loaded machine that can be
+        # five failures, and an open breaker would then delay the release past the suite's 20 s wait.
+        breaker_threshold=50,
         cancel_wait_seconds=5,
         log_level="WARNING",
         # The suite's subscriber listens on loopback over plain http.

@@ -14,11 +14,14 @@ def test_the_demo_samples_include_a_query_and_a_failed_delivery() -> None:
             ods="VNFKT", seed=2026, delivery_failure_rate=0.4, max_delivery_attempts=1, query_rate=0.3
         ),
     }
-    samples = _samples(5, configs)
+    samples = _samples(5, configs, ["VNHLS", "VNCEL"])
     assert len(samples) == 5
-    paths = [_path(message, configs[ods]) for ods, message in samples]
+    paths = [_path(message, configs[ods]) for ods, message in samples[:2]]
     assert "query" in paths[0] and "delivery-failed" in paths[1]
-    assert _samples(0, configs) == []
+    assert [ods for ods, _ in samples[2:]] == ["VNHLS", "VNCEL", "VNHLS"], (
+        "the rest spread over every provider"
+    )
+    assert _samples(0, configs, ["VNCEL"]) == []
 
 
 def test_a_query_stays_open_as_long_as_the_simulator_is_told() -> None:
