@@ -51,7 +51,7 @@ SURVIVED = {0, 5, 33}  # tests passed, or no test reaches the mutant
 
 def run_group(patterns: tuple[str, ...], max_children: int) -> int:
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *patterns]
-    return subprocess.run(command, cwd=ROOT, check=False).returncode  # noqa: S603
+    return subprocess.run(command, cwd=ROOT, check=False).returncode
 
 
 def results() -> dict[str, int | None]:
@@ -95,7 +95,9 @@ def report(groups: list[str]) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("groups", nargs="*", metavar="GROUP", help=", ".join(GROUPS))
     parser.add_argument("--max-children", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--report-only", action="store_true", help="print the scores of earlier runs")

@@ -262,8 +262,6 @@ def test_an_anchor_catches_a_chain_rewritten_to_be_consistent_again(
     for anchor in (middle, head):
         result = verify(db, anchors=[anchor])
         assert not result.ok and f"anchor {anchor} does not match the chain" in str(result.problem)
-    refused = CliRunner().invoke(
-        cli, ["audit", "verify", "--anchor", str(head)], env=_cli_env(db, settings)
-    )
+    refused = CliRunner().invoke(cli, ["audit", "verify", "--anchor", str(head)], env=_cli_env(db, settings))
     assert refused.exit_code == 1, refused.output
     assert "does not match the chain" in " ".join(refused.output.split())

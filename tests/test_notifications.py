@@ -562,7 +562,9 @@ def test_metrics_count_notifications(
     assert 'homecare_notifications_total{outcome="retry"}' in metrics
 
 
-def test_an_attached_jws_is_not_a_detached_signature(server: RunningServer, signing_keys: SigningKeys) -> None:
+def test_an_attached_jws_is_not_a_detached_signature(
+    server: RunningServer, signing_keys: SigningKeys
+) -> None:
     """A compact JWS that carries its own payload is refused even when it signs these very bytes:
     the signature must be over the body as received, never over a payload the header brings."""
     body = b'{"resourceType":"Bundle","type":"history"}'
