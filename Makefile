@@ -8,7 +8,7 @@ PACKAGES := gateway fhir_profiles auth adapters conformance
 AXE_VERSION := 4.14.1
 AXE := $(VENV)/npm/node_modules/axe-core/axe.min.js
 
-.PHONY: demo serve test lint openapi bench conformance clean browser-tools
+.PHONY: demo serve test lint openapi bench conformance clean browser-tools mutants
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -54,6 +54,13 @@ test: lint browser-tools
 	$(BIN)/homecare-gateway openapi --check
 	$(BIN)/python -m pytest -n auto
 
+# Mutation testing with mutmut (docs/mutation-testing.md): hours on 2 cores, never part of `make test`.
+# `make mutants GROUP=status` runs one group; MUTANT_CHILDREN mutants run at once (default 1).
+MUTANT_CHILDREN ?= 1
+mutants: $(STAMP)
+	@$(BIN)/python -c 'import mutmut' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[mutation]'
+	nice -n 10 $(BIN)/python scripts/mutants.py $(GROUP) --max-children $(MUTANT_CHILDREN)
+
 openapi: $(STAMP)
 	$(BIN)/homecare-gateway openapi
 
@@ -72,4 +79,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/intake.py --peers --workers 1,2 --connections 16,64 --repeat 2
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

@@ -234,3 +234,30 @@ def test_a_refused_token_request_never_reaches_the_api(
     with httpx.Client(base_url=server.base_url) as http:
         response = token_request(http, rbb.key.assertion("trust-rba"))
     assert response.status_code == 401
+
+
+def test_an_item_named_by_its_ids_is_found_only_for_its_own_provider_or_trust(
+    as_tenant: AsTenant, db: Database
+) -> None:
+    """A provider's dispense notification and a trust's cancel name an item by prescription and
+    line-item IDs, with no caller filter behind them: the key itself must hold the tenancy."""
+    from gateway.store import items
+    from gateway.store.items import ItemKey
+
+    message = PrescriptionMessageBuilder(seed=43).build(items=1, performer_ods="VNCEL")
+    assert send(as_tenant("trust-rba"), message).status_code == 200
+    request = next(
+        e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "MedicationRequest"
+    )
+    short_form, line_item = request["groupIdentifier"]["value"], request["identifier"][0]["value"]
+    with db.snapshot() as tx:
+        assert items.find(tx, ItemKey.at_provider(short_form, line_item, "VNCEL")) is not None
+        assert items.find(tx, ItemKey.at_provider(short_form, line_item, "VNFKT")) is None
+        assert items.find(tx, ItemKey.of_trust(short_form, line_item, "RBA")) is not None
+        assert items.find(tx, ItemKey.of_trust(short_form, line_item, "RBB")) is None
+
+
+def test_a_role_without_a_tenancy_rule_sees_nothing() -> None:
+    stranger = Caller(client_id="x", role="auditor", ods_code="RBA")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no tenancy rule for role 'auditor'"):
+        may_see(stranger, tenant_ods="RBA", provider_ods="VNCEL")

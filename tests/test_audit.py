@@ -242,3 +242,26 @@ def test_the_server_seals_by_itself(
 def test_an_anchor_must_be_seq_and_hash(text_anchor: str) -> None:
     with pytest.raises(ValueError, match="SEQ:HASH"):
         audit.ChainHead.parse(text_anchor)
+
+
+def test_an_anchor_catches_a_chain_rewritten_to_be_consistent_again(
+    as_tenant: AsTenant, db: Database, settings: Settings
+) -> None:
+    rows = _sealed_rows(db, as_tenant("trust-rba"))
+    middle = audit.ChainHead(int(rows[3].seq or 0), str(rows[3].row_hash))
+    head = verify(db).head
+    assert head is not None and verify(db, anchors=[middle, head]).ok
+    # Someone edits a row and seals the whole log again: the chain holds together by itself.
+    with db.write() as session:
+        session.execute(
+            text("UPDATE audit_event SET client_id = 'trust-rbb' WHERE id = :id"), {"id": rows[1].id}
+        )
+        session.execute(text("UPDATE audit_event SET seq = NULL, prev_hash = NULL, row_hash = NULL"))
+    seal_audit_log(db)
+    assert verify(db).ok, "without an anchor a rewritten chain is invisible"
+    for anchor in (middle, head):
+        result = verify(db, anchors=[anchor])
+        assert not result.ok and f"anchor {anchor} does not match the chain" in str(result.problem)
+    refused = CliRunner().invoke(cli, ["audit", "verify", "--anchor", str(head)], env=_cli_env(db, settings))
+    assert refused.exit_code == 1, refused.output
+    assert "does not match the chain" in " ".join(refused.output.split())

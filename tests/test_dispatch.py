@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ from adapters.fhir_rest.simulator import SimulatorServer
 from auth.identity import Caller, Role
 from fhir_profiles.builder import PrescriptionMessageBuilder, build_cancellation
 from gateway.clock import system_clock
-from gateway.dispatch.policy import RetryPolicy
+from gateway.dispatch.policy import CircuitBreaker, RetryPolicy
 from gateway.dispatch.settings import DispatcherSettings
 from gateway.dispatch.worker import Dispatcher
 from gateway.domain.context import Context
@@ -29,6 +30,7 @@ from gateway.store.db import Database, Tx
 from gateway.store.models import OutboxMessage
 from gateway.store.outbox import ClaimedMessage
 from gateway.store.providers import update_provider
+from tests.support import free_port
 
 FAST = DispatcherSettings(
     poll_seconds=0.02,
@@ -345,3 +347,74 @@ def test_metrics_show_the_outbox_and_the_sends(db: Database, simulator: Simulato
     assert "homecare_outbox_depth 2.0" in metrics
     assert "homecare_outbox_oldest_due_age_seconds" in metrics
     assert 'homecare_dispatch_sends_total{outcome="retry",provider="VNCEL"}' in metrics
+
+
+def test_cancelling_one_item_of_an_unsent_order_leaves_the_order_to_go(db: Database) -> None:
+    """Only a cancel naming every item of an order never sent withdraws it; one item of two is asked
+    of the provider after the order, which still goes."""
+    [(prescription_id, body)] = accept(db, items=2, seed=31)
+    cancel = orjson.dumps(build_cancellation(orjson.loads(body), item_positions=[0]))
+    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+    context = Context.for_database(db, cancel_wait_seconds=0)
+    answer = receive_message_blocking(
+        context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
+    )
+    context.close()
+    assert answer.status_code == 202, answer.body
+    with db.read() as session:
+        kinds = session.execute(
+            text("SELECT kind, state FROM outbox WHERE prescription_id = :id ORDER BY id"),
+            {"id": prescription_id},
+        ).all()
+        item_statuses = session.execute(
+            text("SELECT status FROM prescription_item WHERE prescription_id = :id ORDER BY position"),
+            {"id": prescription_id},
+        ).all()
+    assert [tuple(row) for row in kinds] == [
+        (outbox.Kind.ORDER.value, outbox.State.PENDING.value),
+        (outbox.Kind.CANCEL.value, outbox.State.PENDING.value),
+    ]
+    assert [row[0] for row in item_statuses] == ["cancel-requested", "queued"]
+
+
+def test_a_circuit_breaker_opens_after_its_threshold_then_lets_a_batch_through() -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown=30)
+    for _ in range(2):
+        breaker.record_failure("VNCEL", now=100)
+    assert breaker.state("VNCEL", now=100) == "closed"
+    assert breaker.open_providers(now=100) == frozenset()
+    breaker.record_failure("VNCEL", now=100)
+    assert breaker.state("VNCEL", now=100) == "open"
+    assert breaker.open_providers(now=129.9) == {"VNCEL"}
+    assert breaker.state("VNFKT", now=100) == "closed", "one provider's failures never hold another's"
+    assert breaker.state("VNCEL", now=130) == "half-open"
+    assert breaker.open_providers(now=130) == frozenset()
+    breaker.record_failure("VNCEL", now=130)
+    assert breaker.state("VNCEL", now=131) == "open", "a failed half-open batch opens it again"
+    breaker.record_success("VNCEL")
+    assert breaker.state("VNCEL", now=131) == "closed"
+    assert breaker.providers() == frozenset()
+
+
+def test_a_provider_that_keeps_failing_is_left_alone_while_its_breaker_is_open(db: Database) -> None:
+    """Two failures open the breaker: the dispatcher stops sending to the provider (no third attempt
+    within the cooldown), although the retry policy alone would have spent the whole budget."""
+    with db.write() as session:
+        update_provider(
+            session,
+            "VNCEL",
+            now=system_clock(),
+            settings={"base_url": f"http://127.0.0.1:{free_port()}/fhir", "timeout_seconds": 1.0},
+        )
+    accept(db, seed=32)
+    breaking = replace(FAST, breaker_threshold=2, breaker_cooldown_seconds=60)
+    tried_twice_at: list[float] = []
+
+    def held_back(database: Database) -> bool:
+        if not tried_twice_at and any(attempts >= 2 for _, attempts in outbox_rows(database)):
+            tried_twice_at.append(time.monotonic())
+        return bool(tried_twice_at) and time.monotonic() - tried_twice_at[0] > 1.5
+
+    dispatch(db, settings=breaking, until=held_back)
+    # Without the breaker the retries (0.05-0.2 s apart, 4 at most) would have made it dead by now.
+    assert outbox_rows(db) == [(outbox.State.PENDING.value, 2)]

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from fhir_profiles.builder import BREAKAGES, PrescriptionMessageBuilder, break_message
+from fhir_profiles.builder import BREAKAGES, PrescriptionMessageBuilder, break_message, build_cancellation
 from fhir_profiles.homecare import validate_message
+from fhir_profiles.identifiers import is_short_form_id_shaped
 from fhir_profiles.outcome import status_for
 
 # breakage -> (HTTP status, detail code, the expression of one issue)
@@ -197,3 +198,22 @@ def test_references_the_gateway_follows_must_resolve(
     resource[element] = [dangling] if element == "focus" else dangling
     issues = validate_message(message).issues
     assert ("INVALID_VALUE", expression) in [(i.detail.value, i.expression) for i in issues], issues
+
+
+def test_a_cancellation_needs_a_prescription_id_with_its_right_check_character() -> None:
+    order = PrescriptionMessageBuilder(seed=11).build(items=2)
+    cancel = build_cancellation(order)
+    assert validate_message(cancel).ok
+    for entry in cancel["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "MedicationRequest":
+            value = resource["groupIdentifier"]["value"]
+            wrong = next(c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c != value[-1])
+            resource["groupIdentifier"]["value"] = value[:-1] + wrong
+            assert is_short_form_id_shaped(resource["groupIdentifier"]["value"]), "the shape is right"
+    result = validate_message(cancel)
+    assert not result.ok and result.cancellation is None
+    assert {issue.expression for issue in result.issues} == {
+        "Bundle.entry[1].resource.groupIdentifier.value",
+        "Bundle.entry[2].resource.groupIdentifier.value",
+    }

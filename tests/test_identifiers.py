@@ -14,6 +14,7 @@ from fhir_profiles.identifiers import (
     is_valid_nhs_number,
     is_valid_short_form_id,
     mod37_check_character,
+    nhs_number_check_digit,
 )
 
 
@@ -76,3 +77,15 @@ def test_generated_ids_pass_and_a_changed_character_fails(seed: int, replacement
     assert mod37_check_character(prescription_id[:-1]) == prescription_id[-1]
     if prescription_id[0] != replacement:
         assert not is_valid_short_form_id(replacement + prescription_id[1:])
+
+
+def test_a_check_digit_of_eleven_is_written_zero() -> None:
+    assert nhs_number_check_digit("900000013") == 0
+    assert is_valid_nhs_number("9000000130")
+    assert not is_valid_nhs_number("9000000131")
+
+
+def test_a_short_ods_code_is_padded_with_zeros_in_a_generated_prescription_id() -> None:
+    prescription_id = generate_short_form_id("RBA", random.Random(3))
+    assert prescription_id.split("-")[1] == "000RBA"
+    assert is_valid_short_form_id(prescription_id)

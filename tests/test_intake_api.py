@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from fhir_profiles.builder import PrescriptionMessageBuilder, break_message
+from fhir_profiles.builder import PrescriptionMessageBuilder, break_message, build_cancellation
 from gateway.clock import system_clock
 from gateway.store import prescriptions as store
 from gateway.store.db import Database
@@ -302,3 +302,34 @@ def test_a_provider_registered_after_the_directory_was_read_takes_its_first_orde
     time.sleep(1.1)  # the directory looks again on a miss at most once a second
     entry = directory.get("VNEW1")
     assert entry is not None and entry.enabled
+
+
+def test_idempotency_is_kept_per_trust_so_another_trust_may_use_the_same_identifier(
+    client: httpx.Client, as_tenant: Any, db: Database
+) -> None:
+    """A Bundle.identifier names a message of one trust: another trust's message with the same
+    identifier is judged afresh (refused for its own problems, or accepted), never answered with the
+    first trust's answer nor refused as a conflict with it; the same holds for cancellations."""
+    rbb = as_tenant("trust-rbb")
+    rba_message = PrescriptionMessageBuilder(seed=14).build(items=1)
+    rbb_message = PrescriptionMessageBuilder(seed=15).build(items=1, sender_ods="RBB")
+    rbb_message["identifier"] = dict(rba_message["identifier"])
+    first = post(client, rba_message)
+    assert first.status_code == 200
+    refused = post(rbb, break_message(rbb_message, "bad-nhs-check-digit"))
+    assert refused.status_code == 400, refused.text
+    assert codes(refused) == ["INVALID_CHECK_DIGIT"]
+    theirs = post(rbb, rbb_message)
+    assert theirs.status_code == 200, theirs.text
+    assert theirs.headers["location"] != first.headers["location"], "not a replay of RBA's answer"
+    assert prescriptions_stored(db) == 2
+    again = post(client, rba_message)
+    assert again.status_code == 200 and again.headers["location"] == first.headers["location"]
+
+    rba_cancel = build_cancellation(rba_message)
+    assert post(client, rba_cancel).status_code == 200
+    rbb_cancel = build_cancellation(rbb_message)
+    rbb_cancel["identifier"] = dict(rba_cancel["identifier"])
+    cancelled = post(rbb, rbb_cancel)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.headers["location"] == theirs.headers["location"]

@@ -291,3 +291,74 @@ def test_a_prescription_past_its_validity_expires(client: httpx.Client, db: Data
     assert expire_due(Context(db), now=system_clock()) == 1
     assert statuses(client, [item]) == ["expired"]
     assert expire_due(Context(db), now=system_clock()) == 0
+
+
+def provider_report(message: dict[str, Any], status: str, minute: int) -> dict[str, Any]:
+    request = next(
+        e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "MedicationRequest"
+    )
+    return {
+        "resourceType": "Task",
+        "status": "in-progress",
+        "intent": "order",
+        "basedOn": [{"identifier": {k: request["groupIdentifier"][k] for k in ("system", "value")}}],
+        "businessStatus": {
+            "coding": [
+                {"system": "https://homecare-gateway.nhs.uk/CodeSystem/homecare-status", "code": status}
+            ]
+        },
+        "focus": {"identifier": request["identifier"][0]},
+        "lastModified": (datetime(2026, 11, 23, 9, tzinfo=UTC) + timedelta(minutes=minute)).isoformat(),
+        "owner": {"identifier": dict(request["dispenseRequest"]["performer"]["identifier"])},
+        "note": [{"text": "Please confirm the dose"}],
+    }
+
+
+def test_another_trust_cannot_answer_a_query_about_an_item_it_did_not_send(
+    client: httpx.Client, db: Database, as_tenant: Callable[..., httpx.Client]
+) -> None:
+    message, (item,) = send_order(client, items=1, seed=28)
+    provider = as_tenant("provider-vncel")
+    for minute, status in enumerate(["accepted", "query"], start=1):
+        response = provider.post(
+            "/fhir/Task", content=orjson.dumps(provider_report(message, status, minute)), headers=FHIR
+        )
+        assert response.status_code == 200, response.text
+    answer = {
+        "resourceType": "Communication",
+        "status": "completed",
+        "about": [{"reference": f"Task/{item}"}],
+        "payload": [{"contentString": "Stop it"}],
+    }
+    for stranger in ("trust-rbb", "provider-vnfkt"):
+        refused = as_tenant(stranger).post("/fhir/Communication", content=orjson.dumps(answer), headers=FHIR)
+        assert refused.status_code in (403, 404), (stranger, refused.text)
+    assert (
+        as_tenant("trust-rbb")
+        .post("/fhir/Communication", content=orjson.dumps(answer), headers=FHIR)
+        .status_code
+        == 404
+    ), "another trust's item does not exist for it"
+    assert statuses(client, [item]) == ["query"], "still waiting for its own trust's answer"
+    thread = client.get("/fhir/Communication", params={"about": f"Task/{item}"}).json()
+    assert [entry["resource"]["payload"][0]["contentString"] for entry in thread["entry"]] == [
+        "Please confirm the dose"
+    ]
+
+
+def test_another_trust_cannot_cancel_a_prescription_it_did_not_send(
+    client: httpx.Client, db: Database, as_tenant: Callable[..., httpx.Client]
+) -> None:
+    """The cancel names the prescription and line item IDs of trust RBA's order, sent as RBB."""
+    message, items = send_order(client, items=1, seed=29)
+    cancel = build_cancellation(message)
+    cancel["entry"][0]["resource"]["sender"]["identifier"]["value"] = "RBB"
+    response = as_tenant("trust-rbb").post(
+        "/fhir/$process-message", content=orjson.dumps(cancel), headers=FHIR
+    )
+    assert response.status_code == 404, response.text
+    assert "from this trust" in response.json()["issue"][0]["diagnostics"]
+    assert statuses(client, items) == ["queued"]
+    with db.read() as session:
+        states = [row[0] for row in session.connection().exec_driver_sql("SELECT state FROM outbox")]
+    assert states == ["pending"], "the order still goes"

@@ -21,6 +21,7 @@ import httpx
 import orjson
 import pytest
 import structlog
+from joserfc import jws
 from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import text
 
@@ -559,3 +560,19 @@ def test_metrics_count_notifications(
     metrics = httpx.get(f"{server.base_url}/metrics").text
     assert 'homecare_notifications_total{outcome="delivered"}' in metrics
     assert 'homecare_notifications_total{outcome="retry"}' in metrics
+
+
+def test_an_attached_jws_is_not_a_detached_signature(
+    server: RunningServer, signing_keys: SigningKeys
+) -> None:
+    """A compact JWS that carries its own payload is refused even when it signs these very bytes:
+    the signature must be over the body as received, never over a payload the header brings."""
+    body = b'{"resourceType":"Bundle","type":"history"}'
+    key = signing_keys.signing_key
+    published = KeySet.import_key_set(signing_keys.jwks())
+    attached = jws.serialize_compact({"alg": "ES256", "kid": key.kid}, body, key, algorithms=["ES256"])
+    other = jws.serialize_compact({"alg": "ES256", "kid": key.kid}, b"{}", key, algorithms=["ES256"])
+    for signature in (attached, other):
+        with pytest.raises(SignatureError, match="detached"):
+            verify_detached(signature, body, published)
+    assert verify_detached(sign_detached(body, key), body, published)["kid"] == key.kid

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -297,3 +299,86 @@ def test_unknown_search_parameters_are_refused(client: httpx.Client, db: Databas
     response = client.get("/fhir/Task", params={"colour": "blue"})
     assert response.status_code == 400
     assert "colour" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_another_organisations_task_history_answers_as_a_missing_one(
+    client: httpx.Client, provider: httpx.Client, as_tenant: Callable[..., httpx.Client], db: Database
+) -> None:
+    message, (item, _) = order(client, seed=31)
+    assert report(provider, task(message, 0, "accepted", 1)).status_code == 200
+    for owner in (client, provider):
+        history = owner.get(f"/fhir/Task/{item}/_history")
+        assert history.status_code == 200
+        assert [business_status(e["resource"]) for e in history.json()["entry"]][-1] == "accepted"
+    missing = client.get(f"/fhir/Task/{uuid.uuid4()}/_history")
+    for stranger in ("trust-rbb", "provider-vnfkt"):
+        refused = as_tenant(stranger).get(f"/fhir/Task/{item}/_history")
+        assert refused.status_code == 404, (stranger, refused.text)
+        assert refused.json()["issue"] == missing.json()["issue"], "the same answer as a missing one"
+        assert "accepted" not in refused.text
+
+
+def test_a_provider_cannot_put_a_task_of_an_item_routed_to_another(
+    client: httpx.Client, provider: httpx.Client, as_tenant: Callable[..., httpx.Client], db: Database
+) -> None:
+    """PUT names the item by the gateway's id: the provider must be the one the item was routed to,
+    even when the Task names itself as owner and the item's own prescription and line item IDs."""
+    message, (item, _) = order(client, seed=32)
+    pretending = copy.deepcopy(task(message, 0, "accepted", 1))
+    pretending["owner"]["identifier"]["value"] = "VNFKT"
+    refused = as_tenant("provider-vnfkt").put(
+        f"/fhir/Task/{item}", content=orjson.dumps(pretending), headers=FHIR
+    )
+    assert refused.status_code == 404, refused.text
+    assert business_status(client.get(f"/fhir/Task/{item}").json()) == "queued"
+    put = provider.put(
+        f"/fhir/Task/{item}", content=orjson.dumps(task(message, 0, "accepted", 1)), headers=FHIR
+    )
+    assert put.status_code == 200, put.text
+    assert business_status(client.get(f"/fhir/Task/{item}").json()) == "accepted"
+
+
+@pytest.mark.parametrize(
+    ("path", "illegal"),
+    [
+        ((), "dispensed"),  # skips acceptance
+        (("accepted",), "delivered"),  # skips dispensing
+        (("accepted",), "cancelled"),  # the provider ends it without a cancel request
+        (("accepted", "dispensed"), "in-preparation"),  # backwards
+        (("accepted", "dispensed"), "rejected"),  # too late to reject
+        (("accepted", "query"), "delivered"),  # a query resumes, it does not jump
+        (("rejected",), "accepted"),  # rejected is terminal
+        (("accepted", "dispensed", "delivered"), "delivery-failed"),  # delivered is terminal
+    ],
+)
+def test_a_legal_looking_report_that_the_lifecycle_forbids_is_refused_and_changes_nothing(
+    client: httpx.Client, provider: httpx.Client, db: Database, path: tuple[str, ...], illegal: str
+) -> None:
+    message, (item, _) = order(client, seed=33)
+    for minute, status in enumerate(path, start=1):
+        assert report(provider, task(message, 0, status, minute)).status_code == 200, status
+    before = client.get(f"/fhir/Task/{item}").json()
+    refused = report(provider, task(message, 0, illegal, len(path) + 1))
+    assert refused.status_code == 409, refused.text
+    current = path[-1] if path else "sent"
+    diagnostics = refused.json()["issue"][0]["diagnostics"]
+    assert f"'{illegal}'" in diagnostics and f"'{current}'" in diagnostics
+    after = client.get(f"/fhir/Task/{item}").json()
+    assert business_status(after) == business_status(before)
+    assert after["meta"] == before["meta"]
+
+
+@pytest.mark.parametrize(
+    "others_move", ["received", "queued", "sent", "undeliverable", "cancel-requested", "expired"]
+)
+def test_a_provider_cannot_report_a_move_of_the_gateway_or_the_trust(
+    client: httpx.Client, provider: httpx.Client, db: Database, others_move: str
+) -> None:
+    message, (item, _) = order(client, seed=34)
+    assert report(provider, task(message, 0, "accepted", 1)).status_code == 200
+    refused = report(provider, task(message, 0, others_move, 2))
+    assert refused.status_code == 400, refused.text
+    assert (
+        f"'{others_move}' is not a status a provider can report" in refused.json()["issue"][0]["diagnostics"]
+    )
+    assert business_status(client.get(f"/fhir/Task/{item}").json()) == "accepted"

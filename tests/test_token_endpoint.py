@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,9 +20,13 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from sqlmodel import col, select
 
+from auth.assertion import ASSERTION_TYPE
 from auth.clients import KeySource, add_client, disable_client
 from auth.identity import Role
-from auth.models import AuditEvent, Client
+from auth.models import AuditEvent, Client, UsedAssertion
+from auth.tokens import OAuthError
+from gateway.security import build_token_service
+from gateway.settings import Settings
 from gateway.store.db import Database
 from tests.support import TOKEN_URL, ClientKey, RunningServer, Tenant, register, token_request
 
@@ -313,3 +317,38 @@ def test_registered_keys_are_public_keys_only(db: Database) -> None:
     for client in stored:
         for key in (client.jwks or {}).get("keys", []):
             assert "d" not in key
+
+
+def test_purging_forgets_only_expired_assertions_so_a_live_one_still_cannot_be_replayed(
+    db: Database, settings: Settings, rba: Tenant
+) -> None:
+    started = datetime.now(UTC).replace(microsecond=0)
+    moment = [started]
+    service = build_token_service(settings, db, lambda: moment[0])
+    at = int(started.timestamp())
+    short_lived = rba.key.assertion(rba.client_id, now=at, lifetime=30)
+    long_lived = rba.key.assertion(rba.client_id, now=at, lifetime=120)
+    for assertion in (short_lived, long_lived):
+        service.issue(assertion_form(assertion), request_id=str(uuid.uuid4()))
+    assert service.purge_used_assertions() == 0, "nothing has expired yet"
+
+    moment[0] = started + timedelta(seconds=60)
+    assert service.purge_used_assertions() == 1
+    with db.read() as session:
+        kept = list(session.execute(select(UsedAssertion)).scalars())
+    assert [row.expires_at for row in kept] == [at + 120]
+    with pytest.raises(OAuthError) as replayed:
+        service.issue(assertion_form(long_lived), request_id=str(uuid.uuid4()))
+    assert replayed.value.error == "invalid_client" and "replay" in replayed.value.description
+
+    moment[0] = started + timedelta(seconds=121)
+    assert service.purge_used_assertions() == 1
+    service.close()
+
+
+def assertion_form(assertion: str) -> dict[str, str]:
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion,
+    }

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
@@ -319,3 +323,59 @@ def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
     assert retry_after_seconds("Mon, 23 Nov 2026 08:00:00 GMT", now=now) == 0.0
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds(None) is None
+
+
+@contextmanager
+def answering(status: int) -> Iterator[str]:
+    """A provider endpoint on a real socket that answers every POST with `status` (and an
+    OperationOutcome), as a proxy or a provider's own server might: its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = orjson.dumps(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "error", "code": "processing", "diagnostics": f"answer {status}"}],
+                }
+            )
+            self.send_response(status)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+async def test_a_request_timeout_throttle_or_server_error_is_retried_not_a_rejection(
+    builder: PrescriptionMessageBuilder, status: int
+) -> None:
+    with answering(status) as base_url:
+        async with adapter_for(base_url=base_url) as adapter:
+            with pytest.raises(AdapterTransportError) as caught:
+                await adapter.send(order_for(builder.build()), idempotency_key="k")
+    assert caught.value.status_code == status
+    assert not caught.value.credentials_problem
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 422])
+async def test_any_other_client_error_is_a_rejection_with_the_providers_reason(
+    builder: PrescriptionMessageBuilder, status: int
+) -> None:
+    with answering(status) as base_url:
+        async with adapter_for(base_url=base_url) as adapter:
+            result = await adapter.send(order_for(builder.build()), idempotency_key="k")
+    assert result.outcome is SendOutcome.REJECTED
+    assert result.reason == f"answer {status}"
