@@ -79,6 +79,8 @@ async def _worklist_page(
     request: Request, services: Services, person: SignedIn, query: worklist.WorklistQuery
 ) -> Response:
     providers = await run_in_threadpool(worklist.providers, services.db)
+    # The stamp is read before the rows: a change in between shows at the first poll, never lost.
+    stamp = await _live_stamp(services, person)
     page = await for_person(
         services,
         request,
@@ -98,6 +100,7 @@ async def _worklist_page(
         "previous_link": f"/web/?{_query_string(query, page.page - 1)}" if page.page > 1 else None,
         "next_link": f"/web/?{_query_string(query, page.page + 1)}" if page.page < page.pages else None,
         "live_url": "/web/live",
+        "live_stamp": stamp,
         "poll_seconds": services.settings.web_live_poll_seconds,
         "searching": query.search is not None,
     }
@@ -144,6 +147,7 @@ async def _record(
 async def prescription_page(
     prescription_id: str, request: Request, person: Person, services: ServicesDep
 ) -> Response:
+    stamp = await _live_stamp(services, person, _checked_id(prescription_id))
     record = await _record(request, services, person, prescription_id)
     context = {
         "person": person.person,
@@ -152,6 +156,7 @@ async def prescription_page(
         "reasons": actions.CANCEL_REASONS,
         "done": _DONE.get(request.query_params.get("done", "")),
         "live_url": f"/web/live?prescription={record.prescription_id}",
+        "live_stamp": stamp,
         "poll_seconds": services.settings.web_live_poll_seconds,
     }
     return render(request, "prescription.html", context)
@@ -249,10 +254,14 @@ async def live(request: Request, person: PollingPerson, services: ServicesDep) -
     prescription = request.query_params.get("prescription")
     if prescription is not None:
         _checked_id(prescription)
-    stamp = await run_in_threadpool(
-        worklist.live_stamp, services.db, caller=person.caller, prescription_id=prescription
-    )
+    stamp = await _live_stamp(services, person, prescription)
     return JSONResponse({"stamp": stamp}, headers=PAGE_HEADERS)
+
+
+async def _live_stamp(services: Services, person: SignedIn, prescription_id: str | None = None) -> str:
+    return await run_in_threadpool(
+        worklist.live_stamp, services.db, caller=person.caller, prescription_id=prescription_id
+    )
 
 
 # Registered after the static files: any other address under /web answers with a page, not FHIR.

@@ -10,7 +10,8 @@
   }
   var url = region.getAttribute("data-live-url");
   var every = Math.max(1, Number(region.getAttribute("data-live-poll") || "5")) * 1000;
-  var stamp = null;
+  // The stamp the page was drawn from: a change made before the first poll is still seen.
+  var stamp = region.getAttribute("data-live-stamp");
 
   function announce(text) {
     var announcer = document.getElementById("live-announcer");
