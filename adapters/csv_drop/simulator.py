@@ -38,8 +38,8 @@ from pydantic import Field
 from adapters.csv_drop.folders import LocalFolder
 from adapters.csv_drop.formats import STATUS_COLUMNS, read_order_file, status_csv
 from adapters.simulation.background import BackgroundLoop
-from adapters.simulation.lifecycle import LifecycleSettings, RealTime, SimulationTime
-from adapters.simulation.order_book import BookedOrder, Intake, LifecycleEvent, OrderBook
+from adapters.simulation.lifecycle import LifecycleSettings, SimulationTime
+from adapters.simulation.order_book import BookedOrder, BookedProvider, Intake, LifecycleEvent
 from fhir_profiles.homecare import validate_message
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class OrderPickup:
     outcome: str
 
 
-class FolderProvider:
+class FolderProvider(BookedProvider[FolderSimulatorConfig]):
     """The provider's file-exchange system, working on its own root folder."""
 
     def __init__(
@@ -73,30 +73,11 @@ class FolderProvider:
         self.status_dir = root / STATUS
         for directory in (self.order_dir, self.status_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        self._config = config
-        self._time = time_source or RealTime()
-        self._lock = threading.RLock()
+        super().__init__(config, time_source=time_source)
         self._files = LocalFolder()
-        self.book = OrderBook(lambda: self._config, time=self._time, deliver=self._report)
         self._pickups: list[OrderPickup] = []
         self._written: list[str] = []
         self._sequence = 0
-
-    @property
-    def config(self) -> FolderSimulatorConfig:
-        return self._config
-
-    def configure(self, **changes: Any) -> FolderSimulatorConfig:
-        with self._lock:
-            self._config = self._config.updated(changes)
-            return self._config
-
-    def _take_knob(self, name: str) -> bool:
-        with self._lock:
-            remaining = getattr(self._config, name)
-            if remaining:
-                self._config = self._config.updated({name: remaining - 1})
-            return bool(remaining)
 
     def pickups(self) -> list[OrderPickup]:
         with self._lock:

@@ -38,8 +38,14 @@ from adapters.hl7v2_mllp.framing import FramingError, frame, read_frame
 from adapters.hl7v2_mllp.messages import build_ack, read_ack
 from adapters.hl7v2_mllp.reports import HOMECARE_STATUS_SYSTEM
 from adapters.simulation.background import BackgroundLoop
-from adapters.simulation.lifecycle import WRONG_PROVIDER, LifecycleSettings, RealTime, SimulationTime
-from adapters.simulation.order_book import CANCEL_REFUSED, BookedOrder, Intake, LifecycleEvent, OrderBook
+from adapters.simulation.lifecycle import WRONG_PROVIDER, LifecycleSettings, SimulationTime
+from adapters.simulation.order_book import (
+    CANCEL_REFUSED,
+    BookedOrder,
+    BookedProvider,
+    Intake,
+    LifecycleEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,34 +104,15 @@ class SentStatus:
     attempts: int
 
 
-class MllpProvider:
+class MllpProvider(BookedProvider[MllpSimulatorConfig]):
     """The provider's HL7 system: framework-free; `MllpSimulatorServer` puts it on a socket."""
 
     def __init__(self, config: MllpSimulatorConfig, *, time_source: SimulationTime | None = None) -> None:
-        self._config = config
-        self._time = time_source or RealTime()
-        self._lock = threading.RLock()
-        self.book = OrderBook(lambda: self._config, time=self._time, deliver=self._report)
+        super().__init__(config, time_source=time_source)
         self._receipts: list[OrderReceipt] = []
         self._sent: list[SentStatus] = []
         self._status_connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._status_lock: asyncio.Lock | None = None
-
-    @property
-    def config(self) -> MllpSimulatorConfig:
-        return self._config
-
-    def configure(self, **changes: Any) -> MllpSimulatorConfig:
-        with self._lock:
-            self._config = self._config.updated(changes)
-            return self._config
-
-    def _take_knob(self, name: str) -> bool:
-        with self._lock:
-            remaining = getattr(self._config, name)
-            if remaining:
-                self._config = self._config.updated({name: remaining - 1})
-            return bool(remaining)
 
     def receipts(self) -> list[OrderReceipt]:
         with self._lock:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +32,14 @@ from pydantic import Field
 from adapters.fhir_rest.status_tasks import status_task
 from adapters.pull.tokens import SignedJwtTokens, TokenRefused
 from adapters.simulation.background import BackgroundLoop
-from adapters.simulation.lifecycle import LifecycleSettings, RealTime, SimulationTime
-from adapters.simulation.order_book import CANCEL_REFUSED, BookedOrder, Intake, LifecycleEvent, OrderBook
+from adapters.simulation.lifecycle import LifecycleSettings, SimulationTime
+from adapters.simulation.order_book import (
+    CANCEL_REFUSED,
+    BookedOrder,
+    BookedProvider,
+    Intake,
+    LifecycleEvent,
+)
 from fhir_profiles.identifiers import (
     NHS_NUMBER_SYSTEM,
     ORDER_ITEM_NUMBER_SYSTEM,
@@ -82,28 +87,16 @@ class _Item:
     nhs_number: str
 
 
-class PollingProvider:
+class PollingProvider(BookedProvider[PullSimulatorConfig]):
     def __init__(
         self, config: PullSimulatorConfig, *, key: RSAKey | ECKey, time_source: SimulationTime | None = None
     ) -> None:
-        self._config = config
+        super().__init__(config, time_source=time_source)
         self._key = key
-        self._time = time_source or RealTime()
-        self._lock = threading.RLock()
-        self.book = OrderBook(lambda: self._config, time=self._time, deliver=self._report)
         self._items: dict[str, _Item] = {}
         self._updates: list[TaskUpdate] = []
         self._http: httpx.AsyncClient | None = None
         self._tokens: SignedJwtTokens | None = None
-
-    @property
-    def config(self) -> PullSimulatorConfig:
-        return self._config
-
-    def configure(self, **changes: Any) -> PullSimulatorConfig:
-        with self._lock:
-            self._config = self._config.updated(changes)
-            return self._config
 
     def task_updates(self) -> list[TaskUpdate]:
         with self._lock:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from adapters.inbound import DeliveryWindow
 from adapters.simulation.lifecycle import (
@@ -24,6 +24,7 @@ from adapters.simulation.lifecycle import (
     TOO_LATE_TO_CANCEL,
     UNKNOWN_PRESCRIPTION,
     LifecycleSettings,
+    RealTime,
     Reason,
     SimulationTime,
     Step,
@@ -336,3 +337,38 @@ def _window(step: Step, now: datetime) -> DeliveryWindow | None:
     return DeliveryWindow(
         start=day.replace(hour=step.window_hours[0]), end=day.replace(hour=step.window_hours[1])
     )
+
+
+C = TypeVar("C", bound=LifecycleSettings)
+
+
+class BookedProvider(Generic[C]):
+    """What every non-HTTP provider simulator shares: its config (changed at run time through
+    `configure`), one-shot knobs, and the order book that plays the lifecycle. A subclass says how
+    events go out in `_report`."""
+
+    def __init__(self, config: C, *, time_source: SimulationTime | None = None) -> None:
+        self._config = config
+        self._time = time_source or RealTime()
+        self._lock = threading.RLock()
+        self.book = OrderBook(lambda: self._config, time=self._time, deliver=self._report)
+
+    @property
+    def config(self) -> C:
+        return self._config
+
+    def configure(self, **changes: Any) -> C:
+        with self._lock:
+            self._config = self._config.updated(changes)
+            return self._config
+
+    def _take_knob(self, name: str) -> bool:
+        """True once for each count set on a `..._next` knob, counting it down."""
+        with self._lock:
+            remaining = getattr(self._config, name)
+            if remaining:
+                self._config = self._config.updated({name: remaining - 1})
+            return bool(remaining)
+
+    async def _report(self, events: list[LifecycleEvent]) -> None:
+        raise NotImplementedError
