@@ -59,6 +59,9 @@ class ProviderConfig:
     status_token: str | None = None
     bearer_token: str | None = None
     wait_seconds: float = 30.0
+    ack_timeout_seconds: float = 30.0
+    order_dir: str = "orders"
+    status_dir: str = "status"
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,9 @@ def _provider(section: dict[str, Any]) -> ProviderConfig:
         status_token=_string(section, "status_token", "[provider]"),
         bearer_token=_string(section, "bearer_token", "[provider]"),
         wait_seconds=float(section.get("wait_seconds", 30.0)),
+        ack_timeout_seconds=float(section.get("ack_timeout_seconds", 30.0)),
+        order_dir=_string(section, "order_dir", "[provider]") or "orders",
+        status_dir=_string(section, "status_dir", "[provider]") or "status",
     )
 
 

@@ -33,7 +33,8 @@ class Skipped(Exception):  # noqa: N818 (a test outcome)
 
 @dataclass(frozen=True)
 class Exchange:
-    """One HTTP request and its answer, as evidence. Credentials are redacted before it is made."""
+    """One HTTP request and its answer (or an MLLP message and its ACK, or a file: `status` None), as
+    evidence. Credentials are redacted before it is made."""
 
     direction: str  # "sent" (the suite called the system under test) or "received" (it called us)
     method: str
@@ -52,7 +53,7 @@ class Exchange:
             "url": self.url,
             "request": {"headers": self.request_headers, "body": self.request_body},
             "response": None
-            if self.status is None
+            if self.status is None and not self.response_body
             else {"status": self.status, "headers": self.response_headers, "body": self.response_body},
             "error": self.error,
         }

@@ -66,7 +66,13 @@ def _test_detail(result: TestResult) -> str:
         parts.append(f"<p>Waived: {escape(result.waiver)}</p>")
     parts += [f"<pre>{escape(note)}</pre>" for note in result.evidence.notes]
     for exchange in result.evidence.exchanges:
-        response = "no answer" if exchange.status is None else f"HTTP {exchange.status}"
+        response = (
+            f"HTTP {exchange.status}"
+            if exchange.status is not None
+            else "answered"
+            if exchange.response_body
+            else "no answer"
+        )
         headers = "\n".join(f"{k}: {v}" for k, v in exchange.response_headers.items())
         parts.append(
             f"<p><code>{escape(exchange.direction)}: {escape(exchange.method)} {escape(exchange.url)} → "

@@ -11,7 +11,7 @@ from typing import Any
 from conformance.model import Outcome, TestResult
 from conformance.runner import RunResult
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_ID = "https://homecare-gateway.nhs.uk/conformance/report-1.schema.json"
 
 

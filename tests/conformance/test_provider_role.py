@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.fhir_rest.simulator import SimulatorServer
+from adapters.hl7v2_mllp.simulator import MllpSimulatorServer
 from tests.conformance.support import json_report, outcomes, run_cli
 from tests.support import free_port
 
@@ -90,3 +91,67 @@ def test_a_provider_that_reports_without_the_token_fails(tmp_path: Path) -> None
         )
     assert code == 1
     assert "without the configured bearer token" in json_report(tmp_path, "provider")["tests"][0]["message"]
+
+
+# --- HL7 v2 over MLLP ---------------------------------------------------------------------------
+
+
+def run_over_mllp(
+    tmp_path: Path, *, wait: float = 20, **simulator_settings: Any
+) -> tuple[int, dict[str, Any]]:
+    port = free_port()
+    config = tmp_path / "conformance.toml"
+    config.write_text(
+        '[provider]\nods = "VNCEL"\ntransport = "hl7v2-mllp"\ntrust_ods = "RBA"\n'
+        f'wait_seconds = {wait}\nack_timeout_seconds = 5\nlisten = "127.0.0.1:{port}"\n',
+        encoding="utf-8",
+    )
+    with MllpSimulatorServer(
+        "VNCEL",
+        seed=3,
+        status_port=port,
+        step_delay_seconds=0.05,
+        status_retry_seconds=0.05,
+        **simulator_settings,
+    ) as provider:
+        code = run_cli(
+            "run",
+            "--target",
+            f"mllp://{provider.host}:{provider.port}",
+            "--role",
+            "provider",
+            "--config",
+            str(config),
+            "--report-dir",
+            str(tmp_path),
+        )
+        counts = provider.receipt_counts()
+    report = json_report(tmp_path, "provider")
+    return code, {"report": report, "counts": counts}
+
+
+def test_our_mllp_simulator_passes(tmp_path: Path) -> None:
+    code, run = run_over_mllp(tmp_path)
+    report = run["report"]
+    results = outcomes(report)
+    messages = {t["id"]: t["message"] for t in report["tests"]}
+    assert {k: messages[k] for k, v in results.items() if v not in ("pass", "skip")} == {}
+    assert results["PROV-IDEM-02"] == "skip" and all(
+        v == "pass" for k, v in results.items() if k != "PROV-IDEM-02"
+    )
+    assert code == 0
+    # The repeat under the same control id reached the provider, which took the order once.
+    assert sorted(run["counts"].values()).count(3) == 1  # order, repeat, other bytes: one key
+    evidence = next(t for t in report["tests"] if t["id"] == "PROV-ACK-01")["evidence"]
+    sent = evidence["exchanges"][0]
+    assert sent["method"] == "MLLP" and sent["request"]["body"].startswith("MSH|^~\\&|HOMECARE-GATEWAY")
+    assert "MSA|AA|" in sent["response"]["body"]
+
+
+def test_an_mllp_provider_that_refuses_everything_fails_the_acknowledgement_test(tmp_path: Path) -> None:
+    code, run = run_over_mllp(tmp_path, wait=1, reject_rate=1.0)
+    messages = {t["id"]: t["message"] for t in run["report"]["tests"]}
+    results = outcomes(run["report"])
+    assert code == 1
+    assert results["PROV-ACK-01"] == "fail" and "answered AE" in messages["PROV-ACK-01"]
+    assert results["PROV-REJ-01"] == "pass"  # refused with its reason, as it should be

@@ -40,7 +40,7 @@ def reports(gateway_target: SuiteTarget, tmp_path_factory: pytest.TempPathFactor
 def test_the_json_report_validates_against_its_schema(reports: Path) -> None:
     document = json_report(reports, "gateway")
     jsonschema_rs.validator_for(report_schema()).validate(document)
-    assert document["schemaVersion"] == "1.0"
+    assert document["schemaVersion"] == "1.1"
     assert [t["id"] for t in document["tests"]] == list(SOME_OF_EACH)
 
 

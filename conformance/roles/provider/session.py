@@ -1,6 +1,7 @@
 """The provider role: the suite plays the gateway toward a provider's system. It sends orders and a
-cancellation through the provider's transport, serves the status API the provider reports to
-(`POST /fhir/Task` at the listen address), and keeps the acknowledgements and reports for the tests."""
+cancellation through the provider's transport, takes the status the provider reports (its FHIR status
+API, `POST /fhir/Task` at the listen address, for `fhir-rest`; the transport's own listener or folder
+otherwise), and keeps the acknowledgements and reports for the tests."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from conformance.config import ConfigError, ProviderConfig
-from conformance.identifiers import wrong_check_character
 from conformance.messages import Message, MessageBuilder
 from conformance.model import Evidence, Exchange
-from conformance.roles.provider.transports import TRANSPORTS, Acknowledgement, OrderTransport
-from conformance.wire import Answer, IncomingRequest, LocalEndpoint, RecordingClient, received_exchange
+from conformance.roles.provider.base import Acknowledgement, OrderTransport, StatusReport
+from conformance.roles.provider.transports import TRANSPORTS
+from conformance.wire import Answer, IncomingRequest, LocalEndpoint, received_exchange
+
+__all__ = ["Exercise", "ProviderSession", "Sent", "StatusReport"]
 
 TERMINAL = {"delivered", "rejected", "cancelled", "expired"}
 
@@ -30,24 +33,6 @@ class Sent:
     key: str
     acknowledgement: Acknowledgement
     exchange: Exchange | None
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    task: dict[str, Any]
-    authorised: bool
-    at: float
-
-    @property
-    def item(self) -> str | None:
-        value = ((self.task.get("focus") or {}).get("identifier") or {}).get("value")
-        return str(value) if value else None
-
-    @property
-    def status(self) -> str | None:
-        codings = (self.task.get("businessStatus") or {}).get("coding") or [{}]
-        code = codings[0].get("code") if isinstance(codings[0], dict) else None
-        return str(code) if code else None
 
 
 @dataclass
@@ -69,8 +54,6 @@ class ProviderSession:
         listen: tuple[str, int] | None,
         say: Callable[[str], None],
     ) -> None:
-        if urlsplit(target).scheme not in ("http", "https"):
-            raise ConfigError(f"provider role: --target must be the provider's FHIR base URL; got {target!r}")
         if config.ods is None:
             raise ConfigError(
                 "provider role: the configuration needs [provider] ods (the provider's ODS code)"
@@ -79,38 +62,54 @@ class ProviderSession:
             raise ConfigError(
                 f"provider role: transport {config.transport!r} is not one of {', '.join(TRANSPORTS)}"
             )
-        address = listen or config.listen
-        if address is None:
+        transport = TRANSPORTS[config.transport]
+        self.address = listen or config.listen
+        if self.address is None and transport.status_over_http:
             raise ConfigError(
                 "provider role: give --listen HOST:PORT (or [provider] listen) for the status API"
             )
         self.config = config
         self.target = target
         self.say = say
-        self.http = RecordingClient(target)
-        self.transport: OrderTransport = TRANSPORTS[config.transport](target, config, self.http)
+        self._sends = Evidence()
+        self.transport: OrderTransport = transport(target, config, self._sends)
         self.builder = MessageBuilder(config.trust_ods)
         self.exercise_log = Exercise()
         self._lock = threading.Lock()
-        self.endpoint = LocalEndpoint(self._status_api, host=address[0], port=address[1])
+        self.endpoint: LocalEndpoint | None = None
+        if transport.status_over_http and self.address is not None:
+            self.endpoint = LocalEndpoint(self._status_api, host=self.address[0], port=self.address[1])
         self.evidence = Evidence()
-        self._sends = Evidence()
 
     def __enter__(self) -> ProviderSession:
-        self.endpoint.__enter__()
+        if self.endpoint is not None:
+            self.endpoint.__enter__()
+        try:
+            self.transport.open(self._take_reports, self.address)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.endpoint.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
         self.transport.close()
-        self.http.close()
 
     def begin(self, evidence: Evidence) -> None:
         self.evidence = evidence
 
     @property
     def status_url(self) -> str:
-        return f"{self.endpoint.url}/fhir/Task"
+        if self.endpoint is not None:
+            return f"{self.endpoint.url}/fhir/Task"
+        return self.transport.status_address
+
+    def _take_reports(self, reports: list[StatusReport], exchange: Exchange) -> None:
+        """The transport's sink: reports it read in its own protocol, with the exchange that carried them."""
+        with self._lock:
+            self.exercise_log.reports.extend(reports)
+            self.exercise_log.exchanges.append(exchange)
 
     def _status_api(self, request: IncomingRequest) -> Answer:
         path = urlsplit(request.path).path
@@ -122,7 +121,9 @@ class ProviderSession:
             answer = self._take_report(request)
         with self._lock:
             self.exercise_log.exchanges.append(
-                received_exchange(request, answer, f"{self.endpoint.url}{request.path}")
+                received_exchange(
+                    request, answer, f"{self.status_url.removesuffix('/fhir/Task')}{request.path}"
+                )
             )
         return answer
 
@@ -145,13 +146,12 @@ class ProviderSession:
 
     # --- the exercise --------------------------------------------------------------------------
 
-    def _send(self, name: str, message: Message, key: str | None = None) -> Sent:
+    def _send(self, name: str, message: Message, key: str | None = None, *, invalid: bool = False) -> Sent:
         key = key or str(uuid.uuid4())
         acknowledgement = self.transport.send(
-            message.body(), idempotency_key=key, request_id=str(uuid.uuid4())
+            message, idempotency_key=key, request_id=str(uuid.uuid4()), invalid=invalid
         )
-        exchange = self._sends.exchanges[-1] if self._sends.exchanges else None
-        sent = Sent(name, message, key, acknowledgement, exchange)
+        sent = Sent(name, message, key, acknowledgement, acknowledgement.exchange)
         self.exercise_log.sent[name] = sent
         return sent
 
@@ -162,7 +162,6 @@ class ProviderSession:
             f"The suite plays the gateway toward {self.target} ({self.config.transport}); "
             f"status reports go to {self.status_url}"
         )
-        self.http.evidence = self._sends
         first = self._send("order", self.builder.order(ods))
         self._send("repeat", first.message, key=first.key)
         changed = first.message.copy()
@@ -171,10 +170,7 @@ class ProviderSession:
         cancelled = self._send("to-cancel", self.builder.order(ods, items=2))
         self._send("cancellation", self.builder.cancellation(cancelled.message))
         self._send("other-provider", self.builder.order("ZZ9ZZ"))
-        broken = self.builder.order(ods)
-        for request in broken.entries("MedicationRequest"):
-            request["groupIdentifier"]["value"] = wrong_check_character(broken.short_form_id)
-        self._send("invalid", broken)
+        self._send("invalid", self.builder.order(ods), invalid=True)
         self._send("unknown-cancellation", self.builder.cancellation(self.builder.order(ods)))
         taken = [sent for sent in (first, cancelled) if sent.acknowledgement.accepted]
         self._wait_for_reports([item for sent in taken for item in sent.message.item_ids])
