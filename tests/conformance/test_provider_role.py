@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from adapters.csv_drop.simulator import FolderSimulatorServer
 from adapters.fhir_rest.simulator import SimulatorServer
 from adapters.hl7v2_mllp.simulator import MllpSimulatorServer
 from tests.conformance.support import json_report, outcomes, run_cli
@@ -155,3 +156,60 @@ def test_an_mllp_provider_that_refuses_everything_fails_the_acknowledgement_test
     assert code == 1
     assert results["PROV-ACK-01"] == "fail" and "answered AE" in messages["PROV-ACK-01"]
     assert results["PROV-REJ-01"] == "pass"  # refused with its reason, as it should be
+
+
+# --- file drop ------------------------------------------------------------------------------------
+
+
+def run_over_files(
+    tmp_path: Path, *, ack: float = 5, **simulator_settings: Any
+) -> tuple[int, dict[str, Any]]:
+    root = tmp_path / "provider"
+    config = tmp_path / "conformance.toml"
+    config.write_text(
+        '[provider]\nods = "VNCEL"\ntransport = "csv-drop"\ntrust_ods = "RBA"\n'
+        f"wait_seconds = 20\nack_timeout_seconds = {ack}\n",
+        encoding="utf-8",
+    )
+    with FolderSimulatorServer(
+        root, "VNCEL", seed=3, step_delay_seconds=0.05, poll_interval_seconds=0.05, **simulator_settings
+    ) as provider:
+        code = run_cli(
+            "run",
+            "--target",
+            root.as_uri(),
+            "--role",
+            "provider",
+            "--config",
+            str(config),
+            "--report-dir",
+            str(tmp_path),
+        )
+        counts = provider.receipt_counts()
+    return code, {"report": json_report(tmp_path, "provider"), "counts": counts, "root": root}
+
+
+def test_our_folder_simulator_passes(tmp_path: Path) -> None:
+    code, run = run_over_files(tmp_path)
+    report = run["report"]
+    results = outcomes(report)
+    messages = {t["id"]: t["message"] for t in report["tests"]}
+    assert {k: messages[k] for k, v in results.items() if v not in ("pass", "skip")} == {}
+    assert {k for k, v in results.items() if v == "skip"} == {"PROV-IDEM-02", "PROV-CANCEL-02"}
+    assert code == 0
+    assert sorted(run["counts"].values()).count(3) == 1  # order, repeat, other bytes: one key, taken once
+    # The suite read every status file and moved it to done/, as the gateway's poller does.
+    status = run["root"] / "status"
+    assert not list(status.glob("*.csv")) and list((status / "done").glob("*.csv"))
+    evidence = next(t for t in report["tests"] if t["id"] == "PROV-ACK-01")["evidence"]
+    sent = evidence["exchanges"][0]
+    assert sent["method"] == "FILE" and sent["request"]["body"].startswith("format_version,order_key,")
+
+
+def test_a_folder_provider_that_takes_nothing_fails_the_acknowledgement_test(tmp_path: Path) -> None:
+    code, run = run_over_files(tmp_path, ack=0.2, down=True)
+    messages = {t["id"]: t["message"] for t in run["report"]["tests"]}
+    results = outcomes(run["report"])
+    assert code == 1
+    assert results["PROV-ACK-01"] == "fail" and "not picked up within 0.2 s" in messages["PROV-ACK-01"]
+    assert results["PROV-REJ-01"] == "fail"  # a file never read is no refusal either
