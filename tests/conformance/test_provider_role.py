@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from joserfc.jwk import ECKey
+
 from adapters.csv_drop.simulator import FolderSimulatorServer
 from adapters.fhir_rest.simulator import SimulatorServer
 from adapters.hl7v2_mllp.simulator import MllpSimulatorServer
+from adapters.pull.simulator import PullSimulator, PullSimulatorConfig
 from tests.conformance.support import json_report, outcomes, run_cli
 from tests.support import free_port
 
@@ -213,3 +216,62 @@ def test_a_folder_provider_that_takes_nothing_fails_the_acknowledgement_test(tmp
     assert code == 1
     assert results["PROV-ACK-01"] == "fail" and "not picked up within 0.2 s" in messages["PROV-ACK-01"]
     assert results["PROV-REJ-01"] == "fail"  # a file never read is no refusal either
+
+
+# --- pull -----------------------------------------------------------------------------------------
+
+
+def run_over_pull(
+    tmp_path: Path, *, ack: float = 10, **simulator_settings: Any
+) -> tuple[int, dict[str, Any]]:
+    target = f"http://127.0.0.1:{free_port()}"
+    config = tmp_path / "conformance.toml"
+    config.write_text(
+        '[provider]\nods = "VNCEL"\ntransport = "pull"\ntrust_ods = "RBA"\n'
+        f"wait_seconds = 20\nack_timeout_seconds = {ack}\n",
+        encoding="utf-8",
+    )
+    settings = PullSimulatorConfig(
+        ods="VNCEL",
+        gateway_url=target,
+        client_id="vncel-orders",
+        kid="conformance",
+        seed=3,
+        step_delay_seconds=0.05,
+        poll_interval_seconds=0.05,
+        **simulator_settings,
+    )
+    with PullSimulator(settings, key=ECKey.generate_key("P-256")) as provider:
+        code = run_cli(
+            "run",
+            "--target",
+            target,
+            "--role",
+            "provider",
+            "--config",
+            str(config),
+            "--report-dir",
+            str(tmp_path),
+        )
+        orders = provider.orders()
+    return code, {"report": json_report(tmp_path, "provider"), "orders": orders}
+
+
+def test_our_pull_simulator_passes(tmp_path: Path) -> None:
+    code, run = run_over_pull(tmp_path)
+    report = run["report"]
+    results = outcomes(report)
+    messages = {t["id"]: t["message"] for t in report["tests"]}
+    assert {k: messages[k] for k, v in results.items() if v not in ("pass", "skip")} == {}
+    assert {k for k, v in results.items() if v == "skip"} == {"PROV-IDEM-02", "PROV-REJ-02", "PROV-CANCEL-02"}
+    assert code == 0
+    assert len(run["orders"]) == 2  # the order (offered twice, taken once) and the one cancelled
+    evidence = next(t for t in report["tests"] if t["id"] == "PROV-ACK-01")["evidence"]
+    assert evidence["exchanges"][0]["method"] == "PUT"  # the provider's first Task update acknowledged it
+
+
+def test_a_pulling_provider_that_never_polls_fails_the_acknowledgement_test(tmp_path: Path) -> None:
+    code, run = run_over_pull(tmp_path, ack=0.3, down=True)
+    messages = {t["id"]: t["message"] for t in run["report"]["tests"]}
+    assert code == 1
+    assert "not pulled and acknowledged within 0.3 s" in messages["PROV-ACK-01"]

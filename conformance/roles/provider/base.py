@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
+from conformance.config import ProviderConfig
 from conformance.messages import (
     HOMECARE_STATUS_SYSTEM,
     ITEM_SYSTEM,
@@ -20,7 +21,7 @@ from conformance.messages import (
     PRESCRIPTION_ID_SYSTEM,
     Message,
 )
-from conformance.model import Exchange
+from conformance.model import Evidence, Exchange
 
 Json = dict[str, Any]
 
@@ -79,6 +80,8 @@ class OrderTransport(Protocol):
     """True: the protocol's times have whole seconds, so two reports of an item may share one."""
     invalid_order: ClassVar[str]
     """What the suite's invalid order is in this protocol."""
+
+    def __init__(self, target: str, config: ProviderConfig, sends: Evidence) -> None: ...
 
     def open(self, sink: ReportSink, listen: tuple[str, int] | None) -> None: ...
 

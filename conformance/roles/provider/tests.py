@@ -68,8 +68,10 @@ def _expect_refusal_with_outcome(session: ProviderSession, sent: Sent, what: str
     transport = session.transport
     if not transport.refusals_answered:
         # A file drop has no answer: the provider picks the file up and must not take the order; a
-        # refusal it reports is a `rejected` status with its reason (README csv-drop).
-        expect(ack.accepted, f"{what}: {ack.code}; the provider did not pick the file up")
+        # refusal it reports is a `rejected` status with its reason (README csv-drop). Pull: the
+        # provider must not take an order offered to another owner; it refuses by a `rejected` Task.
+        if transport.scheme == "csv-drop":
+            expect(ack.accepted, f"{what}: {ack.code}; the provider did not pick the file up")
         for report in _reports(session, evidence, sent.message.item_ids):
             expect(
                 report.status == "rejected",
@@ -176,6 +178,8 @@ def other_provider(session: ProviderSession, evidence: Evidence) -> None:
     role=ROLE,
 )
 def invalid_order(session: ProviderSession, evidence: Evidence) -> None:
+    if not session.transport.invalid_order:
+        raise Skipped(f"{session.transport.scheme}: the gateway offers only orders it validated")
     _expect_refusal_with_outcome(
         session, _sent(session, "invalid", evidence), session.transport.invalid_order, evidence
     )
@@ -306,8 +310,8 @@ def cancellation(session: ProviderSession, evidence: Evidence) -> None:
 def unknown_cancellation(session: ProviderSession, evidence: Evidence) -> None:
     if not session.transport.refusals_answered:
         raise Skipped(
-            f"{session.transport.scheme} has no answer to a cancellation, and a status file names only "
-            "prescriptions the provider has: nothing to check"
+            f"{session.transport.scheme}: a file drop has no answer to a cancellation and a status file names "
+            "only prescriptions the provider has; a pulling provider is never offered one: nothing to check"
         )
     _expect_refusal_with_outcome(
         session,

@@ -1,7 +1,7 @@
 """How the suite, playing the gateway, carries orders to a provider's system: one transport per
 provider protocol, each a class in TRANSPORTS. FHIR REST reports status to the suite's own FHIR API
 (`/fhir/Task` at --listen); HL7 v2 MLLP and file drop read status in their own protocol and turn each
-report into the same StatusReport (`base.py`). Pull is not covered yet."""
+report into the same StatusReport (`base.py`); for pull the suite serves what the provider pulls."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from conformance.model import Evidence
 from conformance.roles.provider.base import Acknowledgement, OrderTransport, ReportSink
 from conformance.roles.provider.files import CsvDropTransport
 from conformance.roles.provider.mllp import MllpTransport
+from conformance.roles.provider.pull import PullTransport
 from conformance.wire import RecordingClient
 
 __all__ = ["TRANSPORTS", "Acknowledgement", "FhirRestTransport", "OrderTransport"]
@@ -80,6 +81,7 @@ class FhirRestTransport:
         self.http.close()
 
 
-TRANSPORTS: dict[str, type[FhirRestTransport] | type[MllpTransport] | type[CsvDropTransport]] = {
-    transport.scheme: transport for transport in (FhirRestTransport, MllpTransport, CsvDropTransport)
+TRANSPORTS: dict[str, type[OrderTransport]] = {
+    transport.scheme: transport
+    for transport in (FhirRestTransport, MllpTransport, CsvDropTransport, PullTransport)
 }
