@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from joserfc.jwk import ECKey
 
 from adapters.csv_drop.simulator import FolderSimulatorServer
@@ -275,3 +276,23 @@ def test_a_pulling_provider_that_never_polls_fails_the_acknowledgement_test(tmp_
     messages = {t["id"]: t["message"] for t in run["report"]["tests"]}
     assert code == 1
     assert "not pulled and acknowledged within 0.3 s" in messages["PROV-ACK-01"]
+
+
+@pytest.mark.parametrize(
+    ("transport", "target", "says"),
+    [
+        ("hl7v2-mllp", "http://127.0.0.1:1", "must be mllp://HOST:PORT"),
+        ("hl7v2-mllp", "mllp://127.0.0.1:1", "give --listen HOST:PORT"),
+        ("csv-drop", "/nonexistent-provider-folder", "does not exist"),
+        ("pull", "mllp://127.0.0.1:1", "must be http://HOST:PORT"),
+        ("sftp", "http://127.0.0.1:1", "is not one of fhir-rest, hl7v2-mllp, csv-drop, pull"),
+    ],
+)
+def test_a_transport_misconfigured_cannot_run_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], transport: str, target: str, says: str
+) -> None:
+    config = tmp_path / "conformance.toml"
+    config.write_text(f'[provider]\nods = "VNCEL"\ntransport = "{transport}"\n', encoding="utf-8")
+    code = run_cli("run", "--target", target, "--role", "provider", "--config", str(config))
+    assert code == 2
+    assert says in capsys.readouterr().err

@@ -83,7 +83,7 @@ def folder_of(target: str) -> Path:
         )
     if not path.is_dir():
         raise ConfigError(f"provider role (csv-drop): the folder {path} does not exist")
-    return path
+    return path.resolve()
 
 
 def order_csv(message: Message, *, key: str, invalid: bool) -> bytes:

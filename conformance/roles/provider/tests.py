@@ -70,6 +70,7 @@ def _expect_refusal_with_outcome(session: ProviderSession, sent: Sent, what: str
         # A file drop has no answer: the provider picks the file up and must not take the order; a
         # refusal it reports is a `rejected` status with its reason (README csv-drop). Pull: the
         # provider must not take an order offered to another owner; it refuses by a `rejected` Task.
+        evidence.note(f"{what}: {ack.code}")
         if transport.scheme == "csv-drop":
             expect(ack.accepted, f"{what}: {ack.code}; the provider did not pick the file up")
         for report in _reports(session, evidence, sent.message.item_ids):
