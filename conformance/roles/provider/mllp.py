@@ -147,11 +147,15 @@ class MllpTransport:
             self._listener.stop()
 
 
-def _judged(ack: hl7.Ack, exchange: Exchange) -> Acknowledgement:
+def _judged(ack: hl7.Ack, exchange: Exchange | None) -> Acknowledgement:
     """README hl7v2-mllp: AA taken; AE/AR refused (ERR-8 or MSA-3 the reason), except AR 206/207
     (retried) and 205 (a duplicate: the provider already has it)."""
-    code = ack.code[-2:] if ack.code in ("CA", "CE", "CR") else ack.code
+    code = {"CA": "AA", "CE": "AE", "CR": "AR"}.get(ack.code, ack.code)  # enhanced-mode commit ACKs
     named = f"{ack.code}" + (f" {ack.error_code}" if ack.error_code else "")
+    if code not in ("AA", "AE", "AR"):
+        return Acknowledgement(
+            f"MSA-1 {ack.code[:5]!r}, no acknowledgement code", accepted=False, exchange=exchange
+        )
     if code == "AA" or (code in ("AE", "AR") and ack.error_code == DUPLICATE):
         return Acknowledgement(named, accepted=True, reason=ack.reason, exchange=exchange)
     retried = code == "AR" and ack.error_code in RETRIED_ERRORS
