@@ -296,3 +296,16 @@ def test_a_transport_misconfigured_cannot_run_and_says_why(
     code = run_cli("run", "--target", target, "--role", "provider", "--config", str(config))
     assert code == 2
     assert says in capsys.readouterr().err
+
+
+def test_status_sent_twice_over_mllp_is_taken_once(tmp_path: Path) -> None:
+    code, run = run_over_mllp(tmp_path, duplicate_status_next=20)
+    assert code == 0, {t["id"]: t["message"] for t in run["report"]["tests"] if t["outcome"] == "fail"}
+
+
+def test_a_folder_provider_writing_a_malformed_status_file_fails_the_status_test(tmp_path: Path) -> None:
+    code, run = run_over_files(tmp_path, malformed_status_next=1)
+    messages = {t["id"]: t["message"] for t in run["report"]["tests"]}
+    assert code == 1
+    assert "has no column occurred_at" in messages["PROV-STATUS-01"]
+    assert list((run["root"] / "status" / "error").glob("*.csv"))  # moved aside, as the gateway does

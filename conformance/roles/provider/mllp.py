@@ -189,7 +189,11 @@ class _Listener(socketserver.ThreadingTCPServer):
             answer = hl7.ack_for(raw, code="AE", now=now, reason=str(exc))
             self.sink([], _received(raw, answer, url))
             return answer
-        answer = hl7.ack_for(raw, code="AA", now=now)
+        problems = [r.problem for r in read if r.problem]
+        # AE for a status the README does not map (as the gateway answers), AA otherwise.
+        answer = hl7.ack_for(
+            raw, code="AE" if problems else "AA", now=now, reason="; ".join(problems) or None
+        )
         with self.lock:
             repeat = key in self.seen  # a repeated control id is acknowledged and applied once
             self.seen.add(key)
