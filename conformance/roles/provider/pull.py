@@ -105,7 +105,8 @@ class PullTransport:
         self.endpoint.__enter__()
 
     def close(self) -> None:
-        self.endpoint.close()
+        if self._sink is not None:  # opened: its server thread runs
+            self.endpoint.close()
 
     # --- sends ------------------------------------------------------------------------------------
 

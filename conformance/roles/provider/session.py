@@ -82,9 +82,9 @@ class ProviderSession:
         self.evidence = Evidence()
 
     def __enter__(self) -> ProviderSession:
-        if self.endpoint is not None:
-            self.endpoint.__enter__()
         try:
+            if self.endpoint is not None:
+                self.endpoint.__enter__()
             self.transport.open(self._take_reports, self.address)
         except BaseException:
             self.__exit__()
