@@ -83,6 +83,7 @@ class IssuedToken:
     access_token: str
     expires_in: int
     scope: str
+    client_id: str = ""  # whom it was issued to (not part of the answer)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -201,7 +202,9 @@ class TokenService:
         }
         header = {"alg": ACCESS_TOKEN_ALGORITHM, "kid": key.kid, "typ": ACCESS_TOKEN_TYPE}
         token = jwt.encode(header, claims, key, algorithms=[ACCESS_TOKEN_ALGORITHM])
-        return IssuedToken(access_token=token, expires_in=self._lifetime, scope=" ".join(scopes))
+        return IssuedToken(
+            access_token=token, expires_in=self._lifetime, scope=" ".join(scopes), client_id=client.client_id
+        )
 
     def record_refusal(self, refusal: OAuthError, request_id: str, client: Client | None = None) -> None:
         # Only a registered client is named: an unknown `iss` is whatever the caller typed.
