@@ -1,8 +1,10 @@
 """Rate limits: per client and per source address, on the token endpoint and on the API.
 
-Counted in process memory with the `limits` library (sliding window counters): each server process
-counts for itself, so behind N processes (`--workers N`, or N machines) a caller gets up to N times
-a limit. A limit is a `limits` string ("600/minute", "50/second", "10 per 2 seconds") or "none".
+Counted in process memory with the `limits` library, in fixed windows (the cheapest of its
+strategies, a few microseconds a request; across a window boundary a caller may get up to twice a
+limit in a short time). Each server process counts for itself, so behind N processes
+(`--workers N`, or N machines) a caller gets up to N times a limit. A limit is a `limits` string
+("600/minute", "50/second", "10 per 2 seconds") or "none".
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.strategies import FixedWindowRateLimiter
 from starlette.responses import JSONResponse, Response
 
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
@@ -30,7 +32,7 @@ class Limit:
         self.item: RateLimitItem | None = parse(spec) if spec and spec.lower() != "none" else None
         self.name = name
         self.setting = setting
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._limiter = FixedWindowRateLimiter(MemoryStorage())
 
     def hit(self, key: str) -> float | None:
         """Count a request for `key`; None when allowed, else the seconds to wait before retrying."""
@@ -47,8 +49,7 @@ class Limit:
     def retry_after(self, key: str) -> float:
         assert self.item is not None
         stats = self._limiter.get_window_stats(self.item, self.name, key)
-        # The sliding window frees a request well before the window resets; never ask for more
-        # than one window, never for less than a second.
+        # When the window resets; never more than one window, never less than a second.
         wait = min(stats.reset_time - time.time(), self.item.get_expiry())
         return max(1.0, wait)
 
