@@ -233,7 +233,7 @@ async def _audit_refusal(scope: Scope, status: int, request_id: str) -> None:
         return
     try:
         await run_in_threadpool(services.refusals.write, [first])
-    except StoreError as exc:
+    except StoreError as exc:  # the request is refused already: its audit row must not change that
         log.error("refusal_audit_failed", error_type=type(exc).__name__)
 
 

@@ -28,11 +28,10 @@ TOKEN_THROTTLED_ERROR = "temporarily_unavailable"  # noqa: S105  (an error code)
 class Limit:
     """One limit over keys (client ids or addresses); `hit` counts a request."""
 
-    def __init__(self, spec: str | None, *, name: str, setting: str) -> None:
+    def __init__(self, spec: str | None, *, name: str, storage: MemoryStorage) -> None:
         self.item: RateLimitItem | None = parse(spec) if spec and spec.lower() != "none" else None
         self.name = name
-        self.setting = setting
-        self._limiter = FixedWindowRateLimiter(MemoryStorage())
+        self._limiter = FixedWindowRateLimiter(storage)
 
     def hit(self, key: str) -> float | None:
         """Count a request for `key`; None when allowed, else the seconds to wait before retrying."""
@@ -53,34 +52,21 @@ class Limit:
         wait = min(stats.reset_time - time.time(), self.item.get_expiry())
         return max(1.0, wait)
 
-    def describe(self) -> str:
-        return str(self.item) if self.item is not None else "none"
-
 
 class RateLimits:
     """Every limit the app applies, built from the settings."""
 
     def __init__(self, settings: Settings) -> None:
+        # One store (its keys prefixed with each limit's name): one expiry timer thread, not four.
+        storage = MemoryStorage()
         self.token_per_client = Limit(
-            settings.rate_limit_token_per_client,
-            name="token-client",
-            setting="HOMECARE_RATE_LIMIT_TOKEN_PER_CLIENT",
+            settings.rate_limit_token_per_client, name="token-client", storage=storage
         )
         self.token_per_address = Limit(
-            settings.rate_limit_token_per_address,
-            name="token-address",
-            setting="HOMECARE_RATE_LIMIT_TOKEN_PER_ADDRESS",
+            settings.rate_limit_token_per_address, name="token-address", storage=storage
         )
-        self.api_per_client = Limit(
-            settings.rate_limit_api_per_client,
-            name="api-client",
-            setting="HOMECARE_RATE_LIMIT_API_PER_CLIENT",
-        )
-        self.api_per_address = Limit(
-            settings.rate_limit_api_per_address,
-            name="api-address",
-            setting="HOMECARE_RATE_LIMIT_API_PER_ADDRESS",
-        )
+        self.api_per_client = Limit(settings.rate_limit_api_per_client, name="api-client", storage=storage)
+        self.api_per_address = Limit(settings.rate_limit_api_per_address, name="api-address", storage=storage)
 
 
 def retry_after_header(seconds: float) -> dict[str, str]:
