@@ -36,7 +36,7 @@ def token_from(http: httpx.Client, tenant: Tenant) -> httpx.Response:
 
 
 def test_the_token_endpoint_limits_each_address(
-    start_gateway: StartGateway, tenants: dict[str, Tenant]
+    start_gateway: StartGateway, tenants: dict[str, Tenant], db: Database
 ) -> None:
     server = start_gateway(rate_limit_token_per_address="3/minute")
     rba = tenants["trust-rba"]
@@ -52,6 +52,10 @@ def test_the_token_endpoint_limits_each_address(
         assert "access_token" not in throttled.json()
         # Another address is not affected.
         assert token_from(second, rba).status_code == 200
+    rows = refusal_rows(db)
+    assert [(row["source"], row["status"], row["reason"], row["route"]) for row in rows] == [
+        ("127.0.0.1", 429, "address-rate-limit", "POST /auth/token")
+    ]
 
 
 def test_the_token_endpoint_limits_each_client_counting_only_its_own_tokens(
