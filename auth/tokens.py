@@ -120,6 +120,8 @@ class TokenService:
         self._clock = clock
         # Access token -> (expiry, caller): verified tokens, so a signature is checked once.
         self._verified: dict[str, tuple[float, Caller, object]] = {}
+        # Where refusals go instead of a row each (the gateway coalesces floods of them); unset, a row.
+        self.refusal_sink: Callable[[audit.AuditRecord], None] | None = None
 
     def issue(self, form: Mapping[str, str], *, request_id: str) -> IssuedToken:
         """An access token for a client that proved its identity, or an OAuthError saying why not."""
@@ -221,6 +223,9 @@ class TokenService:
             status=refusal.status_code,
             reason=refusal.error,
         )
+        if self.refusal_sink is not None:
+            self.refusal_sink(record)
+            return
         with self._db.write() as session:
             audit.append(session.connection(), [record])
 

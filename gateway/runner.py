@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from adapters.registry import AdapterRegistryError
 from auth.tokens import TokenService
@@ -77,6 +78,7 @@ class Runtime:
             window_seconds=settings.refusal_audit_window_seconds,
             max_keys=settings.refusal_audit_max_keys,
         )
+        tokens.refusal_sink = partial(refusals.record_audit, route="POST /auth/token")
         return cls(settings, context, tokens, dispatcher, status_sources, refusals)
 
     @asynccontextmanager
@@ -95,9 +97,9 @@ class Runtime:
         if self.settings.kpi_fold_seconds:
             # The KPI figures follow the event log: folded in here, the one place they are kept up to date.
             loops.append(_every(self.settings.kpi_fold_seconds, "kpi_fold", self._fold_kpis))
-        loops.append(
-            _every(self.settings.refusal_audit_window_seconds, "refusal_audit", self._flush_refusals)
-        )
+        # Closed windows' counts are written a window later (at least a second: never a busy loop).
+        flush_every = max(self.settings.refusal_audit_window_seconds, 1.0)
+        loops.append(_every(flush_every, "refusal_audit", self._flush_refusals))
         background = [asyncio.create_task(loop) for loop in loops]
         try:
             yield stop

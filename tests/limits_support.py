@@ -28,6 +28,7 @@ def start_gateway(database: Database, db: Database, settings: Settings) -> Itera
     with ExitStack() as stack:
 
         def start(*, database_: Database | None = None, **changes: Any) -> RunningServer:
+            changes = {"refusal_audit_window_seconds": 60.0, **changes}
             app = create_app(
                 settings.model_copy(update=changes), db=database_ or database, clock=lambda: frozen
             )

@@ -5,6 +5,7 @@ carry its count; the count is part of the sealed chain."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -19,7 +20,7 @@ from gateway.store.audit import seal_audit_log
 from gateway.store.db import Database
 from tests import limits_support
 from tests.limits_support import StartGateway, refusal_rows
-from tests.support import ClientKey, Tenant, http_as, register
+from tests.support import ClientKey, Tenant, http_as, register, token_request
 
 start_gateway = limits_support.start_gateway
 NHS_NUMBER = "9434765919"
@@ -74,6 +75,40 @@ def test_a_flood_of_refusals_is_a_bounded_number_of_rows_that_count_it(
     assert len(rows) == 3 and len(flooded) == 2
     assert sum(row["count"] for row in flooded) == flood
     assert all(NHS_NUMBER not in repr(row) for row in rows)
+
+
+def test_floods_of_token_refusals_and_scope_refusals_are_bounded_too(
+    start_gateway: StartGateway, db: Database, tenants: dict[str, Tenant]
+) -> None:
+    server = start_gateway()
+    flood = 20
+    rbb = tenants["trust-rbb"]
+    with limits_support.from_address(server, "127.0.0.1") as anonymous:
+        for _ in range(flood):
+            # Signed by a real key, in the name of a client nobody registered.
+            assertion = rbb.key.assertion("nobody-registered-this")
+            assert token_request(anonymous, assertion).status_code == 401
+    with http_as(server, tenants["clinician-app-rba"]) as app:
+        for _ in range(flood):
+            assert app.post("/fhir/Subscription", content=b"{}").status_code == 403
+    server.__exit__()
+
+    def row_of(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (row["action"], row["client_id"], row["source"], row["route"], row["status"], row["reason"])
+
+    with db.read() as session:
+        rows = [dict(row._mapping) for row in session.execute(text("SELECT * FROM audit_event ORDER BY id"))]
+    refused = [row for row in rows if row["outcome"] == "refused"]
+    assert [(row_of(row), row["count"]) for row in refused] == [
+        (("issue-token", None, "127.0.0.1", "POST /auth/token", 401, "invalid_client"), 1),
+        (("create", "clinician-app-rba", None, "POST /fhir/Subscription", 403, "insufficient_scope"), 1),
+        (("issue-token", None, "127.0.0.1", "POST /auth/token", 401, "invalid_client"), flood - 1),
+        (
+            ("create", "clinician-app-rba", None, "POST /fhir/Subscription", 403, "insufficient_scope"),
+            flood - 1,
+        ),
+    ]
+    assert refused[1]["resource_type"] == "Subscription" and refused[1]["ods_code"] == "RBA"
 
 
 def test_a_server_error_is_audited_under_the_client(

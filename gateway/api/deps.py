@@ -127,15 +127,10 @@ async def authorise(
             raise api_throttled(wait, "client")
     missing = [scope for scope in security_scopes.scopes if not caller.holds(scope)]
     if missing:
-        await run_in_threadpool(
-            access.record_missing_scope,
-            services.db,
-            caller=caller,
-            needed=Scope.parse(missing[0]),
-            resource_id=request.path_params.get("id"),
-            request_id=request_id(request),
-            clock=services.clock,
-        )
+        # Audited by the request middleware (coalesced, as floods of refusals are).
+        action, resource_type = access.missing_scope_audit(Scope.parse(missing[0]))
+        state["refusal_reason"] = "insufficient_scope"
+        state["refusal_audit"] = (action, resource_type, request.path_params.get("id"))
         raise access.missing_scope_error(missing)
     return caller
 

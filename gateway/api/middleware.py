@@ -17,10 +17,11 @@ import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from auth.audit import Action
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.api.errors import outcome_response, unexpected_error_response
 from gateway.api.throttle import api_throttled, token_throttled
-from gateway.domain.refusals import Refusal
+from gateway.domain.refusals import REQUEST_SOURCE, Refusal
 from gateway.logs import get_logger
 from gateway.store.errors import StoreError
 
@@ -96,6 +97,7 @@ class RequestContextMiddleware:
         if correlation_id is not None and not _SAFE_CORRELATION_ID.fullmatch(correlation_id):
             correlation_id = None
         scope.setdefault("state", {})["request_id"] = request_id
+        REQUEST_SOURCE.set(_source(scope))
         receive = _with_body_deadline(receive, _body_timeout(scope))
         structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)
         extra = [(b"x-request-id", request_id.encode())]
@@ -209,16 +211,17 @@ def _match_template(scope: Scope) -> str | None:
 
 
 async def _audit_refusal(scope: Scope, status: int, request_id: str) -> None:
-    """Audit a 401 for a bearer token, a 429 or a 5xx: the first alike in a window at once, the rest
-    counted (gateway.domain.refusals). Never fails the request."""
+    """Audit a 401 for a bearer token, a 403 for a scope, a 429 or a 5xx: the first alike in a window
+    at once, the rest counted (gateway.domain.refusals). Never fails the request."""
     state = scope["state"]
     reason = state.get("refusal_reason")
-    if not (status == 429 or status >= 500 or (status == 401 and reason)):
+    if not (status == 429 or status >= 500 or (status in (401, 403) and reason)):
         return
     services = _services(scope)
     if services is None:
         return
     caller = state.get("caller")
+    action, resource_type, resource_id = state.get("refusal_audit", (Action.REQUEST, None, None))
     refusal = Refusal(
         status=status,
         route=_route_template(scope),
@@ -227,6 +230,9 @@ async def _audit_refusal(scope: Scope, status: int, request_id: str) -> None:
         ods_code=caller.ods_code if caller is not None else None,
         source=_source(scope),
         reason=reason or ("server-error" if status >= 500 else None),
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
     )
     first = services.refusals.note(refusal, request_id=request_id)
     if first is None:

@@ -1,5 +1,6 @@
-"""Refusals that no route audits itself (401 for a missing or invalid bearer token, 429, 5xx), in the
-audit log without letting a flood of them grow it without bound.
+"""Refused requests in the audit log (401 for a missing or invalid bearer token, 403 for a missing
+scope, the token endpoint's OAuth refusals, 429, 5xx), without letting a flood of them grow it
+without bound.
 
 Requests alike, the same (client, or source address when no client is known; route template; status;
 reason),
@@ -14,6 +15,7 @@ that stops writes what it holds (`drain(everything=True)`), one that is killed l
 from __future__ import annotations
 
 import threading
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -23,6 +25,9 @@ from gateway.store import audit
 from gateway.store.db import Database
 
 OVERFLOW_SOURCE = "*"
+# The source address of the request being served (set by the request middleware), for refusals
+# recorded where the address is not at hand (the token service, in a worker thread).
+REQUEST_SOURCE: ContextVar[str | None] = ContextVar("request_source", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +41,15 @@ class Refusal:
     ods_code: str | None = None
     source: str | None = None
     reason: str | None = None
+    # What the request asked for, when that was known before it was refused (a scope refusal).
+    action: Action = Action.REQUEST
+    resource_type: str | None = None
+    resource_id: str | None = None
 
-    def key(self) -> tuple[str | None, str | None, str, int, str | None]:
+    def key(self) -> tuple[str | None, ...]:
         # A known client is the key; the address only when there is none.
-        return (self.client_id, None if self.client_id else self.source, self.route, self.status, self.reason)
+        who = self.client_id or f"@{self.source}"
+        return (who, self.route, str(self.status), self.reason, self.action.value, self.resource_type)
 
 
 @dataclass(slots=True)
@@ -62,12 +72,15 @@ def outcome_of(status: int) -> Outcome:
 def _record(refusal: Refusal, *, at: datetime, request_id: str | None, count: int) -> AuditRecord:
     return AuditRecord(
         occurred_at=at,
-        action=Action.REQUEST,
+        action=refusal.action,
         outcome=outcome_of(refusal.status),
         request_id=request_id,
         client_id=refusal.client_id,
         role=refusal.role,
         ods_code=refusal.ods_code,
+        resource_type=refusal.resource_type,
+        # A count stands for many requests: only the first's resource is named.
+        resource_id=refusal.resource_id if count == 1 else None,
         status=refusal.status,
         reason=refusal.reason,
         count=count,
@@ -84,7 +97,7 @@ class RefusalLog:
         self._clock = clock
         self.window_seconds = window_seconds
         self._max_keys = max_keys
-        self._tallies: dict[tuple[str | None, str | None, str, int, str | None], _Tally] = {}
+        self._tallies: dict[tuple[str | None, ...], _Tally] = {}
         self._closed: list[AuditRecord] = []
         self._lock = threading.Lock()
 
@@ -126,6 +139,28 @@ class RefusalLog:
                     del self._tallies[key]
             closed, self._closed = self._closed, []
         return closed
+
+    def record(self, refusal: Refusal, *, request_id: str | None) -> None:
+        """Count a refusal, writing its row now when it is the first of its kind in this window."""
+        first = self.note(refusal, request_id=request_id)
+        if first is not None:
+            self.write([first])
+
+    def record_audit(self, entry: AuditRecord, *, route: str) -> None:
+        """A refusal another part wrote as an audit record (the token service's), coalesced."""
+        refusal = Refusal(
+            status=entry.status or 0,
+            route=route,
+            client_id=entry.client_id,
+            role=entry.role,
+            ods_code=entry.ods_code,
+            source=REQUEST_SOURCE.get(),
+            reason=entry.reason,
+            action=entry.action,
+            resource_type=entry.resource_type,
+            resource_id=entry.resource_id,
+        )
+        self.record(refusal, request_id=entry.request_id)
 
     def write(self, records: list[AuditRecord]) -> None:
         if records:
