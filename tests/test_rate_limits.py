@@ -17,6 +17,9 @@ from tests.support import RunningServer, Tenant, http_as, token_request
 from tests.test_subscriptions import post, subscription
 
 start_gateway = limits_support.start_gateway
+# The counts live in process memory: one backend is enough for them (test_refusal_audit.py runs
+# the audit rows on both; the subscription cap, a query, runs on both).
+SQLITE_ONLY = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
 
 def assert_retry_after(response: httpx.Response) -> None:
@@ -35,6 +38,7 @@ def token_from(http: httpx.Client, tenant: Tenant) -> httpx.Response:
     return token_request(http, tenant.key.assertion(tenant.client_id))
 
 
+@SQLITE_ONLY
 def test_the_token_endpoint_limits_each_address(
     start_gateway: StartGateway, tenants: dict[str, Tenant], db: Database
 ) -> None:
@@ -58,6 +62,7 @@ def test_the_token_endpoint_limits_each_address(
     ]
 
 
+@SQLITE_ONLY
 def test_the_token_endpoint_limits_each_client_counting_only_its_own_tokens(
     start_gateway: StartGateway, tenants: dict[str, Tenant], db: Database
 ) -> None:
@@ -80,6 +85,7 @@ def test_the_token_endpoint_limits_each_client_counting_only_its_own_tokens(
     ]
 
 
+@SQLITE_ONLY
 def test_the_api_limits_each_client(
     start_gateway: StartGateway, tenants: dict[str, Tenant], db: Database
 ) -> None:
@@ -99,6 +105,7 @@ def test_the_api_limits_each_client(
     assert rows[0]["ods_code"] == "RBA" and rows[0]["source"] is None
 
 
+@SQLITE_ONLY
 def test_the_api_limits_each_address(
     start_gateway: StartGateway, tenants: dict[str, Tenant], db: Database
 ) -> None:

@@ -111,6 +111,7 @@ def test_floods_of_token_refusals_and_scope_refusals_are_bounded_too(
     assert refused[1]["resource_type"] == "Subscription" and refused[1]["ods_code"] == "RBA"
 
 
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # its own database, or none
 def test_a_server_error_is_audited_under_the_client(
     start_gateway: StartGateway, db: Database, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -134,6 +135,7 @@ def test_a_server_error_is_audited_under_the_client(
     broken.dispose()
 
 
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # its own database, or none
 def test_the_keys_of_a_window_are_capped(db: Database) -> None:
     log = RefusalLog(db, system_clock, window_seconds=3600, max_keys=2)
     written = [

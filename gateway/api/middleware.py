@@ -1,6 +1,7 @@
 """Request context: request and correlation ids on every response and log line; one access log line;
 the headers every answer carries; the deadline for a request's body; the per-address rate limits;
-and the audit of refusals no route audits (401 for a bearer token, 429, 5xx), coalesced.
+and the audit, coalesced, of refusals a flood can be made of (401 for a bearer token, 403 for a
+scope, 429, 5xx).
 
 A pure ASGI middleware (no per-request task or body buffering): it sits on the hot path.
 """
