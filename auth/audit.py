@@ -44,6 +44,9 @@ _CONTENT = (
     "status",
     "reason",
 )
+# Columns added later (a refusal's count, source address and route): part of a row's content only
+# when set, so rows sealed before they existed keep their hashes.
+_OPTIONAL_CONTENT = ("count", "source", "route")
 _SEALER_LOCK = 4242002  # PostgreSQL advisory lock: one sealer at a time across processes
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,100}")
 
@@ -61,6 +64,8 @@ class Action(StrEnum):
     # People at the clinician pages (the row's user_id names them).
     SIGN_IN = "sign-in"
     SIGN_OUT = "sign-out"
+    # A request refused before any route could name what it wanted (401, 429, 5xx): see `route`.
+    REQUEST = "request"
 
 
 class Outcome(StrEnum):
@@ -68,6 +73,8 @@ class Outcome(StrEnum):
     REFUSED = "refused"
     NOT_FOUND = "not-found"
     REPLAYED = "replayed"  # an identical resubmission answered with the original outcome
+    THROTTLED = "throttled"  # refused by a rate limit (429)
+    FAILED = "failed"  # the gateway failed (5xx)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,11 @@ class AuditRecord:
     resource_id: str | None = None
     status: int | None = None
     reason: str | None = None
+    # Refusals are coalesced: `count` requests alike (same client or address, route and status) in
+    # one window; `source` is the address (only when no client is known), `route` the route template.
+    count: int | None = None
+    source: str | None = None
+    route: str | None = None
 
     @classmethod
     def by(
@@ -146,7 +158,12 @@ def row_hash(prev_hash: str, content: dict[str, Any]) -> str:
 
 
 def _content(event: AuditEvent) -> dict[str, Any]:
-    return {name: getattr(event, name) for name in _CONTENT}
+    content = {name: getattr(event, name) for name in _CONTENT}
+    for name in _OPTIONAL_CONTENT:
+        value = getattr(event, name)
+        if value is not None:
+            content[name] = value
+    return content
 
 
 def seal(session: Session, *, limit: int = 1000) -> int:

@@ -67,6 +67,10 @@ class AuditEvent(SQLModel, table=True):
     outcome: str = Field(sa_column=Column(String(16), nullable=False))
     status: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     reason: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    # Coalesced refusals (migration 0010): how many alike, from which address, on which route.
+    count: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    source: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    route: str | None = Field(default=None, sa_column=Column(String(120), nullable=True))
     seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     prev_hash: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
     row_hash: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))

@@ -83,6 +83,7 @@ class IssuedToken:
     access_token: str
     expires_in: int
     scope: str
+    client_id: str = ""  # whom it was issued to (not part of the answer)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -119,6 +120,8 @@ class TokenService:
         self._clock = clock
         # Access token -> (expiry, caller): verified tokens, so a signature is checked once.
         self._verified: dict[str, tuple[float, Caller, object]] = {}
+        # Where refusals go instead of a row each (the gateway coalesces floods of them); unset, a row.
+        self.refusal_sink: Callable[[audit.AuditRecord], None] | None = None
 
     def issue(self, form: Mapping[str, str], *, request_id: str) -> IssuedToken:
         """An access token for a client that proved its identity, or an OAuthError saying why not."""
@@ -201,7 +204,9 @@ class TokenService:
         }
         header = {"alg": ACCESS_TOKEN_ALGORITHM, "kid": key.kid, "typ": ACCESS_TOKEN_TYPE}
         token = jwt.encode(header, claims, key, algorithms=[ACCESS_TOKEN_ALGORITHM])
-        return IssuedToken(access_token=token, expires_in=self._lifetime, scope=" ".join(scopes))
+        return IssuedToken(
+            access_token=token, expires_in=self._lifetime, scope=" ".join(scopes), client_id=client.client_id
+        )
 
     def record_refusal(self, refusal: OAuthError, request_id: str, client: Client | None = None) -> None:
         # Only a registered client is named: an unknown `iss` is whatever the caller typed.
@@ -218,6 +223,9 @@ class TokenService:
             status=refusal.status_code,
             reason=refusal.error,
         )
+        if self.refusal_sink is not None:
+            self.refusal_sink(record)
+            return
         with self._db.write() as session:
             audit.append(session.connection(), [record])
 

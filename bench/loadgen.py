@@ -21,6 +21,13 @@ from gateway.store.db import throwaway_schema
 # The console script, as an operator runs it.
 GATEWAY = str(Path(sys.executable).with_name("homecare-gateway"))
 CLIENT_ID = "bench-trust"
+# A benchmark is one client on one address going as fast as it can: far above the default rate
+# limits (README, Security, "Rate limits"). The limits stay on, so their cost is in the figures,
+# but set so high that nothing is throttled.
+UNTHROTTLED = {
+    f"HOMECARE_RATE_LIMIT_{name}": "100000000/minute"
+    for name in ("TOKEN_PER_ADDRESS", "TOKEN_PER_CLIENT", "API_PER_ADDRESS", "API_PER_CLIENT")
+}
 
 
 def free_port() -> int:
@@ -204,6 +211,7 @@ class BenchGateway(ServerProcess):
             "HOMECARE_DATA_DIR": str(self.folder / "gateway"),
             "HOMECARE_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port}",
             "HOMECARE_LOG_LEVEL": "WARNING",
+            **UNTHROTTLED,
             **(self.extra_env or {}),
         }
         self.env.pop("DATABASE_URL", None)

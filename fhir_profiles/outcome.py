@@ -68,6 +68,8 @@ class ErrorCode(StrEnum):
     NO_RECORD_FOUND = "NO_RECORD_FOUND"
     NOT_ALLOWED = "NOT_ALLOWED"
     SERVER_ERROR = "SERVER_ERROR"
+    TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
+    TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
 
 
 # Codes published by NHS Spine; the rest are the gateway's own.
@@ -105,6 +107,8 @@ _DISPLAY: dict[ErrorCode, str] = {
     ErrorCode.NO_RECORD_FOUND: "No record found",
     ErrorCode.NOT_ALLOWED: "Not allowed",
     ErrorCode.SERVER_ERROR: "Server error",
+    ErrorCode.TOO_MANY_REQUESTS: "Too many requests",
+    ErrorCode.TOO_MANY_SUBSCRIPTIONS: "Too many subscriptions",
 }
 
 

@@ -27,6 +27,7 @@ from gateway.api.deps import Services
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.schemas import FHIR_SCHEMAS
+from gateway.api.throttle import RateLimits
 from gateway.clock import Clock, system_clock
 from gateway.fault_injection import install as install_test_fault
 from gateway.runner import Runtime
@@ -53,7 +54,13 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
 
     app.router.lifespan_context = lifespan
     app.state.runtime = runtime
-    app.state.services = Services(settings=settings, context=runtime.context, tokens=runtime.tokens)
+    app.state.services = Services(
+        settings=settings,
+        context=runtime.context,
+        tokens=runtime.tokens,
+        limits=RateLimits(settings),
+        refusals=runtime.refusals,
+    )
     for router in (
         token.router,
         process_message.router,

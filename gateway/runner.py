@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from adapters.registry import AdapterRegistryError
 from auth.tokens import TokenService
@@ -16,6 +17,7 @@ from gateway.dispatch.worker import Dispatcher
 from gateway.domain.context import Context, in_thread
 from gateway.domain.expiry import expire_due
 from gateway.domain.pull import alert_unpulled
+from gateway.domain.refusals import RefusalLog
 from gateway.kpi.service import fold_round
 from gateway.logs import get_logger
 from gateway.metrics import SENDS
@@ -40,6 +42,7 @@ class Runtime:
     tokens: TokenService
     dispatcher: Dispatcher
     status_sources: StatusSources
+    refusals: RefusalLog
 
     @classmethod
     def create(
@@ -69,7 +72,14 @@ class Runtime:
             poll_folders=settings.poll_status_folders,
             refresh_seconds=settings.status_sources_refresh_seconds,
         )
-        return cls(settings, context, tokens, dispatcher, status_sources)
+        refusals = RefusalLog(
+            database,
+            clock,
+            window_seconds=settings.refusal_audit_window_seconds,
+            max_keys=settings.refusal_audit_max_keys,
+        )
+        tokens.refusal_sink = partial(refusals.record_audit, route="POST /auth/token")
+        return cls(settings, context, tokens, dispatcher, status_sources, refusals)
 
     @asynccontextmanager
     async def running(self, *, dispatch: bool) -> AsyncIterator[asyncio.Event]:
@@ -87,6 +97,9 @@ class Runtime:
         if self.settings.kpi_fold_seconds:
             # The KPI figures follow the event log: folded in here, the one place they are kept up to date.
             loops.append(_every(self.settings.kpi_fold_seconds, "kpi_fold", self._fold_kpis))
+        # Closed windows' counts are written a window later (at least a second: never a busy loop).
+        flush_every = max(self.settings.refusal_audit_window_seconds, 1.0)
+        loops.append(_every(flush_every, "refusal_audit", self._flush_refusals))
         background = [asyncio.create_task(loop) for loop in loops]
         try:
             yield stop
@@ -97,6 +110,7 @@ class Runtime:
             if dispatching is not None:
                 await dispatching
             await receiving
+            await self._flush_refusals(everything=True)
             self.context.close()
             self.tokens.close()
 
@@ -135,6 +149,14 @@ class Runtime:
             clock=self.context.clock,
             close_days=self.settings.kpi_month_close_days,
         )
+
+    async def _flush_refusals(self, *, everything: bool = False) -> None:
+        """Write the coalesced refusals of closed windows (all of them when the process stops)."""
+        try:
+            with translate_errors():
+                await in_thread(self.refusals.flush, everything=everything)
+        except StoreError as exc:
+            log.error("refusal_audit_failed", error_type=type(exc).__name__)
 
     async def _housekeeping(self) -> None:
         """Seal the audit log and forget expired assertion ids."""

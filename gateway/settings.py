@@ -6,6 +6,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from limits import parse
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -40,6 +41,33 @@ class Settings(BaseSettings):
     )
     max_connections: int = Field(
         default=1000, ge=1, description="Open connections per server process; beyond it new requests get 503."
+    )
+    rate_limit_token_per_address: str = Field(
+        default="3000/minute",
+        description="Token requests per source address and process (a `limits` string such as "
+        "'600/minute', or 'none').",
+    )
+    rate_limit_token_per_client: str = Field(
+        default="600/minute",
+        description="Access tokens issued per client and process; only verified requests count.",
+    )
+    rate_limit_api_per_address: str = Field(
+        default="12000/minute", description="API requests (/fhir) per source address and process."
+    )
+    rate_limit_api_per_client: str = Field(
+        default="6000/minute", description="API requests (/fhir) per authenticated client and process."
+    )
+    refusal_audit_window_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Refusals alike (client or address, route, status) are one audit row per window, "
+        "with a count.",
+    )
+    refusal_audit_max_keys: int = Field(
+        default=1000, ge=1, description="Distinct refusal keys per window and process; beyond, one key."
+    )
+    max_subscriptions_per_tenant: int = Field(
+        default=100, ge=1, description="Subscriptions (not turned off) a trust may hold."
     )
     log_level: str = "INFO"
     log_json: bool = True
@@ -190,6 +218,23 @@ class Settings(BaseSettings):
         if value is not None and listen_address(value) is None:
             raise ValueError("HOMECARE_MLLP_LISTEN is host:port, e.g. 0.0.0.0:2575 or [::]:2575")
         return value
+
+    @field_validator(
+        "rate_limit_token_per_address",
+        "rate_limit_token_per_client",
+        "rate_limit_api_per_address",
+        "rate_limit_api_per_client",
+    )
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        if value.strip().lower() != "none":
+            try:
+                parse(value)
+            except ValueError:
+                raise ValueError(
+                    f"'{value}' is not a rate limit: write e.g. '600/minute', '50/second' or 'none'"
+                ) from None
+        return value.strip()
 
     @model_validator(mode="after")
     def _refuse_development_defaults_in_production(self) -> Settings:

@@ -70,6 +70,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         allow_loopback_subscribers=True,
         # Status folders are read by the runtimes the adapter tests start, not by this shared server.
         poll_status_folders=False,
+        # Every refusal its own audit row: the tests sharing this server must not see each other's
+        # refusals counted into one (tests/test_refusal_audit.py starts servers that coalesce).
+        refusal_audit_window_seconds=1e-6,
     )
 
 

@@ -16,9 +16,11 @@ from auth.identity import Caller
 from auth.scopes import SCOPE_DESCRIPTIONS, Scope
 from auth.tokens import InvalidAccessTokenError, TokenService
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
+from gateway.api.throttle import RateLimits, api_throttled
 from gateway.clock import Clock
 from gateway.domain import access
 from gateway.domain.context import Context
+from gateway.domain.refusals import RefusalLog
 from gateway.notify.endpoints import Resolver, system_resolver
 from gateway.settings import Settings
 from gateway.store.db import Database
@@ -31,6 +33,8 @@ class Services:
     settings: Settings
     context: Context
     tokens: TokenService
+    limits: RateLimits
+    refusals: RefusalLog
     # Where subscriber endpoints' names are looked up (tests give a StaticResolver).
     endpoint_resolver: Resolver = system_resolver
 
@@ -102,25 +106,31 @@ async def authorise(
     """The caller behind the bearer access token, holding every scope the route needs; else 401/403."""
     # The services straight from the app, not as a dependency: every sub-dependency costs each request.
     services: Services = request.app.state.services
+    state = request.scope["state"]
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        # The request middleware audits the refusal (coalesced), under this reason.
+        state["refusal_reason"] = "no-bearer-token"
         raise _unauthenticated("A bearer access token is required (Authorization: Bearer ...)")
     try:
         caller = services.tokens.caller_for(token.strip())
     except InvalidAccessTokenError as exc:
+        state["refusal_reason"] = "invalid-token"
         raise _unauthenticated(f"The access token is not valid: {exc}") from exc
-    request.scope["state"]["client_id"] = caller.client_id
+    state["client_id"] = caller.client_id
+    state["caller"] = caller
+    if not state.get("client_counted"):
+        state["client_counted"] = True
+        wait = services.limits.api_per_client.hit(caller.client_id)
+        if wait is not None:
+            state["refusal_reason"] = "client-rate-limit"
+            raise api_throttled(wait, "client")
     missing = [scope for scope in security_scopes.scopes if not caller.holds(scope)]
     if missing:
-        await run_in_threadpool(
-            access.record_missing_scope,
-            services.db,
-            caller=caller,
-            needed=Scope.parse(missing[0]),
-            resource_id=request.path_params.get("id"),
-            request_id=request_id(request),
-            clock=services.clock,
-        )
+        # Audited by the request middleware (coalesced, as floods of refusals are).
+        action, resource_type = access.missing_scope_audit(Scope.parse(missing[0]))
+        state["refusal_reason"] = "insufficient_scope"
+        state["refusal_audit"] = (action, resource_type, request.path_params.get("id"))
         raise access.missing_scope_error(missing)
     return caller
 

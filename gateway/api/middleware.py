@@ -1,5 +1,7 @@
 """Request context: request and correlation ids on every response and log line; one access log line;
-the headers every answer carries; and the deadline for a request's body.
+the headers every answer carries; the deadline for a request's body; the per-address rate limits;
+and the audit, coalesced, of refusals a flood can be made of (401 for a bearer token, 403 for a
+scope, 429, 5xx).
 
 A pure ASGI middleware (no per-request task or body buffering): it sits on the hot path.
 """
@@ -13,11 +15,16 @@ from typing import Any
 
 import anyio
 import structlog
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from auth.audit import Action
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.api.errors import outcome_response, unexpected_error_response
+from gateway.api.throttle import api_throttled, token_throttled
+from gateway.domain.refusals import REQUEST_SOURCE, Refusal
 from gateway.logs import get_logger
+from gateway.store.errors import StoreError
 
 log = get_logger("gateway.access")
 _SAFE_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -91,6 +98,7 @@ class RequestContextMiddleware:
         if correlation_id is not None and not _SAFE_CORRELATION_ID.fullmatch(correlation_id):
             correlation_id = None
         scope.setdefault("state", {})["request_id"] = request_id
+        REQUEST_SOURCE.set(_source(scope))
         receive = _with_body_deadline(receive, _body_timeout(scope))
         structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)
         extra = [(b"x-request-id", request_id.encode())]
@@ -120,6 +128,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
+                # Audited before it is answered, like every other refusal.
+                await _audit_refusal(scope, status, request_id)
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 headers += [(name, value) for name, value in _ALWAYS if name not in present]
@@ -130,7 +140,11 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_ids)
+            throttled = _throttle_address(scope)
+            if throttled is not None:
+                await throttled(scope, receive, send_with_ids)
+            else:
+                await self.app(scope, receive, send_with_ids)
         except OperationOutcomeError as refusal:
             # A body too slow for its deadline while no route was reading it (a route's own reads
             # are answered by the error handler).
@@ -145,6 +159,89 @@ class RequestContextMiddleware:
         finally:
             log_request()
             structlog.contextvars.clear_contextvars()
+
+
+def _services(scope: Scope) -> Any:
+    return getattr(getattr(scope.get("app"), "state", None), "services", None)
+
+
+def _source(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def _throttle_address(scope: Scope) -> ASGIApp | None:
+    """The 429 answer when the source address is over its limit for the token endpoint or the API."""
+    services = _services(scope)
+    if services is None:
+        return None
+    path: str = scope["path"]
+    if path == "/auth/token":
+        wait = services.limits.token_per_address.hit(_source(scope))
+        if wait is not None:
+            scope["state"]["refusal_reason"] = "address-rate-limit"
+            return token_throttled(wait, "address")
+    elif path.startswith("/fhir"):
+        wait = services.limits.api_per_address.hit(_source(scope))
+        if wait is not None:
+            scope["state"]["refusal_reason"] = "address-rate-limit"
+            return outcome_response(api_throttled(wait, "address"))
+    return None
+
+
+def _route_template(scope: Scope) -> str:
+    """The route's path template (never the path itself: it may carry anything), method first."""
+    route: Any = scope.get("route")
+    template = getattr(route, "path", None) or _match_template(scope) or "unmatched"
+    return f"{scope['method']} {template}"
+
+
+def _match_template(scope: Scope) -> str | None:
+    """For a request refused before routing: the first documented path template it matches."""
+    app: Any = scope.get("app")
+    if app is None:
+        return None
+    templates: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "path_templates", None)
+    if templates is None:
+        templates = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$"), path)
+            for path in app.openapi().get("paths", {})
+        ]
+        app.state.path_templates = templates
+    return next((template for pattern, template in templates if pattern.match(scope["path"])), None)
+
+
+async def _audit_refusal(scope: Scope, status: int, request_id: str) -> None:
+    """Audit a 401 for a bearer token, a 403 for a scope, a 429 or a 5xx: the first alike in a window
+    at once, the rest counted (gateway.domain.refusals). Never fails the request."""
+    state = scope["state"]
+    reason = state.get("refusal_reason")
+    if not (status == 429 or status >= 500 or (status in (401, 403) and reason)):
+        return
+    services = _services(scope)
+    if services is None:
+        return
+    caller = state.get("caller")
+    action, resource_type, resource_id = state.get("refusal_audit", (Action.REQUEST, None, None))
+    refusal = Refusal(
+        status=status,
+        route=_route_template(scope),
+        client_id=state.get("client_id"),
+        role=caller.role.value if caller is not None else None,
+        ods_code=caller.ods_code if caller is not None else None,
+        source=_source(scope),
+        reason=reason or ("server-error" if status >= 500 else None),
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+    )
+    first = services.refusals.note(refusal, request_id=request_id)
+    if first is None:
+        return
+    try:
+        await run_in_threadpool(services.refusals.write, [first])
+    except StoreError as exc:  # the request is refused already: its audit row must not change that
+        log.error("refusal_audit_failed", error_type=type(exc).__name__)
 
 
 def _body_timeout(scope: Scope) -> float:

@@ -39,7 +39,7 @@ SubscriptionDeleter = Annotated[Caller, Security(authorise, scopes=[DELETE_SUBSC
     response_class=FhirResponse,
     responses={
         201: {"description": "The stored Subscription, active", "content": fhir_content("Subscription")},
-        **outcome_responses(400, 401, 403, 413, 415),
+        **outcome_responses(400, 401, 403, 413, 415, 422),
     },
     openapi_extra={
         "requestBody": {
@@ -68,6 +68,7 @@ async def create_subscription(
         endpoints=EndpointPolicy(
             allow_loopback=services.settings.allow_loopback_subscribers, resolver=services.endpoint_resolver
         ),
+        max_per_tenant=services.settings.max_subscriptions_per_tenant,
     )
     return FhirResponse(created.resource, status_code=201, headers={"Location": created.location})
 

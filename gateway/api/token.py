@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from auth.assertion import ASSERTION_ALGORITHMS, ASSERTION_TYPE
+from auth.assertion import ASSERTION_ALGORITHMS, ASSERTION_TYPE, MalformedAssertionError, read_assertion
 from auth.scopes import SUPPORTED_SCOPES
 from auth.tokens import OAuthError
 from gateway.api.deps import ServicesDep
+from gateway.api.throttle import TOKEN_THROTTLED_ERROR, token_throttled
 
 router = APIRouter(tags=["authorisation"])
 
@@ -66,7 +67,13 @@ _OAUTH_ERROR = {
     "properties": {
         "error": {
             "type": "string",
-            "enum": ["invalid_request", "invalid_client", "invalid_scope", "unsupported_grant_type"],
+            "enum": [
+                "invalid_request",
+                "invalid_client",
+                "invalid_scope",
+                "unsupported_grant_type",
+                TOKEN_THROTTLED_ERROR,
+            ],
         },
         "error_description": {"type": "string"},
     },
@@ -84,6 +91,11 @@ _OAUTH_ERROR = {
         },
         401: {
             "description": "invalid_client: the assertion does not prove the client's identity",
+            "content": {"application/json": {"schema": _OAUTH_ERROR}},
+        },
+        429: {
+            "description": f"{TOKEN_THROTTLED_ERROR}: too many requests from this address or client; "
+            "see Retry-After",
             "content": {"application/json": {"schema": _OAUTH_ERROR}},
         },
     },
@@ -108,15 +120,34 @@ _OAUTH_ERROR = {
     },
 )
 async def token(request: Request, services: ServicesDep) -> Response:
+    state = request.scope["state"]
     try:
         form = await read_token_form(request)
     except OAuthError as refusal:
-        await run_in_threadpool(services.tokens.record_refusal, refusal, request.scope["state"]["request_id"])
+        await run_in_threadpool(services.tokens.record_refusal, refusal, state["request_id"])
         raise
-    issued = await run_in_threadpool(
-        services.tokens.issue, form, request_id=request.scope["state"]["request_id"]
-    )
-    return JSONResponse(issued.body(), headers=_NO_STORE)
+    # The per-client limit counts tokens issued, so only a client that proved who it is uses up its
+    # own allowance; a client already over it is refused before any work is done.
+    limit = services.limits.token_per_client
+    claimed = _claimed_client(form)
+    wait = limit.exhausted(claimed) if claimed else None
+    if wait is None:
+        issued = await run_in_threadpool(services.tokens.issue, form, request_id=state["request_id"])
+        wait = limit.hit(issued.client_id)
+        if wait is None:
+            return JSONResponse(issued.body(), headers=_NO_STORE)
+        claimed = issued.client_id
+    state["refusal_reason"] = "client-rate-limit"
+    state["client_id"] = claimed
+    return token_throttled(wait, "client")
+
+
+def _claimed_client(form: dict[str, str]) -> str | None:
+    """The client an assertion claims to come from (not verified: used only to refuse early)."""
+    try:
+        return read_assertion(form.get("client_assertion", "")).issuer
+    except MalformedAssertionError:
+        return None
 
 
 @router.get("/.well-known/smart-configuration", summary="SMART Backend Services discovery")

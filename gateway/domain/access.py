@@ -125,19 +125,7 @@ def missing_scope_error(missing: Sequence[str]) -> OperationOutcomeError:
     )
 
 
-def record_missing_scope(
-    db: Database, *, caller: Caller, needed: Scope, resource_id: str | None, request_id: str, clock: Clock
-) -> None:
+def missing_scope_audit(needed: Scope) -> tuple[Action, str | None]:
+    """What a request refused for want of `needed` asked to do, and to which resource type."""
     first = next(letter for letter in "cruds" if letter in needed.permissions)
-    record(
-        db,
-        caller=caller,
-        action=_ACTIONS[first],
-        outcome=Outcome.REFUSED,
-        resource_type=None if needed.resource == "*" else needed.resource,
-        resource_id=resource_id,
-        status=403,
-        request_id=request_id,
-        clock=clock,
-        reason="insufficient_scope",
-    )
+    return _ACTIONS[first], None if needed.resource == "*" else needed.resource

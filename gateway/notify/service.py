@@ -143,10 +143,31 @@ def record_refused_create(ctx: Context, *, caller: Caller, request_id: str, stat
     _record(ctx, caller, action=Action.CREATE, outcome=Outcome.REFUSED, status=status, request_id=request_id)
 
 
+def _too_many(cap: int) -> OperationOutcomeError:
+    return OperationOutcomeError(
+        422,
+        [
+            Issue(
+                IssueType.BUSINESS_RULE,
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"This trust already holds {cap} subscriptions (active or in error), the most allowed "
+                "(setting HOMECARE_MAX_SUBSCRIPTIONS_PER_TENANT): delete one it no longer needs first",
+            )
+        ],
+    )
+
+
 def create_subscription(
-    ctx: Context, *, document: Any, caller: Caller, endpoints: EndpointPolicy, request_id: str
+    ctx: Context,
+    *,
+    document: Any,
+    caller: Caller,
+    endpoints: EndpointPolicy,
+    request_id: str,
+    max_per_tenant: int = 100,
 ) -> Created:
-    """Check and store a new subscription for the caller's trust, `active` at once."""
+    """Check and store a new subscription for the caller's trust, `active` at once; at most
+    `max_per_tenant` not turned off per trust."""
     now = ctx.clock()
     try:
         if caller.role not in SUBSCRIBER_ROLES:
@@ -189,8 +210,21 @@ def create_subscription(
         status=201,
     )
     with ctx.db.transaction() as tx:
-        store.insert_subscription(tx, subscription)
-        audit.record(tx, [entry])
+        full = store.count_held(tx, tenant_ods=caller.ods_code) >= max_per_tenant
+        if not full:
+            store.insert_subscription(tx, subscription)
+            audit.record(tx, [entry])
+    if full:
+        too_many = _too_many(max_per_tenant)
+        _record(
+            ctx,
+            caller,
+            action=Action.CREATE,
+            outcome=Outcome.REFUSED,
+            status=too_many.status_code,
+            request_id=request_id,
+        )
+        raise too_many
     return Created(subscription_resource(subscription), f"/fhir/Subscription/{subscription.id}")
 
 

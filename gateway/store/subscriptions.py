@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, insert, or_, select, update
+from sqlalchemy import Select, func, insert, or_, select, update
 
 from gateway.store.db import Tx
 from gateway.store.models import Subscription
@@ -63,6 +63,17 @@ def insert_subscription(tx: Tx, subscription: StoredSubscription) -> None:
     tx.connection.execute(
         insert(subscription_table),
         [{field.name: getattr(subscription, field.name) for field in fields(StoredSubscription)}],
+    )
+
+
+def count_held(tx: Tx, *, tenant_ods: str) -> int:
+    """The trust's subscriptions not turned off (active or in error): what the cap counts."""
+    return int(
+        tx.connection.execute(
+            select(func.count())
+            .select_from(subscription_table)
+            .where(subscription_table.c.tenant_ods == tenant_ods, subscription_table.c.status != OFF)
+        ).scalar_one()
     )
 
 
