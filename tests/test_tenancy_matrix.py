@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -300,8 +301,18 @@ class NoLeak:
     why: str
 
 
+class _Quoted:
+    """The target's identifiers as they go into a URL: a short-form ID's check character may be `+`."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> str:
+        return quote(str(getattr(self._target, name)), safe="-")
+
+
 def get(path: str) -> Ask:
-    return lambda target, _: ("GET", path.format(t=target), {})
+    return lambda target, _: ("GET", path.format(t=_Quoted(target)), {})
 
 
 def post_form(path: str, **fields: str) -> Ask:
