@@ -1,4 +1,5 @@
-"""The operators' admin app: `/metrics` (Prometheus), on a listener of its own, never on the API.
+"""The operators' admin app: `/metrics` (Prometheus) and `/health`, on a listener of its own, never on
+the API.
 
 `serve` and `worker` start it on `HOMECARE_ADMIN_LISTEN` (loopback by default, so only the machine
 itself can scrape it); with `HOMECARE_METRICS_TOKEN` set a scraper must also send that bearer token.
@@ -22,7 +23,8 @@ from gateway.store.errors import StoreError
 
 
 def admin_app(db: Database, clock: Clock, *, token: str | None = None) -> Starlette:
-    """`GET /metrics`: the process's counters and the database's outbox figures."""
+    """`GET /metrics`: the process's counters and the database's outbox figures; `GET /health`: the
+    process answers (a worker's liveness: it has no API)."""
 
     async def metrics(request: Request) -> Response:
         if token is not None:
@@ -39,4 +41,9 @@ def admin_app(db: Database, clock: Clock, *, token: str | None = None) -> Starle
             return PlainTextResponse("The database does not answer\n", status_code=503)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/metrics", metrics, methods=["GET"])])
+    async def health(_: Request) -> Response:
+        return PlainTextResponse("alive\n")
+
+    return Starlette(
+        routes=[Route("/metrics", metrics, methods=["GET"]), Route("/health", health, methods=["GET"])]
+    )
