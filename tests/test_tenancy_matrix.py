@@ -330,6 +330,10 @@ EXPECTATIONS: dict[tuple[str, str], Same | NoLeak] = {
     ("POST", "/FHIR/R4/$process-message"): Same(
         lambda t, ods: ("POST", "/FHIR/R4/$process-message", cancel_as(t, ods))
     ),
+    ("POST", "/fhir/Bundle/$validate"): NoLeak(
+        lambda t, ods: ("POST", "/fhir/Bundle/$validate", cancel_as(t, ods)),
+        "checks the caller's own message against the profile; reads and stores nothing of anyone's",
+    ),
     ("POST", "/fhir/$process-message"): Same(
         lambda t, ods: ("POST", "/fhir/$process-message", cancel_as(t, ods))
     ),

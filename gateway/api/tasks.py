@@ -19,6 +19,7 @@ from fhir_profiles.identifiers import (
 )
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.api.deps import Services, ServicesDep, authorise, for_caller
+from gateway.api.documentation import form_body, query_parameters
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
@@ -247,6 +248,7 @@ def _check_identifier_parameters(parameters: list[tuple[str, str]]) -> list[tupl
     "That search pages by leasing: search again for the next orders. Every other search only reads.",
     response_class=FhirResponse,
     responses=_SEARCH_RESPONSES,
+    openapi_extra={"parameters": query_parameters(task_reads.TASK_SEARCH)},
 )
 async def search_tasks(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
     parameters = _check_identifier_parameters(list(request.query_params.multi_items()))
@@ -270,15 +272,7 @@ async def search_tasks(request: Request, caller: TaskReader, services: ServicesD
     summary="Search Tasks with the parameters in a form body (the way to search by NHS number)",
     response_class=FhirResponse,
     responses=_SEARCH_RESPONSES,
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {"type": "object", "additionalProperties": {"type": "string"}}
-                }
-            }
-        }
-    },
+    openapi_extra={"requestBody": form_body(task_reads.TASK_SEARCH)},
 )
 async def search_tasks_by_post(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
     parameters = _check_identifier_parameters(
