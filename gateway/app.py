@@ -25,6 +25,7 @@ from gateway.api import (
     token,
 )
 from gateway.api.deps import Services
+from gateway.api.documentation import finish
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.schemas import FHIR_SCHEMAS
@@ -88,5 +89,5 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     document.setdefault("components", {}).setdefault("schemas", {}).update(FHIR_SCHEMAS)
-    app.openapi_schema = document
+    app.openapi_schema = finish(document)
     return document

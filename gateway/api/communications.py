@@ -15,7 +15,7 @@ from gateway.api.deps import ServicesDep, authorise, for_caller
 from gateway.api.documentation import query_parameters
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
-from gateway.api.schemas import fhir_content, outcome_responses
+from gateway.api.schemas import fhir_body, fhir_content, outcome_responses
 from gateway.domain import provider_queries
 from gateway.domain.search_parameters import refuse_undeclared
 
@@ -34,6 +34,7 @@ ThreadReader = Annotated[Caller, Security(authorise, scopes=[READ_TASKS])]
         201: {"description": "The stored Communication", "content": fhir_content("FhirResource")},
         **outcome_responses(400, 401, 403, 404, 409, 413, 415),
     },
+    openapi_extra=fhir_body("CommunicationAnswer"),
 )
 async def answer_query(request: Request, caller: QueryAnswerer, services: ServicesDep) -> Response:
     _, body = await read_fhir_json_body(request, services.settings.max_body_bytes)

@@ -94,7 +94,12 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
             "description": "Accepted: an informational OperationOutcome",
             "content": fhir_content("OperationOutcome"),
         },
-        **outcome_responses(400, 401, 403, 409, 413, 415, 422),
+        202: {
+            "description": "A cancellation sent to the provider, whose answer did not come within "
+            "HOMECARE_CANCEL_WAIT_SECONDS: the outcome comes through the items' Tasks",
+            "content": fhir_content("OperationOutcome"),
+        },
+        **outcome_responses(400, 401, 403, 404, 409, 413, 415, 422),
     },
     openapi_extra={"requestBody": _MESSAGE_BODY},
 )

@@ -22,7 +22,7 @@ from gateway.api.deps import Services, ServicesDep, authorise, for_caller
 from gateway.api.documentation import form_body, query_parameters
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
-from gateway.api.schemas import fhir_content, outcome_responses
+from gateway.api.schemas import fhir_body, fhir_content, outcome_responses
 from gateway.domain import status_reports, task_reads
 from gateway.domain.status_authority import Applied
 
@@ -61,6 +61,7 @@ def _answer(applied: Applied) -> Response:
     summary="Report a line item's status (a PSU-style Task: basedOn, focus, businessStatus, lastModified)",
     response_class=FhirResponse,
     responses=_TASK_RESPONSES,
+    openapi_extra=fhir_body("StatusTask"),
 )
 async def create_task(request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
     _, task = await read_fhir_json_body(request, services.settings.max_body_bytes)
@@ -73,6 +74,7 @@ async def create_task(request: Request, caller: StatusReporter, services: Servic
     summary="Report a line item's status on its Task id",
     response_class=FhirResponse,
     responses=_TASK_RESPONSES,
+    openapi_extra=fhir_body("StatusTask"),
 )
 async def update_task(id: str, request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
     _, task = await read_fhir_json_body(request, services.settings.max_body_bytes)
@@ -88,6 +90,7 @@ async def update_task(id: str, request: Request, caller: StatusReporter, service
         200: {"description": "transaction-response Bundle", "content": fhir_content("FhirResource")},
         **outcome_responses(400, 401, 403, 404, 409, 413, 415),
     },
+    openapi_extra=fhir_body("TaskTransactionBundle"),
 )
 async def transaction(request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
     _, bundle = await read_fhir_json_body(request, services.settings.max_body_bytes)
