@@ -4,10 +4,11 @@ response the API never sends (FastAPI's default 422: request validation answers 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from fhir_profiles.outcome import success_outcome
+from fhir_profiles.outcome import OperationOutcomeError, operation_outcome, success_outcome
+from gateway.domain.access import missing_scope_error
 from gateway.domain.reads import not_found
 from gateway.domain.search_parameters import SearchParameter
 
@@ -62,6 +63,15 @@ BEARER_SCHEME = {
 }
 
 
+def _refusal_of(action: Callable[[str], object], argument: str) -> dict[str, Any]:
+    """The OperationOutcome `action(argument)` refuses with."""
+    try:
+        action(argument)
+    except OperationOutcomeError as refusal:
+        return operation_outcome(refusal.issues)
+    raise AssertionError(f"{argument!r} was not refused")
+
+
 def _examples() -> dict[tuple[str, str], dict[int | str, Any]]:
     """Per operation: `request` the request body's example(s), and an answer per status."""
     from gateway.api import examples as ex
@@ -104,10 +114,12 @@ def _examples() -> dict[tuple[str, str], dict[int | str, Any]]:
             "request": message_requests,
             200: ex.ACCEPTED,
             202: ex.CANCEL_WAITING,
+            403: ex.SENDER_REFUSED,
         },
         ("post", "/fhir/Bundle/$validate"): {
             "request": message_requests,
             200: Several({"valid": ex.VALID, "not valid": ex.INVALID}),
+            403: ex.SENDER_REFUSED,
         },
         ("post", "/fhir"): {"request": ex.TRANSACTION, 200: ex.TRANSACTION_RESPONSE, 409: ex.ILLEGAL_MOVE},
         ("post", "/fhir/Task"): {"request": ex.STATUS_REPORT, 200: ex.TASK, 409: ex.ILLEGAL_MOVE},
@@ -144,7 +156,10 @@ def _examples() -> dict[tuple[str, str], dict[int | str, Any]]:
         ("get", "/fhir/metadata"): {200: capability_statement(ex.BASE)},
         ("get", "/fhir/CodeSystem/homecare-status"): {200: ex.codesystem()},
         ("get", "/fhir/Measure"): {200: publication.measures_bundle(ex.BASE)},
-        ("get", "/fhir/Measure/{id}"): {200: publication.read_measure("on-time-delivery")},
+        ("get", "/fhir/Measure/{id}"): {
+            200: publication.read_measure("on-time-delivery"),
+            404: _refusal_of(publication.read_measure, "no-such-measure"),
+        },
         ("get", "/fhir/MeasureReport"): {
             200: ex.searchset(
                 {**ex.MEASURE_REPORT, "id": "on-time-delivery-VNCEL-2026-10"},
@@ -171,6 +186,15 @@ def _examples() -> dict[tuple[str, str], dict[int | str, Any]]:
     }
 
 
+def _scopes(operation: dict[str, Any]) -> list[str]:
+    """The SMART scopes an operation needs, as its security requirement lists them."""
+    return [
+        scope
+        for requirement in operation.get("security", [])
+        for scope in requirement.get("smart-backend-services", [])
+    ]
+
+
 class Several(dict[str, Any]):
     """Named examples of one request or answer."""
 
@@ -186,7 +210,7 @@ def _set_example(content: dict[str, Any], example: Any) -> None:
 
 def finish(document: dict[str, Any]) -> dict[str, Any]:
     """The document as published: no FastAPI 422, the bearer scheme beside SMART's, examples."""
-    from gateway.api.examples import ERRORS
+    from gateway.api.examples import ERRORS, outcome
 
     components = document.setdefault("components", {})
     for name in ("HTTPValidationError", "ValidationError"):
@@ -211,6 +235,8 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
                 code = int(status)
                 if code in mine:
                     _set_example(content, mine[code])
+                elif code == 403 and _scopes(operation):
+                    _set_example(content, outcome(missing_scope_error(_scopes(operation)[:1])))
                 elif code in ERRORS and "OperationOutcome" in str(content):
                     _set_example(content, ERRORS[code])
     return document

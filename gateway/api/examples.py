@@ -211,7 +211,7 @@ ERRORS: dict[int, dict[str, Any]] = {
         ErrorCode.ACCESS_DENIED,
         "A bearer access token is required (Authorization: Bearer ...)",
     ),
-    403: outcome(missing_scope_error(["system/Task.cu"])),
+    403: outcome(missing_scope_error(["system/Task.rs"])),
     404: outcome(item_not_found()),
     409: _issue(
         409,
@@ -247,6 +247,13 @@ ERRORS: dict[int, dict[str, Any]] = {
     ),
 }
 
+SENDER_REFUSED = _issue(
+    403,
+    IssueType.FORBIDDEN,
+    ErrorCode.ACCESS_DENIED,
+    "The message's sender (MessageHeader.sender) is not the organisation this client acts for",
+    "Bundle.entry[0].resource.sender.identifier.value",
+)
 ILLEGAL_MOVE = _issue(
     409,
     IssueType.BUSINESS_RULE,
