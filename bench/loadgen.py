@@ -212,6 +212,7 @@ class BenchGateway(ServerProcess):
             "HOMECARE_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port}",
             "HOMECARE_LOG_LEVEL": "WARNING",
             **UNTHROTTLED,
+            "HOMECARE_ADMIN_LISTEN": "off",
             **(self.extra_env or {}),
         }
         self.env.pop("DATABASE_URL", None)

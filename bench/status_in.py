@@ -75,6 +75,7 @@ def worker(database_url: str, data_dir: str, **environment: str) -> subprocess.P
         "HOMECARE_DATA_DIR": data_dir,
         "HOMECARE_LOG_LEVEL": "WARNING",
         "HOMECARE_STATUS_SOURCES_REFRESH_SECONDS": "0.2",
+        "HOMECARE_ADMIN_LISTEN": "off",
         **environment,
     }
     return subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=env)

@@ -8,15 +8,16 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from gateway import __version__
 from gateway.api import (
     codesystems,
     communications,
     dispenses,
+    health,
     measures,
     metadata,
-    metrics,
     process_message,
     read,
     subscriptions,
@@ -24,6 +25,7 @@ from gateway.api import (
     token,
 )
 from gateway.api.deps import Services
+from gateway.api.documentation import finish
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.schemas import FHIR_SCHEMAS
@@ -35,14 +37,20 @@ from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.web import install as install_web_pages
 
+DOCS_ASSETS = "/docs/assets"
+
 
 def create_app(settings: Settings, *, db: Database | None = None, clock: Clock = system_clock) -> FastAPI:
-    app = FastAPI(
+    # Swagger UI's script and styles come from the fastapi-offline package (under /docs/assets), not a
+    # CDN: the API document works where the gateway runs without internet.
+    app = FastAPIOffline(
         title="Homecare e-prescribing gateway",
         version=__version__,
         summary="One FHIR interface between NHS trusts and homecare medicine providers",
         docs_url="/docs",
         redoc_url=None,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"persistAuthorization": True},
     )
     install_test_fault(settings.test_fault)
     runtime = Runtime.create(settings, db=db, clock=clock)
@@ -71,8 +79,8 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
         subscriptions.router,
         metadata.router,
         codesystems.router,
-        metrics.router,
         measures.router,
+        health.router,
     ):
         app.include_router(router)
     install_web_pages(app, settings)
@@ -88,5 +96,5 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     document.setdefault("components", {}).setdefault("schemas", {}).update(FHIR_SCHEMAS)
-    app.openapi_schema = document
+    app.openapi_schema = finish(document)
     return document

@@ -48,16 +48,35 @@ def _database(settings: Settings) -> Database:
     return Database(settings.resolved_database_url, pool_size=2)
 
 
+AdminListen = Annotated[
+    str | None,
+    typer.Option(
+        help="host:port of the admin listener (/metrics), or off; default HOMECARE_ADMIN_LISTEN.",
+        show_default=False,
+    ),
+]
+
+
+def _admin_listen(value: str | None) -> str | None:
+    from gateway.settings import listen_address
+
+    if value is not None and value.strip().lower() not in ("", "off") and listen_address(value) is None:
+        raise typer.BadParameter("host:port (e.g. 127.0.0.1:9465) or off", param_hint="--admin-listen")
+    return value
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="API processes (each also dispatches).")] = 1,
+    admin_listen: AdminListen = None,
 ) -> None:
-    """The API and web pages in one process (or several with --workers); migrates the database first."""
+    """The API and web pages in one process (or several with --workers); migrates the database first.
+    /metrics is on the admin listener (HOMECARE_ADMIN_LISTEN, 127.0.0.1:9464 by default), not the API."""
     from gateway.server import run_server
 
-    run_server(host=host, port=port, workers=workers)
+    run_server(host=host, port=port, workers=workers, admin_listen=_admin_listen(admin_listen))
 
 
 @app.command()
@@ -72,11 +91,12 @@ def demo(
 
 
 @app.command()
-def worker() -> None:
-    """A dispatcher alone: sends due messages to providers (run any number, on any machines)."""
+def worker(admin_listen: AdminListen = None) -> None:
+    """A dispatcher alone: sends due messages to providers (run any number, on any machines).
+    Its /metrics is on HOMECARE_ADMIN_LISTEN too: beside `serve` on one machine, give it another port."""
     from gateway.server import run_worker
 
-    run_worker()
+    run_worker(admin_listen=_admin_listen(admin_listen))
 
 
 @outbox_app.command("status")

@@ -30,7 +30,7 @@ from gateway.clock import system_clock
 from gateway.demo_adapters import AdapterProviders, demo_mllp_listen
 from gateway.domain import people
 from gateway.operator_errors import OperatorError, ensure_port_free
-from gateway.server import prepare
+from gateway.server import AdminListener, prepare
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.store.providers import add_provider, list_providers, update_provider
@@ -218,6 +218,7 @@ def _print_guide(
     simulators: dict[str, SimulatorServer],
     clinician_password: str,
     other_providers: str,
+    metrics_url: str,
 ) -> None:
     example = Path("examples/prescription-order.json")
     console.print(
@@ -234,7 +235,8 @@ def _print_guide(
   Provider simulators {"; ".join(f"{ods} {sim.base_url}" for ods, sim in simulators.items())}
                       (orders they hold: {", ".join(sim.control_url + "/orders" for sim in simulators.values())})
 {other_providers}
-  Metrics             curl {base_url}/metrics
+  Metrics             curl {metrics_url}   (the admin listener: this machine only)
+  Health, readiness   curl {base_url}/health; curl {base_url}/ready
 
 Get an access token (valid 5 minutes) as the demo trust system:
   TOKEN=$(homecare-gateway token --token-only --client-id {DEMO_CLIENT} --key {key_path} \\
@@ -282,6 +284,8 @@ def run_demo(*, port: int, prescriptions: int) -> None:
     base_url = f"http://127.0.0.1:{port}"
     os.environ.setdefault("HOMECARE_PUBLIC_BASE_URL", base_url)
     demo_mllp_listen()
+    # The demo's /metrics on a free loopback port: a gateway already serving keeps 9464.
+    os.environ.setdefault("HOMECARE_ADMIN_LISTEN", "127.0.0.1:0")
     settings = Settings()
     # Before anything changes: a demo already running keeps its providers and its port.
     _hold_the_demo_lock(settings.data_dir)
@@ -339,11 +343,14 @@ def run_demo(*, port: int, prescriptions: int) -> None:
             simulators,
             clinician_password,
             other_providers.guide(),
+            f"{admin.url}/metrics" if admin.url else "off (HOMECARE_ADMIN_LISTEN)",
         )
 
+    admin = AdminListener(settings)
     threading.Thread(target=after_start, name="demo-samples", daemon=True).start()
     try:
-        server.run()
+        with admin:
+            server.run()
     finally:
         for simulator in simulators.values():
             simulator.stop()

@@ -115,6 +115,19 @@ class Settings(BaseSettings):
         default=None,
         description="CA of the certificates providers must present to the MLLP listener (needs TLS).",
     )
+    admin_listen: str = Field(
+        default="127.0.0.1:9464",
+        description="host:port of the operators' listener that serves /metrics (Prometheus), started by "
+        "`serve` and `worker`; loopback by default, so only this machine can scrape it. `off` (or empty): "
+        "no listener. A worker on the same machine as `serve` needs another port (`worker --admin-listen`).",
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        description="When set, /metrics on the admin listener wants `Authorization: Bearer <this>`.",
+    )
+    ready_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="How long /ready waits for the database before answering 503."
+    )
     poll_status_folders: bool = Field(
         default=True,
         description="Read the status folder of every enabled csv-drop provider (one poller per folder).",
@@ -211,6 +224,18 @@ class Settings(BaseSettings):
     )
     oidc_name_claim: str = Field(default="name", description="The claim holding the person's display name.")
     oidc_button_label: str = Field(default="Sign in with your organisation's account")
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _admin_host_and_port(cls, value: str) -> str:
+        if value.strip().lower() not in ("", "off") and listen_address(value) is None:
+            raise ValueError("HOMECARE_ADMIN_LISTEN is host:port (e.g. 127.0.0.1:9464) or off")
+        return value
+
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        """Where the admin listener listens, or None when it is off."""
+        return None if self.admin_listen.strip().lower() in ("", "off") else listen_address(self.admin_listen)
 
     @field_validator("mllp_listen")
     @classmethod

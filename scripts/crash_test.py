@@ -150,6 +150,7 @@ def _process(database_url: str, data_dir: str, rig: Rig) -> subprocess.Popen[byt
         "HOMECARE_RETRY_MAX_ATTEMPTS": "1000",
         "HOMECARE_STATUS_SOURCES_REFRESH_SECONDS": "0.2",
         "HOMECARE_LOG_LEVEL": "WARNING",
+        "HOMECARE_ADMIN_LISTEN": "off",  # several processes on one machine: no /metrics needed
         **rig.environment,
     }
     log = (Path(data_dir) / "gateway.log").open("ab")

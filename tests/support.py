@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from joserfc.jwk import Key
 from sqlalchemy import create_engine, text
+from starlette.applications import Starlette
 
 from auth.assertion import ASSERTION_TYPE, generate_client_key, private_key, sign_assertion
 from auth.clients import KeySource, add_client
@@ -98,7 +99,7 @@ def free_port() -> int:
 class RunningServer:
     """A uvicorn server on a free loopback port, in a background thread."""
 
-    def __init__(self, app: FastAPI, *, port: int | None = None, **options: Any) -> None:
+    def __init__(self, app: FastAPI | Starlette, *, port: int | None = None, **options: Any) -> None:
         """`options` go to uvicorn.Config (e.g. gateway.transport.uvicorn_options(settings))."""
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"

@@ -30,7 +30,7 @@ def clean_environment(data_dir: Path, **settings: str) -> dict[str, str]:
         for name, value in os.environ.items()
         if not name.startswith("HOMECARE_") and name != "DATABASE_URL"
     }
-    return {**environment, "HOMECARE_DATA_DIR": str(data_dir), **settings}
+    return {**environment, "HOMECARE_DATA_DIR": str(data_dir), "HOMECARE_ADMIN_LISTEN": "off", **settings}
 
 
 def gateway(*arguments: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ from sqlalchemy import insert, text
 from adapters.fhir_rest.simulator import SimulatorServer
 from auth.identity import Caller, Role
 from fhir_profiles.builder import PrescriptionMessageBuilder, build_cancellation
+from gateway.api.metrics import admin_app
 from gateway.clock import system_clock
 from gateway.dispatch.policy import CircuitBreaker, RetryPolicy
 from gateway.dispatch.settings import DispatcherSettings
@@ -30,7 +31,7 @@ from gateway.store.db import Database, Tx
 from gateway.store.models import OutboxMessage
 from gateway.store.outbox import ClaimedMessage
 from gateway.store.providers import update_provider
-from tests.support import free_port
+from tests.support import RunningServer, free_port
 
 FAST = DispatcherSettings(
     poll_seconds=0.02,
@@ -337,13 +338,14 @@ def test_a_cancel_that_meets_a_claim_being_made_asks_the_provider(db: Database) 
     context.close()
 
 
-def test_metrics_show_the_outbox_and_the_sends(db: Database, simulator: SimulatorServer, server: Any) -> None:
+def test_metrics_show_the_outbox_and_the_sends(db: Database, simulator: SimulatorServer) -> None:
     import httpx
 
     simulator.configure(down=True)
     accept(db, count=2, seed=5)
     dispatch(db, until=lambda d: all(attempts >= 1 for _, attempts in outbox_rows(d)))
-    metrics = httpx.get(f"{server.base_url}/metrics").text
+    with RunningServer(admin_app(db, system_clock)) as admin:
+        metrics = httpx.get(f"{admin.base_url}/metrics").text
     assert "homecare_outbox_depth 2.0" in metrics
     assert "homecare_outbox_oldest_due_age_seconds" in metrics
     assert 'homecare_dispatch_sends_total{outcome="retry",provider="VNCEL"}' in metrics

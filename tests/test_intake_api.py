@@ -275,7 +275,7 @@ def test_the_capability_statement_tells_what_is_implemented(client: httpx.Client
     assert interactions["MedicationRequest"] == {"read"}
     assert interactions["Task"] == {"read", "search-type", "create", "update", "history-instance"}
     assert interactions["Subscription"] == {"create", "read", "search-type", "delete"}
-    assert [op["name"] for op in rest["operation"]] == ["process-message"]
+    assert [op["name"] for op in rest["operation"]] == ["process-message", "validate"]
     events = {m["definition"].rpartition("|")[2] for m in statement["messaging"][0]["supportedMessage"]}
     assert events == {"prescription-order", "prescription-order-update", "dispense-notification"}
 

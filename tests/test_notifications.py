@@ -30,6 +30,7 @@ from auth.signing import SigningKeys
 from fhir_profiles.builder import PrescriptionMessageBuilder
 from fhir_profiles.codes import HOMECARE_STATUS_SYSTEM
 from fhir_profiles.identifiers import ODS_SYSTEM, PRESCRIPTION_ORDER_NUMBER_SYSTEM
+from gateway.api.metrics import admin_app
 from gateway.clock import system_clock
 from gateway.dispatch.policy import RetryPolicy
 from gateway.dispatch.settings import DispatcherSettings
@@ -551,13 +552,13 @@ def test_metrics_count_notifications(
     db: Database,
     endpoint: ReceiverServer,
     signing_keys: SigningKeys,
-    server: RunningServer,
 ) -> None:
     subscribe(as_tenant("trust-rba"), endpoint.url)
     endpoint.receiver.configure(fail_next=1)
     Prescription(db).changes_to("accepted")
     dispatch(db, signing_keys)
-    metrics = httpx.get(f"{server.base_url}/metrics").text
+    with RunningServer(admin_app(db, system_clock)) as admin:
+        metrics = httpx.get(f"{admin.base_url}/metrics").text
     assert 'homecare_notifications_total{outcome="delivered"}' in metrics
     assert 'homecare_notifications_total{outcome="retry"}' in metrics
 

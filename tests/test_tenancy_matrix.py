@@ -328,6 +328,9 @@ EXPECTATIONS: dict[tuple[str, str], Same | NoLeak] = {
     ("GET", "/openapi.json"): NoLeak(get("/openapi.json"), "the API description"),
     ("GET", "/docs"): NoLeak(get("/docs"), "the API description"),
     ("GET", "/docs/oauth2-redirect"): NoLeak(get("/docs/oauth2-redirect"), "the API description"),
+    ("GET", "/docs/assets"): NoLeak(get("/docs/assets/swagger-ui.css"), "Swagger UI's script and styles"),
+    ("GET", "/health"): NoLeak(get("/health"), "liveness, no data"),
+    ("GET", "/ready"): NoLeak(get("/ready"), "readiness, no data"),
     ("POST", "/auth/token"): NoLeak(lambda t, _: ("POST", "/auth/token", {"data": {}}), "issues tokens"),
     ("GET", "/.well-known/smart-configuration"): NoLeak(get("/.well-known/smart-configuration"), "public"),
     ("GET", "/.well-known/jwks.json"): NoLeak(get("/.well-known/jwks.json"), "public keys"),
@@ -335,9 +338,12 @@ EXPECTATIONS: dict[tuple[str, str], Same | NoLeak] = {
     ("GET", "/fhir/CodeSystem/homecare-status"): NoLeak(
         get("/fhir/CodeSystem/homecare-status"), "a CodeSystem"
     ),
-    ("GET", "/metrics"): NoLeak(get("/metrics"), "counters per provider, no patient data"),
     ("POST", "/FHIR/R4/$process-message"): Same(
         lambda t, ods: ("POST", "/FHIR/R4/$process-message", cancel_as(t, ods))
+    ),
+    ("POST", "/fhir/Bundle/$validate"): NoLeak(
+        lambda t, ods: ("POST", "/fhir/Bundle/$validate", cancel_as(t, ods)),
+        "checks the caller's own message against the profile; reads and stores nothing of anyone's",
     ),
     ("POST", "/fhir/$process-message"): Same(
         lambda t, ods: ("POST", "/fhir/$process-message", cancel_as(t, ods))

@@ -12,10 +12,12 @@ from auth.scopes import PRESCRIPTION_ORDER_UPDATE, READ_TASKS
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from fhir_profiles.structure import require_resource
 from gateway.api.deps import ServicesDep, authorise, for_caller
+from gateway.api.documentation import query_parameters
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
-from gateway.api.schemas import fhir_content, outcome_responses
+from gateway.api.schemas import fhir_body, fhir_content, outcome_responses
 from gateway.domain import provider_queries
+from gateway.domain.search_parameters import refuse_undeclared
 
 router = APIRouter(tags=["status"])
 
@@ -32,6 +34,7 @@ ThreadReader = Annotated[Caller, Security(authorise, scopes=[READ_TASKS])]
         201: {"description": "The stored Communication", "content": fhir_content("FhirResource")},
         **outcome_responses(400, 401, 403, 404, 409, 413, 415),
     },
+    openapi_extra=fhir_body("CommunicationAnswer"),
 )
 async def answer_query(request: Request, caller: QueryAnswerer, services: ServicesDep) -> Response:
     _, body = await read_fhir_json_body(request, services.settings.max_body_bytes)
@@ -56,8 +59,10 @@ async def answer_query(request: Request, caller: QueryAnswerer, services: Servic
         200: {"description": "searchset Bundle", "content": fhir_content("FhirResource")},
         **outcome_responses(400, 401, 403, 404),
     },
+    openapi_extra={"parameters": query_parameters(provider_queries.COMMUNICATION_SEARCH, required=["about"])},
 )
 async def query_thread(request: Request, caller: ThreadReader, services: ServicesDep) -> Response:
+    refuse_undeclared(request.query_params.keys(), provider_queries.COMMUNICATION_SEARCH)
     about = request.query_params.get("about", "")
     if not about.startswith("Task/") or about.count("/") != 1:
         raise OperationOutcomeError(

@@ -7,10 +7,12 @@ from starlette.responses import Response
 
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.api.deps import ServicesDep, for_caller
+from gateway.api.documentation import query_parameters
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
 from gateway.api.tasks import TaskReader
 from gateway.domain import dispensing
+from gateway.domain.search_parameters import refuse_undeclared
 
 router = APIRouter(tags=["status"])
 
@@ -46,8 +48,10 @@ async def read_dispense(id: str, request: Request, caller: TaskReader, services:
     summary="The MedicationDispenses of a line item: prescription=MedicationRequest/{id}",
     response_class=FhirResponse,
     responses=_SEARCH_RESPONSES,
+    openapi_extra={"parameters": query_parameters(dispensing.DISPENSE_SEARCH, required=["prescription"])},
 )
 async def search_dispenses(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
+    refuse_undeclared(request.query_params.keys(), dispensing.DISPENSE_SEARCH)
     prescription = request.query_params.get("prescription", "")
     if not prescription.startswith("MedicationRequest/") or prescription.count("/") != 1:
         raise OperationOutcomeError(

@@ -11,6 +11,11 @@ from gateway import __version__
 from gateway.api.deps import ServicesDep
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content
+from gateway.domain.dispensing import DISPENSE_SEARCH
+from gateway.domain.provider_queries import COMMUNICATION_SEARCH
+from gateway.domain.search_parameters import capability_entries
+from gateway.domain.task_reads import TASK_SEARCH
+from gateway.notify.service import SUBSCRIPTION_SEARCH
 
 router = APIRouter(tags=["metadata"])
 
@@ -35,13 +40,20 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                     "report each line item's status as a Task (one Task per line item)."
                 ),
                 "security": _SECURITY,
-                "resource": _resources(),
+                # FHIR has no empty lists: a resource without search parameters has no searchParam.
+                "resource": [{k: v for k, v in r.items() if v != []} for r in _resources()],
                 "interaction": [{"code": "transaction", "documentation": "Up to 50 status Tasks"}],
                 "operation": [
                     {
                         "name": "process-message",
                         "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message",
-                    }
+                    },
+                    {
+                        "name": "validate",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                        "documentation": "POST /fhir/Bundle/$validate: checks a message as $process-message "
+                        "would, storing nothing",
+                    },
                 ],
             }
         ],
@@ -77,24 +89,18 @@ def _resources() -> list[dict[str, Any]]:
                 {"code": "update"},
                 {"code": "history-instance"},
             ],
-            "searchParam": [
-                {"name": name, "type": kind}
-                for name, kind in (
-                    ("owner", "token"),
-                    ("requester", "token"),
-                    ("business-status", "token"),
-                    ("focus:identifier", "token"),
-                    ("based-on:identifier", "token"),
-                    ("patient:identifier", "token"),
-                    ("_lastUpdated", "date"),
-                )
-            ],
+            "searchParam": capability_entries(TASK_SEARCH),
         },
         {
             "type": "MedicationDispense",
             "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": capability_entries(DISPENSE_SEARCH),
         },
-        {"type": "Communication", "interaction": [{"code": "create"}, {"code": "search-type"}]},
+        {
+            "type": "Communication",
+            "interaction": [{"code": "create"}, {"code": "search-type"}],
+            "searchParam": capability_entries(COMMUNICATION_SEARCH),
+        },
         {"type": "CodeSystem", "interaction": [{"code": "read"}]},
         {
             "type": "Subscription",
@@ -109,6 +115,7 @@ def _resources() -> list[dict[str, Any]]:
                 {"code": "search-type"},
                 {"code": "delete"},
             ],
+            "searchParam": capability_entries(SUBSCRIPTION_SEARCH),
         },
     ]
 

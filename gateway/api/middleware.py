@@ -211,6 +211,9 @@ def _match_template(scope: Scope) -> str | None:
     return next((template for pattern, template in templates if pattern.match(scope["path"])), None)
 
 
+_PROBES = frozenset({"/health", "/ready"})
+
+
 async def _audit_refusal(scope: Scope, status: int, request_id: str) -> None:
     """Audit a 401 for a bearer token, a 403 for a scope, a 429 or a 5xx: the first alike in a window
     at once, the rest counted (gateway.domain.refusals). Never fails the request."""
@@ -218,6 +221,8 @@ async def _audit_refusal(scope: Scope, status: int, request_id: str) -> None:
     reason = state.get("refusal_reason")
     if not (status == 429 or status >= 500 or (status in (401, 403) and reason)):
         return
+    if scope["path"] in _PROBES:
+        return  # a readiness 503 is the probe's answer (the database is away), not a refused request
     services = _services(scope)
     if services is None:
         return

@@ -16,6 +16,13 @@ from gateway.domain import intake
 router = APIRouter(tags=["messaging"])
 
 _ACCEPTED_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json"})
+_MESSAGE_BODY = {
+    "required": True,
+    "content": {
+        "application/fhir+json": {"schema": {"$ref": "#/components/schemas/HomecareMessageBundle"}},
+        "application/json": {"schema": {"$ref": "#/components/schemas/HomecareMessageBundle"}},
+    },
+}
 
 
 async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, object]:
@@ -87,17 +94,14 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
             "description": "Accepted: an informational OperationOutcome",
             "content": fhir_content("OperationOutcome"),
         },
-        **outcome_responses(400, 401, 403, 409, 413, 415, 422),
+        202: {
+            "description": "A cancellation sent to the provider, whose answer did not come within "
+            "HOMECARE_CANCEL_WAIT_SECONDS: the outcome comes through the items' Tasks",
+            "content": fhir_content("OperationOutcome"),
+        },
+        **outcome_responses(400, 401, 403, 404, 409, 413, 415, 422),
     },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/fhir+json": {"schema": {"$ref": "#/components/schemas/HomecareMessageBundle"}},
-                "application/json": {"schema": {"$ref": "#/components/schemas/HomecareMessageBundle"}},
-            },
-        }
-    },
+    openapi_extra={"requestBody": _MESSAGE_BODY},
 )
 @router.post("/FHIR/R4/$process-message", include_in_schema=False)
 async def process_message(request: Request, caller: CurrentCaller, services: ServicesDep) -> Response:
@@ -113,3 +117,28 @@ async def process_message(request: Request, caller: CurrentCaller, services: Ser
     )
     headers = {"Location": answer.location} if answer.location else None
     return FhirResponse(answer.body, status_code=answer.status_code, headers=headers)
+
+
+@router.post(
+    "/fhir/Bundle/$validate",
+    summary="Check a message as $process-message would, storing nothing",
+    description="The same body, authentication and scope as $process-message (the scope of the message's "
+    "event; the MessageHeader's sender must be the caller's organisation). The answer is 200 with an "
+    "OperationOutcome either way, as FHIR's $validate answers: one informational issue when "
+    "$process-message would take the message up, otherwise every problem it would refuse it for "
+    "(structure, the homecare profile, an order's provider). Duplicates and a cancellation's or "
+    "dispense's prescription depend on what is stored and are judged by $process-message only.",
+    response_class=FhirResponse,
+    responses={
+        200: {
+            "description": "Validated: an OperationOutcome (information when valid, errors otherwise)",
+            "content": fhir_content("OperationOutcome"),
+        },
+        **outcome_responses(400, 401, 403, 413, 415),
+    },
+    openapi_extra={"requestBody": _MESSAGE_BODY},
+)
+async def validate_message(request: Request, caller: CurrentCaller, services: ServicesDep) -> Response:
+    body, document = await read_fhir_json_body(request, services.settings.max_body_bytes)
+    outcome = await intake.validate_only(services.context, body=body, document=document, caller=caller)
+    return FhirResponse(outcome)

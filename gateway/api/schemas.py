@@ -55,6 +55,25 @@ FHIR_SCHEMAS: dict[str, Any] = {
         },
         "additionalProperties": False,
     },
+    "ContactPoint": {
+        "type": "object",
+        "properties": {
+            "system": {"type": "string", "enum": ["phone", "fax", "email", "pager", "url", "sms", "other"]},
+            "value": _STRING,
+            "use": {"type": "string", "enum": ["home", "work", "temp", "old", "mobile"]},
+        },
+        "additionalProperties": False,
+    },
+    "Address": {
+        "type": "object",
+        "properties": {
+            "use": {"type": "string", "enum": ["home", "work", "temp", "old", "billing"]},
+            "line": {"type": "array", "items": _STRING},
+            "city": _STRING,
+            "postalCode": _STRING,
+        },
+        "additionalProperties": False,
+    },
     "Quantity": {
         "type": "object",
         "properties": {"value": {"type": "number"}, "unit": _STRING, "system": _URI, "code": _CODE},
@@ -168,6 +187,7 @@ FHIR_SCHEMAS: dict[str, Any] = {
                 ],
             },
             "category": {"type": "array", "items": _ref("CodeableConcept")},
+            "statusReason": _ref("CodeableConcept"),
             "medicationCodeableConcept": _ref("CodeableConcept"),
             "subject": _ref("Reference"),
             "requester": _ref("Reference"),
@@ -211,6 +231,7 @@ FHIR_SCHEMAS: dict[str, Any] = {
                     "properties": {
                         "family": _STRING,
                         "given": {"type": "array", "items": _STRING},
+                        "prefix": {"type": "array", "items": _STRING},
                         "use": {
                             "type": "string",
                             "enum": ["usual", "official", "temp", "nickname", "anonymous", "old", "maiden"],
@@ -221,6 +242,8 @@ FHIR_SCHEMAS: dict[str, Any] = {
             },
             "gender": {"type": "string", "enum": ["male", "female", "other", "unknown"]},
             "birthDate": {"type": "string", "format": "date"},
+            "address": {"type": "array", "items": _ref("Address")},
+            "telecom": {"type": "array", "items": _ref("ContactPoint")},
         },
         "additionalProperties": False,
     },
@@ -233,6 +256,8 @@ FHIR_SCHEMAS: dict[str, Any] = {
             "identifier": {"type": "array", "items": _ref("Identifier")},
             "practitioner": _ref("Reference"),
             "organization": _ref("Reference"),
+            "code": {"type": "array", "items": _ref("CodeableConcept")},
+            "telecom": {"type": "array", "items": _ref("ContactPoint")},
         },
         "additionalProperties": False,
     },
@@ -245,6 +270,7 @@ FHIR_SCHEMAS: dict[str, Any] = {
             "identifier": {"type": "array", "items": _ref("Identifier")},
             "name": _STRING,
             "partOf": _ref("Reference"),
+            "telecom": {"type": "array", "items": _ref("ContactPoint")},
         },
         "additionalProperties": False,
     },
@@ -253,13 +279,15 @@ FHIR_SCHEMAS: dict[str, Any] = {
         "required": ["fullUrl", "resource"],
         "properties": {
             "fullUrl": _URI,
+            # The resources the profile reads, described; any other FHIR R4 resource may travel too.
             "resource": {
-                "oneOf": [
+                "anyOf": [
                     _ref("MessageHeader"),
                     _ref("MedicationRequest"),
                     _ref("Patient"),
                     _ref("PractitionerRole"),
                     _ref("Organization"),
+                    _ref("FhirResource"),
                 ]
             },
         },
@@ -368,6 +396,121 @@ FHIR_SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "StatusTask": {
+        "description": (
+            "A provider's status report for one line item, as an EPS Prescription Status Update Task: "
+            "`basedOn` the short-form prescription ID, `focus` the line item identifier, `businessStatus` "
+            "in the gateway's code system (https://homecare-gateway.nhs.uk/CodeSystem/homecare-status) or "
+            "an EPS PSU code (https://fhir.nhs.uk/CodeSystem/task-businessStatus-nppt), `lastModified` when "
+            "it happened, `owner` the calling provider. For some statuses: `statusReason` (why), `note` (a "
+            "query's question), `output` (delivery window or attempt). Any other FHIR R4 Task element is "
+            "checked and kept."
+        ),
+        "type": "object",
+        "required": [
+            "resourceType",
+            "status",
+            "intent",
+            "basedOn",
+            "focus",
+            "businessStatus",
+            "lastModified",
+            "owner",
+        ],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Task"]},
+            "id": {"type": "string", "pattern": r"^[A-Za-z0-9\-\.]{1,64}$"},
+            "status": {
+                "type": "string",
+                "enum": [
+                    "draft",
+                    "requested",
+                    "received",
+                    "accepted",
+                    "rejected",
+                    "ready",
+                    "cancelled",
+                    "in-progress",
+                    "on-hold",
+                    "failed",
+                    "completed",
+                    "entered-in-error",
+                ],
+            },
+            "intent": {"type": "string", "enum": ["order"]},
+            "basedOn": {"type": "array", "minItems": 1, "items": _ref("Reference")},
+            "focus": _ref("Reference"),
+            "businessStatus": _ref("CodeableConcept"),
+            "lastModified": {"type": "string", "format": "date-time"},
+            "owner": _ref("Reference"),
+            "statusReason": _ref("CodeableConcept"),
+            "note": {
+                "type": "array",
+                "items": {"type": "object", "required": ["text"], "properties": {"text": _STRING}},
+            },
+            "extension": {"type": "array", "items": _ref("Extension")},
+            "output": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "TaskTransactionBundle": {
+        "description": "Up to 50 status Tasks, applied all together or not at all: each entry POST Task, "
+        "or PUT Task/{id} (the item's Task id).",
+        "type": "object",
+        "required": ["resourceType", "type", "entry"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Bundle"]},
+            "type": {"type": "string", "enum": ["transaction"]},
+            "entry": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 50,
+                "items": {
+                    "type": "object",
+                    "required": ["resource", "request"],
+                    "properties": {
+                        "resource": _ref("StatusTask"),
+                        "request": {
+                            "type": "object",
+                            "required": ["method", "url"],
+                            "properties": {
+                                "method": {"type": "string", "enum": ["POST", "PUT"]},
+                                "url": {"type": "string", "pattern": r"^Task(/[A-Za-z0-9\-\.]{1,64})?$"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "CommunicationAnswer": {
+        "description": "The trust's answer to a provider's query: `about` the item's Task, the answer as text.",
+        "type": "object",
+        "required": ["resourceType", "status", "about", "payload"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Communication"]},
+            "status": {"type": "string", "enum": ["completed"]},
+            "about": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["reference"],
+                    "properties": {
+                        "reference": {"type": "string", "pattern": r"^Task/[A-Za-z0-9\-\.]{1,64}$"}
+                    },
+                },
+            },
+            "payload": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["contentString"],
+                    "properties": {"contentString": _STRING},
+                },
+            },
+        },
+    },
     "FhirResource": {
         "type": "object",
         "required": ["resourceType"],
@@ -380,20 +523,38 @@ def fhir_content(schema: str) -> dict[str, Any]:
     return {"application/fhir+json": {"schema": _ref(schema)}}
 
 
+def fhir_body(schema: str) -> dict[str, Any]:
+    """A required FHIR JSON request body (`application/fhir+json`, or `application/json`)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/fhir+json": {"schema": _ref(schema)},
+                "application/json": {"schema": _ref(schema)},
+            },
+        }
+    }
+
+
 def outcome_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI responses for the error statuses a route may answer, each an OperationOutcome."""
     descriptions = {
         400: "Invalid message: every problem at once",
         401: "No valid access token",
         403: "The caller may not act for this organisation",
+        202: "Accepted for later: the outcome comes through the items' Tasks",
         404: "No such resource (or not the caller's)",
         405: "Method not allowed",
         409: "Conflicts with a message or prescription already accepted",
         413: "Body larger than the configured limit",
         415: "Body is not FHIR JSON",
         422: "Valid FHIR that breaks a business rule",
+        429: "Too many requests from this client or address: wait the Retry-After seconds",
         500: "Unexpected failure; nothing was stored",
+        503: "Not ready",
     }
+    if 401 in codes and 429 not in codes:
+        codes = (*codes, 429)  # every authenticated route is rate limited (gateway/api/throttle.py)
     return {
         code: {"description": descriptions[code], "content": fhir_content("OperationOutcome")}
         for code in codes

@@ -19,6 +19,7 @@ from gateway.api.deps import ServicesDep, authorise, for_caller
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
+from gateway.domain.search_parameters import refuse_undeclared
 from gateway.notify import service
 from gateway.notify.endpoints import EndpointPolicy
 
@@ -79,12 +80,13 @@ async def create_subscription(
     response_class=FhirResponse,
     responses={
         200: {"description": "A searchset Bundle of Subscriptions", "content": fhir_content("FhirResource")},
-        **outcome_responses(401, 403),
+        **outcome_responses(400, 401, 403),
     },
 )
 async def search_subscriptions(
     request: Request, caller: SubscriptionReader, services: ServicesDep
 ) -> Response:
+    refuse_undeclared(request.query_params.keys(), service.SUBSCRIPTION_SEARCH)
     bundle = await for_caller(
         services,
         request,

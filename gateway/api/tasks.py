@@ -19,9 +19,10 @@ from fhir_profiles.identifiers import (
 )
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.api.deps import Services, ServicesDep, authorise, for_caller
+from gateway.api.documentation import form_body, query_parameters
 from gateway.api.process_message import read_fhir_json_body
 from gateway.api.responses import FhirResponse
-from gateway.api.schemas import fhir_content, outcome_responses
+from gateway.api.schemas import fhir_body, fhir_content, outcome_responses
 from gateway.domain import status_reports, task_reads
 from gateway.domain.status_authority import Applied
 
@@ -60,6 +61,7 @@ def _answer(applied: Applied) -> Response:
     summary="Report a line item's status (a PSU-style Task: basedOn, focus, businessStatus, lastModified)",
     response_class=FhirResponse,
     responses=_TASK_RESPONSES,
+    openapi_extra=fhir_body("StatusTask"),
 )
 async def create_task(request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
     _, task = await read_fhir_json_body(request, services.settings.max_body_bytes)
@@ -72,6 +74,7 @@ async def create_task(request: Request, caller: StatusReporter, services: Servic
     summary="Report a line item's status on its Task id",
     response_class=FhirResponse,
     responses=_TASK_RESPONSES,
+    openapi_extra=fhir_body("StatusTask"),
 )
 async def update_task(id: str, request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
     _, task = await read_fhir_json_body(request, services.settings.max_body_bytes)
@@ -87,6 +90,7 @@ async def update_task(id: str, request: Request, caller: StatusReporter, service
         200: {"description": "transaction-response Bundle", "content": fhir_content("FhirResource")},
         **outcome_responses(400, 401, 403, 404, 409, 413, 415),
     },
+    openapi_extra=fhir_body("TaskTransactionBundle"),
 )
 async def transaction(request: Request, caller: StatusReporter, services: ServicesDep) -> Response:
     _, bundle = await read_fhir_json_body(request, services.settings.max_body_bytes)
@@ -247,6 +251,7 @@ def _check_identifier_parameters(parameters: list[tuple[str, str]]) -> list[tupl
     "That search pages by leasing: search again for the next orders. Every other search only reads.",
     response_class=FhirResponse,
     responses=_SEARCH_RESPONSES,
+    openapi_extra={"parameters": query_parameters(task_reads.TASK_SEARCH)},
 )
 async def search_tasks(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
     parameters = _check_identifier_parameters(list(request.query_params.multi_items()))
@@ -270,15 +275,7 @@ async def search_tasks(request: Request, caller: TaskReader, services: ServicesD
     summary="Search Tasks with the parameters in a form body (the way to search by NHS number)",
     response_class=FhirResponse,
     responses=_SEARCH_RESPONSES,
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {"type": "object", "additionalProperties": {"type": "string"}}
-                }
-            }
-        }
-    },
+    openapi_extra={"requestBody": form_body(task_reads.TASK_SEARCH)},
 )
 async def search_tasks_by_post(request: Request, caller: TaskReader, services: ServicesDep) -> Response:
     parameters = _check_identifier_parameters(

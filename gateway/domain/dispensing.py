@@ -25,6 +25,7 @@ from gateway.domain.messages import (
     stored_message,
 )
 from gateway.domain.reads import item_not_found, not_found
+from gateway.domain.search_parameters import SearchParameter
 from gateway.domain.status import Status, provider_source
 from gateway.domain.status_authority import change_status
 from gateway.store import audit, dispenses, items, messages
@@ -194,6 +195,16 @@ def read_dispense(ctx: Context, *, caller: Caller, dispense_id: str, request_id:
         missing=lambda: not_found("MedicationDispense"),
     )
     return _render(found)
+
+
+DISPENSE_SEARCH: tuple[SearchParameter, ...] = (
+    SearchParameter(
+        "prescription",
+        "reference",
+        "The line item whose dispenses to list, as `MedicationRequest/{id}` (the item's gateway id); required",
+        "MedicationRequest/a54219b8-f741-4c47-b662-e4f8dfa49ab6",
+    ),
+)
 
 
 def dispenses_of_item(ctx: Context, *, caller: Caller, item_id: str, request_id: str) -> dict[str, Any]:

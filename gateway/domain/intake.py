@@ -22,13 +22,22 @@ from auth.identity import Caller
 from auth.scopes import MESSAGE_EVENT_SCOPES
 from fhir_profiles import codes
 from fhir_profiles.homecare import MessageEnvelope, validate_message
-from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError, status_for
+from fhir_profiles.outcome import (
+    ErrorCode,
+    Issue,
+    IssueType,
+    OperationOutcomeError,
+    Severity,
+    operation_outcome,
+    status_for,
+    success_outcome,
+)
 from gateway.domain import access
 from gateway.domain.cancellation import receive_cancellation
 from gateway.domain.context import Context, in_thread
 from gateway.domain.dispensing import receive_dispense_notification
 from gateway.domain.messages import ContentRefused, IntakeAnswer, Received, earlier_answer
-from gateway.domain.orders import receive_order
+from gateway.domain.orders import check_provider, receive_order
 
 MessageHandler = Callable[[Context, Received], Awaitable[IntakeAnswer]]
 
@@ -96,6 +105,32 @@ async def _receive(
         if earlier is None:
             raise
         return earlier
+
+
+async def validate_only(ctx: Context, *, body: bytes, document: Any, caller: Caller) -> dict[str, Any]:
+    """`$validate`: intake's checks of a message without acting on it or storing anything.
+
+    The caller needs the scope of the message's event and must be its sender, as for intake (403
+    otherwise). The answer is an OperationOutcome: one informational issue when intake would take the
+    message up, otherwise every problem it would refuse it for (structure, the homecare profile, and for
+    an order its provider: registered and enabled). What depends on what is already stored (a
+    duplicate, a cancellation's or dispense's prescription) is judged by $process-message only.
+    """
+    result = validate_message(document, body)
+    _authorise(caller, result.envelope)
+    issues = list(result.issues)
+    if result.ok and result.order is not None:
+        try:
+            await in_thread(check_provider, ctx, result.order)
+        except ContentRefused as refused:
+            issues.extend(refused.issues)
+    if any(issue.severity in (Severity.ERROR, Severity.FATAL) for issue in issues):
+        return operation_outcome(issues)
+    outcome = success_outcome(
+        f"Valid {result.envelope.event} message: $process-message would take it up; nothing was stored"
+    )
+    outcome["issue"].extend(issue.to_fhir() for issue in issues)  # warnings, if any
+    return outcome
 
 
 def _authorise(caller: Caller, envelope: MessageEnvelope) -> None:

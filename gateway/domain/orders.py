@@ -37,7 +37,7 @@ OPENING_STATUSES = (Status.RECEIVED, Status.QUEUED)
 async def receive_order(ctx: Context, received: Received) -> IntakeAnswer:
     order = received.result.order
     assert order is not None, "an accepted prescription-order carries its order"
-    _check_provider(ctx, order)
+    check_provider(ctx, order)
     prescription_id = str(uuid.uuid4())
     new, answer = _new_prescription(received, order, prescription_id=prescription_id, now=ctx.clock())
     try:
@@ -48,7 +48,7 @@ async def receive_order(ctx: Context, received: Received) -> IntakeAnswer:
     return answer
 
 
-def _check_provider(ctx: Context, order: PrescriptionOrder) -> None:
+def check_provider(ctx: Context, order: PrescriptionOrder) -> None:
     provider = ctx.provider_directory.get(order.performer_ods)
     if provider is not None and provider.enabled:
         return

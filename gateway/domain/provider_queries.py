@@ -14,6 +14,7 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeE
 from gateway.domain import access
 from gateway.domain.context import Context
 from gateway.domain.reads import item_not_found
+from gateway.domain.search_parameters import SearchParameter
 from gateway.domain.status import Status, trust_source
 from gateway.domain.status_authority import change_status
 from gateway.domain.tasks import fhir_instant
@@ -162,6 +163,16 @@ def _communication(
         "sender": {"identifier": {"system": ODS_SYSTEM, "value": ods}, "display": role},
         "payload": [{"contentString": text}],
     }
+
+
+COMMUNICATION_SEARCH: tuple[SearchParameter, ...] = (
+    SearchParameter(
+        "about",
+        "reference",
+        "The line item's Task whose query thread to read, as `Task/{id}`; required",
+        "Task/a54219b8-f741-4c47-b662-e4f8dfa49ab6",
+    ),
+)
 
 
 def query_thread(ctx: Context, *, caller: Caller, item_id: str, request_id: str) -> dict[str, Any]:

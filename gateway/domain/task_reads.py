@@ -16,6 +16,7 @@ from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeE
 from gateway.domain import access, pull
 from gateway.domain.context import Context
 from gateway.domain.reads import item_not_found
+from gateway.domain.search_parameters import SearchParameter
 from gateway.domain.status import Status, Verdict, business_status, task_status
 from gateway.domain.tasks import VERDICT_URL, fhir_instant, render_task, with_prescription_message
 from gateway.store import events, items
@@ -186,17 +187,83 @@ class _SearchRequest:
             self.bad("_page_token", "The page token is not one this gateway gave")
 
 
+TASK_SEARCH: tuple[SearchParameter, ...] = (
+    SearchParameter(
+        "owner",
+        "token",
+        "The provider's ODS code (`VNCEL`, or `https://fhir.nhs.uk/Id/ods-organization-code|VNCEL`)",
+        "VNCEL",
+        _SearchRequest.owner,
+    ),
+    SearchParameter(
+        "requester",
+        "token",
+        "The trust's ODS code (`RBA`, or with the ODS system as for owner)",
+        "RBA",
+        _SearchRequest.requester,
+    ),
+    SearchParameter(
+        "business-status",
+        "token",
+        "The gateway's status code (CodeSystem homecare-status), comma for any of: `queued,sent`",
+        "delivery-failed",
+        _SearchRequest.business_status,
+    ),
+    SearchParameter(
+        "focus:identifier",
+        "token",
+        "The line item identifier (`https://fhir.nhs.uk/Id/prescription-order-item-number|<id>`)",
+        "a54219b8-f741-4c47-b662-e4f8dfa49ab6",
+        _SearchRequest.focus,
+    ),
+    SearchParameter(
+        "based-on:identifier",
+        "token",
+        "The short-form prescription ID (`https://fhir.nhs.uk/Id/prescription-order-number|<id>`)",
+        "A99968-A99968-00000T",
+        _SearchRequest.based_on,
+    ),
+    SearchParameter(
+        "patient:identifier",
+        "token",
+        "The patient's NHS number (`https://fhir.nhs.uk/Id/nhs-number|<number>`); only in the form body "
+        "of POST /fhir/Task/_search, never in a URL",
+        "9449304106",
+        _SearchRequest.patient,
+        post_only=True,
+    ),
+    SearchParameter(
+        "_lastUpdated",
+        "date",
+        "When the Task last changed: a prefix (gt, ge, lt, le, eq) and a date-time with zone; repeat for a range",
+        "gt2026-11-23T00:00:00Z",
+        _SearchRequest.last_updated,
+    ),
+    SearchParameter(
+        "_count",
+        "number",
+        f"Tasks per page, 1 to {MAX_COUNT} (default {DEFAULT_COUNT})",
+        "20",
+        _SearchRequest.count_of,
+    ),
+    SearchParameter(
+        "_sort",
+        "string",
+        "`-_lastUpdated` (newest change first, the default) or `_lastUpdated`",
+        "-_lastUpdated",
+        _SearchRequest.sort,
+    ),
+    SearchParameter(
+        "_page_token",
+        "string",
+        "The opaque keyset token of a `next` link (search again with it for the next page)",
+        "",
+        _SearchRequest.page_token,
+        paging=True,
+    ),
+)
 _PARAMETERS: dict[str, Callable[[_SearchRequest, str], None]] = {
-    "owner": _SearchRequest.owner,
-    "requester": _SearchRequest.requester,
-    "business-status": _SearchRequest.business_status,
-    "focus:identifier": _SearchRequest.focus,
-    "based-on:identifier": _SearchRequest.based_on,
-    "patient:identifier": _SearchRequest.patient,
-    "_lastUpdated": _SearchRequest.last_updated,
-    "_count": _SearchRequest.count_of,
-    "_sort": _SearchRequest.sort,
-    "_page_token": _SearchRequest.page_token,
+    p.name: p.read for p in TASK_SEARCH if p.read is not None
 }
 SEARCH_PARAMETERS = frozenset(_PARAMETERS)
 

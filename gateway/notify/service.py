@@ -23,6 +23,7 @@ from auth.identity import Caller, Role
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.domain import access
 from gateway.domain.context import Context
+from gateway.domain.search_parameters import SearchParameter
 from gateway.domain.status import Verdict
 from gateway.domain.status_authority import Applied
 from gateway.logs import get_logger
@@ -247,6 +248,10 @@ def read_subscription(
     if found is None:
         raise _not_found()
     return subscription_resource(found)
+
+
+# A trust's subscriptions are few: the search lists them all and takes no parameters.
+SUBSCRIPTION_SEARCH: tuple[SearchParameter, ...] = ()
 
 
 def search_subscriptions(ctx: Context, *, caller: Caller, base_url: str, request_id: str) -> dict[str, Any]:

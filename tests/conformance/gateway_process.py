@@ -43,6 +43,7 @@ def serve(environment: Mapping[str, str], port: int, log: str) -> None:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     os.environ.clear()
     os.environ.update(environment)
+    os.environ.setdefault("HOMECARE_ADMIN_LISTEN", "off")
     run_server(host="127.0.0.1", port=port, workers=1)
 
 
