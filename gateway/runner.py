@@ -1,5 +1,5 @@
 """The gateway's parts wired together, and the work that runs beside the API: the dispatcher, expiry,
-the alert for orders nobody pulls, the audit sealer, the KPI fold, and the adapters' status
+the alert for orders nobody pulls, the audit sealer, the KPI fold, the run-out watch, and the adapters' status
 listener and pollers. One `Runtime` serves `serve` (the app's lifespan) and `worker` alike."""
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from gateway.domain.context import Context, in_thread
 from gateway.domain.expiry import expire_due
 from gateway.domain.pull import alert_unpulled
 from gateway.kpi.service import fold_round
+from gateway.kpi.watch import check_run_out
 from gateway.logs import get_logger
 from gateway.metrics import SENDS
-from gateway.notify.service import notify_status_change
+from gateway.notify.service import notify_run_out, notify_status_change
 from gateway.operator_errors import OperatorError
 from gateway.security import build_token_service
 from gateway.settings import Settings
@@ -87,6 +88,9 @@ class Runtime:
         if self.settings.kpi_fold_seconds:
             # The KPI figures follow the event log: folded in here, the one place they are kept up to date.
             loops.append(_every(self.settings.kpi_fold_seconds, "kpi_fold", self._fold_kpis))
+        if self.settings.run_out_check_seconds:
+            # Run-out warnings: raised once per course and supply, whichever process finds them first.
+            loops.append(_every(self.settings.run_out_check_seconds, "run_out_check", self.check_run_out))
         background = [asyncio.create_task(loop) for loop in loops]
         try:
             yield stop
@@ -135,6 +139,18 @@ class Runtime:
             clock=self.context.clock,
             close_days=self.settings.kpi_month_close_days,
         )
+
+    async def check_run_out(self) -> None:
+        result = await in_thread(
+            check_run_out,
+            self.context.db,
+            now=self.context.clock(),
+            listener=notify_run_out,
+            lead_days=self.settings.run_out_lead_days,
+        )
+        if result.raised:
+            # Notifications were queued: the dispatcher delivers them.
+            self.context.wake_dispatcher()
 
     async def _housekeeping(self) -> None:
         """Seal the audit log and forget expired assertion ids."""

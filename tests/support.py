@@ -123,6 +123,7 @@ class RunningServer:
 
 
 TABLES_IN_DELETE_ORDER = (
+    "run_out_alert",
     "kpi_monthly",
     "kpi_restatement",
     "kpi_fold",

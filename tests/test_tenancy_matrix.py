@@ -133,6 +133,7 @@ def _world(
         public_base_url=PUBLIC_BASE_URL,
         audit_seal_seconds=0,
         kpi_fold_seconds=0,
+        run_out_check_seconds=0,
         provider_cache_seconds=0,
         run_dispatcher=False,
         allow_loopback_subscribers=True,

@@ -1,0 +1,158 @@
+"""Raising run-out warnings on a hand-built history, both backends: the prescriptions go in through
+the API, the provider reports their delivery, and the watch (gateway.kpi.watch) finds the course at
+risk: the order is flagged on the worklist with its run-out date, one event is logged, one
+notification queued for a subscription that asks for warnings; once, however many rounds run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import text
+
+from fhir_profiles.builder import PrescriptionMessageBuilder
+from gateway.domain import worklist
+from gateway.kpi.months import local_date
+from gateway.kpi.watch import RUN_OUT_URL, check_run_out
+from gateway.notify.service import notify_run_out
+from gateway.store.db import Database
+from tests.test_status_api import FHIR, HOMECARE_STATUS
+from tests.web.test_worklist_rules import listing, send
+
+AsTenant = Callable[..., httpx.Client]
+COURSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/medicationrequest-course-of-therapy"
+NOW = datetime.now(UTC)
+DELIVERED_AT = NOW - timedelta(days=25)
+
+
+def continuing(seed: int, *, supply_days: int) -> dict[str, Any]:
+    """A one-item prescription of a continuing course lasting `supply_days` from its delivery."""
+    message = PrescriptionMessageBuilder(seed=seed).build(items=1)
+    request = next(
+        e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "MedicationRequest"
+    )
+    request["courseOfTherapyType"]["coding"][0].update(
+        code="continuous", display="Continuous long term therapy"
+    )
+    request["dispenseRequest"]["expectedSupplyDuration"] = {
+        "value": supply_days,
+        "unit": "days",
+        "system": "http://unitsofmeasure.org",
+        "code": "d",
+    }
+    return message
+
+
+def deliver(provider: httpx.Client, message: dict[str, Any]) -> None:
+    request = next(
+        e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "MedicationRequest"
+    )
+    for minute, status in enumerate(("accepted", "in-preparation", "dispensed", "delivered")):
+        resource = {
+            "resourceType": "Task",
+            "basedOn": [
+                {"identifier": {k: v for k, v in request["groupIdentifier"].items() if k != "extension"}}
+            ],
+            "status": "in-progress",
+            "businessStatus": {"coding": [{"system": HOMECARE_STATUS, "code": status}]},
+            "intent": "order",
+            "focus": {"identifier": request["identifier"][0]},
+            "lastModified": (DELIVERED_AT - timedelta(minutes=10 - minute)).isoformat(),
+            "owner": {"identifier": request["dispenseRequest"]["performer"]["identifier"]},
+        }
+        response = provider.post("/fhir/Task", content=orjson.dumps(resource), headers=FHIR)
+        assert response.status_code == 200, response.text
+
+
+def subscribe(trust: httpx.Client, criteria: str) -> str:
+    resource = {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "Run-out warnings",
+        "criteria": criteria,
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": "https://ehr.rba.example.nhs.uk/homecare/notifications",
+            "payload": "application/fhir+json",
+        },
+    }
+    response = trust.post("/fhir/Subscription", content=orjson.dumps(resource), headers=FHIR)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def notifications(db: Database, subscription_id: str) -> list[dict[str, Any]]:
+    with db.write() as session:
+        rows = session.execute(
+            text("SELECT payload FROM outbox WHERE kind = 'notification' AND subscription_id = :s"),
+            {"s": subscription_id},
+        ).all()
+    return [orjson.loads(row[0]) for row in rows]
+
+
+def run_out_events(db: Database) -> list[tuple[str, str, Any]]:
+    with db.write() as session:
+        rows = session.execute(
+            text("SELECT prescription_id, status, detail FROM status_event WHERE status = 'run-out-risk'")
+        ).all()
+    return [(row[0], row[1], row[2] if isinstance(row[2], dict) else orjson.loads(row[2])) for row in rows]
+
+
+@pytest.fixture
+def provider(as_tenant: AsTenant) -> httpx.Client:
+    return as_tenant("provider-vncel")
+
+
+def test_a_course_at_risk_is_flagged_once_with_an_event_and_a_notification(
+    db: Database, client: httpx.Client, provider: httpx.Client, as_tenant: AsTenant
+) -> None:
+    warnings_only = subscribe(as_tenant("trust-rba"), "Task?business-status=run-out-risk")
+    deliveries_only = subscribe(as_tenant("trust-rba"), "Task?business-status=cancelled")
+    short, long = continuing(71, supply_days=28), continuing(72, supply_days=90)
+    at_risk, safe = send(client, short), send(client, long)
+    deliver(provider, short)
+    deliver(provider, long)
+
+    first = check_run_out(db, now=NOW, listener=notify_run_out)
+    again = check_run_out(db, now=NOW + timedelta(minutes=5), listener=notify_run_out)
+
+    assert (first.raised, first.at_risk, again.raised, again.at_risk) == (1, 1, 0, 1)
+    events = run_out_events(db)
+    assert [(pid, status) for pid, status, _ in events] == [(at_risk, "run-out-risk")]
+    detail = events[0][2]
+    assert detail["reason"] == "no-next-order" and detail["supply_days"] == 28
+    expected = local_date(DELIVERED_AT) + timedelta(days=28)
+    assert detail["run_out_on"] == expected.isoformat()
+    sent = notifications(db, warnings_only)
+    assert len(sent) == 1 and notifications(db, deliveries_only) == []
+    task = sent[0]
+    assert task["businessStatus"]["coding"][0]["code"] == "delivered"  # the item keeps its status
+    warning = next(e for e in task["extension"] if e["url"] == RUN_OUT_URL)
+    assert {"url": "runOutOn", "valueDate": expected.isoformat()} in warning["extension"]
+
+    page = listing(db)
+    actions = {row.prescription_id: row.actions for row in page.rows}
+    assert actions[at_risk] == (f"At risk of running out on {expected.day} {expected:%B %Y}",)
+    assert actions[safe] == ()
+    assert worklist.status_words("run-out-risk") == "Run-out warning"
+
+
+def test_a_warning_stays_open_while_at_risk_and_closes_when_the_course_is_over(
+    db: Database, client: httpx.Client, provider: httpx.Client
+) -> None:
+    message = continuing(73, supply_days=28)
+    first = send(client, message)
+    deliver(provider, message)
+    assert check_run_out(db, now=NOW, listener=None).raised == 1
+    assert listing(db).needing_action == 1
+    # Much later the supply ran out long ago and the course has nothing coming: still flagged, not raised again.
+    assert check_run_out(db, now=NOW + timedelta(days=20), listener=None).raised == 0
+    assert [row.prescription_id for row in listing(db).rows if row.actions] == [first]
+    # Nothing delivered for over the look-back: the course is not active, the warning closes.
+    closed = check_run_out(db, now=NOW + timedelta(days=500), listener=None)
+    assert (closed.raised, closed.cleared) == (0, 1)
+    assert listing(db).needing_action == 0
