@@ -9,6 +9,7 @@ reads the event log, so it stays fast however long the log grows.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +30,7 @@ HEADLINE = (
     MeasureId.REJECTION_RATE,
     MeasureId.QUERY_RATE,
 )
+HEADLINE_DEFINITIONS = tuple(d for d in DEFINITIONS if d.id in HEADLINE)
 NO_DATA = "no data"
 # Their short names as column headings.
 SHORT_TITLES = {
@@ -131,13 +133,24 @@ def point(definition: MeasureDefinition, figures: Figures, disclosure: Disclosur
 
 
 def performance(
-    db: Database, *, now: datetime, threshold: int, provider_ods: str | None = None
+    db: Database,
+    *,
+    now: datetime,
+    threshold: int,
+    provider_ods: str | None = None,
+    definitions: Sequence[MeasureDefinition] = DEFINITIONS,
 ) -> Performance:
     """Every provider with figures (or the one asked for), each measure by month over the window."""
     months = window(now)
     disclosure = Disclosure(threshold, suppress=True)
     with db.snapshot() as tx:
-        cells = store.read_cells(tx, months=months, tenant_ods=store.ALL_TRUSTS, provider_ods=provider_ods)
+        cells = store.read_cells(
+            tx,
+            months=months,
+            tenant_ods=store.ALL_TRUSTS,
+            provider_ods=provider_ods,
+            measures=[d.id.value for d in definitions],
+        )
     names = {provider.ods_code: provider.name for provider in provider_names(db)}
     by_cell: dict[tuple[str, str], dict[str, Figures]] = defaultdict(dict)
     for cell in cells:
@@ -148,7 +161,7 @@ def performance(
     found = []
     for ods in subjects:
         series = []
-        for definition in DEFINITIONS:
+        for definition in definitions:
             monthly = by_cell.get((ods, definition.id.value), {})
             total = Figures()
             for figures in monthly.values():

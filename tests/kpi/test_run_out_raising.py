@@ -15,13 +15,14 @@ import pytest
 from sqlalchemy import text
 
 from fhir_profiles.builder import PrescriptionMessageBuilder
-from gateway.domain import worklist
+from gateway.domain import prescription_record
+from gateway.domain.context import Context
 from gateway.kpi.months import local_date
 from gateway.kpi.watch import RUN_OUT_URL, check_run_out
 from gateway.notify.service import notify_run_out
 from gateway.store.db import Database
 from tests.test_status_api import FHIR, HOMECARE_STATUS
-from tests.web.test_worklist_rules import listing, send
+from tests.web.test_worklist_rules import CLINICIAN, RULES, listing, send
 
 AsTenant = Callable[..., httpx.Client]
 COURSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/medicationrequest-course-of-therapy"
@@ -138,7 +139,14 @@ def test_a_course_at_risk_is_flagged_once_with_an_event_and_a_notification(
     actions = {row.prescription_id: row.actions for row in page.rows}
     assert actions[at_risk] == (f"At risk of running out on {expected.day} {expected:%B %Y}",)
     assert actions[safe] == ()
-    assert worklist.status_words("run-out-risk") == "Run-out warning"
+    record = prescription_record.prescription_record(
+        Context(db), caller=CLINICIAN, prescription_id=at_risk, settings=RULES, request_id="r"
+    )
+    assert record.actions == actions[at_risk]
+    warned = [entry for entry in record.timeline if entry.what == "Run-out warning"]
+    assert [entry.why for entry in warned] == [
+        f"Runs out on {expected.isoformat()}: no next supply is ordered"
+    ]
 
 
 def test_a_warning_stays_open_while_at_risk_and_closes_when_the_course_is_over(
