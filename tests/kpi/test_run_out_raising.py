@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from fhir_profiles.builder import PrescriptionMessageBuilder
+from fhir_profiles.codes import TASK_OUTPUT_DELIVERY_WINDOW, TASK_OUTPUT_SYSTEM
 from gateway.domain import prescription_record
 from gateway.domain.context import Context
 from gateway.kpi.months import local_date
@@ -30,9 +31,9 @@ NOW = datetime.now(UTC)
 DELIVERED_AT = NOW - timedelta(days=25)
 
 
-def continuing(seed: int, *, supply_days: int) -> dict[str, Any]:
+def continuing(seed: int, *, supply_days: int, nhs_number: str | None = None) -> dict[str, Any]:
     """A one-item prescription of a continuing course lasting `supply_days` from its delivery."""
-    message = PrescriptionMessageBuilder(seed=seed).build(items=1)
+    message = PrescriptionMessageBuilder(seed=seed).build(items=1, nhs_number=nhs_number)
     request = next(
         e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "MedicationRequest"
     )
@@ -48,11 +49,21 @@ def continuing(seed: int, *, supply_days: int) -> dict[str, Any]:
     return message
 
 
-def deliver(provider: httpx.Client, message: dict[str, Any]) -> None:
-    request = next(
+def the_request(message: dict[str, Any]) -> dict[str, Any]:
+    return next(
         e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "MedicationRequest"
     )
-    for minute, status in enumerate(("accepted", "in-preparation", "dispensed", "delivered")):
+
+
+def deliver(
+    provider: httpx.Client,
+    message: dict[str, Any],
+    steps: tuple[str, ...] = ("accepted", "in-preparation", "dispensed", "delivered"),
+    at: datetime = DELIVERED_AT,
+    **extra: Any,
+) -> None:
+    request = the_request(message)
+    for minute, status in enumerate(steps):
         resource = {
             "resourceType": "Task",
             "basedOn": [
@@ -62,8 +73,9 @@ def deliver(provider: httpx.Client, message: dict[str, Any]) -> None:
             "businessStatus": {"coding": [{"system": HOMECARE_STATUS, "code": status}]},
             "intent": "order",
             "focus": {"identifier": request["identifier"][0]},
-            "lastModified": (DELIVERED_AT - timedelta(minutes=10 - minute)).isoformat(),
+            "lastModified": (at - timedelta(minutes=10 - minute)).isoformat(),
             "owner": {"identifier": request["dispenseRequest"]["performer"]["identifier"]},
+            **extra,
         }
         response = provider.post("/fhir/Task", content=orjson.dumps(resource), headers=FHIR)
         assert response.status_code == 200, response.text
@@ -163,4 +175,45 @@ def test_a_warning_stays_open_while_at_risk_and_closes_when_the_course_is_over(
     # Nothing delivered for over the look-back: the course is not active, the warning closes.
     closed = check_run_out(db, now=NOW + timedelta(days=500), listener=None)
     assert (closed.raised, closed.cleared) == (0, 1)
+    assert listing(db).needing_action == 0
+
+
+def test_the_next_order_is_flagged_until_its_delivery_is_booked_in_time(
+    db: Database, client: httpx.Client, provider: httpx.Client
+) -> None:
+    first = continuing(74, supply_days=28)
+    nhs_number = next(e["resource"] for e in first["entry"] if e["resource"]["resourceType"] == "Patient")[
+        "identifier"
+    ][0]["value"]
+    following = continuing(75, supply_days=28, nhs_number=nhs_number)
+    the_request(following)["medicationCodeableConcept"] = the_request(first)["medicationCodeableConcept"]
+    send(client, first)
+    deliver(provider, first)
+    next_order = send(client, following)
+    deliver(provider, following, ("accepted",), at=NOW)
+
+    raised = check_run_out(db, now=NOW, listener=None)
+    assert (raised.raised, raised.at_risk) == (1, 1)
+    # The order that will not come in time is the one flagged: accepted, no delivery date yet.
+    assert [pid for pid, _, detail in run_out_events(db) if detail["reason"] == "no-delivery-date"] == [
+        next_order
+    ]
+    assert [row.prescription_id for row in listing(db).rows if row.actions] == [next_order]
+
+    run_out_on = local_date(DELIVERED_AT) + timedelta(days=28)
+    window = {
+        "start": (run_out_on - timedelta(days=2)).isoformat(),
+        "end": (run_out_on - timedelta(days=1)).isoformat(),
+    }
+    booked = {
+        "output": [
+            {
+                "type": {"coding": [{"system": TASK_OUTPUT_SYSTEM, "code": TASK_OUTPUT_DELIVERY_WINDOW}]},
+                "valuePeriod": window,
+            }
+        ]
+    }
+    deliver(provider, following, ("in-preparation", "dispensed", "delivery-scheduled"), at=NOW, **booked)
+    closed = check_run_out(db, now=NOW + timedelta(minutes=1), listener=None)
+    assert (closed.raised, closed.cleared, closed.at_risk) == (0, 1, 0)
     assert listing(db).needing_action == 0
