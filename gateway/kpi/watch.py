@@ -1,9 +1,13 @@
 """Raising run-out warnings: the rule of `gateway.kpi.run_out` applied to the courses in the
 database, every `HOMECARE_RUN_OUT_CHECK_SECONDS` beside the API (gateway.runner).
 
-Each round reads every line item of the patients with a delivery recorded in the last
-`LOOKBACK` days (longer than any supply lasts), groups them into courses (one patient's one
-medicine at one trust) and assesses each. A course newly at risk gets, in one transaction:
+Each round looks at the patients something happened to since the last round (an event in the log:
+a new order, a delivery, a date agreed...) and at those with a course due a look today (a quiet
+course comes within the lead days of running out on a day known in advance; one at risk is looked
+at daily). It reads every line item of those patients, groups them into courses (one patient's one
+medicine at one trust) and assesses each; a course whose last delivery is older than `LOOKBACK`
+(400 days, longer than any supply lasts) is over. The first round reads the whole log once. A
+course newly at risk gets, in one transaction:
 - a warning row (`run_out_alert`), once per course and supply: it is never raised again for the
   same delivered supply, however many rounds find it still at risk;
 - an event in the status log on the order it flags (the next order of the course, else the
@@ -49,6 +53,8 @@ RUN_OUT_RISK = "run-out-risk"
 GATEWAY_SOURCE = "gateway"
 LOOKBACK = timedelta(days=400)
 RUN_OUT_URL = "https://homecare-gateway.nhs.uk/StructureDefinition/Extension-RunOutRisk"
+# An event id below the newest may still be committed this long after it was recorded: read again.
+GRACE = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +137,27 @@ def _courses(rows: list[store.SupplyRow]) -> list[_Course]:
 
 
 @dataclass(frozen=True, slots=True)
-class _AtRisk:
+class _Assessed:
     course: str
-    supply: store.SupplyRow
+    supply: store.SupplyRow  # the current supply, or any item of a course with none delivered
     flagged: store.SupplyRow
-    assessment: RunOutAssessment
+    assessment: RunOutAssessment | None  # None: nothing delivered, or the course is over
+    due: date | None  # when to look again if nothing happens
+
+    @property
+    def at_risk(self) -> bool:
+        return (
+            self.assessment is not None and self.assessment.at_risk and self.assessment.run_out_on is not None
+        )
 
 
-def _assess(courses: list[_Course], *, today: date, lead_days: int) -> list[_AtRisk]:
+def _assess(courses: list[_Course], *, today: date, lead_days: int, lookback: timedelta) -> list[_Assessed]:
     found = []
     for course in courses:
         current, following = current_and_next(course.items)
-        if current is None or current.delivered_on is None:
+        if current is None or current.delivered_on is None or current.delivered_on < today - lookback:
+            any_item = course.rows[course.items[0].item_id]
+            found.append(_Assessed(course.key, any_item, any_item, None, None))
             continue
         assessment = assess_run_out(
             delivered_on=current.delivered_on,
@@ -152,12 +167,28 @@ def _assess(courses: list[_Course], *, today: date, lead_days: int) -> list[_AtR
             continuing=is_continuing(current.medication_request),
             lead_days=lead_days,
         )
-        if assessment.at_risk and assessment.run_out_on is not None:
-            flagged = following if following is not None else current
-            found.append(
-                _AtRisk(course.key, course.rows[current.item_id], course.rows[flagged.item_id], assessment)
+        flagged = following if following is not None else current
+        found.append(
+            _Assessed(
+                course.key,
+                course.rows[current.item_id],
+                course.rows[flagged.item_id],
+                assessment,
+                _due(assessment, today=today, lead_days=lead_days),
             )
+        )
     return found
+
+
+def _due(assessment: RunOutAssessment, *, today: date, lead_days: int) -> date | None:
+    """At risk: look again tomorrow. Waiting for a next order or a delivery date: on the day the run-out
+    comes within the lead days. Otherwise only when something happens."""
+    tomorrow = today + timedelta(days=1)
+    if assessment.at_risk:
+        return tomorrow
+    if assessment.run_out_on is None or assessment.reason not in ("no-next-order", "on-track"):
+        return None
+    return max(tomorrow, assessment.run_out_on - timedelta(days=lead_days))
 
 
 def _next(item: SupplyItem) -> NextSupply:
@@ -171,29 +202,39 @@ def check_run_out(
     listener: RunOutListener | None,
     lead_days: int = LEAD_DAYS,
     lookback: timedelta = LOOKBACK,
+    grace: timedelta = GRACE,
 ) -> WatchResult:
     """One round: raise a warning for each course newly at risk, close those no longer at risk."""
+    today = local_date(now)
     with db.snapshot() as tx:
-        rows = store.supplies_of_recent_patients(tx, delivered_since=now - lookback)
-    at_risk = _assess(_courses(rows), today=local_date(now), lead_days=lead_days)
+        position = store.watch_position(tx)
+        news = store.new_events(tx, position, settled_before=now - grace)
+        patients = store.patients_of(tx, news.prescription_ids) | store.patients_due(tx, today)
+        rows = store.supplies_of_patients(tx, patients)
+    assessed = _assess(_courses(rows), today=today, lead_days=lead_days, lookback=lookback)
+    at_risk = [a for a in assessed if a.at_risk]
     still = {(risk.course, risk.supply.item_id) for risk in at_risk}
     raised = 0
     with db.transaction() as tx:
         stale = [
-            alert.id for alert in store.open_alerts(tx) if (alert.course, alert.supply_item_id) not in still
+            alert.id
+            for alert in store.open_alerts(tx, [a.course for a in assessed])
+            if (alert.course, alert.supply_item_id) not in still
         ]
         store.clear_alerts(tx, stale, now=now)
         for risk in at_risk:
             if _raise(tx, risk, now=now, listener=listener):
                 raised += 1
+        store.set_due(tx, {a.course: (a.supply.item_id, a.due) for a in assessed})
+        store.set_watch_position(tx, max(position, news.settled_id), now=now)
     if raised or stale:
         log.info("run_out_checked", raised=raised, cleared=len(stale), at_risk=len(at_risk))
     return WatchResult(raised, len(stale), len(at_risk))
 
 
-def _raise(tx: Tx, risk: _AtRisk, *, now: datetime, listener: RunOutListener | None) -> bool:
+def _raise(tx: Tx, risk: _Assessed, *, now: datetime, listener: RunOutListener | None) -> bool:
     flagged, assessment = risk.flagged, risk.assessment
-    assert assessment.run_out_on is not None
+    assert assessment is not None and assessment.run_out_on is not None
     added = store.add_alert(
         tx,
         course=risk.course,

@@ -421,3 +421,16 @@ class RunOutAlert(SQLModel, table=True):
     reason: str = Field(sa_column=Column(String(32), nullable=False))
     raised_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     cleared_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
+class RunOutDue(SQLModel, table=True):
+    """When the run-out watch next looks at a course that nothing happens to (the day its supply
+    comes within the lead days of running out, or daily while at risk), and one of its line items
+    (to find the patient's items again). Courses with no row are looked at when an event comes."""
+
+    __tablename__ = "run_out_due"
+    __table_args__ = (Index("ix_run_out_due_due_on", "due_on"),)
+
+    course: str = Field(sa_column=Column(String(64), primary_key=True))
+    item_id: str = Field(sa_column=Column(String(36), nullable=False))
+    due_on: date = Field(sa_column=Column(Date, nullable=False))

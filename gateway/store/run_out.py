@@ -1,5 +1,7 @@
-"""What the run-out watch reads and keeps: the supplies of courses with a recent delivery, and the
-warnings raised (`run_out_alert`), once per course and supply (gateway.kpi.watch)."""
+"""What the run-out watch reads and keeps: how far it has read the event log (a `kpi_fold` row named
+`run-out`), the supplies of the patients it looks at, the day each course is next due a look
+(`run_out_due`), and the warnings raised (`run_out_alert`), once per course and supply
+(gateway.kpi.watch)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,17 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.store.db import Tx
-from gateway.store.models import Prescription, PrescriptionItem, RunOutAlert, StatusEvent
+from gateway.store.kpi import events_after
+from gateway.store.models import KpiFold, Prescription, PrescriptionItem, RunOutAlert, RunOutDue, StatusEvent
 
 _alert = RunOutAlert.__table__  # type: ignore[attr-defined]
+_due = RunOutDue.__table__  # type: ignore[attr-defined]
+_fold = KpiFold.__table__  # type: ignore[attr-defined]
 _event = StatusEvent.__table__  # type: ignore[attr-defined]
 _item = PrescriptionItem.__table__  # type: ignore[attr-defined]
 _prescription = Prescription.__table__  # type: ignore[attr-defined]
@@ -25,6 +30,8 @@ _CHUNK = 500
 DELIVERED = "delivered"
 SCHEDULED = "delivery-scheduled"
 APPLIED = "applied"
+WATCH = "run-out"
+Patient = tuple[str, str]  # (trust ODS code, NHS number)
 
 
 def _chunks(values: Collection[T]) -> Iterator[list[T]]:
@@ -51,30 +58,91 @@ class SupplyRow:
     scheduled_at: datetime | None
 
 
-def supplies_of_recent_patients(tx: Tx, *, delivered_since: datetime) -> list[SupplyRow]:
-    """Every line item of each patient (at each trust) who had a delivery recorded since
-    `delivered_since`, with its delivery and its latest agreed delivery window."""
-    delivered_items = [
-        row[0]
-        for row in tx.connection.execute(
-            select(_event.c.item_id).where(
-                _event.c.status == DELIVERED,
-                _event.c.verdict == APPLIED,
-                _event.c.recorded_at >= delivered_since,
-                _event.c.item_id.is_not(None),
-            )
-        )
-    ]
-    patients: set[tuple[str, str]] = set()
-    for chunk in _chunks(set(delivered_items)):
-        patients.update(
+def watch_position(tx: Tx) -> int:
+    """The last event id the watch has read (0 before its first round)."""
+    value = tx.connection.execute(select(_fold.c.last_event_id).where(_fold.c.name == WATCH)).scalar()
+    return int(value or 0)
+
+
+def set_watch_position(tx: Tx, position: int, *, now: datetime) -> None:
+    statement = postgresql_insert if tx.connection.dialect.name == "postgresql" else sqlite_insert
+    tx.connection.execute(
+        statement(_fold)
+        .values(name=WATCH, last_event_id=position, updated_at=now)
+        .on_conflict_do_update(index_elements=["name"], set_={"last_event_id": position, "updated_at": now})
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvents:
+    prescription_ids: set[str]
+    last_id: int  # the highest id read (the position when nothing is younger than the grace)
+    settled_id: int  # the highest id up to which every event was recorded before `settled_before`
+
+
+def new_events(tx: Tx, after_id: int, *, settled_before: datetime, batch: int = 20_000) -> NewEvents:
+    """The prescriptions with an event after `after_id`, and how far the log may be taken as read:
+    up to the first event recorded after `settled_before` (an id below it may still commit)."""
+    prescriptions: set[str] = set()
+    position, settled, unsettled = after_id, after_id, False
+    while True:
+        heads = events_after(tx, position, limit=batch)
+        for head in heads:
+            prescriptions.add(head.prescription_id)
+            unsettled = unsettled or head.recorded_at >= settled_before
+            if not unsettled:
+                settled = head.id
+        if heads:
+            position = heads[-1].id
+        if len(heads) < batch:
+            return NewEvents(prescriptions, position, settled)
+
+
+def patients_of(tx: Tx, prescription_ids: Collection[str]) -> set[Patient]:
+    found: set[Patient] = set()
+    for chunk in _chunks(prescription_ids):
+        found.update(
             (row[0], row[1])
             for row in tx.connection.execute(
-                select(_prescription.c.tenant_ods, _prescription.c.nhs_number)
-                .join(_item, _item.c.prescription_id == _prescription.c.id)
-                .where(_item.c.id.in_(chunk))
+                select(_prescription.c.tenant_ods, _prescription.c.nhs_number).where(
+                    _prescription.c.id.in_(chunk)
+                )
             )
         )
+    return found
+
+
+def patients_due(tx: Tx, today: date) -> set[Patient]:
+    """The patients with a course due a look on or before `today`."""
+    rows = tx.connection.execute(
+        select(_prescription.c.tenant_ods, _prescription.c.nhs_number)
+        .select_from(_due)
+        .join(_item, _item.c.id == _due.c.item_id)
+        .join(_prescription, _prescription.c.id == _item.c.prescription_id)
+        .where(_due.c.due_on <= today)
+    )
+    return {(row[0], row[1]) for row in rows}
+
+
+def set_due(tx: Tx, dues: dict[str, tuple[str, date | None]]) -> None:
+    """For each course: the day it is next due a look (and one of its items), or None: only when
+    something happens to it."""
+    courses = list(dues)
+    for chunk in _chunks(courses):
+        tx.connection.execute(delete(_due).where(_due.c.course.in_(chunk)))
+    rows = [
+        {"course": course, "item_id": item_id, "due_on": due_on}
+        for course, (item_id, due_on) in dues.items()
+        if due_on is not None
+    ]
+    for start in range(0, len(rows), _CHUNK):
+        tx.connection.execute(_due.insert(), rows[start : start + _CHUNK])
+
+
+def supplies_of_patients(tx: Tx, patients: Collection[Patient]) -> list[SupplyRow]:
+    """Every line item of these patients (each at its trust), with its first applied delivery and
+    its latest agreed delivery window."""
+    patients = set(patients)
     rows: list[Any] = []
     for chunk in _chunks({nhs for _, nhs in patients}):
         rows.extend(
@@ -163,9 +231,15 @@ _ALERT_COLUMNS = (
 )
 
 
-def open_alerts(tx: Tx) -> list[Alert]:
-    rows = tx.connection.execute(select(*_ALERT_COLUMNS).where(_alert.c.cleared_at.is_(None)))
-    return [Alert(*row) for row in rows]
+def open_alerts(tx: Tx, courses: Collection[str] | None = None) -> list[Alert]:
+    """The open warnings (of these courses)."""
+    query = select(*_ALERT_COLUMNS).where(_alert.c.cleared_at.is_(None))
+    if courses is None:
+        return [Alert(*row) for row in tx.connection.execute(query)]
+    found: list[Alert] = []
+    for chunk in _chunks(courses):
+        found.extend(Alert(*row) for row in tx.connection.execute(query.where(_alert.c.course.in_(chunk))))
+    return found
 
 
 def alerts(tx: Tx, *, tenant_ods: str | None = None) -> list[Alert]:

@@ -217,3 +217,22 @@ def test_the_next_order_is_flagged_until_its_delivery_is_booked_in_time(
     closed = check_run_out(db, now=NOW + timedelta(minutes=1), listener=None)
     assert (closed.raised, closed.cleared, closed.at_risk) == (0, 1, 0)
     assert listing(db).needing_action == 0
+
+
+def test_a_quiet_course_is_looked_at_again_when_its_run_out_comes_near(
+    db: Database, client: httpx.Client, provider: httpx.Client
+) -> None:
+    """Nothing happens after the delivery: the watch reads no new event, yet finds the course at risk
+    on the day it was due a look (the run-out day less the lead days)."""
+    message = continuing(76, supply_days=45)  # delivered 25 days ago: runs out in 20 days
+    send(client, message)
+    deliver(provider, message)
+    assert check_run_out(db, now=NOW, listener=None).raised == 0
+    # A day on, every event is settled: the watch has read the log and will only look at what is due.
+    assert check_run_out(db, now=NOW + timedelta(days=1), listener=None).raised == 0
+    assert check_run_out(db, now=NOW + timedelta(days=2), listener=None).at_risk == 0
+    due = check_run_out(db, now=NOW + timedelta(days=14), listener=None)
+    assert (due.raised, due.at_risk) == (1, 1)
+    assert [row.actions for row in listing(db).rows] == [
+        (f"At risk of running out on {(local_date(DELIVERED_AT) + timedelta(days=45)):%-d %B %Y}",)
+    ]

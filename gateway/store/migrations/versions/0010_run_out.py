@@ -1,5 +1,6 @@
 """Run-out warnings: one row per course and supply found at risk of running out (`run_out_alert`),
-open until the course is no longer at risk; the worklist flags the order it names.
+open until the course is no longer at risk (the worklist flags the order it names), and the day
+each quiet course is next due a look (`run_out_due`).
 
 Revision ID: 0010_run_out
 Revises: 0009_inbound_messages
@@ -38,9 +39,19 @@ def upgrade() -> None:
     )
     op.create_index("ix_run_out_alert_prescription", "run_out_alert", ["prescription_id"])
     op.create_index("ix_run_out_alert_open", "run_out_alert", ["cleared_at", "tenant_ods"])
+    op.create_table(
+        "run_out_due",
+        sa.Column("course", sa.String(64), primary_key=True),
+        sa.Column("item_id", sa.String(36), nullable=False),
+        sa.Column("due_on", sa.Date(), nullable=False),
+    )
+    op.create_index("ix_run_out_due_due_on", "run_out_due", ["due_on"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_run_out_due_due_on", table_name="run_out_due")
+    op.drop_table("run_out_due")
+    op.execute("DELETE FROM kpi_fold WHERE name = 'run-out'")
     op.drop_index("ix_run_out_alert_open", table_name="run_out_alert")
     op.drop_index("ix_run_out_alert_prescription", table_name="run_out_alert")
     op.drop_table("run_out_alert")
