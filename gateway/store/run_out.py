@@ -126,17 +126,24 @@ def patients_due(tx: Tx, today: date) -> set[Patient]:
 
 def set_due(tx: Tx, dues: dict[str, tuple[str, date | None]]) -> None:
     """For each course: the day it is next due a look (and one of its items), or None: only when
-    something happens to it."""
-    courses = list(dues)
-    for chunk in _chunks(courses):
+    something happens to it. Two processes may set the same course at once: the last one wins."""
+    gone = [course for course, (_, due_on) in dues.items() if due_on is None]
+    for chunk in _chunks(gone):
         tx.connection.execute(delete(_due).where(_due.c.course.in_(chunk)))
     rows = [
         {"course": course, "item_id": item_id, "due_on": due_on}
-        for course, (item_id, due_on) in dues.items()
+        for course, (item_id, due_on) in sorted(dues.items())
         if due_on is not None
     ]
+    statement = postgresql_insert if tx.connection.dialect.name == "postgresql" else sqlite_insert
     for start in range(0, len(rows), _CHUNK):
-        tx.connection.execute(_due.insert(), rows[start : start + _CHUNK])
+        upsert = statement(_due).values(rows[start : start + _CHUNK])
+        tx.connection.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["course"],
+                set_={"item_id": upsert.excluded.item_id, "due_on": upsert.excluded.due_on},
+            )
+        )
 
 
 def supplies_of_patients(tx: Tx, patients: Collection[Patient]) -> list[SupplyRow]:
