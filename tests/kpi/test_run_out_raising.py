@@ -125,6 +125,7 @@ def test_a_course_at_risk_is_flagged_once_with_an_event_and_a_notification(
 ) -> None:
     warnings_only = subscribe(as_tenant("trust-rba"), "Task?business-status=run-out-risk")
     deliveries_only = subscribe(as_tenant("trust-rba"), "Task?business-status=cancelled")
+    everything = subscribe(as_tenant("trust-rba"), "Task?owner=VNCEL")
     short, long = continuing(71, supply_days=28), continuing(72, supply_days=90)
     at_risk, safe = send(client, short), send(client, long)
     deliver(provider, short)
@@ -142,6 +143,13 @@ def test_a_course_at_risk_is_flagged_once_with_an_event_and_a_notification(
     assert detail["run_out_on"] == expected.isoformat()
     sent = notifications(db, warnings_only)
     assert len(sent) == 1 and notifications(db, deliveries_only) == []
+    # A subscription with no status criterion hears the warning too, beside every status change.
+    heard = [
+        task
+        for task in notifications(db, everything)
+        if any(e["url"] == RUN_OUT_URL for e in task.get("extension", []))
+    ]
+    assert len(notifications(db, everything)) == 9 and len(heard) == 1
     task = sent[0]
     assert task["businessStatus"]["coding"][0]["code"] == "delivered"  # the item keeps its status
     warning = next(e for e in task["extension"] if e["url"] == RUN_OUT_URL)
