@@ -8,6 +8,7 @@ The figures are put straight into the monthly aggregate (what the page reads), w
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,7 +25,9 @@ from gateway.store.kpi import CellKey, Figures
 from tests.support import RunningServer
 from tests.web.test_browser import check_accessibility, chromium, new_page  # noqa: F401  (fixtures)
 
-DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+# The README's screenshots are taken again with UPDATE_SCREENSHOTS=1 (else into test-artifacts/).
+ROOT = Path(__file__).resolve().parents[2]
+DOCS_IMAGES = ROOT / ("docs/images" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else "test-artifacts")
 ON_TIME = MeasureId.ON_TIME_DELIVERY.value
 CLIP = {"x": 0, "y": 0, "width": 1024, "height": 1300}
 
