@@ -9,7 +9,9 @@
    CPU time each;
 3. `homecare-gateway serve` on the database (its KPI fold running, with nothing new to fold), then
    over real HTTP, one request at a time: the public MeasureReports of a month (every provider), one
-   provider's, a trust's own, `$evaluate-measure` over twelve months, and the CSV export: p50/p99;
+   provider's, a trust's own, `$evaluate-measure` over twelve months, the CSV export, and the public
+   performance page (`/performance`, every provider with twelve months of trend lines) and a
+   provider's page (`/performance/{ODS}`, a chart and a table per measure): p50/p99;
 4. the incremental fold: the fold's place is moved back `--fold-events` events and folded forward
    again (events/s). This counts those events twice: the figures are wrong afterwards (a throw-away
    database; `kpi recompute --all` puts them right).
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.loadgen import BenchGateway
 from gateway.kpi import service
 from gateway.kpi.months import month_of, months_between
+from gateway.kpi.performance import HEADLINE_DEFINITIONS, performance
 from gateway.store import kpi as store
 from gateway.store.db import Database
 
@@ -66,6 +69,23 @@ def latencies(name: str, count: int, call: Callable[[int], httpx.Response]) -> N
     print(
         f"{name:44s} p50 {quantiles[49] * 1000:6.1f} ms   p99 {quantiles[98] * 1000:6.1f} ms   ({count} requests)"
     )
+
+
+def page_reads(db: Database, count: int) -> None:
+    """The public pages' figures read from the aggregate and worked out, every time (no kept copy)."""
+    for name, options in (
+        ("/performance figures, read each time", {"definitions": HEADLINE_DEFINITIONS}),
+        ("/performance/{ODS} figures, read each time", {"provider_ods": "HC001"}),
+    ):
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            performance(db, now=datetime.now(UTC), threshold=5, **options)  # type: ignore[arg-type]
+            samples.append(time.perf_counter() - started)
+        quantiles = statistics.quantiles(samples, n=100)
+        print(
+            f"{name:44s} p50 {quantiles[49] * 1000:6.1f} ms   p99 {quantiles[98] * 1000:6.1f} ms   ({count} reads)"
+        )
 
 
 def recompute(db: Database, month: str | None, now: datetime) -> int:
@@ -148,11 +168,19 @@ def main() -> None:
             latencies(
                 f"CSV export {month}", count, lambda _: public.get("/kpi/export.csv", params={"month": month})
             )
+            # The server keeps the page's figures for a fold interval: these are mostly kept ones.
+            latencies("public page /performance", count, lambda _: public.get("/performance"))
+            latencies(
+                "a provider's page /performance/{ODS}",
+                count,
+                lambda i: public.get(f"/performance/HC00{i % 8 + 1}"),
+            )
             trust.close()
 
-    with db.write_connection() as connection:
-        position = store.fold_position(connection)
-        store.advance_fold(connection, max(0, position - arguments.fold_events), now=now)
+    page_reads(db, arguments.reads)
+    with db.transaction() as tx:
+        position = store.fold_position(tx)
+        store.advance_fold(tx, max(0, position - arguments.fold_events), now=now)
     wall = timed(
         f"fold of the last {arguments.fold_events:,} events",
         lambda: (

@@ -83,11 +83,14 @@ def serve(
 def demo(
     port: Annotated[int, typer.Option(help="Port for the gateway.")] = 8000,
     prescriptions: Annotated[int, typer.Option(min=0, help="Sample prescriptions to send.")] = 5,
+    trickle_seconds: Annotated[
+        float, typer.Option(min=0, help="Then one more prescription this often (0: none).")
+    ] = 15.0,
 ) -> None:
     """The gateway on the embedded database with demo providers and sample prescriptions."""
     from gateway.demo import run_demo
 
-    run_demo(port=port, prescriptions=prescriptions)
+    run_demo(port=port, prescriptions=prescriptions, trickle_seconds=trickle_seconds)
 
 
 @app.command()

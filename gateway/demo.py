@@ -8,6 +8,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,11 @@ DEMO_CLIENT_ALGORITHM = "ES384"
 DEMO_CLINICIAN = "demo.clinician"
 # A query raised by a demo provider stays open this long for the newcomer to answer on the pages.
 DEMO_QUERY_OPEN_SECONDS = 900.0
+# After the samples, one more prescription this often (0: none), so the performance page fills.
+DEMO_TRICKLE_SECONDS = 15.0
+DEMO_TRICKLE_LIMIT = 500
+# The sample patient whose weekly supply runs out before a next order: a run-out warning at once.
+RUN_OUT_SUPPLY_DAYS = 7
 DEMO_PROVIDERS = (
     ("VNCEL", "Demo Homecare Services (FHIR REST)", "fhir-rest"),
     ("VNFKT", "Demo Specialist Pharmacy (FHIR REST)", "fhir-rest"),
@@ -154,26 +160,75 @@ def _path(message: Message, config: SimulatorConfig) -> set[str]:
     return {step.status for step in plan_lifecycle(config, requests[0]["groupIdentifier"]["value"], items)}
 
 
+def weekly_course(message: Message) -> Message:
+    """The message's one item made a continuing course supplied a week at a time."""
+    for entry in message["entry"]:
+        request = entry["resource"]
+        if request["resourceType"] == "MedicationRequest":
+            request["courseOfTherapyType"]["coding"][0].update(
+                code="continuous", display="Continuous long term therapy"
+            )
+            request["dispenseRequest"]["expectedSupplyDuration"] = {
+                "value": RUN_OUT_SUPPLY_DAYS,
+                "unit": "days",
+                "system": "http://unitsofmeasure.org",
+                "code": "d",
+            }
+    return message
+
+
 def _samples(
     count: int, configs: dict[str, SimulatorConfig], performers: list[str]
 ) -> list[tuple[str, Message]]:
-    """Sample orders, the first two chosen so that the action-needed list has work within a minute
-    (one the provider will query, one whose delivery will fail), the rest spread over every provider."""
+    """Sample orders, the first three chosen so that the action-needed list has work within a minute
+    (one the provider will query, one whose delivery will fail, a weekly supply delivered with no
+    next order: a run-out warning), the rest spread over every provider."""
     builder = PrescriptionMessageBuilder(sender_ods=DEMO_TRUST)
     picked: list[tuple[str, Message]] = []
-    for wanted, unwanted in (("query", "delivery-failed"), ("delivery-failed", "query"))[: max(0, count)]:
+    wanted_paths = (
+        ("query", ("delivery-failed",)),
+        ("delivery-failed", ("query",)),
+        ("delivered", ("query", "delivery-failed", "rejected")),
+    )
+    for wanted, unwanted in wanted_paths[: max(0, count)]:
         for ods, config in configs.items():
             candidates = (builder.build(items=1, performer_ods=ods) for _ in range(200))
             found = next(
-                (m for m in candidates if wanted in (path := _path(m, config)) and unwanted not in path), None
+                (
+                    m
+                    for m in candidates
+                    if wanted in (path := _path(m, config)) and not path.intersection(unwanted)
+                ),
+                None,
             )
             if found is not None:
-                picked.append((ods, found))
+                picked.append((ods, weekly_course(found) if wanted == "delivered" else found))
                 break
     for number in range(max(0, count - len(picked))):
         ods = performers[number % len(performers)]
         picked.append((ods, builder.build(items=1 + number % 3, performer_ods=ods)))
     return picked
+
+
+def _trickle(
+    base_url: str, token: Callable[[], str], performers: list[str], every: float, stop: threading.Event
+) -> None:
+    """One more prescription every `every` seconds, to each provider in turn, until stopped."""
+    builder = PrescriptionMessageBuilder(sender_ods=DEMO_TRUST, seed=7)
+    for number in range(DEMO_TRICKLE_LIMIT):
+        if stop.wait(every):
+            return
+        ods = performers[number % len(performers)]
+        message = builder.build(items=1 + number % 2, performer_ods=ods)
+        try:
+            with httpx.Client(base_url=base_url, timeout=10) as client:
+                client.post(
+                    "/fhir/$process-message",
+                    content=orjson.dumps(message),
+                    headers={"Content-Type": "application/fhir+json", "Authorization": f"Bearer {token()}"},
+                )
+        except httpx.HTTPError:
+            continue
 
 
 def _send_samples(base_url: str, token: str, samples: list[tuple[str, Message]]) -> None:
@@ -227,7 +282,9 @@ def _print_guide(
 
 [bold]Clinician pages[/bold]     {base_url}/web/
   Sign in as          {DEMO_CLINICIAN}   password {clinician_password}   (trust {DEMO_TRUST})
-  Within a minute the worklist shows a provider query to answer and a failed delivery.
+  Within a minute the worklist shows a provider query to answer, a failed delivery and a patient
+  at risk of running out (a weekly supply delivered with no next order).
+[bold]Provider performance[/bold] {base_url}/performance   (public; the demo shows every count)
 
   API documentation   {base_url}/docs
   Capability          curl {base_url}/fhir/metadata
@@ -275,12 +332,16 @@ def _hold_the_demo_lock(data_dir: Path) -> None:
     _held_locks.append(descriptor)
 
 
-def run_demo(*, port: int, prescriptions: int) -> None:
+def run_demo(*, port: int, prescriptions: int, trickle_seconds: float = DEMO_TRICKLE_SECONDS) -> None:
     if "HOMECARE_DATA_DIR" not in os.environ and "DATABASE_URL" not in os.environ:
         os.environ["HOMECARE_DATA_DIR"] = "var/demo"
     os.environ.setdefault("HOMECARE_LOG_LEVEL", "WARNING")
     # The demo's subscriber is a receiver on this machine (README, "Trying it"); the start says so.
     os.environ.setdefault("HOMECARE_ALLOW_LOOPBACK_SUBSCRIBERS", "true")
+    # Made-up patients: every count is shown; figures and run-out warnings follow within seconds.
+    os.environ.setdefault("HOMECARE_KPI_SMALL_NUMBER_THRESHOLD", "1")
+    os.environ.setdefault("HOMECARE_KPI_FOLD_SECONDS", "5")
+    os.environ.setdefault("HOMECARE_RUN_OUT_CHECK_SECONDS", "10")
     base_url = f"http://127.0.0.1:{port}"
     os.environ.setdefault("HOMECARE_PUBLIC_BASE_URL", base_url)
     demo_mllp_listen()
@@ -323,6 +384,8 @@ def run_demo(*, port: int, prescriptions: int) -> None:
         )
     )
 
+    stop_trickle = threading.Event()
+
     def after_start() -> None:
         while not server.started:
             if server.should_exit:
@@ -335,6 +398,14 @@ def run_demo(*, port: int, prescriptions: int) -> None:
             prescriptions, {ods: sim.simulator.config for ods, sim in simulators.items()}, performers
         )
         _send_samples(base_url, _demo_token(settings.token_url, key_path), samples)
+        if trickle_seconds > 0:
+            tokens = _TokenCache(settings.token_url, key_path, DEMO_CLIENT)
+            threading.Thread(
+                target=_trickle,
+                args=(base_url, tokens, performers, trickle_seconds, stop_trickle),
+                name="demo-trickle",
+                daemon=True,
+            ).start()
         _print_guide(
             base_url,
             settings.token_url,
@@ -352,6 +423,7 @@ def run_demo(*, port: int, prescriptions: int) -> None:
         with admin:
             server.run()
     finally:
+        stop_trickle.set()
         for simulator in simulators.values():
             simulator.stop()
         other_providers.stop()

@@ -55,7 +55,12 @@ class AdapterProviders:
         listener = self._settings.mllp_listener_options()
         assert listener is not None, "demo_mllp_listen() sets HOMECARE_MLLP_LISTEN"
         self._mllp = MllpSimulatorServer(
-            MLLP_PROVIDER[0], seed=2026, step_delay_seconds=3.5, status_port=int(listener["port"])
+            MLLP_PROVIDER[0],
+            seed=2026,
+            step_delay_seconds=3.5,
+            # Slow to accept (a minute and more): the performance page's time to acceptance shows it.
+            step_delays={"accepted": 65.0},
+            status_port=int(listener["port"]),
         )
         self._mllp.start()
         self._files = FolderSimulatorServer(

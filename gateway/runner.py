@@ -1,5 +1,5 @@
 """The gateway's parts wired together, and the work that runs beside the API: the dispatcher, expiry,
-the alert for orders nobody pulls, the audit sealer, the KPI fold, and the adapters' status
+the alert for orders nobody pulls, the audit sealer, the KPI fold, the run-out watch, and the adapters' status
 listener and pollers. One `Runtime` serves `serve` (the app's lifespan) and `worker` alike."""
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from gateway.domain.expiry import expire_due
 from gateway.domain.pull import alert_unpulled
 from gateway.domain.refusals import RefusalLog
 from gateway.kpi.service import fold_round
+from gateway.kpi.watch import check_run_out
 from gateway.logs import get_logger
 from gateway.metrics import SENDS
-from gateway.notify.service import notify_status_change
+from gateway.notify.service import notify_run_out, notify_status_change
 from gateway.operator_errors import OperatorError
 from gateway.security import build_token_service
 from gateway.settings import Settings
@@ -100,6 +101,9 @@ class Runtime:
         # Closed windows' counts are written a window later (at least a second: never a busy loop).
         flush_every = max(self.settings.refusal_audit_window_seconds, 1.0)
         loops.append(_every(flush_every, "refusal_audit", self._flush_refusals))
+        if self.settings.run_out_check_seconds:
+            # Run-out warnings: raised once per course and supply, whichever process finds them first.
+            loops.append(_every(self.settings.run_out_check_seconds, "run_out_check", self.check_run_out))
         background = [asyncio.create_task(loop) for loop in loops]
         try:
             yield stop
@@ -157,6 +161,18 @@ class Runtime:
                 await in_thread(self.refusals.flush, everything=everything)
         except StoreError as exc:
             log.error("refusal_audit_failed", error_type=type(exc).__name__)
+
+    async def check_run_out(self) -> None:
+        result = await in_thread(
+            check_run_out,
+            self.context.db,
+            now=self.context.clock(),
+            listener=notify_run_out,
+            lead_days=self.settings.run_out_lead_days,
+        )
+        if result.raised:
+            # Notifications were queued: the dispatcher delivers them.
+            self.context.wake_dispatcher()
 
     async def _housekeeping(self) -> None:
         """Seal the audit log and forget expired assertion ids."""

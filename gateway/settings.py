@@ -172,6 +172,17 @@ class Settings(BaseSettings):
         ge=0,
         description="Days after a month ends when its KPI figures become final; later events restate it.",
     )
+    run_out_check_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often the server looks for courses at risk of running out and raises their "
+        "warnings (worklist flag, event, notification); 0 turns it off.",
+    )
+    run_out_lead_days: int = Field(
+        default=7,
+        ge=0,
+        description="A supply with no delivery agreed is at risk this many days before it runs out.",
+    )
     audit_max_unsealed_seconds: float = Field(
         default=60.0, gt=0, description="`audit verify` fails when a row stays unsealed longer than this."
     )

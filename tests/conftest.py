@@ -64,6 +64,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         log_json=True,
         audit_seal_seconds=0,
         kpi_fold_seconds=0,
+        run_out_check_seconds=0,
         jwks_refresh_seconds=0,
         provider_cache_seconds=0,
         run_dispatcher=False,

@@ -124,6 +124,8 @@ class RunningServer:
 
 
 TABLES_IN_DELETE_ORDER = (
+    "run_out_alert",
+    "run_out_due",
     "kpi_monthly",
     "kpi_restatement",
     "kpi_fold",

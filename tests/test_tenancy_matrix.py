@@ -134,6 +134,7 @@ def _world(
         public_base_url=PUBLIC_BASE_URL,
         audit_seal_seconds=0,
         kpi_fold_seconds=0,
+        run_out_check_seconds=0,
         provider_cache_seconds=0,
         run_dispatcher=False,
         allow_loopback_subscribers=True,
@@ -391,6 +392,8 @@ EXPECTATIONS: dict[tuple[str, str], Same | NoLeak] = {
         MEASURES,
     ),
     ("GET", "/kpi/export.csv"): NoLeak(get("/kpi/export.csv"), MEASURES),
+    ("GET", "/performance"): NoLeak(get("/performance"), MEASURES),
+    ("GET", "/performance/{ods_code}"): NoLeak(get("/performance/VNCEL"), MEASURES),
     # The clinician pages, as a clinician of the other trust.
     ("GET", "/web/sign-in"): NoLeak(get("/web/sign-in"), "the sign-in form"),
     ("POST", "/web/sign-in"): NoLeak(post_form("/web/sign-in", username="bob", password="wrong"), "signs in"),

@@ -23,7 +23,8 @@ from gateway.domain import access, provider_queries
 from gateway.domain.context import Context
 from gateway.domain.reads import not_found
 from gateway.domain.status import BEFORE_DISPENSED, GATEWAY_SOURCE, Status
-from gateway.domain.worklist import ActionSettings, action_rules, action_words, status_words
+from gateway.domain.worklist import RUN_OUT_RISK, ActionSettings, action_rules, action_words, status_words
+from gateway.store import run_out as run_out_store
 from gateway.store import worklist as store
 
 DELIVERY_STATUSES = frozenset(
@@ -128,6 +129,7 @@ def prescription_record(
             events = store.events_of(tx, prescription_id)
             body = store.message_bodies(tx, [row.message_id]).get(row.message_id)
             names = {provider.ods_code: provider.name for provider in store.provider_names(tx)}
+            run_out = run_out_store.open_run_out_dates(tx, [prescription_id])
     access.record_lookup(
         db,
         caller=caller,
@@ -168,7 +170,7 @@ def prescription_record(
         timeline=tuple(_timeline(events, labels, names, caller)),
         deliveries=tuple(_deliveries(events, labels, len(items))),
         threads=threads,
-        actions=action_words(row.reasons),
+        actions=action_words(row.reasons, run_out.get(prescription_id)),
     )
 
 
@@ -207,8 +209,19 @@ def _who(source: str, names: dict[str, str], caller: Caller) -> str:
     return source
 
 
+# Why a run-out warning was raised (gateway.kpi.run_out's reasons), in words.
+RUN_OUT_REASONS = {
+    "no-next-order": "no next supply is ordered",
+    "no-delivery-date": "the next supply has no delivery date yet",
+    "delivery-after-run-out": "the next delivery is booked for that day or later",
+}
+
+
 def _why(event: store.EventRow) -> str | None:
     detail = event.detail
+    if event.status == RUN_OUT_RISK and isinstance(detail.get("run_out_on"), str):
+        because = RUN_OUT_REASONS.get(str(detail.get("reason")), "")
+        return f"Runs out on {detail['run_out_on']}" + (f": {because}" if because else "")
     reason = detail.get("reason")
     text = None
     if isinstance(reason, dict):

@@ -8,7 +8,9 @@ Action needed (any line item of the prescription):
 - `undeliverable`: the gateway could not reach the provider after its retries;
 - `cancel-refused`: a cancellation asked for in the last `recent` days that the provider refused;
 - `expiring`: the validity period ends within `expiring` days and nothing has been dispensed;
-- `not-accepted`: the provider has not accepted the order `acceptance` hours after it arrived.
+- `not-accepted`: the provider has not accepted the order `acceptance` hours after it arrived;
+- `at-risk`: a run-out warning is open on an order of the prescription: the patient may run out
+  (on the date shown) before the next supply arrives (gateway.kpi.watch raises and closes them).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fhir_profiles.medication import initials, masked_nhs_number, message_patien
 from gateway.domain import access
 from gateway.domain.context import Context
 from gateway.domain.status import BEFORE_DISPENSED, Status
+from gateway.store import run_out as run_out_store
 from gateway.store import worklist as store
 from gateway.store.db import Database, Tx
 from gateway.store.worklist import ActionRules, WorklistFilter
@@ -42,6 +45,7 @@ class ActionReason(StrEnum):
     CANCEL_REFUSED = "cancel-refused"
     EXPIRING = "expiring"
     NOT_ACCEPTED = "not-accepted"
+    AT_RISK = "at-risk"
 
 
 ACTION_WORDS: dict[ActionReason, str] = {
@@ -52,7 +56,9 @@ ACTION_WORDS: dict[ActionReason, str] = {
     ActionReason.CANCEL_REFUSED: "The provider refused the cancellation",
     ActionReason.EXPIRING: "Expiring soon with nothing dispensed",
     ActionReason.NOT_ACCEPTED: "Not yet accepted by the provider",
+    ActionReason.AT_RISK: "At risk of running out",
 }
+RUN_OUT_RISK = "run-out-risk"
 
 # A business status as a person reads it.
 STATUS_WORDS: dict[Status, str] = {
@@ -75,11 +81,20 @@ STATUS_WORDS: dict[Status, str] = {
 }
 
 
-def action_words(reasons: Sequence[str]) -> tuple[str, ...]:
-    return tuple(ACTION_WORDS[ActionReason(reason)] for reason in reasons)
+def action_words(reasons: Sequence[str], run_out_on: date | None = None) -> tuple[str, ...]:
+    """The reasons as a person reads them; a run-out warning with its date."""
+    words = []
+    for reason in reasons:
+        text = ACTION_WORDS[ActionReason(reason)]
+        if reason == ActionReason.AT_RISK and run_out_on is not None:
+            text = f"{text} on {run_out_on.day} {run_out_on:%B %Y}"
+        words.append(text)
+    return tuple(words)
 
 
 def status_words(status: str) -> str:
+    if status == RUN_OUT_RISK:
+        return "Run-out warning"
     try:
         return STATUS_WORDS[Status(status)]
     except ValueError:
@@ -227,6 +242,7 @@ def _present(tx: Tx, rows: Sequence[store.PrescriptionRow]) -> list[WorklistRow]
         medicines.setdefault(item.prescription_id, []).append(item.medicine or "Medicine not named")
     bodies = store.message_bodies(tx, [row.message_id for row in rows])
     names = {provider.ods_code: provider.name for provider in store.provider_names(tx)}
+    run_out = run_out_store.open_run_out_dates(tx, [row.prescription_id for row in rows if row.reasons])
     shown = []
     for row in rows:
         shown.append(
@@ -240,7 +256,7 @@ def _present(tx: Tx, rows: Sequence[store.PrescriptionRow]) -> list[WorklistRow]
                 partial=row.partial,
                 in_status_since=row.status_since or row.updated_at,
                 last_activity=row.updated_at,
-                actions=action_words(row.reasons),
+                actions=action_words(row.reasons, run_out.get(row.prescription_id)),
             )
         )
     return shown

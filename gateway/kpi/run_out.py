@@ -250,7 +250,7 @@ def assess_courses(
         courses[item.course].append(item)
     assessments: dict[str, RunOutAssessment] = {}
     for course in courses.values():
-        current, following = _current_and_next(course)
+        current, following = current_and_next(course)
         if current is None or current.delivered_on is None:
             continue
         next_supply = NextSupply(following.status, following.agreed_date) if following else None
@@ -265,7 +265,8 @@ def assess_courses(
     return assessments
 
 
-def _current_and_next(course: Sequence[SupplyItem]) -> tuple[SupplyItem | None, SupplyItem | None]:
+def current_and_next(course: Sequence[SupplyItem]) -> tuple[SupplyItem | None, SupplyItem | None]:
+    """A course's current supply (its last delivered item) and the next order after it, if any."""
     delivered = [item for item in course if item.delivered_on is not None]
     if not delivered:
         return None, None

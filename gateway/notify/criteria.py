@@ -7,6 +7,11 @@ Supported, on the trust's own Tasks (one per line item) only:
                                                  ODS system, and `owner:identifier=...`)
     Task?business-status=dispensed,delivered     reaching one of those statuses (also `system|code`)
     Task?owner=VNCEL&business-status=delivered   both
+    Task?business-status=run-out-risk            run-out warnings only (gateway.kpi.watch): not a
+                                                 status of its own, the Task keeps its status
+
+A run-out warning is offered as a change with the pseudo-status `run-out-risk`: every subscription
+without a business-status criterion gets it (with its owner criterion), and those naming it.
 
 A comma means "any of"; `&` and repeated parameters mean "all of", as in a FHIR search. Anything
 else is refused when the subscription is created, naming the criterion, rather than never matching.
@@ -25,6 +30,8 @@ RESOURCE_TYPE = "Task"
 _OWNER_PARAMETERS = frozenset({"owner", "owner:identifier"})
 _STATUS_PARAMETER = "business-status"
 MAX_LENGTH = 500
+# Not a homecare status: the warning that a patient may run out before the next supply (no status change).
+RUN_OUT_RISK = "run-out-risk"
 
 
 class CriteriaError(ValueError):
@@ -64,7 +71,7 @@ def _status(value: str) -> str:
     system, separator, code = value.rpartition("|")
     if separator and system not in ("", HOMECARE_STATUS_SYSTEM):
         raise CriteriaError(f"business-status codes are from {HOMECARE_STATUS_SYSTEM}, not '{system[:100]}'")
-    if code not in HOMECARE_STATUS_CODES:
+    if code not in HOMECARE_STATUS_CODES and code != RUN_OUT_RISK:
         raise CriteriaError(f"business-status '{code[:40]}' is not a homecare status code")
     return code
 

@@ -26,8 +26,9 @@ from gateway.domain.context import Context
 from gateway.domain.search_parameters import SearchParameter
 from gateway.domain.status import Verdict
 from gateway.domain.status_authority import Applied
+from gateway.kpi.watch import RunOutWarning
 from gateway.logs import get_logger
-from gateway.notify.criteria import CriteriaError, parse_criteria
+from gateway.notify.criteria import RUN_OUT_RISK, CriteriaError, parse_criteria
 from gateway.notify.endpoints import EndpointPolicy
 from gateway.notify.subscription import check_subscription, subscription_resource
 from gateway.store import audit, outbox
@@ -331,5 +332,20 @@ def notify_status_change(tx: Tx, applied: Applied, now: datetime) -> None:
         prescription_id=view.prescription_id,
         task=applied.task,
         business_status=view.status,
+        now=now,
+    )
+
+
+def notify_run_out(tx: Tx, warning: RunOutWarning, now: datetime) -> None:
+    """The run-out listener: a warning is offered to the subscriptions as a change with the
+    pseudo-status `run-out-risk` (see gateway.notify.criteria), carrying the Task as it is (its own
+    status unchanged) with the warning's extension."""
+    enqueue_notifications(
+        tx,
+        tenant_ods=warning.tenant_ods,
+        provider_ods=warning.provider_ods,
+        prescription_id=warning.prescription_id,
+        task=warning.task,
+        business_status=RUN_OUT_RISK,
         now=now,
     )

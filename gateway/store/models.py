@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -389,3 +390,47 @@ class KpiFold(SQLModel, table=True):
     name: str = Field(sa_column=Column(String(20), primary_key=True))
     last_event_id: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class RunOutAlert(SQLModel, table=True):
+    """A run-out warning raised for one supply of a course (gateway.domain.run_out): raised once per
+    course and supply, open (flagging the worklist) until the course is no longer at risk.
+
+    `course` is a digest of the trust, the patient and the medicine (no patient data in it);
+    `prescription_id`/`item_id` are the order flagged: the next order when there is one, else the
+    delivered supply itself."""
+
+    __tablename__ = "run_out_alert"
+    __table_args__ = (
+        UniqueConstraint("course", "supply_item_id", name="uq_run_out_alert_supply"),
+        Index("ix_run_out_alert_prescription", "prescription_id"),
+        Index("ix_run_out_alert_open", "cleared_at", "tenant_ods"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    )
+    course: str = Field(sa_column=Column(String(64), nullable=False))
+    supply_item_id: str = Field(sa_column=Column(String(36), nullable=False))
+    prescription_id: str = Field(sa_column=Column(String(36), ForeignKey("prescription.id"), nullable=False))
+    item_id: str = Field(sa_column=Column(String(36), nullable=False))
+    tenant_ods: str = Field(sa_column=Column(String(12), nullable=False))
+    provider_ods: str = Field(sa_column=Column(String(12), nullable=False))
+    run_out_on: date = Field(sa_column=Column(Date, nullable=False))
+    reason: str = Field(sa_column=Column(String(32), nullable=False))
+    raised_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    cleared_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
+class RunOutDue(SQLModel, table=True):
+    """When the run-out watch next looks at a course that nothing happens to (the day its supply
+    comes within the lead days of running out, or daily while at risk), and one of its line items
+    (to find the patient's items again). Courses with no row are looked at when an event comes."""
+
+    __tablename__ = "run_out_due"
+    __table_args__ = (Index("ix_run_out_due_due_on", "due_on"),)
+
+    course: str = Field(sa_column=Column(String(64), primary_key=True))
+    item_id: str = Field(sa_column=Column(String(36), nullable=False))
+    due_on: date = Field(sa_column=Column(Date, nullable=False))

@@ -31,6 +31,7 @@ from gateway.store.models import (
     Provider,
     StatusEvent,
 )
+from gateway.store.run_out import open_alert_prescriptions
 
 _prescription = Prescription.__table__  # type: ignore[attr-defined]
 _item = PrescriptionItem.__table__  # type: ignore[attr-defined]
@@ -179,6 +180,8 @@ def _action_rules(caller: Caller, rules: ActionRules) -> dict[str, ColumnElement
     found: dict[str, ColumnElement[bool]] = {
         status: and_(flagged, p.attention == status) for status in rules.urgent_attention
     }
+    # A run-out warning still open (gateway.kpi.watch) on an order of this prescription.
+    found["at-risk"] = p.id.in_(open_alert_prescriptions())
     found.update(
         {
             status: and_(flagged, p.attention == status, p.updated_at >= rules.recent_since)

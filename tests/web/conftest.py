@@ -20,6 +20,8 @@ def web_settings(port: int, data_dir: object, **overrides: object) -> Settings:
         "data_dir": data_dir,
         "public_base_url": f"http://127.0.0.1:{port}",
         "audit_seal_seconds": 0,
+        "run_out_check_seconds": 0,
+        "kpi_fold_seconds": 0,
         "provider_cache_seconds": 0,
         "run_dispatcher": False,
         "cancel_wait_seconds": 0.3,
