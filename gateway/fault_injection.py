@@ -457,7 +457,7 @@ REPLACEMENTS: dict[Fault, Callable[[], list[Replacement]]] = {
         (fhir_profiles.homecare, "is_valid_nhs_number", _constant(is_nhs_number_shaped))
     ],
     Fault.ACCEPT_UNKNOWN_PROVIDER: lambda: [
-        (gateway.domain.orders, "_check_provider", _constant(lambda ctx, order: None))
+        (gateway.domain.orders, "check_provider", _constant(lambda ctx, order: None))
     ],
     Fault.IGNORE_MESSAGE_SENDER: lambda: [(gateway.domain.intake, "_authorise", _sender_unchecked)],
     Fault.ANSWER_500_TO_BAD_JSON: lambda: [

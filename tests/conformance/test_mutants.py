@@ -134,6 +134,15 @@ def test_every_fault_has_the_tests_that_must_catch_it() -> None:
     assert set(KILLED_BY) == set(Fault)
 
 
+def test_every_fault_names_code_that_exists() -> None:
+    """A renamed function would leave its mutant gateway unable to start: said here, at once."""
+    from gateway.fault_injection import REPLACEMENTS
+
+    for fault in Fault:
+        for owner, name, _make in REPLACEMENTS[fault]():
+            assert hasattr(owner, name), f"{fault.value}: {owner!r} has no {name}"
+
+
 def test_the_readme_lists_every_mutant_and_the_tests_that_kill_it() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     rows = {line.split("`")[1]: line for line in readme.splitlines() if line.startswith("| `")}
