@@ -143,13 +143,13 @@ class AuditRecord:
 
 _RECORD_FIELDS = tuple(field.name for field in fields(AuditRecord))
 # A Core insert: audit rows are written on hot paths and need no ORM machinery.
-_INSERT = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
+INSERT_AUDIT = insert(AuditEvent.__table__)  # type: ignore[attr-defined]
 
 
 def append(connection: Connection, records: Sequence[AuditRecord]) -> None:
     """Add rows to the log in the connection's transaction (unsealed until the sealer chains them)."""
     if records:
-        connection.execute(_INSERT, [record.row() for record in records])
+        connection.execute(INSERT_AUDIT, [record.row() for record in records])
 
 
 def row_hash(prev_hash: str, content: dict[str, Any]) -> str:

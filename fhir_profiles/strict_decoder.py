@@ -167,6 +167,8 @@ def _build() -> type[msgspec.Struct]:
             tag_field="resourceType" if tagged else None,
             tag=get_args(tag.annotation)[0] if tagged and tag is not None else None,
             kw_only=True,
+            # A decoded message is a tree, dropped at once: nothing for the cycle collector to track.
+            gc=False,
         )
     # Types are read when the decoder is built: now every Struct exists, recursive ones included.
     for model in models:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import signal
 import socket
@@ -172,6 +173,9 @@ def run_worker(*, admin_listen: str | None = None) -> None:
 
     async def main() -> None:
         runtime = Runtime.create(replace_pool(settings), clock=system_clock)
+        # As `serve` does (gateway.asgi): start-up's objects out of the cycle collector's walks.
+        gc.collect()
+        gc.freeze()
         loop = asyncio.get_running_loop()
         async with runtime.running(dispatch=True) as stop:
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,5 +1,5 @@
 """The batch writer (group commit): every write keeps its own outcome, and a request that stops
-waiting never stops the writer."""
+waiting never stops the writer; rows of many writes go in as one statement per table."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import asyncio
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Column, MetaData, Table, event, insert, text
 
 from gateway.store.db import Database, Tx
 from gateway.store.errors import AlreadyStored
-from gateway.store.writer import BatchWriter
+from gateway.store.writer import BatchWriter, Rows
 
 
 @pytest.fixture
@@ -97,3 +98,89 @@ def test_a_request_that_gave_up_waiting_does_not_stop_the_writer(sqlite: Databas
     finally:
         writer.close()
     assert stored(sqlite) == ["B01", "B02", "B03"], "the abandoned write still stands"
+
+
+_PROVIDER = Table(
+    "provider",
+    MetaData(),
+    *(
+        Column(name)
+        for name in ("ods_code", "name", "adapter", "settings", "enabled", "created_at", "updated_at")
+    ),
+)
+_INSERT_PROVIDER = insert(_PROVIDER)
+
+
+def provider_rows(*ods_codes: str) -> Rows:
+    """A `Rows` write of providers (one table: enough to see the statements the writer runs)."""
+    values = [
+        {
+            "ods_code": ods,
+            "name": "p",
+            "adapter": "fhir-rest",
+            "settings": "{}",
+            "enabled": 1,
+            "created_at": "2026-11-30 00:00:00",
+            "updated_at": "2026-11-30 00:00:00",
+        }
+        for ods in ods_codes
+    ]
+    return Rows(((_INSERT_PROVIDER, values),))
+
+
+def statements_run(db: Database) -> list[str]:
+    seen: list[str] = []
+
+    @event.listens_for(db.write_engine, "before_cursor_execute")
+    def _count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("INSERT"):
+            seen.append(statement)
+
+    return seen
+
+
+def test_rows_of_many_writes_go_in_as_one_statement_per_table(sqlite: Database) -> None:
+    writer = BatchWriter(sqlite)
+    gate = threading.Event()
+    seen = statements_run(sqlite)
+
+    async def scenario() -> list[object]:
+        blocker = asyncio.ensure_future(writer.run(lambda tx: gate.wait(10)))
+        await asyncio.sleep(0.05)  # the writer is busy: the next writes queue up into one batch
+        writes = [asyncio.ensure_future(writer.run(provider_rows(f"R{n:02}", f"S{n:02}"))) for n in range(10)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        return list(await asyncio.gather(*writes))
+
+    try:
+        assert asyncio.run(scenario()) == [None] * 10
+    finally:
+        writer.close()
+    assert len(seen) == 1, "ten writes of one shape, one INSERT"
+    assert len(stored(sqlite)) == 20
+
+
+def test_a_conflicting_rows_write_fails_alone(sqlite: Database) -> None:
+    writer = BatchWriter(sqlite)
+    gate = threading.Event()
+
+    async def scenario() -> list[object]:
+        blocker = asyncio.ensure_future(writer.run(lambda tx: gate.wait(10)))
+        await asyncio.sleep(0.05)
+        writes = [
+            asyncio.ensure_future(writer.run(provider_rows(*codes)))
+            for codes in (("C01", "C02"), ("C03", "C01"), ("C04",))
+        ]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        return list(await asyncio.gather(*writes, return_exceptions=True))
+
+    try:
+        outcomes = asyncio.run(scenario())
+    finally:
+        writer.close()
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], AlreadyStored)
+    assert stored(sqlite) == ["C01", "C02", "C04"], "the conflicting write left none of its rows"

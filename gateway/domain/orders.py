@@ -28,7 +28,7 @@ from gateway.domain.messages import (
 from gateway.domain.status import GATEWAY_SOURCE, Status
 from gateway.store import events, outbox
 from gateway.store.errors import AlreadyStored
-from gateway.store.prescriptions import NewItem, NewPrescription, insert_prescription, prescription_id_taken
+from gateway.store.prescriptions import NewItem, NewPrescription, prescription_id_taken, prescription_rows
 
 # A new prescription's items start `queued`, having been `received` (both gateway moves in the table).
 OPENING_STATUSES = (Status.RECEIVED, Status.QUEUED)
@@ -41,7 +41,7 @@ async def receive_order(ctx: Context, received: Received) -> IntakeAnswer:
     prescription_id = str(uuid.uuid4())
     new, answer = _new_prescription(received, order, prescription_id=prescription_id, now=ctx.clock())
     try:
-        await ctx.batch_writer.run(lambda tx: insert_prescription(tx, new))
+        await ctx.batch_writer.run(prescription_rows(new))
     except AlreadyStored:
         return await in_thread(_after_collision, ctx, received, order)
     ctx.wake_dispatcher(order.performer_ods)

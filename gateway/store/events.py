@@ -17,7 +17,7 @@ from gateway.store.db import Tx
 from gateway.store.models import StatusEvent
 
 event_table = StatusEvent.__table__  # type: ignore[attr-defined]
-_INSERT = insert(event_table)
+INSERT_EVENT = insert(event_table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ class NewEvent:
 
 def append(tx: Tx, events: Sequence[NewEvent]) -> None:
     if events:
-        tx.connection.execute(_INSERT, [event.values() for event in events])
+        tx.connection.execute(INSERT_EVENT, [event.values() for event in events])
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from gateway.store.items import prescription_table, prescription_visible_to
 from gateway.store.models import InboundMessage
 
 message_table = InboundMessage.__table__  # type: ignore[attr-defined]
-_INSERT = insert(message_table)
+INSERT_MESSAGE = insert(message_table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ class NewMessage:
 
 def insert_message(tx: Tx, message: NewMessage) -> None:
     """Store an accepted message; `AlreadyStored` when the trust's Bundle.identifier was taken."""
-    tx.connection.execute(_INSERT, [message.values()])
+    tx.connection.execute(INSERT_MESSAGE, [message.values()])
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ _prescription = Prescription.__table__  # type: ignore[attr-defined]
 _message = InboundMessage.__table__  # type: ignore[attr-defined]
 _subscription = Subscription.__table__  # type: ignore[attr-defined]
 _is_provider_message = outbox_table.c.subscription_id.is_(None)
-_INSERT = insert(outbox_table)
+INSERT_OUTBOX = insert(outbox_table)
 
 NOTIFICATION_KEY_PREFIX = "notification-"
 
@@ -126,7 +126,7 @@ def notification(
 
 def enqueue(tx: Tx, messages: Sequence[NewMessage]) -> None:
     if messages:
-        tx.connection.execute(_INSERT, [message.values() for message in messages])
+        tx.connection.execute(INSERT_OUTBOX, [message.values() for message in messages])
 
 
 def order_state(tx: Tx, prescription_id: str, *, for_change: bool = False) -> State | None:

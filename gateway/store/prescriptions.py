@@ -10,11 +10,12 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
-from auth.audit import AuditRecord, append
+from auth.audit import INSERT_AUDIT, AuditRecord
 from auth.identity import Caller
 from gateway.store import events, messages, outbox
 from gateway.store.db import Tx
 from gateway.store.items import item_table, prescription_table, prescription_visible_to
+from gateway.store.writer import Rows
 
 _INSERT_PRESCRIPTION = insert(prescription_table)
 _INSERT_ITEM = insert(item_table)
@@ -86,14 +87,24 @@ class NewPrescription:
 
 def insert_prescription(tx: Tx, new: NewPrescription) -> None:
     """Write an accepted prescription; `AlreadyStored` when its message or prescription ID was taken."""
+    prescription_rows(new)(tx)
+
+
+def prescription_rows(new: NewPrescription) -> Rows:
+    """An accepted prescription's rows, parents first, as the batch writer takes them (it inserts the
+    rows of a whole group commit with one statement per table); `AlreadyStored` when run, if its
+    message or prescription ID was taken."""
     # Core inserts: the hot path of intake needs no ORM machinery.
-    connection = tx.connection
-    messages.insert_message(tx, new.message)
-    connection.execute(_INSERT_PRESCRIPTION, [new.prescription_values()])
-    connection.execute(_INSERT_ITEM, new.item_values())
-    events.append(tx, new.events)
-    outbox.enqueue(tx, new.outbox)
-    append(connection, new.audit)
+    return Rows(
+        (
+            (messages.INSERT_MESSAGE, [new.message.values()]),
+            (_INSERT_PRESCRIPTION, [new.prescription_values()]),
+            (_INSERT_ITEM, new.item_values()),
+            (events.INSERT_EVENT, [event.values() for event in new.events]),
+            (outbox.INSERT_OUTBOX, [message.values() for message in new.outbox]),
+            (INSERT_AUDIT, [record.row() for record in new.audit]),
+        )
+    )
 
 
 def prescription_id_taken(tx: Tx, *, tenant_ods: str, short_form_id: str) -> bool:

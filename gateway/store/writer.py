@@ -7,6 +7,12 @@ commits once. Each write is still all-or-nothing and still fails alone: if the b
 write in it is retried in a transaction of its own, so one conflicting request never takes its neighbours
 down with it. Nothing is acknowledged before its commit; a request that gave up waiting (its client
 went away) leaves its write to stand, and the writer goes on.
+
+A write that only appends rows (`Rows`: the intake path's message, prescription, items, events,
+outbox and audit rows) is not run alone: the rows of consecutive such writes of the same shape go in
+together, one `executemany` per table per batch, the statements compiled once. That is the same
+work in the same transaction (and the same one-by-one retry if any row conflicts), at a fraction of
+the per-statement cost.
 """
 
 from __future__ import annotations
@@ -19,12 +25,32 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy import Executable
+
 from gateway.store.db import Database, Tx
 
 T = TypeVar("T")
 Write = Callable[[Tx], T]
 MAX_BATCH = 128
 _Outcome = tuple[bool, Any]  # (succeeded, the result or the exception)
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """A write that appends rows and reads nothing: `(statement, rows)` pairs, in the order they must
+    go in (parents before children). Callable as any write; the writer batches it with its like."""
+
+    inserts: tuple[tuple[Executable, list[dict[str, Any]]], ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Which statements, in which order (by identity: the statements are built once, at import)."""
+        return tuple(id(statement) for statement, _ in self.inserts)
+
+    def __call__(self, tx: Tx) -> None:
+        for statement, rows in self.inserts:
+            if rows:
+                tx.connection.execute(statement, rows)
 
 
 @dataclass(slots=True)
@@ -95,7 +121,7 @@ class BatchWriter:
     def _write_batch(self, batch: list[_Job[Any]]) -> None:
         try:
             with self._db.transaction() as tx:
-                results = [job.write(tx) for job in batch]
+                results = _run_together(tx, batch)
         except Exception:  # noqa: BLE001  (one bad write must not fail the others: retry each alone)
             self._write_one_by_one(batch)
             return
@@ -111,6 +137,37 @@ class BatchWriter:
             except Exception as exc:  # noqa: BLE001  (handed to the request that owns the write)
                 outcomes.append((False, exc))
         _settle(batch, outcomes)
+
+
+def _run_together(tx: Tx, batch: list[_Job[Any]]) -> list[Any]:
+    """Every write of the batch in `tx`, in order; runs of `Rows` of one shape as one insert per table."""
+    results: list[Any] = []
+    pending: list[Rows] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        if len(pending) == 1:
+            pending[0](tx)
+        else:
+            for index, (statement, _) in enumerate(pending[0].inserts):
+                rows = [row for write in pending for row in write.inserts[index][1]]
+                if rows:
+                    tx.connection.execute(statement, rows)
+        results.extend([None] * len(pending))
+        pending.clear()
+
+    for job in batch:
+        write = job.write
+        if isinstance(write, Rows):
+            if pending and write.shape != pending[0].shape:
+                flush()
+            pending.append(write)
+            continue
+        flush()
+        results.append(write(tx))
+    flush()
+    return results
 
 
 def _settle(batch: list[_Job[Any]], outcomes: list[_Outcome]) -> None:
