@@ -64,7 +64,8 @@ class AdapterProviders:
         )
         self._mllp.start()
         self._files = FolderSimulatorServer(
-            self._settings.data_dir / "demo-files" / FILE_PROVIDER[0],
+            # Absolute: the provider is registered with these folders, whatever the working directory.
+            (self._settings.data_dir / "demo-files" / FILE_PROVIDER[0]).resolve(),
             FILE_PROVIDER[0],
             seed=2026,
             step_delay_seconds=4.0,

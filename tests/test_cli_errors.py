@@ -114,11 +114,14 @@ def test_production_without_a_signing_key_says_keys_rotate(tmp_path: Path) -> No
 
 
 @contextmanager
-def running(*arguments: str, env: dict[str, str], port: int) -> Iterator[subprocess.Popen[str]]:
+def running(
+    *arguments: str, env: dict[str, str], port: int, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[str]]:
     """A long-running command, until it answers on `port`; interrupted (as Ctrl-C) afterwards."""
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", *arguments],
         env=env,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
