@@ -25,7 +25,6 @@ import contextlib
 import logging
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from pydantic import Field
 
 from adapters.csv_drop.folders import LocalFolder
 from adapters.csv_drop.formats import STATUS_COLUMNS, read_order_file, status_csv
-from adapters.simulation.background import BackgroundLoop
+from adapters.simulation.background import BackgroundLoop, run_until_interrupted
 from adapters.simulation.lifecycle import LifecycleSettings, SimulationTime
 from adapters.simulation.order_book import BookedOrder, BookedProvider, Intake, LifecycleEvent
 from fhir_profiles.homecare import validate_message
@@ -417,13 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  SFTP {server.access.host}:{server.access.port} host key {server.access.host_key_fingerprint}\n"
         )
     sys.stdout.flush()
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0
+    return run_until_interrupted(server.stop)
 
 
 if __name__ == "__main__":

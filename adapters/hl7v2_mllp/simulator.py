@@ -24,7 +24,6 @@ import contextlib
 import logging
 import ssl
 import sys
-import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from adapters.hl7v2_mllp.codec import Hl7Error, ParsedMessage, escape, hl7_times
 from adapters.hl7v2_mllp.framing import FramingError, frame, read_frame
 from adapters.hl7v2_mllp.messages import build_ack, read_ack
 from adapters.hl7v2_mllp.reports import HOMECARE_STATUS_SYSTEM
-from adapters.simulation.background import BackgroundLoop
+from adapters.simulation.background import BackgroundLoop, run_until_interrupted
 from adapters.simulation.lifecycle import WRONG_PROVIDER, LifecycleSettings, SimulationTime
 from adapters.simulation.order_book import (
     CANCEL_REFUSED,
@@ -444,13 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Homecare provider simulator {options.ods} (hl7v2-mllp) listening on {options.host}:{port}\n"
     )
     sys.stdout.flush()
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0
+    return run_until_interrupted(server.stop)
 
 
 if __name__ == "__main__":

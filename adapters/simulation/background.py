@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -51,3 +51,14 @@ class BackgroundLoop:
         loop.close()
         self._loop = None
         self._thread = None
+
+
+def run_until_interrupted(stop: Callable[[], None]) -> int:
+    """A simulator's command line: serve until Ctrl-C, then `stop`; exit code 0."""
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+    return 0
