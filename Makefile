@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(PACKAGES) tests bench scripts
 	$(BIN)/ruff format --check $(PACKAGES) tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/mypy bench scripts
 	$(BIN)/lint-imports --no-cache
 
 # The browser tests drive Debian's chromium (never a browser Playwright downloads) and run axe-core.

@@ -80,7 +80,7 @@ def page_reads(db: Database, count: int) -> None:
         samples = []
         for _ in range(count):
             started = time.perf_counter()
-            performance(db, now=datetime.now(UTC), threshold=5, **options)  # type: ignore[arg-type]
+            performance(db, now=datetime.now(UTC), threshold=5, **options)
             samples.append(time.perf_counter() - started)
         quantiles = statistics.quantiles(samples, n=100)
         print(
@@ -119,9 +119,11 @@ def main() -> None:
         timed("full recompute (every month)", lambda: f"{recompute(db, None, now):,} prescriptions")
     walls = []
     for month in complete[-arguments.months :]:
-        walls.append(
-            timed(f"recompute of {month}", lambda m=month: f"{recompute(db, m, now):,} prescriptions")
-        )
+
+        def month_recompute(m: str = month) -> str:
+            return f"{recompute(db, m, now):,} prescriptions"
+
+        walls.append(timed(f"recompute of {month}", month_recompute))
     if walls:
         print(f"{'a month, slowest':44s} {max(walls):7.1f} s wall")
 

@@ -42,6 +42,7 @@ from auth.identity import Caller, Role
 from gateway.app import create_app
 from gateway.clock import system_clock
 from gateway.domain import people, worklist
+from gateway.domain.context import Context
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 from gateway.store.db import Database, throwaway_schema
@@ -122,14 +123,14 @@ def service_figures(db: Database, calls: int) -> None:
     with db.read() as session:
         nhs_number = session.execute(text("SELECT nhs_number FROM prescription LIMIT 1")).scalar_one()
         provider = session.execute(text("SELECT provider_ods FROM prescription LIMIT 1")).scalar_one()
+    ctx = Context.for_database(db)
     first = worklist.worklist(
-        db,
+        ctx,
         caller=caller,
         query=worklist.WorklistQuery(),
         settings=RULES,
         page_size=25,
         request_id="b",
-        clock=system_clock,
     )
     print(f"trust {TRUST}: {first.total:,} prescriptions, {first.needing_action:,} need action")
     cases = {
@@ -143,13 +144,12 @@ def service_figures(db: Database, calls: int) -> None:
 
         def call(query: worklist.WorklistQuery = query) -> object:
             return worklist.worklist(
-                db,
+                ctx,
                 caller=caller,
                 query=query,
                 settings=RULES,
                 page_size=25,
                 request_id="b",
-                clock=system_clock,
             )
 
         print(f"  service, {name:18} {measure(calls, call)}")
