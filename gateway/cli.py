@@ -86,11 +86,15 @@ def demo(
     trickle_seconds: Annotated[
         float, typer.Option(min=0, help="Then one more prescription this often (0: none).")
     ] = 15.0,
+    pace: Annotated[
+        float,
+        typer.Option(min=0.01, help="Multiply the simulated providers' waits (0.25: four times faster)."),
+    ] = 1.0,
 ) -> None:
     """The gateway on the embedded database with demo providers and sample prescriptions."""
     from gateway.demo import run_demo
 
-    run_demo(port=port, prescriptions=prescriptions, trickle_seconds=trickle_seconds)
+    run_demo(port=port, prescriptions=prescriptions, trickle_seconds=trickle_seconds, pace=pace)
 
 
 @app.command()

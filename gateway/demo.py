@@ -87,12 +87,14 @@ class _TokenCache:
             return self._token
 
 
-def _start_simulators(base_url: str, token_url: str, keys: dict[str, Path]) -> dict[str, SimulatorServer]:
+def _start_simulators(
+    base_url: str, token_url: str, keys: dict[str, Path], pace: float
+) -> dict[str, SimulatorServer]:
     """Two homecare providers on loopback that move orders through the lifecycle and report back."""
     behaviour: dict[str, dict[str, Any]] = {
-        "VNCEL": {"step_delay_seconds": 3.0},
+        "VNCEL": {"step_delay_seconds": 3.0 * pace},
         "VNFKT": {
-            "step_delay_seconds": 4.0,
+            "step_delay_seconds": 4.0 * pace,
             "delivery_failure_rate": 0.4,
             # One attempt: a failed delivery stays failed (and on the worklist) until someone acts.
             "max_delivery_attempts": 1,
@@ -332,7 +334,9 @@ def _hold_the_demo_lock(data_dir: Path) -> None:
     _held_locks.append(descriptor)
 
 
-def run_demo(*, port: int, prescriptions: int, trickle_seconds: float = DEMO_TRICKLE_SECONDS) -> None:
+def run_demo(
+    *, port: int, prescriptions: int, trickle_seconds: float = DEMO_TRICKLE_SECONDS, pace: float = 1.0
+) -> None:
     if "HOMECARE_DATA_DIR" not in os.environ and "DATABASE_URL" not in os.environ:
         os.environ["HOMECARE_DATA_DIR"] = "var/demo"
     os.environ.setdefault("HOMECARE_LOG_LEVEL", "WARNING")
@@ -360,7 +364,7 @@ def run_demo(*, port: int, prescriptions: int, trickle_seconds: float = DEMO_TRI
         )
         for ods, _, _ in DEMO_PROVIDERS
     }
-    simulators = _start_simulators(base_url, settings.token_url, provider_keys)
+    simulators = _start_simulators(base_url, settings.token_url, provider_keys, pace)
     _register_demo_providers(database, simulators)
     clinician_password = _demo_clinician(database)
 
@@ -370,6 +374,7 @@ def run_demo(*, port: int, prescriptions: int, trickle_seconds: float = DEMO_TRI
         lambda client_id, ods: _register_demo_client(
             database, settings.data_dir, client_id, Role.PROVIDER, ods
         ),
+        pace=pace,
     )
     other_providers.start()
 

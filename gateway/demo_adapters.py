@@ -38,7 +38,10 @@ def demo_mllp_listen() -> None:
 class AdapterProviders:
     """The three providers and their simulators, from registration to `stop`."""
 
-    def __init__(self, database: Database, settings: Settings, register_client: RegisterClient) -> None:
+    def __init__(
+        self, database: Database, settings: Settings, register_client: RegisterClient, *, pace: float = 1.0
+    ) -> None:
+        self._pace = pace  # the simulators' waits are multiplied by it (a test runs the demo faster)
         self._database = database
         self._settings = settings
         self._register_client = register_client
@@ -57,9 +60,9 @@ class AdapterProviders:
         self._mllp = MllpSimulatorServer(
             MLLP_PROVIDER[0],
             seed=2026,
-            step_delay_seconds=3.5,
+            step_delay_seconds=3.5 * self._pace,
             # Slow to accept (a minute and more): the performance page's time to acceptance shows it.
-            step_delays={"accepted": 65.0},
+            step_delays={"accepted": 65.0 * self._pace},
             status_port=int(listener["port"]),
         )
         self._mllp.start()
@@ -68,7 +71,7 @@ class AdapterProviders:
             (self._settings.data_dir / "demo-files" / FILE_PROVIDER[0]).resolve(),
             FILE_PROVIDER[0],
             seed=2026,
-            step_delay_seconds=4.0,
+            step_delay_seconds=4.0 * self._pace,
             poll_interval_seconds=1.0,
         )
         self._files.start()
@@ -121,7 +124,7 @@ class AdapterProviders:
             kid=key.thumbprint(),
             algorithm=algorithm,
             poll_interval_seconds=2.0,
-            step_delay_seconds=3.0,
+            step_delay_seconds=3.0 * self._pace,
         )
         self._pull = PullSimulator(config, key=key)
         self._pull.start()

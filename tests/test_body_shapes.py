@@ -269,7 +269,7 @@ def test_schemathesis_finds_no_server_error_with_schema_breaking_bodies(
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def exercise(case: schemathesis.Case) -> None:
             case.call_and_validate(
                 headers={"Authorization": f"Bearer {tokens[client_id]}"}, checks=[checks.not_a_server_error]

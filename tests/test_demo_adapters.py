@@ -26,7 +26,7 @@ def test_the_demo_delivers_through_every_adapter(tmp_path: Path) -> None:
     port = free_port()
     # As `make demo` runs it: a data folder relative to the working directory.
     environment = clean_environment(Path("var/demo"))
-    demo = ("demo", "--port", str(port), "--prescriptions", "6", "--trickle-seconds", "0")
+    demo = ("demo", "--port", str(port), "--prescriptions", "6", "--trickle-seconds", "0", "--pace", "0.25")
     with running(*demo, env=environment, port=port, cwd=tmp_path):
         database = Database(f"sqlite:///{tmp_path / 'var/demo/gateway.db'}", pool_size=1)
         deadline = time.monotonic() + 120

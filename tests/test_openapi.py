@@ -79,7 +79,7 @@ def test_no_server_errors_and_responses_match_the_schema(asgi_app: tuple[FastAPI
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @hypothesis_settings(max_examples=35, deadline=None, suppress_health_check=list(HealthCheck))
         def exercise(case: schemathesis.Case) -> None:
             case.call_and_validate(
                 headers={"Authorization": f"Bearer {token}"},
