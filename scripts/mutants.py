@@ -75,7 +75,6 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/test_audit.py",
         "tests/test_security_cli.py",
         "tests/test_access.py",
-        "tests/test_auth_rules.py",
     ),
     "identifiers": (
         "tests/test_identifiers.py",
@@ -86,6 +85,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/test_status_machine.py",
         "tests/test_status_authority.py",
         "tests/test_status_api.py",
+        "tests/test_dispatch.py",
     ),
     "tenancy": ("tests/test_access.py", "tests/test_tenancy_matrix.py"),
     "intake": (
@@ -97,7 +97,9 @@ TESTS: dict[str, tuple[str, ...]] = {
     "outbox": (
         "tests/test_dispatch.py",
         "tests/test_notifications.py",
-        "tests/test_outbox_rules.py",
+        "tests/adapters/test_pull.py",
+        "tests/test_e2e_pull.py",
+        "tests/test_lifecycle_e2e.py",
     ),
 }
 

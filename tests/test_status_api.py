@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from fhir_profiles.builder import PrescriptionMessageBuilder
+from gateway.domain.status import DEFINITIONS, Status
 from gateway.store.db import Database
 from tests.support import PUBLIC_BASE_URL
 
@@ -382,3 +383,40 @@ def test_a_provider_cannot_report_a_move_of_the_gateway_or_the_trust(
         f"'{others_move}' is not a status a provider can report" in refused.json()["issue"][0]["diagnostics"]
     )
     assert business_status(client.get(f"/fhir/Task/{item}").json()) == "accepted"
+
+
+def test_the_status_code_system_is_every_status_with_its_definition_and_terminal_flag(
+    client: httpx.Client,
+) -> None:
+    """The CodeSystem integrators code against: every status once, in lifecycle order, and `terminal`
+    true for exactly the four that end an item (DESIGN.md §4)."""
+    answer = client.get("/fhir/CodeSystem/homecare-status")
+    assert answer.status_code == 200
+    code_system = answer.json()
+    concepts = code_system.pop("concept")
+    assert code_system == {
+        "resourceType": "CodeSystem",
+        "id": "homecare-status",
+        "url": HOMECARE_STATUS,
+        "name": "HomecareStatus",
+        "title": "Homecare prescription status",
+        "status": "active",
+        "content": "complete",
+        "caseSensitive": True,
+        "description": (
+            "The business status of a homecare prescription line item, as the gateway tracks it "
+            "(Task.businessStatus). Terminal codes end the item's lifecycle."
+        ),
+        "property": [{"code": "terminal", "type": "boolean", "description": "No further status follows"}],
+    }
+    terminal = {"rejected", "cancelled", "expired", "delivered"}
+    assert [concept["code"] for concept in concepts] == [status.value for status in Status]
+    for concept in concepts:
+        code = concept["code"]
+        assert concept == {
+            "code": code,
+            "display": code.replace("-", " ").capitalize(),
+            "definition": DEFINITIONS[Status(code)],
+            "property": [{"code": "terminal", "valueBoolean": code in terminal}],
+        }
+    assert {concept["display"] for concept in concepts} >= {"Out for delivery", "Cancel requested"}

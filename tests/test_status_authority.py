@@ -19,6 +19,7 @@ import pytest
 
 from auth.identity import Caller, Role
 from fhir_profiles.builder import PrescriptionMessageBuilder
+from gateway.domain import status
 from gateway.domain.context import Context
 from gateway.domain.intake import receive_message_blocking
 from gateway.domain.status import Status, Verdict
@@ -199,3 +200,15 @@ def test_every_move_from_every_state_by_every_actor(context: Context) -> None:
                     assert after.status == moved_to, f"{path.name}: {to} by {actor} left it '{after.status}'"
                     checked += 1
     assert checked == len(PATHS) * len(Status) * 3
+
+
+def test_the_transition_table_is_built_as_design_md_reads() -> None:
+    """`status._table()` builds `TRANSITIONS` once, at import; here it is built again and compared
+    with the reading above move by move (so a changed move fails here as well as in the walk)."""
+    built = {
+        (current, to): {actor.value for actor in actors}
+        for current, nexts in status._table().items()
+        for to, actors in nexts.items()
+    }
+    assert built == FIXED
+    assert status._table() == status.TRANSITIONS

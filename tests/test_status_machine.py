@@ -19,6 +19,7 @@ from gateway.domain.status import (
     admit_update,
     allowed_next,
     derive,
+    medication_request_status,
     prescription_status,
     step,
 )
@@ -225,3 +226,17 @@ def test_the_derived_status_does_not_depend_on_arrival_order(
 ) -> None:
     shuffled = data.draw(st.permutations(history))
     assert derive(ItemState(S.SENT), shuffled)[0] == derive(ItemState(S.SENT), history)[0]
+
+
+def test_the_medication_request_status_follows_the_item() -> None:
+    """FHIR R4 `MedicationRequest.status`: done when delivered, stopped when it lapsed, cancelled when
+    refused or withdrawn, on hold while a query is open, active otherwise."""
+    ended = {
+        S.DELIVERED: "completed",
+        S.EXPIRED: "stopped",
+        S.CANCELLED: "cancelled",
+        S.REJECTED: "cancelled",
+    }
+    expected = {**ended, S.QUERY: "on-hold"}
+    for status in Status:
+        assert medication_request_status(status) == expected.get(status, "active"), status
