@@ -25,6 +25,7 @@ from gateway.dispatch.worker import Dispatcher
 from gateway.domain.context import Context
 from gateway.domain.delivery import DeliveryOutcome, Recorded, record_provider_outcome, redrive
 from gateway.domain.intake import receive_message_blocking
+from gateway.domain.status_authority import Applied
 from gateway.store import outbox
 from gateway.store.db import Database, Tx
 from gateway.store.models import OutboxMessage
@@ -375,6 +376,41 @@ def test_cancelling_one_item_of_an_unsent_order_leaves_the_order_to_go(db: Datab
         (outbox.Kind.CANCEL.value, outbox.State.PENDING.value),
     ]
     assert [row[0] for row in item_statuses] == ["cancel-requested", "queued"]
+
+
+def test_a_send_moves_every_item_still_waiting_and_the_listener_hears_each_move(db: Database) -> None:
+    """The order goes after one item of two was asked to be cancelled: the first item, waiting for the
+    provider's answer, cannot become `sent` and stays; the second still does, and the status listener
+    (subscriptions hang off it) hears that move."""
+    [(prescription_id, body)] = accept(db, items=2, seed=37)
+    cancel = orjson.dumps(build_cancellation(orjson.loads(body), item_positions=[0]))
+    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+    context = Context.for_database(db, cancel_wait_seconds=0)
+    answer = receive_message_blocking(
+        context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
+    )
+    context.close()
+    assert answer.status_code == 202, answer.body
+    now = system_clock()
+    [claimed] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=10)
+    assert isinstance(claimed, ClaimedMessage) and claimed.kind == outbox.Kind.ORDER.value
+    heard: list[tuple[str, str]] = []
+
+    def listener(tx: Tx, applied: Applied, at: Any) -> None:
+        heard.append((applied.view.item_id, applied.view.status))
+
+    with db.transaction() as tx:
+        recorded = record_provider_outcome(
+            tx, claimed, DeliveryOutcome.delivered(), owner="w1", now=now, retry_at=None, listener=listener
+        )
+    assert recorded is Recorded.DELIVERED
+    with db.read() as session:
+        item_statuses = session.execute(
+            text("SELECT id, status FROM prescription_item WHERE prescription_id = :id ORDER BY position"),
+            {"id": prescription_id},
+        ).all()
+    assert [row[1] for row in item_statuses] == ["cancel-requested", "sent"]
+    assert heard == [(item_statuses[1][0], "sent")]
 
 
 def test_a_circuit_breaker_opens_after_its_threshold_then_lets_a_batch_through() -> None:

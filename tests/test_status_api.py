@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from fhir_profiles.builder import PrescriptionMessageBuilder
+from fhir_profiles.builder import PrescriptionMessageBuilder, build_cancellation
 from gateway.domain.status import DEFINITIONS, Status
 from gateway.store.db import Database
 from tests.support import PUBLIC_BASE_URL
@@ -362,11 +362,30 @@ def test_a_legal_looking_report_that_the_lifecycle_forbids_is_refused_and_change
     refused = report(provider, task(message, 0, illegal, len(path) + 1))
     assert refused.status_code == 409, refused.text
     current = path[-1] if path else "sent"
-    diagnostics = refused.json()["issue"][0]["diagnostics"]
-    assert f"'{illegal}'" in diagnostics and f"'{current}'" in diagnostics
+    (issue,) = refused.json()["issue"]
+    assert f"'{illegal}'" in issue["diagnostics"] and f"'{current}'" in issue["diagnostics"]
+    assert issue["expression"] == ["Task.businessStatus"]
     after = client.get(f"/fhir/Task/{item}").json()
     assert business_status(after) == business_status(before)
     assert after["meta"] == before["meta"]
+
+
+def test_a_report_about_an_order_withdrawn_before_it_was_sent_is_refused(
+    client: httpx.Client, provider: httpx.Client, db: Database
+) -> None:
+    """Cancelled before the provider ever had it: no report can follow (409, both statuses named)."""
+    message, (item,) = order(client, items=1, seed=35)
+    cancel = client.post(
+        "/fhir/$process-message", content=orjson.dumps(build_cancellation(message)), headers=FHIR
+    )
+    assert cancel.status_code == 200, cancel.text
+    assert business_status(client.get(f"/fhir/Task/{item}").json()) == "cancelled"
+    refused = report(provider, task(message, 0, "accepted", 1))
+    assert refused.status_code == 409, refused.text
+    (issue,) = refused.json()["issue"]
+    assert issue["diagnostics"] == "The item is 'cancelled' and cannot become 'accepted'"
+    assert issue["expression"] == ["Task.businessStatus"]
+    assert business_status(client.get(f"/fhir/Task/{item}").json()) == "cancelled"
 
 
 @pytest.mark.parametrize(

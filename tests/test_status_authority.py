@@ -173,7 +173,7 @@ def move(tx: Tx, item_id: str, to: Status, actor: str, minute: int) -> str:
             tx, view, to, source=SOURCE[actor], occurred_at=moment, detail={}, now=moment, listener=None
         )
     except RefusedMove as refused:
-        assert refused.status_code == 409 and refused.current is not None
+        assert refused.status_code == 409 and refused.current is not None and refused.requested == to
         return "refused"
     return applied.verdict.value
 
