@@ -81,6 +81,7 @@ def test_a_provider_report_changes_the_items_task_and_the_trust_sees_it(
     assert business_status(response.json()) == "accepted"
     read = client.get(f"/fhir/Task/{first}").json()
     assert read["id"] == first and business_status(read) == "accepted" and read["status"] == "accepted"
+    assert datetime.fromisoformat(read["lastModified"]) == T0 + timedelta(minutes=1), "as reported"
     assert read["owner"]["identifier"]["value"] == "VNCEL"
     assert read["focus"]["reference"] == f"MedicationRequest/{first}"
     other = client.get(f"/fhir/Task/{second}").json()
@@ -386,6 +387,20 @@ def test_a_report_about_an_order_withdrawn_before_it_was_sent_is_refused(
     assert issue["diagnostics"] == "The item is 'cancelled' and cannot become 'accepted'"
     assert issue["expression"] == ["Task.businessStatus"]
     assert business_status(client.get(f"/fhir/Task/{item}").json()) == "cancelled"
+
+
+def test_withdrawing_an_unsent_order_shows_in_each_items_own_history_once(
+    client: httpx.Client, db: Database
+) -> None:
+    message, items = order(client, items=2, seed=36)
+    cancel = client.post(
+        "/fhir/$process-message", content=orjson.dumps(build_cancellation(message)), headers=FHIR
+    )
+    assert cancel.status_code == 200, cancel.text
+    for item in items:
+        history = client.get(f"/fhir/Task/{item}/_history").json()
+        statuses = [business_status(entry["resource"]) for entry in history["entry"]]
+        assert statuses == ["received", "queued", "cancelled"], item
 
 
 @pytest.mark.parametrize(
