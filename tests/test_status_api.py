@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sqlalchemy import text
 
 from fhir_profiles.builder import PrescriptionMessageBuilder, build_cancellation
 from gateway.domain.status import DEFINITIONS, Status
@@ -156,7 +157,9 @@ def test_a_failed_delivery_with_its_cause_then_rescheduled_then_delivered(
             }
         ],
     )
-    assert report(provider, failed).status_code == 200
+    answer = report(provider, failed)
+    assert answer.status_code == 200
+    assert answer.json()["statusReason"]["text"] == "Patient not at home", "the Task as it now is"
     read = client.get(f"/fhir/Task/{item}").json()
     assert business_status(read) == "delivery-failed"
     assert read["statusReason"]["text"] == "Patient not at home"
@@ -387,6 +390,24 @@ def test_a_report_about_an_order_withdrawn_before_it_was_sent_is_refused(
     assert issue["diagnostics"] == "The item is 'cancelled' and cannot become 'accepted'"
     assert issue["expression"] == ["Task.businessStatus"]
     assert business_status(client.get(f"/fhir/Task/{item}").json()) == "cancelled"
+
+
+def test_a_prescription_needs_attention_while_an_item_has_a_query_open(
+    client: httpx.Client, provider: httpx.Client, db: Database
+) -> None:
+    message, _ = order(client, items=2, seed=38)
+
+    def attention() -> str | None:
+        with db.read() as session:
+            value = session.execute(text("SELECT attention FROM prescription")).scalar_one()
+        return None if value is None else str(value)
+
+    assert report(provider, task(message, 0, "accepted", 1)).status_code == 200
+    assert attention() is None
+    assert report(provider, task(message, 0, "query", 2)).status_code == 200
+    assert attention() == "query"
+    assert report(provider, task(message, 0, "accepted", 3)).status_code == 200
+    assert attention() is None
 
 
 def test_withdrawing_an_unsent_order_shows_in_each_items_own_history_once(
