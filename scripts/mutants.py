@@ -130,12 +130,18 @@ def prepare(group: str) -> Path:
     return folder
 
 
-def run_group(group: str, max_children: int) -> int:
+def run_group(group: str, max_children: int, *, survivors_only: bool = False) -> int:
     folder = prepare(group)
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
-    # Only a group that mutates part of a file names its functions: mutmut runs every mutant it is
-    # given by name again, while a run without names carries on where the last one stopped.
-    names = [] if all(pattern.endswith(".*") for pattern in GROUPS[group]) else GROUPS[group]
+    if survivors_only:
+        # After new tests: only the earlier survivors are tried again (mutmut runs named mutants anew).
+        names = sorted(name for name, code in in_group(group).items() if code in SURVIVED)
+        if not names:
+            return 0
+    else:
+        # Only a group that mutates part of a file names its functions: mutmut runs every mutant it is
+        # given by name again, while a run without names carries on where the last one stopped.
+        names = [] if all(pattern.endswith(".*") for pattern in GROUPS[group]) else list(GROUPS[group])
     return subprocess.run([*command, *names], cwd=folder, check=False).returncode
 
 
@@ -147,6 +153,14 @@ def results(group: str) -> dict[str, int | None]:
     return codes
 
 
+def in_group(group: str) -> dict[str, int | None]:
+    return {
+        name: code
+        for name, code in results(group).items()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in GROUPS[group])
+    }
+
+
 def module_of(mutant: str) -> str:
     return mutant.rsplit(".", 1)[0]
 
@@ -155,12 +169,7 @@ def report(groups: list[str]) -> int:
     survivors: list[str] = []
     print(f"{'module':44} {'killed':>7} {'survived':>9} {'not run':>8} {'score':>7}")
     for group in groups:
-        codes = results(group)
-        chosen = {
-            name: code
-            for name, code in codes.items()
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in GROUPS[group])
-        }
+        chosen = in_group(group)
         tally: Counter[tuple[str, str]] = Counter()
         for name, code in chosen.items():
             verdict = "not run" if code is None else "killed" if code in KILLED else "survived"
@@ -186,6 +195,9 @@ def main() -> int:
     parser.add_argument("groups", nargs="*", metavar="GROUP", help=", ".join(GROUPS))
     parser.add_argument("--max-children", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--report-only", action="store_true", help="print the scores of earlier runs")
+    parser.add_argument(
+        "--survivors", action="store_true", help="run only the earlier survivors again (after new tests)"
+    )
     arguments = parser.parse_args()
     groups = arguments.groups or list(GROUPS)
     unknown = sorted(set(groups) - set(GROUPS))
@@ -194,7 +206,7 @@ def main() -> int:
     if not arguments.report_only:
         for group in groups:
             print(f"== mutmut: {group}", flush=True)
-            run_group(group, arguments.max_children)
+            run_group(group, arguments.max_children, survivors_only=arguments.survivors)
     return report(groups)
 
 

@@ -83,6 +83,11 @@ def test_a_provider_report_changes_the_items_task_and_the_trust_sees_it(
     read = client.get(f"/fhir/Task/{first}").json()
     assert read["id"] == first and business_status(read) == "accepted" and read["status"] == "accepted"
     assert datetime.fromisoformat(read["lastModified"]) == T0 + timedelta(minutes=1), "as reported"
+    assert read["businessStatus"]["coding"][0] == {
+        "system": HOMECARE_STATUS,
+        "code": "accepted",
+        "display": DEFINITIONS[Status.ACCEPTED],
+    }
     assert read["owner"]["identifier"]["value"] == "VNCEL"
     assert read["focus"]["reference"] == f"MedicationRequest/{first}"
     other = client.get(f"/fhir/Task/{second}").json()
