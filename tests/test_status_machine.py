@@ -263,7 +263,7 @@ def test_the_medication_request_status_follows_the_item() -> None:
 
 
 def test_a_prescription_without_items_has_no_status() -> None:
-    with pytest.raises(ValueError, match="a prescription has at least one item"):
+    with pytest.raises(ValueError, match=r"^a prescription has at least one item$"):
         prescription_status([])
 
 
