@@ -24,6 +24,7 @@ from gateway.dispatch.settings import DispatcherSettings
 from gateway.dispatch.worker import Dispatcher
 from gateway.domain.context import Context
 from gateway.domain.delivery import DeliveryOutcome, Recorded, record_provider_outcome, redrive
+from gateway.domain.expiry import expire_due
 from gateway.domain.intake import receive_message_blocking
 from gateway.domain.status_authority import Applied
 from gateway.store import outbox
@@ -57,13 +58,21 @@ def simulator(db: Database) -> Iterator[SimulatorServer]:
         yield server
 
 
-def accept(db: Database, count: int = 1, *, seed: int = 1, items: int = 1) -> list[tuple[str, bytes]]:
+def accept(
+    db: Database, count: int = 1, *, seed: int = 1, items: int = 1, valid_until: str | None = None
+) -> list[tuple[str, bytes]]:
     """Prescriptions accepted through the intake service: (gateway id, the exact bytes)."""
     builder = PrescriptionMessageBuilder(seed=seed)
     context = Context.for_database(db)
     accepted = []
     for _ in range(count):
-        body = orjson.dumps(builder.build(items=items))
+        message = builder.build(items=items)
+        if valid_until is not None:
+            for entry in message["entry"]:
+                if entry["resource"]["resourceType"] == "MedicationRequest":
+                    period = {"start": "2026-01-01", "end": valid_until}
+                    entry["resource"]["dispenseRequest"]["validityPeriod"] = period
+        body = orjson.dumps(message)
         answer = receive_message_blocking(
             context, body=body, document=orjson.loads(body), caller=TRUST, request_id=str(uuid.uuid4())
         )
@@ -411,6 +420,35 @@ def test_a_send_moves_every_item_still_waiting_and_the_listener_hears_each_move(
         ).all()
     assert [row[1] for row in item_statuses] == ["cancel-requested", "sent"]
     assert heard == [(item_statuses[1][0], "sent")]
+
+
+def test_withdrawing_an_order_touches_only_its_own_prescriptions_unsent_order(db: Database) -> None:
+    """A cancel of a whole unsent order, then expiry: each withdraws its own prescription's order
+    while it is unsent; an order already delivered stays done, another prescription's stays due."""
+    (sent, _), (cancelled, body), (other, _) = accept(db, count=3, seed=41, valid_until="2026-02-01")
+    now = system_clock()
+    [claimed] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=1)
+    assert isinstance(claimed, ClaimedMessage) and claimed.prescription_id == sent
+    with db.transaction() as tx:
+        assert record_delivered(tx, claimed, owner="w1", now=now)
+    cancel = orjson.dumps(build_cancellation(orjson.loads(body)))
+    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+    context = Context.for_database(db)
+    answer = receive_message_blocking(
+        context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
+    )
+    assert answer.status_code == 200, answer.body
+
+    def order_states() -> dict[str, str]:
+        with db.read() as session:
+            rows = session.execute(text("SELECT prescription_id, state FROM outbox WHERE kind = 'new'"))
+            return {row[0]: row[1] for row in rows}
+
+    assert order_states() == {sent: "done", cancelled: "cancelled", other: "pending"}
+    assert expire_due(context, now=now) == 2
+    context.close()
+    assert order_states() == {sent: "done", cancelled: "cancelled", other: "cancelled"}
+    assert (status_of(db, sent), status_of(db, other)) == ("expired", "expired")
 
 
 def test_a_circuit_breaker_opens_after_its_threshold_then_lets_a_batch_through() -> None:
