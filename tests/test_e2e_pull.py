@@ -181,6 +181,8 @@ def test_an_order_nobody_pulls_in_time_is_undeliverable_and_a_late_acknowledgeme
     wait_until(lambda: statuses(client, [item]) == ["undeliverable"])
     figures = stats(db, now=clock())
     assert figures.by_provider_dead == {"VNCEL": 1}, "the alert of a failed push: a dead letter"
+    dead_letter = scalar(db, "SELECT last_error FROM outbox WHERE kind = 'new'")
+    assert dead_letter.startswith("not acknowledged by the provider within"), "why, for the operator"
     provider = as_tenant("provider-vncel")
     late = provider.put(f"/fhir/Task/{item}", content=task_for(item, message, "accepted", 1), headers=FHIR)
     assert late.status_code == 200, late.text
