@@ -212,7 +212,11 @@ def test_a_provider_refusal_rejects_the_prescription_with_its_reason(
     dispatch(db)
     assert status_of(db, prescription_id) == "rejected"
     status, detail = events_of(db, prescription_id)[-1]
-    assert status == "rejected" and detail["reason"]
+    assert status == "rejected"
+    assert detail["reason"] == {
+        "code": "out-of-stock",
+        "text": "Out of stock: the medicine cannot be supplied at present",
+    }, "the provider's own code and words"
     assert simulator.orders() == []
 
 
@@ -237,6 +241,25 @@ def test_retries_spent_make_it_undeliverable_and_a_redrive_delivers_it(
         "queued",
         "sent",
     ]
+
+
+def test_a_redrive_names_its_prescription_or_provider_and_starts_the_retries_afresh(
+    db: Database, simulator: SimulatorServer
+) -> None:
+    simulator.configure(down=True)
+    (first, _), (second, _) = accept(db, count=2, seed=43)
+    dispatch(db)
+    assert outbox_rows(db) == [("dead", 4), ("dead", 4)]
+    assert redrive(Context(db), provider_ods="VNFKT") == 0, "no dead message to that provider"
+    assert redrive(Context(db), prescription_id=first) == 1
+    assert (status_of(db, first), status_of(db, second)) == ("queued", "undeliverable")
+    with db.read() as session:
+        row = session.execute(
+            text("SELECT state, attempts, last_error FROM outbox WHERE prescription_id = :id"), {"id": first}
+        ).one()
+    assert tuple(row) == ("pending", 0, None)
+    dispatch(db)
+    assert outbox_rows(db) == [("dead", 4), ("dead", 4)], "four fresh tries, not one"
 
 
 def test_an_unusable_adapter_setting_is_retried_not_lost(db: Database) -> None:
