@@ -253,6 +253,7 @@ def test_a_redrive_names_its_prescription_or_provider_and_starts_the_retries_afr
     assert redrive(Context(db), provider_ods="VNFKT") == 0, "no dead message to that provider"
     assert redrive(Context(db), prescription_id=first) == 1
     assert (status_of(db, first), status_of(db, second)) == ("queued", "undeliverable")
+    assert events_of(db, first)[-1] == ("queued", {"redriven": True})
     with db.read() as session:
         row = session.execute(
             text("SELECT state, attempts, last_error FROM outbox WHERE prescription_id = :id"), {"id": first}
@@ -408,6 +409,30 @@ def test_cancelling_one_item_of_an_unsent_order_leaves_the_order_to_go(db: Datab
         (outbox.Kind.CANCEL.value, outbox.State.PENDING.value),
     ]
     assert [row[0] for row in item_statuses] == ["cancel-requested", "queued"]
+
+
+def test_a_second_cancel_of_an_unsent_order_is_asked_of_the_provider_too(db: Database) -> None:
+    """The order now has a cancel message behind it: the second cancel is judged on the order alone."""
+    [(prescription_id, body)] = accept(db, items=2, seed=39)
+    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+    context = Context.for_database(db, cancel_wait_seconds=0)
+    for position in (0, 1):
+        cancel = orjson.dumps(build_cancellation(orjson.loads(body), item_positions=[position]))
+        answer = receive_message_blocking(
+            context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
+        )
+        assert answer.status_code == 202, answer.body
+    context.close()
+    with db.read() as session:
+        kinds = session.execute(
+            text("SELECT kind, state FROM outbox WHERE prescription_id = :id ORDER BY id"),
+            {"id": prescription_id},
+        ).all()
+    assert [tuple(row) for row in kinds] == [
+        (outbox.Kind.ORDER.value, outbox.State.PENDING.value),
+        (outbox.Kind.CANCEL.value, outbox.State.PENDING.value),
+        (outbox.Kind.CANCEL.value, outbox.State.PENDING.value),
+    ]
 
 
 def test_a_send_moves_every_item_still_waiting_and_the_listener_hears_each_move(db: Database) -> None:
