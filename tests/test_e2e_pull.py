@@ -111,6 +111,7 @@ def test_the_queued_search_leases_each_order_to_one_poller(
     wait_until(lambda: held(db) == 8)
     pollers = [as_tenant("provider-vncel"), as_tenant("provider-vncel")]
     taken: list[list[str]] = [[], []]
+    orders_a_page: list[int] = []
 
     def poll(number: int) -> None:
         while True:
@@ -121,7 +122,9 @@ def test_the_queued_search_leases_each_order_to_one_poller(
             entries = found.json().get("entry", [])
             if not entries:
                 return
-            taken[number] += [entry["resource"]["basedOn"][0]["identifier"]["value"] for entry in entries]
+            page = [entry["resource"]["basedOn"][0]["identifier"]["value"] for entry in entries]
+            orders_a_page.append(len(set(page)))
+            taken[number] += page
 
     threads = [threading.Thread(target=poll, args=(number,)) for number in (0, 1)]
     for thread in threads:
@@ -129,6 +132,7 @@ def test_the_queued_search_leases_each_order_to_one_poller(
     for thread in threads:
         thread.join(timeout=60)
     assert not set(taken[0]) & set(taken[1]), "no order offered to both pollers"
+    assert max(orders_a_page) <= 2, "_count=2: at most two orders a page"
     assert len(set(taken[0]) | set(taken[1])) == 8, "every order offered once"
     reader = as_tenant("provider-vncel").get(
         "/fhir/Task", params={"owner": "VNCEL", "business-status": "queued,sent"}
