@@ -201,6 +201,20 @@ def test_an_order_nobody_pulls_in_time_is_undeliverable_and_a_late_acknowledgeme
     assert stats(db, now=clock()).dead == 0
 
 
+def test_only_the_order_held_too_long_is_given_up(
+    client: httpx.Client, db: Database, gateway: Runtime, clock: ShiftedClock
+) -> None:
+    _, (late,) = send_order(client, items=1, seed=321)
+    wait_until(lambda: held(db) == 1)
+    clock.offset = timedelta(seconds=40)
+    _, (recent,) = send_order(client, items=1, seed=322)
+    wait_until(lambda: held(db) == 2)
+    clock.offset = timedelta(seconds=61)
+    wait_until(lambda: statuses(client, [late]) == ["undeliverable"])
+    assert statuses(client, [recent]) == ["queued"], "held 21 s of its 60: still waiting"
+    assert held(db) == 1
+
+
 def test_an_unpulled_order_redriven_is_held_again(
     client: httpx.Client, db: Database, gateway: Runtime, clock: ShiftedClock
 ) -> None:
