@@ -199,20 +199,29 @@ def test_an_order_nobody_pulls_in_time_is_undeliverable_and_a_late_acknowledgeme
         "accepted",
     ]
     assert stats(db, now=clock()).dead == 0
+    assert rows(db, "SELECT state, last_error FROM outbox") == [("done", None)], "no stale reason"
 
 
-def test_only_the_order_held_too_long_is_given_up(
-    client: httpx.Client, db: Database, gateway: Runtime, clock: ShiftedClock
+def test_only_the_order_held_too_long_is_given_up_and_an_acknowledgement_finishes_only_its_own(
+    client: httpx.Client,
+    db: Database,
+    gateway: Runtime,
+    clock: ShiftedClock,
+    as_tenant: Callable[..., httpx.Client],
 ) -> None:
     _, (late,) = send_order(client, items=1, seed=321)
     wait_until(lambda: held(db) == 1)
     clock.offset = timedelta(seconds=40)
-    _, (recent,) = send_order(client, items=1, seed=322)
+    message, (recent,) = send_order(client, items=1, seed=322)
     wait_until(lambda: held(db) == 2)
     clock.offset = timedelta(seconds=61)
     wait_until(lambda: statuses(client, [late]) == ["undeliverable"])
     assert statuses(client, [recent]) == ["queued"], "held 21 s of its 60: still waiting"
     assert held(db) == 1
+    provider = as_tenant("provider-vncel")
+    ack = provider.put(f"/fhir/Task/{recent}", content=task_for(recent, message, "accepted", 1), headers=FHIR)
+    assert ack.status_code == 200, ack.text
+    assert rows(db, "SELECT state FROM outbox ORDER BY id") == [("dead",), ("done",)]
 
 
 def test_an_unpulled_order_redriven_is_held_again(
