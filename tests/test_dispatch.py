@@ -254,8 +254,9 @@ def test_a_redrive_names_its_prescription_or_provider_and_starts_the_retries_afr
     assert redrive(Context(db), prescription_id=first) == 1
     assert (status_of(db, first), status_of(db, second)) == ("queued", "undeliverable")
     assert events_of(db, first)[-1] == ("queued", {"redriven": True})
-    figures = outbox.stats(db, now=system_clock())
-    assert (figures.depth, figures.dead, figures.by_provider_dead) == (1, 1, {"VNCEL": 1})
+    figures = outbox.stats(db, now=system_clock() + timedelta(seconds=30))
+    assert (figures.depth, figures.due, figures.dead, figures.by_provider_dead) == (1, 1, 1, {"VNCEL": 1})
+    assert 30 <= figures.oldest_due_age_seconds < 300, "due since the redrive"
     with db.read() as session:
         row = session.execute(
             text("SELECT state, attempts, last_error FROM outbox WHERE prescription_id = :id"), {"id": first}
