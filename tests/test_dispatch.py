@@ -246,6 +246,8 @@ def test_retries_spent_make_it_undeliverable_and_a_redrive_delivers_it(
 def test_a_redrive_names_its_prescription_or_provider_and_starts_the_retries_afresh(
     db: Database, simulator: SimulatorServer
 ) -> None:
+    empty = outbox.stats(db, now=system_clock())
+    assert (empty.depth, empty.due, empty.oldest_due_age_seconds, empty.dead, empty.held) == (0, 0, 0.0, 0, 0)
     simulator.configure(down=True)
     (first, _), (second, _) = accept(db, count=2, seed=43)
     dispatch(db)
