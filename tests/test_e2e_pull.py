@@ -224,6 +224,20 @@ def test_only_the_order_held_too_long_is_given_up_and_an_acknowledgement_finishe
     assert rows(db, "SELECT state FROM outbox ORDER BY id") == [("dead",), ("done",)]
 
 
+def test_a_pull_provider_is_offered_only_its_own_held_orders(
+    client: httpx.Client, db: Database, gateway: Runtime, as_tenant: Callable[..., httpx.Client]
+) -> None:
+    use_adapter(db, "VNFKT", "pull", PULL_SETTINGS)
+    send_order(client, items=1, seed=323)
+    wait_until(lambda: held(db) == 1)
+    other = as_tenant("provider-vnfkt").get(
+        "/fhir/Task", params={"owner": "VNFKT", "business-status": "queued", "_count": "5"}
+    )
+    assert other.status_code == 200, other.text
+    assert other.json().get("entry", []) == []
+    assert rows(db, "SELECT lease_owner FROM outbox") == [(None,)], "not leased to the other provider"
+
+
 def test_an_unpulled_order_redriven_is_held_again(
     client: httpx.Client, db: Database, gateway: Runtime, clock: ShiftedClock
 ) -> None:
