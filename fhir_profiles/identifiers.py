@@ -81,11 +81,6 @@ def is_item_identifier(value: str) -> bool:
     return bool(_ITEM_IDENTIFIER_RE.fullmatch(value))
 
 
-def is_ascii_digits(value: str) -> bool:
-    """One or more of 0-9 and nothing else (`str.isdigit` also takes other scripts' digits)."""
-    return value.isascii() and value.isdigit()
-
-
 def generate_nhs_number(rng: random.Random) -> str:
     """A random NHS number that passes Modulus 11 (test ranges start with 9)."""
     while True:

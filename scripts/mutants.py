@@ -2,12 +2,15 @@
 
     python scripts/mutants.py [GROUP ...] [--max-children N] [--report-only]
 
-Groups: auth, identifiers, status, tenancy, intake, outbox (default: all, in that order). mutmut
-(configured in pyproject.toml, [tool.mutmut]) copies the packages to mutants/, mutates the files of
-the group and runs, for each mutant, only the selected tests that reach the mutated function, on
-SQLite. Results are kept in mutants/: a second run carries on where the first stopped. After the runs
-it prints the score per module (killed / (killed + survived); timeouts count as killed, mutants no
-test reaches as survived) and every survivor, to judge against docs/mutation-testing.md.
+Groups: auth, identifiers, status, tenancy, intake, outbox (default: all, in that order). Each group
+runs in a folder of its own, mutants/<group>/, holding a copy of the packages and the tests and a
+pyproject.toml whose [tool.mutmut] is the project's with the group's own files to mutate and its own
+test selection (TESTS below): mutmut learns once which of those tests reach which function, then
+runs, for each mutant, only the tests that reach the mutated function, on SQLite, stopping at the
+first failure. Results are kept per group: a second run carries on where the first stopped, and a
+group's run never resets another's. After the runs it prints the score per module (killed /
+(killed + survived); timeouts count as killed, mutants no test reaches as survived) and every
+survivor, to judge against docs/mutation-testing.md.
 Never part of `make test` or CI: a full run takes hours on two shared cores.
 """
 
@@ -16,13 +19,17 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import shutil
 import subprocess
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTANTS = ROOT / "mutants"
+PACKAGES = ("auth", "fhir_profiles", "gateway", "adapters")
 
 # Each group: the mutmut names (module.function) it covers.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -45,21 +52,113 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "outbox": ("gateway.store.outbox.*", "gateway.domain.delivery.*"),
 }
 
+# Each group: the files mutmut mutates (globs, as in [tool.mutmut] only_mutate).
+FILES: dict[str, tuple[str, ...]] = {
+    "auth": ("auth/*.py",),
+    "identifiers": ("fhir_profiles/identifiers.py",),
+    "status": ("gateway/domain/status.py", "gateway/domain/status_authority.py"),
+    "tenancy": ("auth/tenancy.py", "gateway/store/items.py"),
+    "intake": (
+        "fhir_profiles/homecare.py",
+        "gateway/domain/intake.py",
+        "gateway/domain/messages.py",
+        "gateway/domain/orders.py",
+    ),
+    "outbox": ("gateway/store/outbox.py", "gateway/domain/delivery.py"),
+}
+
+# Each group: the fast tests that exercise its modules (mutmut runs, per mutant, those of them that
+# reach the mutated function). A test missing here cannot kill the group's mutants.
+TESTS: dict[str, tuple[str, ...]] = {
+    "auth": (
+        "tests/test_token_endpoint.py",
+        "tests/test_audit.py",
+        # Not tests/test_security_cli.py: it reads the CLI's output, which mutmut's own capture takes.
+        "tests/test_access.py",
+    ),
+    "identifiers": (
+        "tests/test_identifiers.py",
+        "tests/test_ascii_identifiers.py",
+        "tests/test_homecare_profile.py",
+    ),
+    "status": (
+        "tests/test_status_machine.py",
+        "tests/test_status_authority.py",
+        "tests/test_status_api.py",
+        "tests/test_dispatch.py",
+    ),
+    "tenancy": ("tests/test_access.py", "tests/test_tenancy_matrix.py"),
+    "intake": (
+        "tests/test_homecare_profile.py",
+        "tests/test_duplicate_keys.py",
+        "tests/test_intake_api.py",
+        "tests/test_ascii_identifiers.py",
+    ),
+    "outbox": (
+        "tests/test_dispatch.py",
+        "tests/test_notifications.py",
+        "tests/adapters/test_pull.py",
+        "tests/test_e2e_pull.py",
+        "tests/test_lifecycle_e2e.py",
+    ),
+}
+
 KILLED = {1, 3, 36, 24, -24, 152, 255, 37}  # failed tests, pytest error, timeouts, type check
 SURVIVED = {0, 5, 33}  # tests passed, or no test reaches the mutant
 
 
-def run_group(patterns: tuple[str, ...], max_children: int) -> int:
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *patterns]
-    return subprocess.run(command, cwd=ROOT, check=False).returncode
+def toml_value(value: Any) -> str:
+    return json.dumps(value)  # a JSON string, list or bool is also TOML
 
 
-def results() -> dict[str, int | None]:
-    """Every mutant's exit code, from mutmut's files in mutants/ (None: not yet run)."""
+def prepare(group: str) -> Path:
+    """mutants/<group>/: the packages, the tests and the group's mutmut configuration, refreshed."""
+    folder = MUTANTS / group
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in (*PACKAGES, "tests"):
+        shutil.copytree(ROOT / name, folder / name, dirs_exist_ok=True, ignore=ignore)
+    project = (ROOT / "pyproject.toml").read_text()
+    settings = tomllib.loads(project)["tool"]["mutmut"]
+    settings["only_mutate"] = list(FILES[group])
+    settings["pytest_add_cli_args_test_selection"] = [test for test in TESTS[group] if (ROOT / test).exists()]
+    settings["use_git_change_detection"] = False
+    start = project.index("[tool.mutmut]")
+    end = project.find("\n[", start + 1)
+    section = "[tool.mutmut]\n" + "".join(f"{key} = {toml_value(value)}\n" for key, value in settings.items())
+    rest = project[end:] if end != -1 else "\n"
+    (folder / "pyproject.toml").write_text(project[:start] + section + rest)
+    return folder
+
+
+def run_group(group: str, max_children: int, *, survivors_only: bool = False) -> int:
+    folder = prepare(group)
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+    if survivors_only:
+        # After new tests: only the earlier survivors are tried again (mutmut runs named mutants anew).
+        names = sorted(name for name, code in in_group(group).items() if code in SURVIVED)
+        if not names:
+            return 0
+    else:
+        # Only a group that mutates part of a file names its functions: mutmut runs every mutant it is
+        # given by name again, while a run without names carries on where the last one stopped.
+        names = [] if all(pattern.endswith(".*") for pattern in GROUPS[group]) else list(GROUPS[group])
+    return subprocess.run([*command, *names], cwd=folder, check=False).returncode
+
+
+def results(group: str) -> dict[str, int | None]:
+    """Every mutant's exit code in the group's folder (None: not yet run)."""
     codes: dict[str, int | None] = {}
-    for meta in MUTANTS.rglob("*.py.meta"):
+    for meta in (MUTANTS / group / "mutants").rglob("*.py.meta"):
         codes.update(json.loads(meta.read_text())["exit_code_by_key"])
     return codes
+
+
+def in_group(group: str) -> dict[str, int | None]:
+    return {
+        name: code
+        for name, code in results(group).items()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in GROUPS[group])
+    }
 
 
 def module_of(mutant: str) -> str:
@@ -67,15 +166,10 @@ def module_of(mutant: str) -> str:
 
 
 def report(groups: list[str]) -> int:
-    codes = results()
     survivors: list[str] = []
     print(f"{'module':44} {'killed':>7} {'survived':>9} {'not run':>8} {'score':>7}")
     for group in groups:
-        chosen = {
-            name: code
-            for name, code in codes.items()
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in GROUPS[group])
-        }
+        chosen = in_group(group)
         tally: Counter[tuple[str, str]] = Counter()
         for name, code in chosen.items():
             verdict = "not run" if code is None else "killed" if code in KILLED else "survived"
@@ -101,6 +195,9 @@ def main() -> int:
     parser.add_argument("groups", nargs="*", metavar="GROUP", help=", ".join(GROUPS))
     parser.add_argument("--max-children", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--report-only", action="store_true", help="print the scores of earlier runs")
+    parser.add_argument(
+        "--survivors", action="store_true", help="run only the earlier survivors again (after new tests)"
+    )
     arguments = parser.parse_args()
     groups = arguments.groups or list(GROUPS)
     unknown = sorted(set(groups) - set(GROUPS))
@@ -109,7 +206,7 @@ def main() -> int:
     if not arguments.report_only:
         for group in groups:
             print(f"== mutmut: {group}", flush=True)
-            run_group(GROUPS[group], arguments.max_children)
+            run_group(group, arguments.max_children, survivors_only=arguments.survivors)
     return report(groups)
 
 

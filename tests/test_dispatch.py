@@ -25,7 +25,9 @@ from gateway.dispatch.settings import DispatcherSettings
 from gateway.dispatch.worker import Dispatcher
 from gateway.domain.context import Context
 from gateway.domain.delivery import DeliveryOutcome, Recorded, record_provider_outcome, redrive
+from gateway.domain.expiry import expire_due
 from gateway.domain.intake import receive_message_blocking
+from gateway.domain.status_authority import Applied
 from gateway.store import outbox
 from gateway.store.db import Database, Tx
 from gateway.store.models import OutboxMessage
@@ -57,13 +59,21 @@ def simulator(db: Database) -> Iterator[SimulatorServer]:
         yield server
 
 
-def accept(db: Database, count: int = 1, *, seed: int = 1, items: int = 1) -> list[tuple[str, bytes]]:
+def accept(
+    db: Database, count: int = 1, *, seed: int = 1, items: int = 1, valid_until: str | None = None
+) -> list[tuple[str, bytes]]:
     """Prescriptions accepted through the intake service: (gateway id, the exact bytes)."""
     builder = PrescriptionMessageBuilder(seed=seed)
     context = Context.for_database(db)
     accepted = []
     for _ in range(count):
-        body = orjson.dumps(builder.build(items=items))
+        message = builder.build(items=items)
+        if valid_until is not None:
+            for entry in message["entry"]:
+                if entry["resource"]["resourceType"] == "MedicationRequest":
+                    period = {"start": "2026-01-01", "end": valid_until}
+                    entry["resource"]["dispenseRequest"]["validityPeriod"] = period
+        body = orjson.dumps(message)
         answer = receive_message_blocking(
             context, body=body, document=orjson.loads(body), caller=TRUST, request_id=str(uuid.uuid4())
         )
@@ -203,7 +213,11 @@ def test_a_provider_refusal_rejects_the_prescription_with_its_reason(
     dispatch(db)
     assert status_of(db, prescription_id) == "rejected"
     status, detail = events_of(db, prescription_id)[-1]
-    assert status == "rejected" and detail["reason"]
+    assert status == "rejected"
+    assert detail["reason"] == {
+        "code": "out-of-stock",
+        "text": "Out of stock: the medicine cannot be supplied at present",
+    }, "the provider's own code and words"
     assert simulator.orders() == []
 
 
@@ -228,6 +242,31 @@ def test_retries_spent_make_it_undeliverable_and_a_redrive_delivers_it(
         "queued",
         "sent",
     ]
+
+
+def test_a_redrive_names_its_prescription_or_provider_and_starts_the_retries_afresh(
+    db: Database, simulator: SimulatorServer
+) -> None:
+    empty = outbox.stats(db, now=system_clock())
+    assert (empty.depth, empty.due, empty.oldest_due_age_seconds, empty.dead, empty.held) == (0, 0, 0.0, 0, 0)
+    simulator.configure(down=True)
+    (first, _), (second, _) = accept(db, count=2, seed=43)
+    dispatch(db)
+    assert outbox_rows(db) == [("dead", 4), ("dead", 4)]
+    assert redrive(Context(db), provider_ods="VNFKT") == 0, "no dead message to that provider"
+    assert redrive(Context(db), prescription_id=first) == 1
+    assert (status_of(db, first), status_of(db, second)) == ("queued", "undeliverable")
+    assert events_of(db, first)[-1] == ("queued", {"redriven": True})
+    figures = outbox.stats(db, now=system_clock() + timedelta(seconds=30))
+    assert (figures.depth, figures.due, figures.dead, figures.by_provider_dead) == (1, 1, 1, {"VNCEL": 1})
+    assert 30 <= figures.oldest_due_age_seconds < 300, "due since the redrive"
+    with db.read() as session:
+        row = session.execute(
+            text("SELECT state, attempts, last_error FROM outbox WHERE prescription_id = :id"), {"id": first}
+        ).one()
+    assert tuple(row) == ("pending", 0, None)
+    dispatch(db)
+    assert outbox_rows(db) == [("dead", 4), ("dead", 4)], "four fresh tries, not one"
 
 
 def test_an_unusable_adapter_setting_is_retried_not_lost(db: Database) -> None:
@@ -377,6 +416,94 @@ def test_cancelling_one_item_of_an_unsent_order_leaves_the_order_to_go(db: Datab
         (outbox.Kind.CANCEL.value, outbox.State.PENDING.value),
     ]
     assert [row[0] for row in item_statuses] == ["cancel-requested", "queued"]
+
+
+def test_a_second_cancel_of_an_unsent_order_is_asked_of_the_provider_too(db: Database) -> None:
+    """The order now has a cancel message behind it: the second cancel is judged on the order alone."""
+    [(prescription_id, body)] = accept(db, items=2, seed=39)
+    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+    context = Context.for_database(db, cancel_wait_seconds=0)
+    for position in (0, 1):
+        cancel = orjson.dumps(build_cancellation(orjson.loads(body), item_positions=[position]))
+        answer = receive_message_blocking(
+            context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
+        )
+        assert answer.status_code == 202, answer.body
+    context.close()
+    with db.read() as session:
+        kinds = session.execute(
+            text("SELECT kind, state FROM outbox WHERE prescription_id = :id ORDER BY id"),
+            {"id": prescription_id},
+        ).all()
+    assert [tuple(row) for row in kinds] == [
+        (outbox.Kind.ORDER.value, outbox.State.PENDING.value),
+        (outbox.Kind.CANCEL.value, outbox.State.PENDING.value),
+        (outbox.Kind.CANCEL.value, outbox.State.PENDING.value),
+    ]
+
+
+def test_a_send_moves_every_item_still_waiting_and_the_listener_hears_each_move(db: Database) -> None:
+    """The order goes after one item of two was asked to be cancelled: the first item, waiting for the
+    provider's answer, cannot become `sent` and stays; the second still does, and the status listener
+    (subscriptions hang off it) hears that move."""
+    [(prescription_id, body)] = accept(db, items=2, seed=37)
+    cancel = orjson.dumps(build_cancellation(orjson.loads(body), item_positions=[0]))
+    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+    context = Context.for_database(db, cancel_wait_seconds=0)
+    answer = receive_message_blocking(
+        context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
+    )
+    context.close()
+    assert answer.status_code == 202, answer.body
+    now = system_clock()
+    [claimed] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=10)
+    assert isinstance(claimed, ClaimedMessage) and claimed.kind == outbox.Kind.ORDER.value
+    heard: list[tuple[str, str]] = []
+
+    def listener(tx: Tx, applied: Applied, at: Any) -> None:
+        heard.append((applied.view.item_id, applied.view.status))
+
+    with db.transaction() as tx:
+        recorded = record_provider_outcome(
+            tx, claimed, DeliveryOutcome.delivered(), owner="w1", now=now, retry_at=None, listener=listener
+        )
+    assert recorded is Recorded.DELIVERED
+    with db.read() as session:
+        item_statuses = session.execute(
+            text("SELECT id, status FROM prescription_item WHERE prescription_id = :id ORDER BY position"),
+            {"id": prescription_id},
+        ).all()
+    assert [row[1] for row in item_statuses] == ["cancel-requested", "sent"]
+    assert heard == [(item_statuses[1][0], "sent")]
+
+
+def test_withdrawing_an_order_touches_only_its_own_prescriptions_unsent_order(db: Database) -> None:
+    """A cancel of a whole unsent order, then expiry: each withdraws its own prescription's order
+    while it is unsent; an order already delivered stays done, another prescription's stays due."""
+    (sent, _), (cancelled, body), (other, _) = accept(db, count=3, seed=41, valid_until="2026-02-01")
+    now = system_clock()
+    [claimed] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=1)
+    assert isinstance(claimed, ClaimedMessage) and claimed.prescription_id == sent
+    with db.transaction() as tx:
+        assert record_delivered(tx, claimed, owner="w1", now=now)
+    cancel = orjson.dumps(build_cancellation(orjson.loads(body)))
+    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+    context = Context.for_database(db)
+    answer = receive_message_blocking(
+        context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
+    )
+    assert answer.status_code == 200, answer.body
+
+    def order_states() -> dict[str, str]:
+        with db.read() as session:
+            rows = session.execute(text("SELECT prescription_id, state FROM outbox WHERE kind = 'new'"))
+            return {row[0]: row[1] for row in rows}
+
+    assert order_states() == {sent: "done", cancelled: "cancelled", other: "pending"}
+    assert expire_due(context, now=now) == 2
+    context.close()
+    assert order_states() == {sent: "done", cancelled: "cancelled", other: "cancelled"}
+    assert (status_of(db, sent), status_of(db, other)) == ("expired", "expired")
 
 
 def test_a_circuit_breaker_opens_after_its_threshold_then_lets_a_batch_through() -> None:

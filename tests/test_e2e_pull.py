@@ -111,6 +111,7 @@ def test_the_queued_search_leases_each_order_to_one_poller(
     wait_until(lambda: held(db) == 8)
     pollers = [as_tenant("provider-vncel"), as_tenant("provider-vncel")]
     taken: list[list[str]] = [[], []]
+    orders_a_page: list[int] = []
 
     def poll(number: int) -> None:
         while True:
@@ -121,7 +122,9 @@ def test_the_queued_search_leases_each_order_to_one_poller(
             entries = found.json().get("entry", [])
             if not entries:
                 return
-            taken[number] += [entry["resource"]["basedOn"][0]["identifier"]["value"] for entry in entries]
+            page = [entry["resource"]["basedOn"][0]["identifier"]["value"] for entry in entries]
+            orders_a_page.append(len(set(page)))
+            taken[number] += page
 
     threads = [threading.Thread(target=poll, args=(number,)) for number in (0, 1)]
     for thread in threads:
@@ -129,6 +132,7 @@ def test_the_queued_search_leases_each_order_to_one_poller(
     for thread in threads:
         thread.join(timeout=60)
     assert not set(taken[0]) & set(taken[1]), "no order offered to both pollers"
+    assert max(orders_a_page) <= 2, "_count=2: at most two orders a page"
     assert len(set(taken[0]) | set(taken[1])) == 8, "every order offered once"
     reader = as_tenant("provider-vncel").get(
         "/fhir/Task", params={"owner": "VNCEL", "business-status": "queued,sent"}
@@ -181,6 +185,8 @@ def test_an_order_nobody_pulls_in_time_is_undeliverable_and_a_late_acknowledgeme
     wait_until(lambda: statuses(client, [item]) == ["undeliverable"])
     figures = stats(db, now=clock())
     assert figures.by_provider_dead == {"VNCEL": 1}, "the alert of a failed push: a dead letter"
+    dead_letter = scalar(db, "SELECT last_error FROM outbox WHERE kind = 'new'")
+    assert dead_letter.startswith("not acknowledged by the provider within"), "why, for the operator"
     provider = as_tenant("provider-vncel")
     late = provider.put(f"/fhir/Task/{item}", content=task_for(item, message, "accepted", 1), headers=FHIR)
     assert late.status_code == 200, late.text
@@ -193,6 +199,43 @@ def test_an_order_nobody_pulls_in_time_is_undeliverable_and_a_late_acknowledgeme
         "accepted",
     ]
     assert stats(db, now=clock()).dead == 0
+    assert rows(db, "SELECT state, last_error FROM outbox") == [("done", None)], "no stale reason"
+
+
+def test_only_the_order_held_too_long_is_given_up_and_an_acknowledgement_finishes_only_its_own(
+    client: httpx.Client,
+    db: Database,
+    gateway: Runtime,
+    clock: ShiftedClock,
+    as_tenant: Callable[..., httpx.Client],
+) -> None:
+    _, (late,) = send_order(client, items=1, seed=321)
+    wait_until(lambda: held(db) == 1)
+    clock.offset = timedelta(seconds=40)
+    message, (recent,) = send_order(client, items=1, seed=322)
+    wait_until(lambda: held(db) == 2)
+    clock.offset = timedelta(seconds=61)
+    wait_until(lambda: statuses(client, [late]) == ["undeliverable"])
+    assert statuses(client, [recent]) == ["queued"], "held 21 s of its 60: still waiting"
+    assert held(db) == 1
+    provider = as_tenant("provider-vncel")
+    ack = provider.put(f"/fhir/Task/{recent}", content=task_for(recent, message, "accepted", 1), headers=FHIR)
+    assert ack.status_code == 200, ack.text
+    assert rows(db, "SELECT state FROM outbox ORDER BY id") == [("dead",), ("done",)]
+
+
+def test_a_pull_provider_is_offered_only_its_own_held_orders(
+    client: httpx.Client, db: Database, gateway: Runtime, as_tenant: Callable[..., httpx.Client]
+) -> None:
+    use_adapter(db, "VNFKT", "pull", PULL_SETTINGS)
+    send_order(client, items=1, seed=323)
+    wait_until(lambda: held(db) == 1)
+    other = as_tenant("provider-vnfkt").get(
+        "/fhir/Task", params={"owner": "VNFKT", "business-status": "queued", "_count": "5"}
+    )
+    assert other.status_code == 200, other.text
+    assert other.json().get("entry", []) == []
+    assert rows(db, "SELECT lease_owner FROM outbox") == [(None,)], "not leased to the other provider"
 
 
 def test_an_unpulled_order_redriven_is_held_again(

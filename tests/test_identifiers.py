@@ -89,3 +89,9 @@ def test_a_short_ods_code_is_padded_with_zeros_in_a_generated_prescription_id() 
     prescription_id = generate_short_form_id("RBA", random.Random(3))
     assert prescription_id.split("-")[1] == "000RBA"
     assert is_valid_short_form_id(prescription_id)
+
+
+def test_a_long_ods_code_is_cut_to_six_characters_in_a_generated_prescription_id() -> None:
+    prescription_id = generate_short_form_id("FH123456", random.Random(3))
+    assert prescription_id.split("-")[1] == "FH1234"
+    assert is_valid_short_form_id(prescription_id)

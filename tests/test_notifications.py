@@ -484,6 +484,39 @@ def test_a_turned_off_subscription_gets_nothing_more(
     assert row["state"] == "dead" and "turned off" in row["last_error"]
 
 
+def test_turning_one_subscription_off_leaves_the_others_notifications(
+    as_tenant: AsTenant, db: Database, endpoint: ReceiverServer, signing_keys: SigningKeys
+) -> None:
+    rba = as_tenant("trust-rba")
+    kept = subscribe(rba, endpoint.url)
+    dropped = subscribe(rba, endpoint.url, criteria="Task?owner=VNCEL")
+    assert Prescription(db).changes_to("accepted")[0] == 2
+    assert rba.delete(f"/fhir/Subscription/{dropped}").status_code == 200
+    dispatch(db, signing_keys)
+    rows = {row["subscription_id"]: row for row in notification_rows(db)}
+    assert rows[kept]["state"] == "done"
+    assert rows[dropped]["state"] == "dead" and "turned off" in rows[dropped]["last_error"]
+    assert len(endpoint.receiver.notifications()) == 1
+
+
+def test_a_notification_being_sent_when_its_subscription_is_turned_off_is_dropped_not_sent(
+    as_tenant: AsTenant, db: Database, endpoint: ReceiverServer, signing_keys: SigningKeys
+) -> None:
+    """Claimed by a worker that then died, its subscription turned off meanwhile: when the lease ends
+    the next worker drops it, saying why, and never sends it."""
+    rba = as_tenant("trust-rba")
+    subscription_id = subscribe(rba, endpoint.url)
+    Prescription(db).changes_to("accepted")
+    [claimed] = outbox.claim_due(db, owner="dead-worker", now=system_clock(), lease=timedelta(0), limit=10)
+    assert rba.delete(f"/fhir/Subscription/{subscription_id}").status_code == 200
+    dispatch(db, signing_keys)
+    (row,) = notification_rows(db)
+    assert row["id"] == claimed.outbox_id
+    assert row["state"] == "dead" and row["attempts"] == 0
+    assert row["last_error"] == "not sent: the subscription is off"
+    assert endpoint.receiver.notifications() == []
+
+
 def test_notifications_never_wait_behind_a_stuck_provider_send(
     as_tenant: AsTenant, db: Database, endpoint: ReceiverServer, signing_keys: SigningKeys
 ) -> None:

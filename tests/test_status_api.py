@@ -11,8 +11,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sqlalchemy import text
 
-from fhir_profiles.builder import PrescriptionMessageBuilder
+from fhir_profiles.builder import PrescriptionMessageBuilder, build_cancellation
+from gateway.domain.status import DEFINITIONS, Status
 from gateway.store.db import Database
 from tests.support import PUBLIC_BASE_URL
 
@@ -80,6 +82,12 @@ def test_a_provider_report_changes_the_items_task_and_the_trust_sees_it(
     assert business_status(response.json()) == "accepted"
     read = client.get(f"/fhir/Task/{first}").json()
     assert read["id"] == first and business_status(read) == "accepted" and read["status"] == "accepted"
+    assert datetime.fromisoformat(read["lastModified"]) == T0 + timedelta(minutes=1), "as reported"
+    assert read["businessStatus"]["coding"][0] == {
+        "system": HOMECARE_STATUS,
+        "code": "accepted",
+        "display": DEFINITIONS[Status.ACCEPTED],
+    }
     assert read["owner"]["identifier"]["value"] == "VNCEL"
     assert read["focus"]["reference"] == f"MedicationRequest/{first}"
     other = client.get(f"/fhir/Task/{second}").json()
@@ -154,7 +162,9 @@ def test_a_failed_delivery_with_its_cause_then_rescheduled_then_delivered(
             }
         ],
     )
-    assert report(provider, failed).status_code == 200
+    answer = report(provider, failed)
+    assert answer.status_code == 200
+    assert answer.json()["statusReason"]["text"] == "Patient not at home", "the Task as it now is"
     read = client.get(f"/fhir/Task/{item}").json()
     assert business_status(read) == "delivery-failed"
     assert read["statusReason"]["text"] == "Patient not at home"
@@ -361,11 +371,62 @@ def test_a_legal_looking_report_that_the_lifecycle_forbids_is_refused_and_change
     refused = report(provider, task(message, 0, illegal, len(path) + 1))
     assert refused.status_code == 409, refused.text
     current = path[-1] if path else "sent"
-    diagnostics = refused.json()["issue"][0]["diagnostics"]
-    assert f"'{illegal}'" in diagnostics and f"'{current}'" in diagnostics
+    (issue,) = refused.json()["issue"]
+    assert f"'{illegal}'" in issue["diagnostics"] and f"'{current}'" in issue["diagnostics"]
+    assert issue["expression"] == ["Task.businessStatus"]
     after = client.get(f"/fhir/Task/{item}").json()
     assert business_status(after) == business_status(before)
     assert after["meta"] == before["meta"]
+
+
+def test_a_report_about_an_order_withdrawn_before_it_was_sent_is_refused(
+    client: httpx.Client, provider: httpx.Client, db: Database
+) -> None:
+    """Cancelled before the provider ever had it: no report can follow (409, both statuses named)."""
+    message, (item,) = order(client, items=1, seed=35)
+    cancel = client.post(
+        "/fhir/$process-message", content=orjson.dumps(build_cancellation(message)), headers=FHIR
+    )
+    assert cancel.status_code == 200, cancel.text
+    assert business_status(client.get(f"/fhir/Task/{item}").json()) == "cancelled"
+    refused = report(provider, task(message, 0, "accepted", 1))
+    assert refused.status_code == 409, refused.text
+    (issue,) = refused.json()["issue"]
+    assert issue["diagnostics"] == "The item is 'cancelled' and cannot become 'accepted'"
+    assert issue["expression"] == ["Task.businessStatus"]
+    assert business_status(client.get(f"/fhir/Task/{item}").json()) == "cancelled"
+
+
+def test_a_prescription_needs_attention_while_an_item_has_a_query_open(
+    client: httpx.Client, provider: httpx.Client, db: Database
+) -> None:
+    message, _ = order(client, items=2, seed=38)
+
+    def attention() -> str | None:
+        with db.read() as session:
+            value = session.execute(text("SELECT attention FROM prescription")).scalar_one()
+        return None if value is None else str(value)
+
+    assert report(provider, task(message, 0, "accepted", 1)).status_code == 200
+    assert attention() is None
+    assert report(provider, task(message, 0, "query", 2)).status_code == 200
+    assert attention() == "query"
+    assert report(provider, task(message, 0, "accepted", 3)).status_code == 200
+    assert attention() is None
+
+
+def test_withdrawing_an_unsent_order_shows_in_each_items_own_history_once(
+    client: httpx.Client, db: Database
+) -> None:
+    message, items = order(client, items=2, seed=36)
+    cancel = client.post(
+        "/fhir/$process-message", content=orjson.dumps(build_cancellation(message)), headers=FHIR
+    )
+    assert cancel.status_code == 200, cancel.text
+    for item in items:
+        history = client.get(f"/fhir/Task/{item}/_history").json()
+        statuses = [business_status(entry["resource"]) for entry in history["entry"]]
+        assert statuses == ["received", "queued", "cancelled"], item
 
 
 @pytest.mark.parametrize(
@@ -382,3 +443,40 @@ def test_a_provider_cannot_report_a_move_of_the_gateway_or_the_trust(
         f"'{others_move}' is not a status a provider can report" in refused.json()["issue"][0]["diagnostics"]
     )
     assert business_status(client.get(f"/fhir/Task/{item}").json()) == "accepted"
+
+
+def test_the_status_code_system_is_every_status_with_its_definition_and_terminal_flag(
+    client: httpx.Client,
+) -> None:
+    """The CodeSystem integrators code against: every status once, in lifecycle order, and `terminal`
+    true for exactly the four that end an item (DESIGN.md §4)."""
+    answer = client.get("/fhir/CodeSystem/homecare-status")
+    assert answer.status_code == 200
+    code_system = answer.json()
+    concepts = code_system.pop("concept")
+    assert code_system == {
+        "resourceType": "CodeSystem",
+        "id": "homecare-status",
+        "url": HOMECARE_STATUS,
+        "name": "HomecareStatus",
+        "title": "Homecare prescription status",
+        "status": "active",
+        "content": "complete",
+        "caseSensitive": True,
+        "description": (
+            "The business status of a homecare prescription line item, as the gateway tracks it "
+            "(Task.businessStatus). Terminal codes end the item's lifecycle."
+        ),
+        "property": [{"code": "terminal", "type": "boolean", "description": "No further status follows"}],
+    }
+    terminal = {"rejected", "cancelled", "expired", "delivered"}
+    assert [concept["code"] for concept in concepts] == [status.value for status in Status]
+    for concept in concepts:
+        code = concept["code"]
+        assert concept == {
+            "code": code,
+            "display": code.replace("-", " ").capitalize(),
+            "definition": DEFINITIONS[Status(code)],
+            "property": [{"code": "terminal", "valueBoolean": code in terminal}],
+        }
+    assert {concept["display"] for concept in concepts} >= {"Out for delivery", "Cancel requested"}

@@ -19,6 +19,7 @@ import pytest
 
 from auth.identity import Caller, Role
 from fhir_profiles.builder import PrescriptionMessageBuilder
+from gateway.domain import status
 from gateway.domain.context import Context
 from gateway.domain.intake import receive_message_blocking
 from gateway.domain.status import Status, Verdict
@@ -172,7 +173,7 @@ def move(tx: Tx, item_id: str, to: Status, actor: str, minute: int) -> str:
             tx, view, to, source=SOURCE[actor], occurred_at=moment, detail={}, now=moment, listener=None
         )
     except RefusedMove as refused:
-        assert refused.status_code == 409 and refused.current is not None
+        assert refused.status_code == 409 and refused.current is not None and refused.requested == to
         return "refused"
     return applied.verdict.value
 
@@ -199,3 +200,15 @@ def test_every_move_from_every_state_by_every_actor(context: Context) -> None:
                     assert after.status == moved_to, f"{path.name}: {to} by {actor} left it '{after.status}'"
                     checked += 1
     assert checked == len(PATHS) * len(Status) * 3
+
+
+def test_the_transition_table_is_built_as_design_md_reads() -> None:
+    """`status._table()` builds `TRANSITIONS` once, at import; here it is built again and compared
+    with the reading above move by move (so a changed move fails here as well as in the walk)."""
+    built = {
+        (current, to): {actor.value for actor in actors}
+        for current, nexts in status._table().items()
+        for to, actors in nexts.items()
+    }
+    assert built == FIXED
+    assert status._table() == status.TRANSITIONS

@@ -18,7 +18,9 @@ from gateway.domain.status import (
     Verdict,
     admit_update,
     allowed_next,
+    attention_status,
     derive,
+    medication_request_status,
     prescription_status,
     step,
 )
@@ -141,6 +143,25 @@ def test_an_older_update_from_the_same_source_is_superseded() -> None:
     assert verdict is Verdict.SUPERSEDED and state.status is S.DISPENSED
 
 
+def test_only_the_same_sources_own_applied_updates_can_supersede() -> None:
+    """The trust answered the provider's query at minute 5; the provider's report of minute 4 is newer
+    than anything the provider itself said, so it applies (the trust's later answer does not count)."""
+    history = [
+        update(S.ACCEPTED, 1, 1),
+        update(S.QUERY, 2, 2),
+        update(S.ACCEPTED, 5, 3, source="trust:RBA"),
+    ]
+    state, verdict = admit_update(ItemState(S.SENT), history, update(S.IN_PREPARATION, 4, 4))
+    assert verdict is Verdict.APPLIED and state.status is S.IN_PREPARATION
+
+
+def test_two_reports_with_the_same_time_both_apply_in_arrival_order() -> None:
+    """lastModified has a resolution: a second report stamped the same moment is not older."""
+    history = [update(S.ACCEPTED, 1, 1)]
+    state, verdict = admit_update(ItemState(S.SENT), history, update(S.DISPENSED, 1, 2))
+    assert verdict is Verdict.APPLIED and state.status is S.DISPENSED
+
+
 def test_the_same_status_again_is_a_duplicate() -> None:
     history = [update(S.ACCEPTED, 1, 1)]
     state, verdict = admit_update(ItemState(S.SENT), history, update(S.ACCEPTED, 5, 2))
@@ -225,3 +246,30 @@ def test_the_derived_status_does_not_depend_on_arrival_order(
 ) -> None:
     shuffled = data.draw(st.permutations(history))
     assert derive(ItemState(S.SENT), shuffled)[0] == derive(ItemState(S.SENT), history)[0]
+
+
+def test_the_medication_request_status_follows_the_item() -> None:
+    """FHIR R4 `MedicationRequest.status`: done when delivered, stopped when it lapsed, cancelled when
+    refused or withdrawn, on hold while a query is open, active otherwise."""
+    ended = {
+        S.DELIVERED: "completed",
+        S.EXPIRED: "stopped",
+        S.CANCELLED: "cancelled",
+        S.REJECTED: "cancelled",
+    }
+    expected = {**ended, S.QUERY: "on-hold"}
+    for status in Status:
+        assert medication_request_status(status) == expected.get(status, "active"), status
+
+
+def test_a_prescription_without_items_has_no_status() -> None:
+    with pytest.raises(ValueError, match=r"^a prescription has at least one item$"):
+        prescription_status([])
+
+
+def test_the_prescription_needs_attention_for_its_most_urgent_item() -> None:
+    assert attention_status([S.ACCEPTED, S.DISPENSED]) is None
+    assert attention_status([S.ACCEPTED, S.REJECTED]) is S.REJECTED
+    assert attention_status([S.REJECTED, S.UNDELIVERABLE, S.QUERY]) is S.QUERY
+    assert attention_status([S.DELIVERY_FAILED, S.REJECTED]) is S.DELIVERY_FAILED
+    assert attention_status([]) is None
