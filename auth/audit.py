@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -214,7 +215,8 @@ class ChainHead:
     @classmethod
     def parse(cls, text: str) -> ChainHead:
         seq, separator, digest = text.partition(":")
-        if not separator or not (seq.isascii() and seq.isdigit()) or len(digest) != 64:
+        hexadecimal = len(digest) == 64 and all(c in string.hexdigits for c in digest)
+        if not separator or not (seq.isascii() and seq.isdigit()) or not hexadecimal:
             raise ValueError("an anchor is SEQ:HASH, as `audit verify` prints it")
         return cls(int(seq), digest.lower())
 

@@ -3,6 +3,8 @@ when a row was edited, deleted or moved; on both backends, through the function 
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -265,3 +267,98 @@ def test_an_anchor_catches_a_chain_rewritten_to_be_consistent_again(
     refused = CliRunner().invoke(cli, ["audit", "verify", "--anchor", str(head)], env=_cli_env(db, settings))
     assert refused.exit_code == 1, refused.output
     assert "does not match the chain" in " ".join(refused.output.split())
+
+
+def _append(db: Database, *times: datetime) -> None:
+    with db.write() as session:
+        audit.append(
+            session.connection(),
+            [
+                audit.AuditRecord(occurred_at=at, action=audit.Action.READ, outcome=audit.Outcome.SUCCESS)
+                for at in times
+            ],
+        )
+
+
+def test_the_row_hash_is_sha256_of_the_previous_hash_and_the_canonical_json() -> None:
+    # Written out independently: keys sorted, no spaces, non-ASCII escaped.
+    canonical = '{"action":"read","reason":"caf\\u00e9","status":200}'
+    expected = hashlib.sha256(f"{audit.GENESIS_HASH}\n{canonical}".encode()).hexdigest()
+    content = {"status": 200, "reason": "café", "action": "read"}
+    assert audit.row_hash(audit.GENESIS_HASH, content) == expected
+
+
+def test_sealing_in_batches_continues_the_chain_from_its_head(db: Database) -> None:
+    start = datetime.now(UTC)
+    _append(db, *(start + timedelta(milliseconds=n) for n in range(5)))
+    with db.write() as session:
+        assert audit.seal(session, limit=2) == 2
+    first = [e for e in events(db) if e.seq is not None]
+    assert [e.seq for e in first] == [1, 2], "the oldest rows, by id, are sealed first"
+    assert [e.id for e in first] == [e.id for e in events(db)[:2]]
+    assert seal_audit_log(db, batch=2) == 3
+    rows = sorted(events(db), key=lambda e: e.seq or 0)
+    assert [e.seq for e in rows] == [1, 2, 3, 4, 5]
+    assert [e.id for e in rows] == [e.id for e in events(db)]
+    assert rows[0].prev_hash == audit.GENESIS_HASH
+    for before, after in itertools.pairwise(rows):
+        assert after.prev_hash == before.row_hash
+    result = verify(db)
+    assert result.ok, result.problem
+    assert result.head == audit.ChainHead(5, str(rows[-1].row_hash))
+    with db.write() as session:
+        assert audit.seal(session) == 0
+
+
+def test_an_empty_log_verifies_with_no_head(db: Database) -> None:
+    result = verify(db)
+    assert result == audit.Verification(sealed=0, unsealed=0, head=None, problem=None)
+
+
+def test_a_tampered_chain_is_reported_even_with_young_unsealed_rows(db: Database) -> None:
+    _append(db, *(datetime.now(UTC) for _ in range(3)))
+    seal_audit_log(db)
+    target = sorted(events(db), key=lambda e: e.seq or 0)[1]
+    with db.write() as session:
+        session.execute(
+            text("UPDATE audit_event SET client_id = 'trust-rbb' WHERE id = :id"), {"id": target.id}
+        )
+    _append(db, datetime.now(UTC))
+    result = verify(db)
+    assert result.unsealed == 1
+    assert not result.ok and f"audit row id {target.id} (seq {target.seq}) was edited" in str(result.problem)
+
+
+def test_an_anchor_beyond_the_end_names_the_last_seq(db: Database) -> None:
+    _append(db, *(datetime.now(UTC) for _ in range(2)))
+    seal_audit_log(db)
+    result = verify(db, anchors=[audit.ChainHead(3, "0" * 64)])
+    assert result.problem == (
+        f"anchor 3:{'0' * 64} is beyond the end of the chain (seq 2): sealed rows were deleted"
+    )
+
+
+def test_unsealed_rows_are_flagged_only_when_older_than_the_limit(db: Database) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    limit = timedelta(seconds=60)
+    _append(db, now - timedelta(seconds=30), now - limit)
+    with db.read() as session:
+        assert audit.verify(session, now=now, max_unsealed_age=limit).ok, "young, or exactly at the limit"
+    _append(db, now - timedelta(seconds=90))
+    oldest = events(db)[-1]
+    with db.read() as session:
+        result = audit.verify(session, now=now, max_unsealed_age=limit)
+    assert result.unsealed == 3
+    assert result.problem is not None
+    assert result.problem.startswith(f"audit row id {oldest.id} (recorded ")
+    assert "after more than 60 s" in result.problem
+
+
+@pytest.mark.parametrize("text_anchor", ["x:" + "0" * 64, "-1:" + "0" * 64, "1:2:" + "0" * 62])
+def test_an_anchor_seq_is_a_plain_number(text_anchor: str) -> None:
+    with pytest.raises(ValueError, match=r"^an anchor is SEQ:HASH, as `audit verify` prints it$"):
+        audit.ChainHead.parse(text_anchor)
+
+
+def test_an_anchor_is_read_with_its_hash_in_lower_case() -> None:
+    assert audit.ChainHead.parse("7:" + "AB" * 32) == audit.ChainHead(7, "ab" * 32)
