@@ -176,11 +176,23 @@ def test_an_assertion_that_proves_nothing_is_invalid_client(
 def test_a_disabled_client_gets_no_token(anonymous: httpx.Client, rba: Tenant, db: Database) -> None:
     with db.write() as session:
         disable_client(session, rba.client_id, now=datetime.now(UTC))
-    response = token_request(anonymous, rba.key.assertion(rba.client_id))
+    request_id = str(uuid.uuid4())
+    response = anonymous.post(
+        "/auth/token",
+        data=assertion_form(rba.key.assertion(rba.client_id)),
+        headers={"X-Request-ID": request_id},
+    )
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
     (refused,) = refusals(db)
     assert refused.client_id == rba.client_id and refused.ods_code == "RBA"
+    assert (refused.request_id, refused.role, refused.status, refused.reason) == (
+        request_id,
+        "trust",
+        401,
+        "invalid_client",
+    )
+    assert (refused.resource_type, refused.resource_id) == ("Client", rba.client_id)
 
 
 def test_client_id_in_the_form_must_match_the_assertion(anonymous: httpx.Client, rba: Tenant) -> None:
@@ -253,6 +265,10 @@ def test_discovery_describes_the_token_endpoint(anonymous: httpx.Client) -> None
     assert "system/MedicationRequest.c" in configuration["scopes_supported"]
     keys = anonymous.get("/.well-known/jwks.json").json()["keys"]
     assert keys and all(key["kid"] and "d" not in key for key in keys)
+    private_members = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+    for key in keys:
+        assert not private_members & set(key), "the published key set holds public keys only"
+        assert (key["use"], key["alg"]) == ("sig", "ES256")
 
 
 class _JwksServer:
@@ -341,6 +357,8 @@ def test_purging_forgets_only_expired_assertions_so_a_live_one_still_cannot_be_r
         service.issue(assertion_form(long_lived), request_id=str(uuid.uuid4()))
     assert replayed.value.error == "invalid_client" and "replay" in replayed.value.description
 
+    moment[0] = started + timedelta(seconds=120)
+    assert service.purge_used_assertions() == 0, "an assertion is kept up to its last valid second"
     moment[0] = started + timedelta(seconds=121)
     assert service.purge_used_assertions() == 1
     service.close()
