@@ -6,24 +6,35 @@ import base64
 import hashlib
 import hmac
 import json
+import re
+import stat
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from joserfc import jwt
-from joserfc.jwk import KeySet
+from joserfc.jwk import ECKey, KeySet
 from sqlmodel import col, select
 
 from auth.assertion import ASSERTION_TYPE
 from auth.clients import KeySource, add_client, disable_client
 from auth.identity import Role
 from auth.models import AuditEvent, Client, UsedAssertion
+from auth.signing import (
+    MissingSigningKeyError,
+    SigningKeyError,
+    SigningKeys,
+    ensure_signing_key,
+    generate_signing_key,
+    key_files,
+)
 from auth.tokens import OAuthError
 from gateway.security import build_token_service
 from gateway.settings import Settings
@@ -370,3 +381,59 @@ def assertion_form(assertion: str) -> dict[str, str]:
         "client_assertion_type": ASSERTION_TYPE,
         "client_assertion": assertion,
     }
+
+
+def _key_file(folder: Path, name: str, key: ECKey, *, private: bool = True, mode: int = 0o600) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(key.as_pem(private=private))
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o610, 0o601])
+def test_a_signing_key_any_group_or_other_may_touch_is_refused(tmp_path: Path, mode: int) -> None:
+    _key_file(tmp_path, "signing-1.pem", ECKey.generate_key("P-256", private=True), mode=mode)
+    message = "signing-1.pem is readable by others; make it owner-only (chmod 600)"
+    with pytest.raises(SigningKeyError, match=rf"^{re.escape(message)}$"):
+        SigningKeys(tmp_path)
+    assert SigningKeys(tmp_path, require_private_files=False).signing_key.is_private
+
+
+@pytest.mark.parametrize(
+    ("key", "private"),
+    [(ECKey.generate_key("P-256", private=True), False), (ECKey.generate_key("P-384", private=True), True)],
+    ids=["public-only", "other-curve"],
+)
+def test_a_signing_key_must_be_a_private_p256_key(tmp_path: Path, key: ECKey, private: bool) -> None:
+    _key_file(tmp_path, "signing-1.pem", key, private=private)
+    with pytest.raises(SigningKeyError, match=r"^signing-1\.pem is not a P-256 private key$"):
+        SigningKeys(tmp_path)
+
+
+def test_the_first_signing_key_is_generated_once_in_an_owner_only_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "nested" / "keys"
+    with pytest.raises(
+        MissingSigningKeyError, match=rf"^no signing key \(signing-\*\.pem\) in {re.escape(str(folder))}$"
+    ):
+        SigningKeys(folder)
+    path = ensure_signing_key(folder, now=datetime(2026, 11, 30, 6, 1, 2, 345678, tzinfo=UTC))
+    assert path.name == "signing-20261130T060102345678Z.pem"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_signing_key(folder, now=datetime.now(UTC)) == path and len(key_files(folder)) == 1
+    second = generate_signing_key(folder, now=datetime(2026, 11, 30, 7, tzinfo=UTC))
+    assert key_files(folder) == [path, second]
+
+
+def test_a_key_ring_reloads_only_when_its_folder_changed(tmp_path: Path) -> None:
+    first = generate_signing_key(tmp_path, now=datetime(2026, 11, 30, 6, tzinfo=UTC))
+    keys = SigningKeys(tmp_path)
+    old_kid = keys.signing_key.kid
+    assert not keys.refresh(), "nothing changed"
+    time.sleep(0.01)
+    generate_signing_key(tmp_path, now=datetime(2026, 11, 30, 7, tzinfo=UTC))
+    assert keys.refresh(), "a rotation is picked up at once"
+    assert keys.signing_key.kid != old_kid
+    assert {key["kid"] for key in keys.jwks()["keys"]} == {old_kid, keys.signing_key.kid}
+    assert not keys.refresh()
+    assert first.exists()
