@@ -24,7 +24,7 @@ from joserfc.jwk import ECKey, KeySet
 from sqlmodel import col, select
 
 from auth.assertion import ASSERTION_TYPE
-from auth.clients import KeySource, add_client, disable_client
+from auth.clients import KeySetError, KeySource, add_client, disable_client, fetch_key_set
 from auth.identity import Role
 from auth.models import AuditEvent, Client, UsedAssertion
 from auth.signing import (
@@ -288,13 +288,17 @@ class _JwksServer:
     def __init__(self, jwks: dict[str, Any]) -> None:
         self.jwks = jwks
         self.fetches = 0
+        self.raw: bytes | None = None  # served instead of the JWKS when set
+        self.status = 200
+        self.accept: str | None = None
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.fetches += 1
-                body = json.dumps(outer.jwks).encode()
-                self.send_response(200)
+                outer.accept = self.headers.get("Accept")
+                body = outer.raw if outer.raw is not None else json.dumps(outer.jwks).encode()
+                self.send_response(outer.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -437,3 +441,32 @@ def test_a_key_ring_reloads_only_when_its_folder_changed(tmp_path: Path) -> None
     assert {key["kid"] for key in keys.jwks()["keys"]} == {old_kid, keys.signing_key.kid}
     assert not keys.refresh()
     assert first.exists()
+
+
+def test_a_fetched_jwks_is_json_of_at_most_64_kib_from_a_200_answer() -> None:
+    key = ClientKey.generate("ES384")
+    published = _JwksServer(key.jwks)
+    limit = 65_536
+    try:
+        with httpx.Client() as http:
+            data, key_set = fetch_key_set(http, published.url)
+            assert data == key.jwks and key_set.keys[0].kid == key.kid
+            assert published.accept == "application/json"
+            # Padded with spaces to the limit exactly: still read; one byte more is refused.
+            published.raw = json.dumps(key.jwks).encode().ljust(limit)
+            assert fetch_key_set(http, published.url)[0] == key.jwks
+            published.raw += b" "
+            with pytest.raises(KeySetError, match=r"^the JWKS is too large$"):
+                fetch_key_set(http, published.url)
+            published.raw = b"<html>not a key set</html>"
+            with pytest.raises(KeySetError, match=r"^the JWKS URL did not return JSON$"):
+                fetch_key_set(http, published.url)
+            published.raw, published.status = b"{}", 404
+            with pytest.raises(KeySetError, match=r"^the JWKS URL answered HTTP 404$"):
+                fetch_key_set(http, published.url)
+            url = published.url
+            published.close()
+            with pytest.raises(KeySetError, match=r"^the JWKS URL could not be fetched \(ConnectError\)$"):
+                fetch_key_set(http, url)
+    finally:
+        published.httpd.server_close()
