@@ -39,7 +39,15 @@ from auth.tokens import OAuthError
 from gateway.security import build_token_service
 from gateway.settings import Settings
 from gateway.store.db import Database
-from tests.support import TOKEN_URL, ClientKey, RunningServer, Tenant, register, token_request
+from tests.support import (
+    PUBLIC_BASE_URL,
+    TOKEN_URL,
+    ClientKey,
+    RunningServer,
+    Tenant,
+    register,
+    token_request,
+)
 
 
 @pytest.fixture
@@ -98,6 +106,7 @@ def test_a_registered_client_gets_a_short_lived_access_token(
     assert token.claims["client_id"] == "trust-rba"
     assert token.claims["role"] == "trust" and token.claims["ods_code"] == "RBA"
     assert token.claims["exp"] - token.claims["iat"] == 300
+    assert (token.claims["iss"], token.claims["aud"]) == (PUBLIC_BASE_URL, f"{PUBLIC_BASE_URL}/fhir")
 
 
 def test_a_client_may_ask_for_fewer_scopes(anonymous: httpx.Client, rba: Tenant) -> None:
