@@ -188,6 +188,9 @@ def test_an_assertion_that_proves_nothing_is_invalid_client(
     response = token_request(anonymous, ASSERTIONS[case](rba))
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "invalid_client"
+    if case == "unknown client":
+        (refused,) = refusals(db)
+        assert (refused.client_id, refused.role, refused.resource_type, refused.resource_id) == (None,) * 4
     assert response.json()["error_description"]
     assert response.headers["cache-control"] == "no-store"
     assert [event.reason for event in refusals(db)] == ["invalid_client"]
