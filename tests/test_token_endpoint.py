@@ -24,7 +24,7 @@ from joserfc.jwk import ECKey, KeySet
 from sqlmodel import col, select
 
 from auth.assertion import ASSERTION_TYPE
-from auth.clients import KeySetError, KeySource, add_client, disable_client, fetch_key_set
+from auth.clients import ClientKeys, KeySetError, KeySource, add_client, disable_client, fetch_key_set
 from auth.identity import Role
 from auth.models import AuditEvent, Client, UsedAssertion
 from auth.signing import (
@@ -480,3 +480,31 @@ def test_a_fetched_jwks_is_json_of_at_most_64_kib_from_a_200_answer() -> None:
                 fetch_key_set(http, url)
     finally:
         published.httpd.server_close()
+
+
+def test_a_jwks_url_is_fetched_again_after_its_ttl_or_for_an_unknown_kid_after_the_minimum_wait() -> None:
+    key = ClientKey.generate("ES384")
+    published = _JwksServer(key.jwks)
+    clock = [1000.0]
+    client = Client(
+        client_id="trust-by-url",
+        role="trust",
+        ods_code="RBD",
+        jwks_url=published.url,
+        created_at="",
+        updated_at="",
+    )
+    keys = ClientKeys(http=httpx.Client(), ttl=300, min_refresh=10, monotonic=lambda: clock[0])
+    try:
+        assert keys.key_for(client, key.kid) is not None and published.fetches == 1
+        clock[0] += 299
+        assert keys.key_for(client, key.kid) is not None and published.fetches == 1, "fresh: cached"
+        clock[0] += 2
+        assert keys.key_for(client, key.kid) is not None and published.fetches == 2, "stale: fetched again"
+        clock[0] += 9
+        assert keys.key_for(client, "new-kid") is None and published.fetches == 2, "too soon to ask again"
+        clock[0] += 2
+        assert keys.key_for(client, "new-kid") is None and published.fetches == 3
+    finally:
+        keys.close()
+        published.close()
