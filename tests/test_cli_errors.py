@@ -115,9 +115,16 @@ def test_production_without_a_signing_key_says_keys_rotate(tmp_path: Path) -> No
 
 @contextmanager
 def running(
-    *arguments: str, env: dict[str, str], port: int, cwd: Path | None = None
+    *arguments: str,
+    env: dict[str, str],
+    port: int | None = None,
+    urls: tuple[str, ...] = (),
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
-    """A long-running command, until it answers on `port`; interrupted (as Ctrl-C) afterwards."""
+    """A long-running command, until it answers on `port` (its FHIR metadata) and at every one of
+    `urls`; interrupted (as Ctrl-C) afterwards."""
+    if port is not None:
+        urls = (f"http://127.0.0.1:{port}/fhir/metadata", *urls)
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", *arguments],
         env=env,
@@ -130,7 +137,8 @@ def running(
         deadline = time.monotonic() + 60
         while True:
             try:
-                httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=1)
+                for url in urls:
+                    httpx.get(url, timeout=1)
                 break
             except httpx.TransportError:
                 if process.poll() is not None or time.monotonic() > deadline:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 from sqlmodel import SQLModel
 
 from gateway.store import outbox
@@ -38,6 +38,34 @@ def alembic(db: Database, action: str, revision: str) -> None:
     db.alembic(action, revision)
 
 
+def insert_a_prescription(connection: Connection, now: datetime) -> None:
+    """Provider VNCEL, message and prescription `p1` of trust RBA, as an old schema holds them."""
+    connection.execute(
+        text(
+            "INSERT INTO provider (ods_code, name, adapter, settings, enabled, created_at, updated_at) "
+            "VALUES ('VNCEL', 'Test', 'fhir-rest', '{}', true, :now, :now)"
+        ),
+        {"now": now},
+    )
+    connection.execute(
+        text(
+            "INSERT INTO inbound_message (id, tenant_ods, bundle_identifier, event, body_sha256, body, "
+            "response_status, response_body, request_id, received_at) VALUES ('p1', 'RBA', 'b1', "
+            "'prescription-order', 'x', :body, 200, :body, 'r1', :now)"
+        ),
+        {"body": b"{}", "now": now},
+    )
+    connection.execute(
+        text(
+            "INSERT INTO prescription (id, tenant_ods, short_form_id, long_form_id, provider_ods, "
+            "nhs_number, prescription_type, message_id, status, created_at, updated_at) VALUES ('p1', "
+            "'RBA', 'A99968-A99968-00000X', 'l1', 'VNCEL', '9000000009', '1201', 'p1', 'queued', :now, "
+            ":now)"
+        ),
+        {"now": now},
+    )
+
+
 def test_the_migrations_build_what_the_models_describe(empty_database: Database) -> None:
     empty_database.migrate()
     with empty_database.engine.connect() as connection:
@@ -51,30 +79,7 @@ def test_0004_gives_waiting_messages_their_prescription_as_ordering_key_and_can_
     alembic(db, "upgrade", "0003_security")
     now = datetime.now(UTC) - timedelta(seconds=1)
     with db.write_connection() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO provider (ods_code, name, adapter, settings, enabled, created_at, updated_at) "
-                "VALUES ('VNCEL', 'Test', 'fhir-rest', '{}', true, :now, :now)"
-            ),
-            {"now": now},
-        )
-        connection.execute(
-            text(
-                "INSERT INTO inbound_message (id, tenant_ods, bundle_identifier, event, body_sha256, body, "
-                "response_status, response_body, request_id, received_at) VALUES ('p1', 'RBA', 'b1', "
-                "'prescription-order', 'x', :body, 200, :body, 'r1', :now)"
-            ),
-            {"body": b"{}", "now": now},
-        )
-        connection.execute(
-            text(
-                "INSERT INTO prescription (id, tenant_ods, short_form_id, long_form_id, provider_ods, "
-                "nhs_number, prescription_type, message_id, status, created_at, updated_at) VALUES ('p1', "
-                "'RBA', 'A99968-A99968-00000X', 'l1', 'VNCEL', '9000000009', '1201', 'p1', 'queued', :now, "
-                ":now)"
-            ),
-            {"now": now},
-        )
+        insert_a_prescription(connection, now)
         for kind in ("new", "cancel"):
             connection.execute(
                 text(

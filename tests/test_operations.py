@@ -5,11 +5,7 @@ and `worker` start; `/docs` served with Swagger UI's assets from a package, nami
 from __future__ import annotations
 
 import re
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +19,7 @@ from gateway.server import AdminListener
 from gateway.settings import Settings
 from gateway.store.db import Database
 from tests.support import RunningServer, free_port
-from tests.test_cli_errors import clean_environment
+from tests.test_cli_errors import clean_environment, running
 
 
 def test_health_and_ready_answer_without_a_token(server: RunningServer) -> None:
@@ -134,46 +130,12 @@ def test_the_admin_listener_refuses_a_taken_port_in_words(tmp_path: Path) -> Non
             AdminListener(settings).__enter__()
 
 
-@contextmanager
-def started(*arguments: str, env: dict[str, str], urls: tuple[str, ...]) -> Iterator[None]:
-    """The real `homecare-gateway` command, until every one of `urls` answers; interrupted (as Ctrl-C)
-    afterwards."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", *arguments],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                for url in urls:
-                    httpx.get(url, timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"did not start: {process.stderr.read() if process.stderr else ''}"
-                    ) from None
-                time.sleep(0.2)
-        yield
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def test_serve_and_a_worker_each_start_an_admin_listener(tmp_path: Path) -> None:
     environment = clean_environment(tmp_path)
     port, serve_admin, worker_admin = free_port(), free_port(), free_port()
     serve_metrics = f"http://127.0.0.1:{serve_admin}/metrics"
     worker_metrics = f"http://127.0.0.1:{worker_admin}/metrics"
-    with started(
+    with running(
         "serve",
         "--port",
         str(port),
@@ -185,7 +147,7 @@ def test_serve_and_a_worker_each_start_an_admin_listener(tmp_path: Path) -> None
         assert "homecare_outbox_depth" in httpx.get(serve_metrics).text
         assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
         assert httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200
-        with started(
+        with running(
             "worker", "--admin-listen", f"127.0.0.1:{worker_admin}", env=environment, urls=(worker_metrics,)
         ):
             assert "homecare_outbox_depth" in httpx.get(worker_metrics).text

@@ -10,7 +10,10 @@ import orjson
 from sqlalchemy import inspect, text
 
 from gateway.store.db import Database
-from tests.test_migrations import empty_database  # noqa: F401  (the fixture: an empty database per backend)
+from tests.test_migrations import (  # noqa: F401  (the fixture: an empty database per backend)
+    empty_database,
+    insert_a_prescription,
+)
 
 
 def test_0007_backfills_medicine_names_and_status_since_and_can_be_undone(empty_database: Database) -> None:  # noqa: F811
@@ -28,29 +31,7 @@ def test_0007_backfills_medicine_names_and_status_since_and_can_be_undone(empty_
         },
     }
     with db.write_connection() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO provider (ods_code, name, adapter, settings, enabled, created_at, updated_at) "
-                "VALUES ('VNCEL', 'Test', 'fhir-rest', '{}', true, :now, :now)"
-            ),
-            {"now": now},
-        )
-        connection.execute(
-            text(
-                "INSERT INTO inbound_message (id, tenant_ods, bundle_identifier, event, body_sha256, body, "
-                "response_status, response_body, request_id, received_at) VALUES ('p1', 'RBA', 'b1', "
-                "'prescription-order', 'x', :body, 200, :body, 'r1', :now)"
-            ),
-            {"body": b"{}", "now": now},
-        )
-        connection.execute(
-            text(
-                "INSERT INTO prescription (id, tenant_ods, short_form_id, long_form_id, provider_ods, "
-                "nhs_number, prescription_type, message_id, status, created_at, updated_at) VALUES ('p1', "
-                "'RBA', 'A99968-A99968-00000X', 'l1', 'VNCEL', '9000000009', '1201', 'p1', 'queued', :now, :now)"
-            ),
-            {"now": now},
-        )
+        insert_a_prescription(connection, now)
         items = (("i1", named, "rejected"), ("i2", coded, "delivery-failed"), ("i3", {"x": 1}, "accepted"))
         for position, (item_id, resource, status) in enumerate(items):
             connection.execute(
