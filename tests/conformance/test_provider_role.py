@@ -19,15 +19,30 @@ from tests.support import free_port
 STATUS_TOKEN = "conformance-status-token"
 
 
+def provider_role(tmp_path: Path, target: str, config: str, *options: str) -> int:
+    """`homecare-conformance run --role provider` against `target` with `config` as its [provider]
+    section; its reports go to `tmp_path`."""
+    path = tmp_path / "conformance.toml"
+    path.write_text(f"[provider]\n{config}", encoding="utf-8")
+    return run_cli(
+        "run",
+        "--target",
+        target,
+        "--role",
+        "provider",
+        "--config",
+        str(path),
+        "--report-dir",
+        str(tmp_path),
+        *options,
+    )
+
+
 def run_provider_role(
     tmp_path: Path, **simulator_settings: Any
 ) -> tuple[int, dict[str, str], dict[str, str]]:
     listen = f"127.0.0.1:{free_port()}"
-    config = tmp_path / "conformance.toml"
-    config.write_text(
-        f'[provider]\nods = "VNCEL"\ntrust_ods = "RBA"\nstatus_token = "{STATUS_TOKEN}"\nwait_seconds = 20\n',
-        encoding="utf-8",
-    )
+    config = f'ods = "VNCEL"\ntrust_ods = "RBA"\nstatus_token = "{STATUS_TOKEN}"\nwait_seconds = 20\n'
     with SimulatorServer(
         "VNCEL",
         seed=3,
@@ -36,19 +51,7 @@ def run_provider_role(
         step_delay_seconds=0.02,
         **simulator_settings,
     ) as provider:
-        code = run_cli(
-            "run",
-            "--target",
-            provider.base_url,
-            "--role",
-            "provider",
-            "--config",
-            str(config),
-            "--listen",
-            listen,
-            "--report-dir",
-            str(tmp_path),
-        )
+        code = provider_role(tmp_path, provider.base_url, config, "--listen", listen)
     report = json_report(tmp_path, "provider")
     return code, outcomes(report), {t["id"]: t["message"] for t in report["tests"]}
 
@@ -68,10 +71,7 @@ def test_a_provider_that_is_down_fails_the_acknowledgement_test(tmp_path: Path) 
 
 def test_a_provider_that_reports_without_the_token_fails(tmp_path: Path) -> None:
     listen = f"127.0.0.1:{free_port()}"
-    config = tmp_path / "conformance.toml"
-    config.write_text(
-        f'[provider]\nods = "VNCEL"\nstatus_token = "{STATUS_TOKEN}"\nwait_seconds = 3\n', encoding="utf-8"
-    )
+    config = f'ods = "VNCEL"\nstatus_token = "{STATUS_TOKEN}"\nwait_seconds = 3\n'
     with SimulatorServer(
         "VNCEL",
         seed=3,
@@ -79,20 +79,8 @@ def test_a_provider_that_reports_without_the_token_fails(tmp_path: Path) -> None
         status_token="wrong",
         step_delay_seconds=0.02,
     ) as provider:
-        code = run_cli(
-            "run",
-            "--target",
-            provider.base_url,
-            "--role",
-            "provider",
-            "--config",
-            str(config),
-            "--listen",
-            listen,
-            "--report-dir",
-            str(tmp_path),
-            "--only",
-            "PROV-STATUS-01",
+        code = provider_role(
+            tmp_path, provider.base_url, config, "--listen", listen, "--only", "PROV-STATUS-01"
         )
     assert code == 1
     assert "without the configured bearer token" in json_report(tmp_path, "provider")["tests"][0]["message"]
@@ -105,11 +93,9 @@ def run_over_mllp(
     tmp_path: Path, *, wait: float = 20, **simulator_settings: Any
 ) -> tuple[int, dict[str, Any]]:
     port = free_port()
-    config = tmp_path / "conformance.toml"
-    config.write_text(
-        '[provider]\nods = "VNCEL"\ntransport = "hl7v2-mllp"\ntrust_ods = "RBA"\n'
-        f'wait_seconds = {wait}\nack_timeout_seconds = 5\nlisten = "127.0.0.1:{port}"\n',
-        encoding="utf-8",
+    config = (
+        'ods = "VNCEL"\ntransport = "hl7v2-mllp"\ntrust_ods = "RBA"\n'
+        f'wait_seconds = {wait}\nack_timeout_seconds = 5\nlisten = "127.0.0.1:{port}"\n'
     )
     with MllpSimulatorServer(
         "VNCEL",
@@ -119,17 +105,7 @@ def run_over_mllp(
         status_retry_seconds=0.05,
         **simulator_settings,
     ) as provider:
-        code = run_cli(
-            "run",
-            "--target",
-            f"mllp://{provider.host}:{provider.port}",
-            "--role",
-            "provider",
-            "--config",
-            str(config),
-            "--report-dir",
-            str(tmp_path),
-        )
+        code = provider_role(tmp_path, f"mllp://{provider.host}:{provider.port}", config)
         counts = provider.receipt_counts()
     report = json_report(tmp_path, "provider")
     return code, {"report": report, "counts": counts}
@@ -169,26 +145,14 @@ def run_over_files(
     tmp_path: Path, *, ack: float = 5, **simulator_settings: Any
 ) -> tuple[int, dict[str, Any]]:
     root = tmp_path / "provider"
-    config = tmp_path / "conformance.toml"
-    config.write_text(
-        '[provider]\nods = "VNCEL"\ntransport = "csv-drop"\ntrust_ods = "RBA"\n'
-        f"wait_seconds = 20\nack_timeout_seconds = {ack}\n",
-        encoding="utf-8",
+    config = (
+        'ods = "VNCEL"\ntransport = "csv-drop"\ntrust_ods = "RBA"\n'
+        f"wait_seconds = 20\nack_timeout_seconds = {ack}\n"
     )
     with FolderSimulatorServer(
         root, "VNCEL", seed=3, step_delay_seconds=0.05, poll_interval_seconds=0.05, **simulator_settings
     ) as provider:
-        code = run_cli(
-            "run",
-            "--target",
-            root.as_uri(),
-            "--role",
-            "provider",
-            "--config",
-            str(config),
-            "--report-dir",
-            str(tmp_path),
-        )
+        code = provider_role(tmp_path, root.as_uri(), config)
         counts = provider.receipt_counts()
     return code, {"report": json_report(tmp_path, "provider"), "counts": counts, "root": root}
 
@@ -226,11 +190,9 @@ def run_over_pull(
     tmp_path: Path, *, ack: float = 10, **simulator_settings: Any
 ) -> tuple[int, dict[str, Any]]:
     target = f"http://127.0.0.1:{free_port()}"
-    config = tmp_path / "conformance.toml"
-    config.write_text(
-        '[provider]\nods = "VNCEL"\ntransport = "pull"\ntrust_ods = "RBA"\n'
-        f"wait_seconds = 20\nack_timeout_seconds = {ack}\n",
-        encoding="utf-8",
+    config = (
+        'ods = "VNCEL"\ntransport = "pull"\ntrust_ods = "RBA"\n'
+        f"wait_seconds = 20\nack_timeout_seconds = {ack}\n"
     )
     settings = PullSimulatorConfig(
         ods="VNCEL",
@@ -243,17 +205,7 @@ def run_over_pull(
         **simulator_settings,
     )
     with PullSimulator(settings, key=ECKey.generate_key("P-256")) as provider:
-        code = run_cli(
-            "run",
-            "--target",
-            target,
-            "--role",
-            "provider",
-            "--config",
-            str(config),
-            "--report-dir",
-            str(tmp_path),
-        )
+        code = provider_role(tmp_path, target, config)
         orders = provider.orders()
     return code, {"report": json_report(tmp_path, "provider"), "orders": orders}
 
