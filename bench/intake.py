@@ -2,6 +2,7 @@
 
     python bench/intake.py [--requests 6000] [--concurrency 64] [--workers 2] [--items 2]
     python bench/intake.py --peers [--workers 1,2] [--connections 16,64] [--duration 10] [--repeat 3]
+    python bench/intake.py --open-loop 200[,400] [--workers 1,2] [--duration 20] [--baseline DIR]
 
 With `--peers` it runs the side-by-side comparison of `../shared/peer-bench` (FHIRStarter, Medplum
 and a raw floor, on the real 12.2 KiB EPS homecare order) with the gateway as one more target, and
@@ -148,6 +149,24 @@ def numbers(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
+def side_by_side_options(arguments: argparse.Namespace, *, bodies: int) -> side_by_side.Options:
+    return side_by_side.Options(
+        peers=arguments.peers or "",
+        workers=numbers(arguments.workers or "1,2"),
+        connections=numbers(arguments.connections),
+        duration=arguments.duration,
+        warmup=arguments.warmup,
+        repeat=arguments.repeat,
+        bodies=bodies,
+        template=arguments.template,
+        database_url=arguments.database_url,
+        log_level=arguments.log_level,
+        dispatcher=not arguments.no_dispatcher,
+        out=arguments.out,
+        baseline=arguments.baseline,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=6000)
@@ -163,6 +182,12 @@ def main() -> None:
         help="run the peer benchmark; optionally which peers (default %(const)s, or none)",
     )
     side.add_argument("--connections", default="16,64")
+    side.add_argument(
+        "--open-loop",
+        metavar="RATES",
+        help="instead of the side-by-side run: the gateway alone at these steady rates (e.g. 200), "
+        "open loop, p50/p99/p99.9/max from each request's due time",
+    )
     side.add_argument("--duration", type=int, default=10)
     side.add_argument("--warmup", type=int, default=3)
     side.add_argument("--repeat", type=int, default=1)
@@ -179,27 +204,14 @@ def main() -> None:
         "measured in the same run as `baseline-Nw`",
     )
     arguments = parser.parse_args()
+    if arguments.open_loop:
+        side_by_side.open_loop(side_by_side_options(arguments, bodies=0), numbers(arguments.open_loop))
+        return
     if arguments.peers is not None:
-        connections = numbers(arguments.connections)
-        rounds = arguments.repeat * len(connections)
-        side_by_side.run(
-            side_by_side.Options(
-                peers=arguments.peers,
-                workers=numbers(arguments.workers or "1,2"),
-                connections=connections,
-                duration=arguments.duration,
-                warmup=arguments.warmup,
-                repeat=arguments.repeat,
-                # Every request a new prescription, at up to 1,000/s (a gateway keeps what it took).
-                bodies=arguments.bodies or 1000 * (arguments.duration + arguments.warmup) * rounds + 100,
-                template=arguments.template,
-                database_url=arguments.database_url,
-                log_level=arguments.log_level,
-                dispatcher=not arguments.no_dispatcher,
-                out=arguments.out,
-                baseline=arguments.baseline,
-            )
-        )
+        rounds = arguments.repeat * len(numbers(arguments.connections))
+        # Every request a new prescription, at up to 1,000/s (a gateway keeps what it took).
+        bodies = arguments.bodies or 1000 * (arguments.duration + arguments.warmup) * rounds + 100
+        side_by_side.run(side_by_side_options(arguments, bodies=bodies))
         return
     workers = int(arguments.workers or 2)
 

@@ -58,19 +58,8 @@ async def _connection(
             except asyncio.QueueEmpty:
                 return
             started = time.perf_counter()
-            writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            status_line = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            await reader.readexactly(length)
+            statuses.append(await _exchange(reader, writer, head, body))
             latencies.append(time.perf_counter() - started)
-            statuses.append(int(status_line.split()[1]))
     finally:
         writer.close()
 
@@ -95,10 +84,93 @@ def post_all(
     port: int, path: str, bodies: list[bytes], *, concurrency: int, headers: dict[str, str]
 ) -> dict[str, float]:
     """POST every body over `concurrency` keep-alive connections: requests/s and p50/p99 in ms."""
-    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + b"".join(
+    return asyncio.run(_load(port, _head(path, headers), bodies, concurrency))
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes
+) -> int:
+    """One request on a keep-alive connection: its answer's status (the answer read to its end)."""
+    writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    status_line = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    await reader.readexactly(length)
+    return int(status_line.split()[1])
+
+
+async def _open_loop(
+    port: int, head: bytes, bodies: list[bytes], rate: float, connections: int
+) -> dict[str, float]:
+    """Open loop: request i is due at i / rate seconds, whatever the answers before it did. Latency is
+    from when a request was due to its whole answer, so time spent waiting for a free connection
+    (the server falling behind) counts: no coordinated omission."""
+    due: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    latencies: list[float] = []
+    statuses: list[int] = []
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while True:
+                scheduled, body = await due.get()
+                if not body:
+                    return
+                statuses.append(await _exchange(reader, writer, head, body))
+                latencies.append(time.perf_counter() - scheduled)
+        finally:
+            writer.close()
+
+    workers = [asyncio.create_task(connection()) for _ in range(connections)]
+    await asyncio.sleep(0.2)  # connections open before the clock starts
+    started = time.perf_counter()
+    for index, body in enumerate(bodies):
+        scheduled = started + index / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        due.put_nowait((scheduled, body))
+    for _ in workers:
+        due.put_nowait((0.0, b""))
+    await asyncio.gather(*workers)
+    elapsed = time.perf_counter() - started
+    ok = sum(1 for status in statuses if 200 <= status < 300)
+    quantiles = statistics.quantiles(latencies, n=1000)
+    return {
+        "rate": rate,
+        "rps": len(bodies) / elapsed,
+        "p50_ms": quantiles[499] * 1000,
+        "p99_ms": quantiles[989] * 1000,
+        "p999_ms": quantiles[998] * 1000,
+        "max_ms": max(latencies) * 1000,
+        "non_2xx": len(statuses) - ok,
+    }
+
+
+def post_at_rate(
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    *,
+    rate: float,
+    headers: dict[str, str],
+    connections: int = 64,
+) -> dict[str, float]:
+    """POST the bodies at a steady `rate` a second (open loop) over up to `connections` keep-alive
+    connections: the achieved rate, p50/p99/p99.9/max latency in ms from each request's due time."""
+    return asyncio.run(_open_loop(port, _head(path, headers), bodies, rate, connections))
+
+
+def _head(path: str, headers: dict[str, str]) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + b"".join(
         f"{name}: {value}\r\n".encode() for name, value in headers.items()
     )
-    return asyncio.run(_load(port, head, bodies, concurrency))
 
 
 def report(name: str, figures: dict[str, float]) -> None:

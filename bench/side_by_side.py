@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import BenchGateway, cli, database
+from bench.loadgen import BenchGateway, cli, database, post_at_rate
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_BENCH = Path(os.environ.get("PEER_BENCH", REPO.parent / "shared" / "peer-bench"))
@@ -204,6 +204,64 @@ def run(options: Options) -> None:
         if options.out:
             options.out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         print_table(rows, options)
+
+
+def open_loop(options: Options, rates: Sequence[int]) -> None:
+    """The gateway (and the baseline, if given) at steady request rates, open loop (`loadgen.post_at_rate`):
+    latency at a given load, where wrk's closed loop measures queueing at saturation. Each row: a fresh
+    gateway, `warmup` seconds at the rate, then `duration` seconds measured, new bodies throughout."""
+    harness = peer_bench_dir()
+    versions = [("gateway", None)] + ([("baseline", options.baseline)] if options.baseline else [])
+    per_row = max(rates) * (options.warmup + options.duration)
+    with tempfile.TemporaryDirectory(prefix="bench-open-loop-") as temporary:
+        folder = Path(temporary)
+        bodies_file = make_bodies(
+            harness,
+            per_row * len(versions) * len(options.workers) * len(rates) * options.repeat,
+            folder / "bodies",
+            options.template,
+        )
+        bodies = bodies_file.read_bytes().splitlines()
+        sender, provider = sender_and_provider(bodies_file)
+        print(
+            f"open loop on the {len(bodies[0]) / 1024:.1f} KiB order, {options.warmup} s warm-up then "
+            f"{options.duration} s measured; gateway on {'PostgreSQL' if options.database_url else 'SQLite'}, "
+            f"dispatcher {'on' if options.dispatcher else 'off'}; latency from each request's due time"
+        )
+        header = (
+            f"{'target':<20} {'rate/s':>7} {'got/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+            f"{'max ms':>8} {'non-2xx':>8}"
+        )
+        print(f"\n{header}\n{'-' * len(header)}")
+        taken = 0
+        for _round, rate, (name, code), workers in itertools.product(
+            range(options.repeat), rates, versions, options.workers
+        ):
+            warm, measured = rate * options.warmup, rate * options.duration
+            batch = bodies[taken : taken + warm + measured]
+            taken += warm + measured
+            with running_gateway(
+                folder / f"{name}-{workers}w-{rate}-{taken}",
+                workers=workers,
+                sender=sender,
+                provider=provider,
+                log_level=options.log_level,
+                dispatcher=options.dispatcher,
+                database_url=options.database_url,
+                code=code,
+            ) as gateway:
+                headers = {
+                    "Authorization": f"Bearer {gateway.access_token()}",
+                    "Content-Type": "application/fhir+json",
+                }
+                path = "/fhir/$process-message"
+                post_at_rate(gateway.port, path, batch[:warm], rate=rate, headers=headers)
+                figures = post_at_rate(gateway.port, path, batch[warm:], rate=rate, headers=headers)
+            print(
+                f"{f'{name}-{workers}w':<20} {rate:>7} {figures['rps']:>7.0f} {figures['p50_ms']:>8.1f} "
+                f"{figures['p99_ms']:>8.1f} {figures['p999_ms']:>9.1f} {figures['max_ms']:>8.1f} "
+                f"{figures['non_2xx']:>8.0f}"
+            )
 
 
 def load_jsonl(path: Path) -> list[dict[str, Any]]:

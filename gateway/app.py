@@ -28,6 +28,7 @@ from gateway.api.deps import Services
 from gateway.api.documentation import finish
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
+from gateway.api.process_message import ProcessMessageFastPath
 from gateway.api.schemas import FHIR_SCHEMAS
 from gateway.api.throttle import RateLimits
 from gateway.clock import Clock, system_clock
@@ -85,6 +86,8 @@ def create_app(settings: Settings, *, db: Database | None = None, clock: Clock =
         app.include_router(router)
     install_web_pages(app, settings)
     install_error_handlers(app)
+    # Added first, so it runs inside the request middleware (the last added is the outermost).
+    app.add_middleware(ProcessMessageFastPath)
     app.add_middleware(RequestContextMiddleware)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app

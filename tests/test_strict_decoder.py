@@ -14,8 +14,9 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
-from fhir_profiles import strict_decoder
+from fhir_profiles import strict_decoder, strict_models
 from fhir_profiles.structure import check_bundle_structure
 from tests.support import FIXTURES
 from tests.test_structure_equivalence import BASES, MUTATIONS, _mutate, _paths, _strict_accepts
@@ -108,3 +109,35 @@ def test_a_signature_in_plain_base64_is_sound_on_both() -> None:
     document = _with(BASES[0], lambda d: d.__setitem__("signature", _signature("AAAA AAAA\nAAAA")))
     assert _strict_accepts(document)
     assert fast_path_says_sound(document)
+
+
+_LONG_RUN = "QUJD" * 720  # a signature's length: one unbroken run of 2,880 characters
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _LONG_RUN,
+        _LONG_RUN + "A",  # not a whole number of groups of four
+        _LONG_RUN[:-1] + "!",  # a character outside the alphabet at the end of a long run
+        _LONG_RUN[:-1] + "é",  # not ASCII
+        "AAAA",
+        "A=A=",
+        "",
+        "AAA",
+        " AAAA\n",
+        "AAAA AAAA\nAAAA",
+        "AA AA",  # whitespace inside a group
+        "AAAA\x1fAAAA",  # a separator Python's str.split() takes for whitespace; the strict models do not
+        "AAAA\u3000AAAA",  # ideographic space: whitespace to both
+    ],
+)
+def test_the_fast_base64_check_agrees_with_the_strict_models(value: str) -> None:
+    try:
+        TypeAdapter(strict_models.Base64).validate_python(value)
+        strict = True
+    except ValidationError:
+        strict = False
+    assert strict_decoder.is_base64(value) is strict
+    signed = _with(BASES[0], lambda d: d.__setitem__("signature", _signature(value)))
+    assert fast_path_says_sound(signed) is strict

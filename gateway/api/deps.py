@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, TypeVar
@@ -106,6 +106,14 @@ async def authorise(
     """The caller behind the bearer access token, holding every scope the route needs; else 401/403."""
     # The services straight from the app, not as a dependency: every sub-dependency costs each request.
     services: Services = request.app.state.services
+    return authenticate(services, request, authorization, security_scopes.scopes)
+
+
+def authenticate(
+    services: Services, request: Request, authorization: str | None, required: Sequence[str] = ()
+) -> Caller:
+    """`authorise` without FastAPI: the caller behind `authorization` (the Authorization header), counted
+    against its rate limit, holding every scope in `required`; else the 401, 403 or 429 to answer."""
     state = request.scope["state"]
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -125,7 +133,7 @@ async def authorise(
         if wait is not None:
             state["refusal_reason"] = "client-rate-limit"
             raise api_throttled(wait, "client")
-    missing = [scope for scope in security_scopes.scopes if not caller.holds(scope)]
+    missing = [scope for scope in required if not caller.holds(scope)]
     if missing:
         # Audited by the request middleware (coalesced, as floods of refusals are).
         action, resource_type = access.missing_scope_audit(Scope.parse(missing[0]))

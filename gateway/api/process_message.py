@@ -1,14 +1,28 @@
-"""`POST /fhir/$process-message` (and the EPS path `/FHIR/R4/$process-message`)."""
+"""`POST /fhir/$process-message` (and the EPS path `/FHIR/R4/$process-message`).
+
+The route is declared to FastAPI (it is in the API document, and FastAPI answers it when the fast
+path below is not installed), but a running gateway answers it from `ProcessMessageFastPath`, a
+plain ASGI app in front of FastAPI's routing: intake is the hot path, and the framework's routing,
+dependency resolution and exception middleware cost more per message than parsing it does. Both
+ways run the same function (`_process`) with the same authentication (`deps.authenticate`) and
+the app's own exception handlers, so every answer is the same.
+"""
 
 from __future__ import annotations
 
-import orjson
-from fastapi import APIRouter, Request
-from starlette.responses import Response
+import inspect
+from typing import Any
 
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from auth.identity import Caller
 from fhir_profiles import strict_json
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
-from gateway.api.deps import CurrentCaller, ServicesDep, request_id
+from gateway.api.deps import CurrentCaller, Services, ServicesDep, authenticate, request_id
 from gateway.api.responses import FhirResponse
 from gateway.api.schemas import fhir_content, outcome_responses
 from gateway.domain import intake
@@ -105,6 +119,10 @@ async def read_fhir_json_body(request: Request, limit: int) -> tuple[bytes, obje
 )
 @router.post("/FHIR/R4/$process-message", include_in_schema=False)
 async def process_message(request: Request, caller: CurrentCaller, services: ServicesDep) -> Response:
+    return await _process(request, caller, services)
+
+
+async def _process(request: Request, caller: Caller, services: Services) -> Response:
     try:
         body, document = await read_fhir_json_body(request, services.settings.max_body_bytes)
     except OperationOutcomeError as refusal:
@@ -117,6 +135,60 @@ async def process_message(request: Request, caller: CurrentCaller, services: Ser
     )
     headers = {"Location": answer.location} if answer.location else None
     return FhirResponse(answer.body, status_code=answer.status_code, headers=headers)
+
+
+PATHS = frozenset({"/fhir/$process-message", "/FHIR/R4/$process-message"})
+
+
+class ProcessMessageFastPath:
+    """ASGI middleware: `POST $process-message` straight to `_process`; every other request to `app`.
+
+    Installed inside the request middleware (request ids, access log, headers, refusal audit), which
+    sees these requests as any other: the route is put in the scope as FastAPI's router would."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in _ROUTES
+            or scope.get("root_path")
+        ):
+            await self.app(scope, receive, send)
+            return
+        app: FastAPI = scope["app"]
+        services: Services = app.state.services
+        scope["route"] = _ROUTES[scope["path"]]
+        request = Request(scope, receive, send)
+        try:
+            caller = authenticate(services, request, request.headers.get("authorization"))
+            response = await _process(request, caller, services)
+        except Exception as exc:
+            handler = _handler_for(app, exc)
+            if handler is None:
+                raise  # the request middleware answers 500, as for any route
+            response = handler(request, exc)
+            if inspect.isawaitable(response):
+                response = await response
+        await response(scope, receive, send)
+
+
+# The routes this module declares, by path: what the fast path puts in the scope as `route`.
+_ROUTES: dict[str, APIRoute] = {
+    route.path: route
+    for route in router.routes
+    if isinstance(route, APIRoute) and route.path in PATHS and "POST" in (route.methods or ())
+}
+
+
+def _handler_for(app: FastAPI, exc: Exception) -> Any:
+    """The app's handler for `exc`, found as Starlette's exception middleware finds it (by class)."""
+    for kind in type(exc).__mro__:
+        if kind is not Exception and kind in app.exception_handlers:
+            return app.exception_handlers[kind]
+    return None
 
 
 @router.post(
