@@ -6,15 +6,30 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, MetaData, Table, event, insert, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    event,
+    insert,
+    text,
+)
+from sqlalchemy.exc import StatementError
 
 from gateway.store.db import Database, Tx
-from gateway.store.errors import AlreadyStored
-from gateway.store.writer import BatchWriter, Rows
+from gateway.store.errors import AlreadyStored, StoreUnavailable
+from gateway.store.types import UTCDateTime
+from gateway.store.writer import BatchWriter, Rows, insert_many
 
 
 @pytest.fixture
@@ -184,3 +199,68 @@ def test_a_conflicting_rows_write_fails_alone(sqlite: Database) -> None:
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], AlreadyStored)
     assert stored(sqlite) == ["C01", "C02", "C04"], "the conflicting write left none of its rows"
+
+
+_TYPED = Table(
+    "typed",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("name", String),
+    Column("at", UTCDateTime),
+    Column("detail", JSON),
+    Column("body", LargeBinary),
+    Column("flag", Boolean),
+)
+_INSERT_TYPED = insert(_TYPED)
+
+
+def typed_rows() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": n,
+            "name": f"row {n}",
+            "at": datetime(2026, 11, 30, 12, 0, n, 1234, tzinfo=UTC) if n % 2 else None,
+            "detail": {"n": n, "list": [1, "two"]} if n % 3 else None,
+            "body": bytes([n]) * 3,
+            "flag": n % 2 == 0,
+        }
+        for n in range(1, 7)
+    ]
+
+
+def stored_as(tmp_path: Path, name: str, write: Callable[[Tx, list[dict[str, Any]]], None]) -> list[Any]:
+    """The rows as SQLite keeps them (read without any type's processing)."""
+    db = Database(f"sqlite:///{tmp_path / name}")
+    _TYPED.metadata.create_all(db.write_engine)
+    with db.transaction() as tx:
+        write(tx, typed_rows())
+    with db.snapshot() as tx:
+        return [tuple(row) for row in tx.connection.execute(text("SELECT * FROM typed ORDER BY id"))]
+
+
+def test_rows_go_to_the_driver_converted_as_sqlalchemy_converts_them(tmp_path: Path) -> None:
+    by_sqlalchemy = stored_as(
+        tmp_path, "a.db", lambda tx, rows: tx.connection.execute(_INSERT_TYPED, rows) and None
+    )
+    by_writer = stored_as(tmp_path, "b.db", lambda tx, rows: insert_many(tx, _INSERT_TYPED, rows))
+    assert by_writer == by_sqlalchemy
+    assert by_writer[0][2] is not None and by_writer[1][3] is not None, "datetimes and JSON were written"
+
+
+@pytest.mark.parametrize("shape", ["fewer columns", "as many, other columns"])
+def test_rows_with_other_columns_than_the_first_are_refused_as_sqlalchemy_refuses_them(
+    tmp_path: Path, shape: str
+) -> None:
+    def mixed(tx: Tx, rows: list[dict[str, Any]]) -> None:
+        if shape == "fewer columns":
+            rows[1] = {"id": rows[1]["id"], "name": "short"}
+        else:  # every row without its flag, but the second without its body instead
+            for row in rows:
+                row.pop("flag")
+            rows[1]["flag"] = rows[1].pop("body")
+        insert_many(tx, _INSERT_TYPED, rows)
+
+    with pytest.raises(StoreUnavailable) as refused:
+        stored_as(tmp_path, "c.db", mixed)
+    assert isinstance(refused.value.__cause__, StatementError)
+    assert "A value is required for bind parameter" in str(refused.value.__cause__)

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Executable
+from sqlalchemy import Dialect, Executable, Insert
 
 from gateway.store.db import Database, Tx
 
@@ -49,8 +49,63 @@ class Rows:
 
     def __call__(self, tx: Tx) -> None:
         for statement, rows in self.inserts:
-            if rows:
-                tx.connection.execute(statement, rows)
+            insert_many(tx, statement, rows)
+
+
+def insert_many(tx: Tx, statement: Executable, rows: list[dict[str, Any]]) -> None:
+    """`statement` (a Core INSERT) once per row, as one `executemany`.
+
+    On SQLite, where the write path runs its rows through Python alone, SQLAlchemy's per-row work
+    (parameter construction, compiled-statement bookkeeping) costs more than the insert itself: the
+    statement is compiled once per set of columns and each row's values go to the driver through the
+    columns' own bind processors (the same conversions SQLAlchemy applies). Rows whose columns
+    differ, and every other database, take SQLAlchemy's own path."""
+    if not rows:
+        return
+    connection = tx.connection
+    keys = tuple(rows[0])
+    if connection.dialect.name != "sqlite" or any(len(row) != len(keys) for row in rows):
+        connection.execute(statement, rows)
+        return
+    compiled = _compiled(statement, keys, connection.dialect)
+    if compiled is None:
+        connection.execute(statement, rows)
+        return
+    sql, processors = compiled
+    try:
+        values = [
+            tuple(row[key] if process is None else process(row[key]) for key, process in processors)
+            for row in rows
+        ]
+    except KeyError:  # a row with other columns than the first
+        connection.execute(statement, rows)
+        return
+    connection.exec_driver_sql(sql, values)
+
+
+_COMPILED: dict[tuple[int, tuple[str, ...], str], tuple[str, tuple[tuple[str, Any], ...]] | None] = {}
+
+
+def _compiled(
+    statement: Executable, keys: tuple[str, ...], dialect: Dialect
+) -> tuple[str, tuple[tuple[str, Any], ...]] | None:
+    """The statement's SQL for these columns, with each positional parameter's column and bind
+    processor; None when it is not a plain positional INSERT of exactly these columns."""
+    cache_key = (id(statement), keys, dialect.name)
+    if cache_key in _COMPILED:
+        return _COMPILED[cache_key]
+    found: tuple[str, tuple[tuple[str, Any], ...]] | None = None
+    if isinstance(statement, Insert):
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        order = compiled.positiontup
+        if compiled.positional and order is not None and sorted(order) == sorted(keys):
+            columns = statement.table.c
+            processors = tuple(
+                (key, columns[key].type.dialect_impl(dialect).bind_processor(dialect)) for key in order
+            )
+            found = (compiled.string, processors)
+    _COMPILED[cache_key] = found
+    return found
 
 
 @dataclass(slots=True)
@@ -151,9 +206,7 @@ def _run_together(tx: Tx, batch: list[_Job[Any]]) -> list[Any]:
             pending[0](tx)
         else:
             for index, (statement, _) in enumerate(pending[0].inserts):
-                rows = [row for write in pending for row in write.inserts[index][1]]
-                if rows:
-                    tx.connection.execute(statement, rows)
+                insert_many(tx, statement, [row for write in pending for row in write.inserts[index][1]])
         results.extend([None] * len(pending))
         pending.clear()
 
