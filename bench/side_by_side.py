@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,22 @@ def running_gateway(
             yield gateway
 
 
+def gateway_for(
+    options: Options, folder: Path, workers: int, sender: str, provider: str, code: Path | None
+) -> AbstractContextManager[BenchGateway]:
+    """`running_gateway` as the options ask (log level, dispatcher, database)."""
+    return running_gateway(
+        folder,
+        workers=workers,
+        sender=sender,
+        provider=provider,
+        log_level=options.log_level,
+        dispatcher=options.dispatcher,
+        database_url=options.database_url,
+        code=code,
+    )
+
+
 def wrap_wrk(folder: Path, targets: dict[str, int], cpu_log: Path) -> dict[str, str]:
     """A `wrk` first on PATH that reads the gateways' CPU time around each run against them."""
     real = shutil.which("wrk")
@@ -169,16 +185,7 @@ def run(options: Options) -> None:
         versions = [("gateway", None)] + ([("baseline", options.baseline)] if options.baseline else [])
         for (name, code), workers in itertools.product(versions, options.workers):
             gateway = stack.enter_context(
-                running_gateway(
-                    folder / f"{name}-{workers}w",
-                    workers=workers,
-                    sender=sender,
-                    provider=provider,
-                    log_level=options.log_level,
-                    dispatcher=options.dispatcher,
-                    database_url=options.database_url,
-                    code=code,
-                )
+                gateway_for(options, folder / f"{name}-{workers}w", workers, sender, provider, code)
             )
             token = token or gateway.access_token()
             url = f"http://127.0.0.1:{gateway.port}/fhir/$process-message"
@@ -240,15 +247,8 @@ def open_loop(options: Options, rates: Sequence[int]) -> None:
             warm, measured = rate * options.warmup, rate * options.duration
             batch = bodies[taken : taken + warm + measured]
             taken += warm + measured
-            with running_gateway(
-                folder / f"{name}-{workers}w-{rate}-{taken}",
-                workers=workers,
-                sender=sender,
-                provider=provider,
-                log_level=options.log_level,
-                dispatcher=options.dispatcher,
-                database_url=options.database_url,
-                code=code,
+            with gateway_for(
+                options, folder / f"{name}-{workers}w-{rate}-{taken}", workers, sender, provider, code
             ) as gateway:
                 headers = {
                     "Authorization": f"Bearer {gateway.access_token()}",
