@@ -1,15 +1,18 @@
-"""The homecare prescription-order profile, rule by rule, without HTTP."""
+"""The homecare message profiles (prescription-order, its cancellation, dispense-notification), rule by rule,
+without HTTP."""
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import Any
 
 import pytest
 
+from fhir_profiles import codes
 from fhir_profiles.builder import BREAKAGES, PrescriptionMessageBuilder, break_message, build_cancellation
-from fhir_profiles.homecare import validate_message
-from fhir_profiles.identifiers import is_short_form_id_shaped
+from fhir_profiles.homecare import ITEM_IDENTIFIER_RULE, NON_DISPENSING_REASON_URL, validate_message
+from fhir_profiles.identifiers import ODS_SYSTEM, is_short_form_id_shaped
 from fhir_profiles.outcome import status_for
 
 # breakage -> (HTTP status, detail code, the expression of one issue)
@@ -217,3 +220,265 @@ def test_a_cancellation_needs_a_prescription_id_with_its_right_check_character()
         "Bundle.entry[1].resource.groupIdentifier.value",
         "Bundle.entry[2].resource.groupIdentifier.value",
     }
+
+
+# --- dispense-notification -------------------------------------------------------------------------
+
+DISPENSE_STATUS_REASON_SYSTEM = "https://fhir.nhs.uk/CodeSystem/medicationdispense-status-reason"
+HANDED_OVER = "2026-11-23T10:00:00+00:00"
+
+
+def _dispense_notification(order: dict[str, Any], *, provider: str = "VNCEL") -> dict[str, Any]:
+    """The provider's dispense-notification for every item of `order`: one MedicationDispense per item,
+    each authorised by a contained copy of its MedicationRequest (`#m1`), as in the EPS examples."""
+    header = copy.deepcopy(order["entry"][0])
+    header["resource"]["eventCoding"] = {"system": codes.MESSAGE_EVENT_SYSTEM, "code": codes.EVENT_DISPENSE_NOTIFICATION}
+    header["resource"]["sender"] = {"identifier": {"system": ODS_SYSTEM, "value": provider}}
+    header["resource"]["focus"] = []
+    entries = [header]
+    for request in _requests(order):
+        contained = copy.deepcopy(request)
+        contained["id"] = "m1"
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": {
+                    "resourceType": "MedicationDispense",
+                    "status": "completed",
+                    "contained": [
+                        {"resourceType": "PractitionerRole", "id": "performer", "active": True},
+                        contained,
+                    ],
+                    "medicationCodeableConcept": request["medicationCodeableConcept"],
+                    "authorizingPrescription": [{"reference": "#m1"}],
+                    "whenHandedOver": HANDED_OVER,
+                },
+            }
+        )
+    return {
+        "resourceType": "Bundle",
+        "identifier": {"system": "https://tools.ietf.org/html/rfc4122", "value": str(uuid.uuid4())},
+        "type": "message",
+        "entry": entries,
+    }
+
+
+def _requests(message: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "MedicationRequest"]
+
+
+def _item_id(request: dict[str, Any]) -> str:
+    (identifier,) = request["identifier"]
+    return str(identifier["value"])
+
+
+def _issues(message: dict[str, Any]) -> list[tuple[str, str, str, str | None]]:
+    return [(i.code.value, i.detail.value, i.diagnostics, i.expression) for i in validate_message(message).issues]
+
+
+def _not_dispensed(dispense: dict[str, Any], code: Any) -> None:
+    dispense.setdefault("extension", []).append(
+        {"url": NON_DISPENSING_REASON_URL, "valueCoding": {"system": DISPENSE_STATUS_REASON_SYSTEM, "code": code}}
+    )
+
+
+def test_a_dispense_notification_names_each_item_by_the_request_it_contains() -> None:
+    order = PrescriptionMessageBuilder(seed=21).build(items=2)
+    message = _dispense_notification(order)
+    message["entry"][2]["resource"].pop("whenHandedOver")
+    result = validate_message(message)
+    assert result.issues == [] and result.dispense is not None
+    assert result.dispense.bundle_identifier == message["identifier"]["value"]
+    assert result.dispense.sender_ods == "VNCEL"
+    short_form = _requests(order)[0]["groupIdentifier"]["value"]
+    assert [(d.short_form_id, d.item_identifier, d.handed_over, d.resource) for d in result.dispense.dispenses] == [
+        (short_form, _item_id(_requests(order)[0]), HANDED_OVER, message["entry"][1]["resource"]),
+        (short_form, _item_id(_requests(order)[1]), None, message["entry"][2]["resource"]),
+    ]
+
+
+def test_a_dispense_may_name_its_item_by_identifier_with_the_prescription_id_in_an_extension() -> None:
+    order = PrescriptionMessageBuilder(seed=22).build(items=1)
+    message = _dispense_notification(order)
+    dispense = message["entry"][1]["resource"]
+    (request,) = _requests(order)
+    dispense.pop("contained")
+    dispense["authorizingPrescription"] = [
+        {
+            "extension": [
+                {"url": "https://example.org/another-extension", "valueString": "first"},
+                {
+                    "url": codes.PRESCRIPTION_ID_URL,
+                    "valueIdentifier": {
+                        "system": "https://fhir.nhs.uk/Id/prescription-order-number",
+                        "value": request["groupIdentifier"]["value"],
+                    },
+                },
+            ],
+            "identifier": {"system": "https://fhir.nhs.uk/Id/prescription-order-item-number", "value": _item_id(request)},
+        }
+    ]
+    result = validate_message(message)
+    assert result.issues == [] and result.dispense is not None
+    assert [(d.short_form_id, d.item_identifier) for d in result.dispense.dispenses] == [
+        (request["groupIdentifier"]["value"], _item_id(request))
+    ]
+
+
+def test_each_dispense_without_its_authorising_request_is_reported() -> None:
+    order = PrescriptionMessageBuilder(seed=23).build(items=3)
+    message = _dispense_notification(order)
+    message["entry"][1]["resource"]["authorizingPrescription"] = [{"reference": "#m2"}]
+    message["entry"][2]["resource"]["contained"][1]["identifier"][0]["system"] = "https://example.org/item"
+    message["entry"][3]["resource"]["contained"][1].pop("groupIdentifier")
+    wanted = "The authorising MedicationRequest with its prescription ID and line item identifier is required"
+    assert _issues(message) == [
+        ("required", "MISSING_FIELD", wanted, f"Bundle.entry[{index}].resource.authorizingPrescription")
+        for index in (1, 2, 3)
+    ]
+    assert validate_message(message).dispense is None
+
+
+def test_each_dispense_whose_prescription_id_or_item_identifier_is_malformed_is_reported() -> None:
+    order = PrescriptionMessageBuilder(seed=24).build(items=2)
+    message = _dispense_notification(order)
+    first, second = (message["entry"][index]["resource"]["contained"][1] for index in (1, 2))
+    first["groupIdentifier"]["value"] = "A0548B-A99968"
+    second["identifier"][0]["value"] = "item 2"
+    wanted = (
+        "The prescription ID must have the form XXXXXX-XXXXXX-XXXXXC. "
+        "A line item identifier is 1-64 ASCII letters, digits, '.' and '-'"
+    )
+    assert _issues(message) == [
+        ("value", "INVALID_VALUE", wanted, f"Bundle.entry[{index}].resource.authorizingPrescription")
+        for index in (1, 2)
+    ]
+
+
+def test_a_dispense_notification_needs_a_medication_dispense() -> None:
+    message = _dispense_notification(PrescriptionMessageBuilder(seed=25).build(items=1))
+    message["entry"] = message["entry"][:1]
+    assert _issues(message) == [
+        ("required", "MISSING_FIELD", "At least one MedicationDispense is required", "Bundle.entry")
+    ]
+
+
+def test_every_dispense_of_a_notification_gives_the_same_non_dispensing_reason_as_eps_requires() -> None:
+    order = PrescriptionMessageBuilder(seed=26).build(items=3)
+    agreeing = _dispense_notification(order)
+    for entry in agreeing["entry"][1:]:
+        _not_dispensed(entry["resource"], "0008")
+    assert validate_message(agreeing).ok
+    eps_answer = (
+        "invalid",
+        "INVALID_VALUE",
+        "Expected all MedicationDispenses to have the same value for "
+        "MedicationDispense.extension:prescriptionNonDispensingReason",
+        "MedicationDispense.extension:prescriptionNonDispensingReason",
+    )
+    differing = _dispense_notification(order)
+    _not_dispensed(differing["entry"][1]["resource"], "0008")
+    _not_dispensed(differing["entry"][2]["resource"], "0004")
+    _not_dispensed(differing["entry"][3]["resource"], "0008")
+    assert _issues(differing) == [eps_answer]
+    one_without = _dispense_notification(order)
+    _not_dispensed(one_without["entry"][2]["resource"], "0004")
+    assert _issues(one_without) == [eps_answer]
+
+
+# --- prescription-order-update (cancellation) ------------------------------------------------------
+
+CANCELLATION_REASON_SYSTEM = "https://fhir.nhs.uk/CodeSystem/medicationrequest-status-reason"
+
+
+def test_a_cancellation_names_each_item_to_cancel_with_its_eps_reason() -> None:
+    order = PrescriptionMessageBuilder(seed=31).build(items=3)
+    cancel = build_cancellation(order, item_positions=[0, 2], reason=("0002", "Clinical contra-indication"))
+    first, second = _requests(cancel)
+    first["statusReason"]["coding"][:0] = [
+        {"system": "https://example.org/local-reasons", "code": "L1"},
+        {"system": CANCELLATION_REASON_SYSTEM, "display": "A reason without its code"},
+    ]
+    second["statusReason"]["coding"][0].pop("display")
+    result = validate_message(cancel)
+    assert result.issues == [] and result.cancellation is not None
+    assert result.cancellation.bundle_identifier == cancel["identifier"]["value"]
+    assert result.cancellation.sender_ods == "RBA"
+    assert result.cancellation.short_form_id == _requests(order)[0]["groupIdentifier"]["value"]
+    assert result.cancellation.items == (
+        (_item_id(_requests(order)[0]), "0002", "Clinical contra-indication"),
+        (_item_id(_requests(order)[2]), "0002", ""),
+    )
+
+
+def test_every_problem_of_a_cancellation_is_reported_at_once() -> None:
+    cancel = build_cancellation(PrescriptionMessageBuilder(seed=32).build(items=4))
+    first, second, third, fourth = _requests(cancel)
+    first["status"] = "active"
+    second["statusReason"]["coding"][0]["system"] = "https://example.org/local-reasons"
+    third["identifier"][0]["system"] = "https://example.org/item"
+    fourth["identifier"][0]["value"] = "item 4"
+    fourth["groupIdentifier"]["value"] = "A0548B-A99968"
+    assert _issues(cancel) == [
+        ("value", "INVALID_VALUE", "A cancellation's MedicationRequest has status 'cancelled'", "Bundle.entry[1].resource.status"),
+        (
+            "required",
+            "MISSING_FIELD",
+            f"The cancellation reason ({CANCELLATION_REASON_SYSTEM}) is required",
+            "Bundle.entry[2].resource.statusReason",
+        ),
+        (
+            "required",
+            "MISSING_FIELD",
+            "The line item identifier (https://fhir.nhs.uk/Id/prescription-order-item-number) is required",
+            "Bundle.entry[3].resource.identifier",
+        ),
+        ("value", "INVALID_VALUE", "A valid short-form prescription ID is required", "Bundle.entry[4].resource.groupIdentifier.value"),
+        ("value", "INVALID_VALUE", ITEM_IDENTIFIER_RULE, "Bundle.entry[4].resource.identifier"),
+    ]
+    assert validate_message(cancel).cancellation is None
+
+
+def test_a_cancellation_needs_a_medication_request_and_at_most_four() -> None:
+    order = PrescriptionMessageBuilder(seed=33).build(items=4)
+    cancel = build_cancellation(order)
+    assert validate_message(cancel).ok, "four items may be cancelled at once"
+    fifth = copy.deepcopy(cancel["entry"][4])
+    fifth["fullUrl"] = f"urn:uuid:{uuid.uuid4()}"
+    fifth["resource"]["identifier"][0]["value"] = str(uuid.uuid4())
+    cancel["entry"].insert(5, fifth)
+    assert _issues(cancel) == [
+        ("value", "INVALID_VALUE", "A prescription has at most 4 items to cancel", "Bundle.entry")
+    ]
+    cancel["entry"] = [entry for entry in cancel["entry"] if entry["resource"]["resourceType"] != "MedicationRequest"]
+    cancel["entry"][0]["resource"]["focus"] = []
+    assert _issues(cancel) == [
+        ("required", "MISSING_FIELD", "A MedicationRequest for each line item to cancel is required", "Bundle.entry")
+    ]
+
+
+def test_the_items_of_a_cancellation_belong_to_one_prescription() -> None:
+    cancel = build_cancellation(PrescriptionMessageBuilder(seed=34).build(items=2))
+    other = PrescriptionMessageBuilder(seed=35).build(items=1)
+    _requests(cancel)[1]["groupIdentifier"]["value"] = _requests(other)[0]["groupIdentifier"]["value"]
+    assert _issues(cancel) == [
+        ("value", "INVALID_VALUE", "Every item to cancel must belong to the same prescription", "Bundle.entry")
+    ]
+    assert validate_message(cancel).cancellation is None
+
+
+def test_a_cancellation_of_a_prescription_that_is_not_homecare_is_refused() -> None:
+    cancel = build_cancellation(PrescriptionMessageBuilder(seed=36).build(items=2))
+    first, second = _requests(cancel)
+    first.pop("extension")
+    second["extension"][0]["valueCoding"]["code"] = "0101"
+    result = validate_message(cancel)
+    assert status_for(result.issues) == 422 and result.cancellation is None
+    assert _issues(cancel) == [
+        (
+            "business-rule",
+            "NOT_HOMECARE_PRESCRIPTION",
+            "This gateway takes homecare prescriptions only (prescription type 12xx)",
+            f"Bundle.entry[1].resource.extension('{codes.PRESCRIPTION_TYPE_URL}')",
+        )
+    ]
