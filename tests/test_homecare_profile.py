@@ -232,7 +232,10 @@ def _dispense_notification(order: dict[str, Any], *, provider: str = "VNCEL") ->
     """The provider's dispense-notification for every item of `order`: one MedicationDispense per item,
     each authorised by a contained copy of its MedicationRequest (`#m1`), as in the EPS examples."""
     header = copy.deepcopy(order["entry"][0])
-    header["resource"]["eventCoding"] = {"system": codes.MESSAGE_EVENT_SYSTEM, "code": codes.EVENT_DISPENSE_NOTIFICATION}
+    header["resource"]["eventCoding"] = {
+        "system": codes.MESSAGE_EVENT_SYSTEM,
+        "code": codes.EVENT_DISPENSE_NOTIFICATION,
+    }
     header["resource"]["sender"] = {"identifier": {"system": ODS_SYSTEM, "value": provider}}
     header["resource"]["focus"] = []
     entries = [header]
@@ -273,12 +276,17 @@ def _item_id(request: dict[str, Any]) -> str:
 
 
 def _issues(message: dict[str, Any]) -> list[tuple[str, str, str, str | None]]:
-    return [(i.code.value, i.detail.value, i.diagnostics, i.expression) for i in validate_message(message).issues]
+    return [
+        (i.code.value, i.detail.value, i.diagnostics, i.expression) for i in validate_message(message).issues
+    ]
 
 
 def _not_dispensed(dispense: dict[str, Any], code: Any) -> None:
     dispense.setdefault("extension", []).append(
-        {"url": NON_DISPENSING_REASON_URL, "valueCoding": {"system": DISPENSE_STATUS_REASON_SYSTEM, "code": code}}
+        {
+            "url": NON_DISPENSING_REASON_URL,
+            "valueCoding": {"system": DISPENSE_STATUS_REASON_SYSTEM, "code": code},
+        }
     )
 
 
@@ -291,7 +299,9 @@ def test_a_dispense_notification_names_each_item_by_the_request_it_contains() ->
     assert result.dispense.bundle_identifier == message["identifier"]["value"]
     assert result.dispense.sender_ods == "VNCEL"
     short_form = _requests(order)[0]["groupIdentifier"]["value"]
-    assert [(d.short_form_id, d.item_identifier, d.handed_over, d.resource) for d in result.dispense.dispenses] == [
+    assert [
+        (d.short_form_id, d.item_identifier, d.handed_over, d.resource) for d in result.dispense.dispenses
+    ] == [
         (short_form, _item_id(_requests(order)[0]), HANDED_OVER, message["entry"][1]["resource"]),
         (short_form, _item_id(_requests(order)[1]), None, message["entry"][2]["resource"]),
     ]
@@ -315,7 +325,10 @@ def test_a_dispense_may_name_its_item_by_identifier_with_the_prescription_id_in_
                     },
                 },
             ],
-            "identifier": {"system": "https://fhir.nhs.uk/Id/prescription-order-item-number", "value": _item_id(request)},
+            "identifier": {
+                "system": "https://fhir.nhs.uk/Id/prescription-order-item-number",
+                "value": _item_id(request),
+            },
         }
     ]
     result = validate_message(message)
@@ -420,7 +433,12 @@ def test_every_problem_of_a_cancellation_is_reported_at_once() -> None:
     fourth["identifier"][0]["value"] = "item 4"
     fourth["groupIdentifier"]["value"] = "A0548B-A99968"
     assert _issues(cancel) == [
-        ("value", "INVALID_VALUE", "A cancellation's MedicationRequest has status 'cancelled'", "Bundle.entry[1].resource.status"),
+        (
+            "value",
+            "INVALID_VALUE",
+            "A cancellation's MedicationRequest has status 'cancelled'",
+            "Bundle.entry[1].resource.status",
+        ),
         (
             "required",
             "MISSING_FIELD",
@@ -433,7 +451,12 @@ def test_every_problem_of_a_cancellation_is_reported_at_once() -> None:
             "The line item identifier (https://fhir.nhs.uk/Id/prescription-order-item-number) is required",
             "Bundle.entry[3].resource.identifier",
         ),
-        ("value", "INVALID_VALUE", "A valid short-form prescription ID is required", "Bundle.entry[4].resource.groupIdentifier.value"),
+        (
+            "value",
+            "INVALID_VALUE",
+            "A valid short-form prescription ID is required",
+            "Bundle.entry[4].resource.groupIdentifier.value",
+        ),
         ("value", "INVALID_VALUE", ITEM_IDENTIFIER_RULE, "Bundle.entry[4].resource.identifier"),
     ]
     assert validate_message(cancel).cancellation is None
@@ -450,10 +473,17 @@ def test_a_cancellation_needs_a_medication_request_and_at_most_four() -> None:
     assert _issues(cancel) == [
         ("value", "INVALID_VALUE", "A prescription has at most 4 items to cancel", "Bundle.entry")
     ]
-    cancel["entry"] = [entry for entry in cancel["entry"] if entry["resource"]["resourceType"] != "MedicationRequest"]
+    cancel["entry"] = [
+        entry for entry in cancel["entry"] if entry["resource"]["resourceType"] != "MedicationRequest"
+    ]
     cancel["entry"][0]["resource"]["focus"] = []
     assert _issues(cancel) == [
-        ("required", "MISSING_FIELD", "A MedicationRequest for each line item to cancel is required", "Bundle.entry")
+        (
+            "required",
+            "MISSING_FIELD",
+            "A MedicationRequest for each line item to cancel is required",
+            "Bundle.entry",
+        )
     ]
 
 
@@ -462,7 +492,12 @@ def test_the_items_of_a_cancellation_belong_to_one_prescription() -> None:
     other = PrescriptionMessageBuilder(seed=35).build(items=1)
     _requests(cancel)[1]["groupIdentifier"]["value"] = _requests(other)[0]["groupIdentifier"]["value"]
     assert _issues(cancel) == [
-        ("value", "INVALID_VALUE", "Every item to cancel must belong to the same prescription", "Bundle.entry")
+        (
+            "value",
+            "INVALID_VALUE",
+            "Every item to cancel must belong to the same prescription",
+            "Bundle.entry",
+        )
     ]
     assert validate_message(cancel).cancellation is None
 

@@ -10,11 +10,16 @@ import httpx
 import orjson
 import pytest
 
+from auth.identity import Caller, Role
 from fhir_profiles.builder import PrescriptionMessageBuilder, break_message, build_cancellation
 from gateway.clock import system_clock
+from gateway.domain.context import Context
+from gateway.domain.intake import receive_message_blocking
+from gateway.domain.messages import IntakeAnswer
 from gateway.store import prescriptions as store
 from gateway.store.db import Database
 from gateway.store.providers import ProviderDirectory, add_provider
+from tests.e2e_support import rows, scalar
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -333,3 +338,43 @@ def test_idempotency_is_kept_per_trust_so_another_trust_may_use_the_same_identif
     cancelled = post(rbb, rbb_cancel)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.headers["location"] == theirs.headers["location"]
+
+
+def test_code_without_an_event_loop_takes_the_same_way_in(db: Database) -> None:
+    """Scripts and tests hand messages to `receive_message_blocking`: the message is stored as sent and
+    audited with its request id, and the same bytes again are a replay of the first answer."""
+    context = Context.for_database(db)
+    try:
+        body = orjson.dumps(PrescriptionMessageBuilder(seed=341).build(items=1))
+        caller = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.c"}))
+
+        def receive(request_id: str) -> IntakeAnswer:
+            return receive_message_blocking(
+                context, body=body, document=orjson.loads(body), caller=caller, request_id=request_id
+            )
+
+        first = receive("request-1")
+        assert first.status_code == 200 and not first.replayed
+        assert first.location == f"/fhir/Bundle/{first.prescription_id}"
+        stored = scalar(db, "SELECT body FROM inbound_message WHERE id = :id", id=first.prescription_id)
+        assert bytes(stored) == body
+        assert scalar(
+            db, "SELECT request_id FROM inbound_message WHERE id = :id", id=first.prescription_id
+        ) == ("request-1")
+        again = receive("request-2")
+        assert again.replayed and (again.status_code, again.body, again.location) == (
+            first.status_code,
+            first.body,
+            first.location,
+        )
+        audited = rows(
+            db,
+            "SELECT request_id, client_id, outcome, resource_id FROM audit_event "
+            "WHERE request_id IN ('request-1', 'request-2') ORDER BY request_id",
+        )
+        assert [tuple(row) for row in audited] == [
+            ("request-1", "trust-rba", "success", first.prescription_id),
+            ("request-2", "trust-rba", "replayed", first.prescription_id),
+        ]
+    finally:
+        context.close()
