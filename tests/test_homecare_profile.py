@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -516,4 +517,202 @@ def test_a_cancellation_of_a_prescription_that_is_not_homecare_is_refused() -> N
             "This gateway takes homecare prescriptions only (prescription type 12xx)",
             f"Bundle.entry[1].resource.extension('{codes.PRESCRIPTION_TYPE_URL}')",
         )
+    ]
+
+
+def test_a_non_dispensing_reason_of_the_wrong_json_type_is_one_located_issue() -> None:
+    """Rules read the parsed JSON defensively: an object where the reason's code belongs is reported by
+    the structural check, once, and does not stop the reading of the rest."""
+    message = _dispense_notification(PrescriptionMessageBuilder(seed=27).build(items=2))
+    _not_dispensed(message["entry"][1]["resource"], {"code": "0008"})
+    _not_dispensed(message["entry"][2]["resource"], {"code": "0008"})
+    message["entry"][2]["resource"]["contained"][1]["identifier"][0]["value"] = "item 2"
+    assert [(detail, expression) for _, detail, _, expression in _issues(message)] == [
+        ("INVALID_VALUE", "Bundle.entry[1].resource.extension[0].valueCoding.code"),
+        ("INVALID_VALUE", "Bundle.entry[2].resource.extension[0].valueCoding.code"),
+        ("INVALID_VALUE", "Bundle.entry[2].resource.authorizingPrescription"),
+    ]
+
+
+# --- one rule, one located issue: the whole issue, diagnostics included ---------------------------
+
+ITEM_SYSTEM = "https://fhir.nhs.uk/Id/prescription-order-item-number"
+LONG_FORM = f"Bundle.entry[1].resource.groupIdentifier.extension('{codes.PRESCRIPTION_ID_URL}')"
+TYPE_EXTENSION = f"Bundle.entry[1].resource.extension('{codes.PRESCRIPTION_TYPE_URL}')"
+ODS_RULE = f"The homecare provider must be identified by a valid ODS code ({ODS_SYSTEM})"
+_DROP = object()
+
+
+def _change(index: int, path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """Set (or with `_DROP`, remove) the element at `path` (dotted; numbers index lists) of entry `index`."""
+
+    def change(message: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = message["entry"][index]["resource"]
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if value is _DROP:
+            del node[last]
+        else:
+            node[last] = value
+
+    return change
+
+
+def _repeat_first_item_identifier(message: dict[str, Any]) -> None:
+    first = message["entry"][1]["resource"]["identifier"][0]["value"]
+    message["entry"][2]["resource"]["identifier"][0]["value"] = first
+
+
+RULES: dict[str, tuple[Callable[[dict[str, Any]], None], tuple[str, str, str, str]]] = {
+    "item-identifier-malformed": (
+        _change(1, "identifier.0.value", "item 1"),
+        ("value", "INVALID_VALUE", ITEM_IDENTIFIER_RULE, "Bundle.entry[1].resource.identifier"),
+    ),
+    "item-identifier-missing": (
+        _change(1, "identifier.0.system", "https://example.org/item"),
+        (
+            "required",
+            "MISSING_FIELD",
+            f"A line item identifier (system {ITEM_SYSTEM}) is required",
+            "Bundle.entry[1].resource.identifier",
+        ),
+    ),
+    "item-identifier-repeated": (
+        _repeat_first_item_identifier,
+        (
+            "duplicate",
+            "INVALID_VALUE",
+            "Line item identifier is used twice in this prescription (first at Bundle.entry[1].resource)",
+            "Bundle.entry[2].resource.identifier",
+        ),
+    ),
+    "no-dosage-instruction": (
+        _change(1, "dosageInstruction", _DROP),
+        (
+            "required",
+            "MISSING_FIELD",
+            "MedicationRequest.dosageInstruction is required",
+            "Bundle.entry[1].resource.dosageInstruction",
+        ),
+    ),
+    "no-group-identifier": (
+        _change(1, "groupIdentifier", _DROP),
+        (
+            "required",
+            "MISSING_FIELD",
+            "MedicationRequest.groupIdentifier (the prescription ID) is required",
+            "Bundle.entry[1].resource.groupIdentifier",
+        ),
+    ),
+    "no-short-form": (
+        _change(1, "groupIdentifier.value", _DROP),
+        (
+            "required",
+            "MISSING_FIELD",
+            "The short-form prescription ID is required",
+            "Bundle.entry[1].resource.groupIdentifier.value",
+        ),
+    ),
+    "group-identifier-system": (
+        _change(1, "groupIdentifier.system", "https://example.org/prescriptions"),
+        (
+            "value",
+            "INVALID_VALUE",
+            "groupIdentifier.system must be https://fhir.nhs.uk/Id/prescription-order-number",
+            "Bundle.entry[1].resource.groupIdentifier.system",
+        ),
+    ),
+    "short-form-malformed": (
+        _change(1, "groupIdentifier.value", "A0548B-A99968"),
+        (
+            "value",
+            "INVALID_VALUE",
+            "The prescription ID must have the form XXXXXX-XXXXXX-XXXXXC",
+            "Bundle.entry[1].resource.groupIdentifier.value",
+        ),
+    ),
+    "long-form-not-uuid": (
+        _change(1, "groupIdentifier.extension.0.valueIdentifier.value", "not-a-uuid"),
+        (
+            "value",
+            "INVALID_VALUE",
+            "The long-form prescription ID must be a UUID in https://fhir.nhs.uk/Id/prescription",
+            f"{LONG_FORM}.valueIdentifier",
+        ),
+    ),
+    "long-form-system": (
+        _change(1, "groupIdentifier.extension.0.valueIdentifier.system", "https://example.org/ids"),
+        (
+            "value",
+            "INVALID_VALUE",
+            "The long-form prescription ID must be a UUID in https://fhir.nhs.uk/Id/prescription",
+            f"{LONG_FORM}.valueIdentifier",
+        ),
+    ),
+    "no-long-form": (
+        _change(1, "groupIdentifier.extension", _DROP),
+        ("required", "MISSING_FIELD", "The long-form prescription ID (a UUID) is required", LONG_FORM),
+    ),
+    "no-prescription-type": (
+        _change(1, "extension", _DROP),
+        ("required", "MISSING_FIELD", "The prescription type extension is required", TYPE_EXTENSION),
+    ),
+    "prescription-type-system": (
+        _change(1, "extension.0.valueCoding.system", "https://example.org/types"),
+        (
+            "value",
+            "INVALID_VALUE",
+            "The prescription type must come from https://fhir.nhs.uk/CodeSystem/prescription-type",
+            f"{TYPE_EXTENSION}.valueCoding.system",
+        ),
+    ),
+    "performer-not-ods": (
+        _change(1, "dispenseRequest.performer.identifier.system", "https://example.org/ods"),
+        ("value", "INVALID_VALUE", ODS_RULE, "Bundle.entry[1].resource.dispenseRequest.performer.identifier"),
+    ),
+    "performer-bad-ods": (
+        _change(1, "dispenseRequest.performer.identifier.value", "V NCEL"),
+        ("value", "INVALID_VALUE", ODS_RULE, "Bundle.entry[1].resource.dispenseRequest.performer.identifier"),
+    ),
+    "no-requester": (
+        _change(1, "requester", _DROP),
+        (
+            "required",
+            "MISSING_FIELD",
+            "MedicationRequest.requester is required",
+            "Bundle.entry[1].resource.requester",
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_a_broken_rule_of_one_item_is_one_located_issue_that_says_what_is_wrong(rule: str) -> None:
+    change, issue = RULES[rule]
+    message = PrescriptionMessageBuilder(seed=12).build(items=2)
+    change(message)
+    assert _issues(message) == [issue]
+    assert validate_message(message).order is None
+
+
+def test_eps_words_its_intent_and_checksum_refusals_so() -> None:
+    """The diagnostics EPS documents for a wrong intent and a wrong check character
+    (errors 4 and 1 of its examples), given for each item."""
+    message = PrescriptionMessageBuilder(seed=13).build(items=2)
+    intent = "MedicationRequest.intent must be order, original-order or instance-order."
+    assert _issues(break_message(message, "intent-plan")) == [
+        ("value", "INVALID_VALUE", intent, f"Bundle.entry[{index}].resource.intent") for index in (1, 2)
+    ]
+    checksum = (
+        "Unable to process message. Information missing or invalid - prescriptionID has invalid checksum"
+    )
+    assert _issues(break_message(message, "bad-prescription-check-character")) == [
+        (
+            "processing",
+            "FAILURE_TO_PROCESS_MESSAGE",
+            checksum,
+            f"Bundle.entry[{index}].resource.groupIdentifier.value",
+        )
+        for index in (1, 2)
     ]
