@@ -12,7 +12,12 @@ import pytest
 
 from fhir_profiles import codes
 from fhir_profiles.builder import BREAKAGES, PrescriptionMessageBuilder, break_message, build_cancellation
-from fhir_profiles.homecare import ITEM_IDENTIFIER_RULE, NON_DISPENSING_REASON_URL, validate_message
+from fhir_profiles.homecare import (
+    ITEM_IDENTIFIER_RULE,
+    NON_DISPENSING_REASON_URL,
+    MessageEnvelope,
+    validate_message,
+)
 from fhir_profiles.identifiers import ODS_SYSTEM, is_short_form_id_shaped
 from fhir_profiles.outcome import status_for
 
@@ -564,6 +569,18 @@ def _repeat_first_item_identifier(message: dict[str, Any]) -> None:
     message["entry"][2]["resource"]["identifier"][0]["value"] = first
 
 
+def _both_subjects_name_the_practitioner_role(message: dict[str, Any]) -> None:
+    for request in _requests(message):
+        request["subject"] = {"reference": message["entry"][4]["fullUrl"]}
+
+
+DECEASED = (
+    "business-rule",
+    "PATIENT_DECEASED",
+    "The patient is recorded as deceased; a homecare prescription cannot be supplied",
+    "Bundle.entry[3].resource.deceased",
+)
+
 RULES: dict[str, tuple[Callable[[dict[str, Any]], None], tuple[str, str, str, str]]] = {
     "item-identifier-malformed": (
         _change(1, "identifier.0.value", "item 1"),
@@ -667,6 +684,53 @@ RULES: dict[str, tuple[Callable[[dict[str, Any]], None], tuple[str, str, str, st
             f"{TYPE_EXTENSION}.valueCoding.system",
         ),
     ),
+    "no-performer": (
+        _change(1, "dispenseRequest.performer", _DROP),
+        (
+            "required",
+            "MISSING_FIELD",
+            "dispenseRequest.performer (the homecare provider's ODS code) is required",
+            "Bundle.entry[1].resource.dispenseRequest.performer.identifier",
+        ),
+    ),
+    "subject-not-the-patient": (
+        _both_subjects_name_the_practitioner_role,
+        (
+            "value",
+            "INVALID_VALUE",
+            "MedicationRequest.subject must reference the Patient",
+            "Bundle.entry[1].resource.subject",
+        ),
+    ),
+    "no-nhs-number": (
+        _change(3, "identifier.0.system", "https://example.org/hospital-number"),
+        (
+            "required",
+            "MISSING_FIELD",
+            "The patient's NHS number (system https://fhir.nhs.uk/Id/nhs-number) is required",
+            "Bundle.entry[3].resource.identifier",
+        ),
+    ),
+    "nhs-number-not-ten-digits": (
+        _change(3, "identifier.0.value", "974852605"),
+        (
+            "value",
+            "INVALID_VALUE",
+            "An NHS number is 10 digits",
+            "Bundle.entry[3].resource.identifier[0].value",
+        ),
+    ),
+    "nhs-number-check-digit": (
+        _change(3, "identifier.0.value", "9748526055"),
+        (
+            "value",
+            "INVALID_CHECK_DIGIT",
+            "The NHS number fails its Modulus 11 check",
+            "Bundle.entry[3].resource.identifier[0].value",
+        ),
+    ),
+    "deceased-boolean": (_change(3, "deceasedBoolean", True), DECEASED),
+    "deceased-date-time": (_change(3, "deceasedDateTime", "2026-11-01T08:00:00+00:00"), DECEASED),
     "performer-not-ods": (
         _change(1, "dispenseRequest.performer.identifier.system", "https://example.org/ods"),
         ("value", "INVALID_VALUE", ODS_RULE, "Bundle.entry[1].resource.dispenseRequest.performer.identifier"),
@@ -716,3 +780,275 @@ def test_eps_words_its_intent_and_checksum_refusals_so() -> None:
         )
         for index in (1, 2)
     ]
+
+
+def test_codes_of_the_wrong_json_type_are_reported_once_where_they_are() -> None:
+    """A list or an object where a code belongs (Bundle.type, a MedicationRequest's status and intent)
+    is one structural issue at its place: the rules that read those codes do not trip over it."""
+    message = PrescriptionMessageBuilder(seed=14).build(items=1)
+    message["type"] = ["message"]
+    message["entry"][1]["resource"]["status"] = ["active"]
+    message["entry"][1]["resource"]["intent"] = {"code": "order"}
+    assert [(detail, expression) for _, detail, _, expression in _issues(message)] == [
+        ("INVALID_VALUE", "Bundle.type"),
+        ("INVALID_VALUE", "Bundle.entry[1].resource.status"),
+        ("INVALID_VALUE", "Bundle.entry[1].resource.intent"),
+    ]
+
+
+# --- course of therapy, references, shared values ----------------------------------------------------
+
+THERAPY_SYSTEM = "http://terminology.hl7.org/CodeSystem/medicationrequest-course-of-therapy"
+MIXED_THERAPY = (
+    "invalid",
+    "INVALID_VALUE",
+    "Course of therapy type must either match for all MedicationRequests or be a mixture of "
+    "'acute' and 'continuous'.",
+    "MedicationRequest.courseOfTherapyType.coding",
+)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "allowed"),
+    [
+        (("acute", "acute"), True),
+        (("acute", "continuous"), True),
+        (("acute", None), True),
+        (("continuous", "continuous-repeat-dispensing"), False),
+        (("acute", "continuous-repeat-dispensing"), False),
+        (("acute", "continuous", "continuous-repeat-dispensing"), False),
+    ],
+)
+def test_courses_of_therapy_match_or_mix_acute_and_continuous_as_eps_requires(
+    kinds: tuple[str | None, ...], allowed: bool
+) -> None:
+    """EPS error example 2: a mixture other than acute with continuous is refused, with EPS's words.
+    A coding without a code names no course."""
+    message = PrescriptionMessageBuilder(seed=41).build(items=len(kinds))
+    for request, kind in zip(_requests(message), kinds, strict=True):
+        coding = (
+            {"system": THERAPY_SYSTEM, "code": kind} if kind else {"system": THERAPY_SYSTEM, "display": "?"}
+        )
+        request["courseOfTherapyType"] = {"coding": [coding]}
+    assert _issues(message) == ([] if allowed else [MIXED_THERAPY])
+
+
+def test_a_practitioner_role_every_item_names_is_reported_once_when_its_practitioner_is_missing() -> None:
+    message = PrescriptionMessageBuilder(seed=42).build(items=3)
+    role = next(
+        e["resource"] for e in message["entry"] if e["resource"]["resourceType"] == "PractitionerRole"
+    )
+    role["practitioner"] = {"reference": f"urn:uuid:{uuid.uuid4()}"}
+    assert _issues(message) == [
+        (
+            "value",
+            "INVALID_VALUE",
+            "Reference does not resolve to any entry of the Bundle (references resolve by fullUrl)",
+            "Bundle.entry[5].resource.practitioner.reference",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reference", "local"),
+    [
+        ("urn:uuid:6f1e6c1c-8f0b-4a55-9d3e-3c2b1a0f9e8d", True),
+        ("urn:oid:1.2.826.0.1285.0.2.0.65", True),
+        ("PractitionerRole/not-in-this-bundle", True),
+        ("https://example.org/fhir/PractitionerRole/1", False),
+        ("http:PractitionerRole/1", False),
+        ("https:PractitionerRole/1", False),
+        ("#PractitionerRole/1", False),
+    ],
+)
+def test_only_a_local_reference_the_gateway_follows_must_resolve_inside_the_bundle(
+    reference: str, local: bool
+) -> None:
+    """A urn or a Type/id reference names an entry of the Bundle; one with a scheme or a fragment does not."""
+    message = PrescriptionMessageBuilder(seed=43).build(items=1)
+    message["entry"][1]["resource"]["requester"] = {"reference": reference}
+    dangling = (
+        "value",
+        "INVALID_VALUE",
+        "Reference does not resolve to any entry of the Bundle (references resolve by fullUrl)",
+        "Bundle.entry[1].resource.requester.reference",
+    )
+    assert _issues(message) == ([dangling] if local else [])
+
+
+def test_a_type_and_id_reference_resolves_to_the_entry_of_that_type_and_id() -> None:
+    message = PrescriptionMessageBuilder(seed=44).build(items=2)
+    patient, role = (message["entry"][index]["resource"] for index in (3, 4))
+    second = _requests(message)[1]
+    second["subject"] = {"reference": f"Patient/{patient['id']}"}
+    second["requester"] = {"reference": f"PractitionerRole/{role['id']}"}
+    result = validate_message(message)
+    assert result.issues == [] and result.order is not None
+    assert result.order.nhs_number == patient["identifier"][0]["value"]
+    del patient["id"]
+    second["subject"] = {"reference": "Patient/None"}
+    assert ("INVALID_VALUE", "Bundle.entry[2].resource.subject.reference") in [
+        (detail, expression) for _, detail, _, expression in _issues(message)
+    ]
+
+
+def _shared(name: str, first: str) -> tuple[str, str, str, str]:
+    return (
+        "value",
+        "INVALID_VALUE",
+        f"Every line item must have the same {name} (it differs from {first})",
+        f"Bundle.entry[2].resource.{name}",
+    )
+
+
+def _copy_entry(message: dict[str, Any], index: int) -> str:
+    """A copy of entry `index` under a new fullUrl (and id), appended; its fullUrl."""
+    copied = copy.deepcopy(message["entry"][index])
+    copied["fullUrl"] = f"urn:uuid:{uuid.uuid4()}"
+    copied["resource"]["id"] = copied["fullUrl"].removeprefix("urn:uuid:")
+    message["entry"].append(copied)
+    return str(copied["fullUrl"])
+
+
+def test_every_item_names_the_same_patient_requester_category_intent_and_status() -> None:
+    builder = PrescriptionMessageBuilder(seed=45)
+    first = "Bundle.entry[1].resource"
+
+    message = builder.build(items=2)
+    _requests(message)[1]["subject"] = {"reference": _copy_entry(message, 3)}
+    assert _issues(message) == [_shared("subject", first)], "a copy of the patient is another patient"
+
+    message = builder.build(items=2)
+    _requests(message)[1]["requester"] = {"reference": _copy_entry(message, 4)}
+    assert _issues(message) == [_shared("requester", first)], "a copy of the role is another requester"
+
+    message = builder.build(items=2)
+    for position, request in enumerate(_requests(message)):
+        request["requester"] = {"reference": f"https://example.org/fhir/PractitionerRole/{position}"}
+    assert _issues(message) == [_shared("requester", first)]
+
+    message = builder.build(items=2)
+    _requests(message)[1]["category"][0]["coding"][0]["code"] = "community"
+    assert _issues(message) == [_shared("category", first)]
+
+    message = builder.build(items=2)
+    _requests(message)[1]["intent"] = "original-order"
+    assert _issues(message) == [_shared("intent", first)]
+
+    message = builder.build(items=2)
+    _requests(message)[1]["status"] = "on-hold"
+    assert _issues(message) == [
+        (
+            "value",
+            "INVALID_VALUE",
+            "MedicationRequest.status must be 'active' in a prescription order, not 'on-hold'",
+            "Bundle.entry[2].resource.status",
+        ),
+        _shared("status", first),
+    ]
+
+
+def test_a_valid_order_is_read_into_the_typed_order_the_gateway_stores() -> None:
+    message = PrescriptionMessageBuilder(seed=46).build(items=2)
+    requests = _requests(message)
+    long_form = requests[0]["groupIdentifier"]["extension"][0]["valueIdentifier"]["value"]
+    for request in requests:
+        request["groupIdentifier"]["extension"][0]["valueIdentifier"]["value"] = long_form.upper()
+        request["dispenseRequest"]["validityPeriod"] = {"start": "2026-11-20", "end": "2027-02-20"}
+    order = validate_message(message).order
+    assert order is not None
+    assert (
+        order.bundle_identifier,
+        order.short_form_id,
+        order.long_form_id,
+        order.nhs_number,
+        order.prescription_type,
+        order.patient_deceased,
+        order.valid_until,
+    ) == (
+        message["identifier"]["value"],
+        requests[0]["groupIdentifier"]["value"],
+        long_form.lower(),
+        message["entry"][3]["resource"]["identifier"][0]["value"],
+        "1201",
+        False,
+        "2027-02-20",
+    )
+    assert [(item.entry_index, item.item_identifier, item.resource) for item in order.items] == [
+        (1, _item_id(requests[0]), requests[0]),
+        (2, _item_id(requests[1]), requests[1]),
+    ]
+
+
+def test_a_prescription_order_needs_a_medication_request_and_names_a_wrong_type_in_brief() -> None:
+    message = PrescriptionMessageBuilder(seed=47).build(items=1)
+    message["entry"][1]["resource"]["extension"][0]["valueCoding"]["code"] = "0101-not-homecare-at-all"
+    assert _issues(message) == [
+        (
+            "business-rule",
+            "NOT_HOMECARE_PRESCRIPTION",
+            "This gateway takes homecare prescriptions only (prescription type 12xx); "
+            "type '0101-not-homecar' is not a homecare prescription type",
+            f"{TYPE_EXTENSION}.valueCoding.code",
+        )
+    ]
+    message = break_message(message, "no-medication-request")
+    assert (
+        "required",
+        "MISSING_FIELD",
+        "At least one MedicationRequest is required",
+        "Bundle.entry",
+    ) in _issues(message)
+
+
+@pytest.mark.parametrize(
+    ("document", "envelope"),
+    [
+        (["not", "a", "bundle"], MessageEnvelope(None, None, None)),
+        ({"resourceType": "Bundle", "type": "message", "entry": []}, MessageEnvelope(None, None, None)),
+        (
+            {
+                "resourceType": "Bundle",
+                "identifier": {"value": 42},
+                "type": "message",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "MessageHeader",
+                            "eventCoding": {
+                                "system": codes.MESSAGE_EVENT_SYSTEM,
+                                "code": ["prescription-order"],
+                            },
+                            "sender": {"identifier": {"system": ODS_SYSTEM, "value": ""}},
+                        }
+                    }
+                ],
+            },
+            MessageEnvelope(None, None, None),
+        ),
+        (
+            {
+                "resourceType": "Bundle",
+                "identifier": {"value": "b-1"},
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "MessageHeader",
+                            "eventCoding": {"code": "dispense-notification"},
+                            "sender": {"identifier": {"system": ODS_SYSTEM, "value": "VNCEL"}},
+                        }
+                    }
+                ],
+            },
+            MessageEnvelope("b-1", "dispense-notification", "VNCEL"),
+        ),
+    ],
+)
+def test_the_envelope_is_read_defensively_strings_or_nothing(
+    document: Any, envelope: MessageEnvelope
+) -> None:
+    """What routes and keys a message (identifier, event, sender) is a non-empty string or None, whatever
+    the body holds; the body's problems are the issues."""
+    result = validate_message(document)
+    assert result.envelope == envelope
+    assert result.issues
