@@ -1052,3 +1052,143 @@ def test_the_envelope_is_read_defensively_strings_or_nothing(
     result = validate_message(document)
     assert result.envelope == envelope
     assert result.issues
+
+
+# --- the rules every message shares: Bundle and MessageHeader --------------------------------------
+
+
+def _move_patient_first(message: dict[str, Any]) -> None:
+    message["entry"].insert(0, message["entry"].pop(2))
+
+
+def _event_code(code: str) -> Callable[[dict[str, Any]], None]:
+    def change(message: dict[str, Any]) -> None:
+        message["entry"][0]["resource"]["eventCoding"]["code"] = code
+
+    return change
+
+
+def _no_entries(message: dict[str, Any]) -> None:
+    message["entry"] = []
+
+
+HEADER = "Bundle.entry[0].resource"
+MESSAGE_RULES: dict[str, tuple[Callable[[dict[str, Any]], None], tuple[str, str, str, str]]] = {
+    "header-not-first": (
+        _move_patient_first,
+        (
+            "structure",
+            "INVALID_VALUE",
+            "The first entry of a message Bundle must be its MessageHeader",
+            HEADER,
+        ),
+    ),
+    "no-event-code": (
+        _change(0, "eventCoding.code", _DROP),
+        (
+            "required",
+            "MISSING_FIELD",
+            "MessageHeader.eventCoding.code is required",
+            f"{HEADER}.eventCoding.code",
+        ),
+    ),
+    "event-system": (
+        _change(0, "eventCoding.system", "https://example.org/events"),
+        (
+            "value",
+            "INVALID_VALUE",
+            f"MessageHeader.eventCoding.system must be {codes.MESSAGE_EVENT_SYSTEM}",
+            f"{HEADER}.eventCoding.system",
+        ),
+    ),
+    "event-unknown-and-long": (
+        _event_code("x" * 70),
+        (
+            "value",
+            "INVALID_VALUE",
+            f"'{'x' * 64}' is not a message event this gateway knows",
+            f"{HEADER}.eventCoding.code",
+        ),
+    ),
+    "event-the-gateway-does-not-receive": (
+        _event_code(codes.EVENT_PRESCRIPTION_ORDER_RESPONSE),
+        (
+            "not-supported",
+            "UNSUPPORTED_MESSAGE_EVENT",
+            "Message event 'prescription-order-response' is not one a homecare gateway receives; send "
+            "prescription-order, prescription-order-update or dispense-notification",
+            f"{HEADER}.eventCoding.code",
+        ),
+    ),
+    "no-sender": (
+        lambda message: BREAKAGES["no-sender"](message),
+        (
+            "required",
+            "MISSING_FIELD",
+            "MessageHeader.sender.identifier (the sending trust's ODS code) is required",
+            f"{HEADER}.sender.identifier.value",
+        ),
+    ),
+    "sender-not-ods": (
+        lambda message: BREAKAGES["sender-not-ods"](message),
+        (
+            "value",
+            "INVALID_VALUE",
+            f"The sender must be identified by an ODS code ({ODS_SYSTEM})",
+            f"{HEADER}.sender.identifier.system",
+        ),
+    ),
+    "sender-bad-ods": (
+        _change(0, "sender.identifier.value", "R B A"),
+        (
+            "value",
+            "INVALID_VALUE",
+            "The sender's ODS code is not a valid ODS code",
+            f"{HEADER}.sender.identifier.value",
+        ),
+    ),
+    "bundle-type-collection": (
+        lambda message: BREAKAGES["bundle-type-collection"](message),
+        ("value", "INVALID_VALUE", "Bundle.type must be 'message', not 'collection'", "Bundle.type"),
+    ),
+    "no-bundle-identifier": (
+        lambda message: BREAKAGES["no-bundle-identifier"](message),
+        (
+            "required",
+            "MISSING_FIELD",
+            "Bundle.identifier (the message's unique identifier) is required",
+            "Bundle.identifier.value",
+        ),
+    ),
+    "no-entries": (
+        _no_entries,
+        ("value", "MISSING_FIELD", "ResourceType Bundle must contain 'entry' field", "Bundle.entry"),
+    ),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(MESSAGE_RULES))
+def test_a_broken_rule_every_message_shares_is_one_located_issue(rule: str) -> None:
+    change, issue = MESSAGE_RULES[rule]
+    message = PrescriptionMessageBuilder(seed=51).build(items=1)
+    change(message)
+    result = validate_message(message)
+    assert _issues(message) == [issue]
+    assert (result.order, result.cancellation, result.dispense) == (None, None, None)
+
+
+def test_a_cancellation_or_dispense_notification_with_only_a_structural_problem_is_not_taken_up() -> None:
+    order = PrescriptionMessageBuilder(seed=52).build(items=1)
+    cancel = build_cancellation(order)
+    notification = _dispense_notification(order)
+    assert validate_message(cancel).cancellation is not None
+    assert validate_message(notification).dispense is not None
+    cancel["entry"][1]["resource"]["dispenseRequest"]["quantity"]["value"] = "two"
+    notification["entry"][1]["resource"]["whenHandedOver"] = "yesterday"
+    for message, expression in (
+        (cancel, "Bundle.entry[1].resource.dispenseRequest.quantity.value"),
+        (notification, "Bundle.entry[1].resource.whenHandedOver"),
+    ):
+        result = validate_message(message)
+        assert [issue.expression for issue in result.issues] == [expression]
+        assert (result.order, result.cancellation, result.dispense) == (None, None, None)
