@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from fhir_profiles.homecare import (
 )
 from fhir_profiles.identifiers import ODS_SYSTEM, is_short_form_id_shaped
 from fhir_profiles.outcome import status_for
+from gateway.domain.orders import end_of_validity
 
 # breakage -> (HTTP status, detail code, the expression of one issue)
 EXPECTED: dict[str, tuple[int, str, str]] = {
@@ -1192,3 +1194,25 @@ def test_a_cancellation_or_dispense_notification_with_only_a_structural_problem_
         result = validate_message(message)
         assert [issue.expression for issue in result.issues] == [expression]
         assert (result.order, result.cancellation, result.dispense) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("end", "moment"),
+    [
+        (None, None),
+        ("2027-02-20", datetime(2027, 2, 20, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2028-02", datetime(2028, 2, 29, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2027-11", datetime(2027, 11, 30, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2027", datetime(2027, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2027-02-20T10:30:00+01:00", datetime(2027, 2, 20, 9, 30, tzinfo=UTC)),
+        ("2027-02-20T10:30:00Z", datetime(2027, 2, 20, 10, 30, tzinfo=UTC)),
+    ],
+)
+def test_a_validity_period_ends_at_the_end_of_its_last_day_in_utc(
+    end: str | None, moment: datetime | None
+) -> None:
+    """`dispenseRequest.validityPeriod.end` as FHIR allows it (a year, a month, a date or a dateTime): a
+    date without a time means the whole of that day, month or year (UTC)."""
+    valid_until = end_of_validity(end)
+    assert valid_until == moment
+    assert valid_until is None or valid_until.utcoffset() == timedelta(0)

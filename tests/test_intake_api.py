@@ -215,6 +215,13 @@ def test_same_identifier_with_different_content_is_409(client: httpx.Client, db:
     response = post(client, changed)
     assert response.status_code == 409
     assert codes(response) == ["DUPLICATE_REJECTED"]
+    (issue,) = issues(response)
+    assert (issue["code"], issue["diagnostics"], issue["expression"]) == (
+        "duplicate",
+        "A different message with this Bundle.identifier was already accepted; "
+        "a new message needs a new Bundle.identifier",
+        ["Bundle.identifier.value"],
+    )
     assert prescriptions_stored(db) == 1
 
 
