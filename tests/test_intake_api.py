@@ -66,6 +66,11 @@ def test_a_valid_order_is_accepted_stored_and_read_back(client: httpx.Client, db
         if part.startswith("MedicationRequest/")
     ]
     assert len(item_ids) == 2
+    short_form = message["entry"][1]["resource"]["groupIdentifier"]["value"]
+    assert outcome[0]["diagnostics"] == (
+        f"Prescription {short_form} accepted as {location.removeprefix('/fhir/Bundle/')}; line items: "
+        f"MedicationRequest/{item_ids[0]}, MedicationRequest/{item_ids[1]}"
+    )
     read = client.get(f"/fhir/MedicationRequest/{item_ids[0]}")
     assert read.status_code == 200
     resource = read.json()
@@ -128,7 +133,33 @@ def test_a_disabled_provider_takes_no_new_orders(client: httpx.Client, db: Datab
     response = post(client, PrescriptionMessageBuilder(seed=6).build(items=1))
     assert response.status_code == 422
     assert codes(response) == ["UNKNOWN_PROVIDER"]
-    assert "disabled" in issues(response)[0]["diagnostics"]
+    (issue,) = issues(response)
+    assert (issue["code"], issue["diagnostics"], issue["expression"]) == (
+        "business-rule",
+        "The performer ODS code 'VNCEL' is not accepting orders (disabled)",
+        ["Bundle.entry[1].resource.dispenseRequest.performer.identifier.value"],
+    )
+
+
+def test_an_order_for_a_provider_the_gateway_does_not_know_is_refused_and_says_so(
+    client: httpx.Client, db: Database
+) -> None:
+    message = break_message(PrescriptionMessageBuilder(seed=7).build(items=2), "unknown-performer")
+    response = post(client, message)
+    assert response.status_code == 422
+    (issue,) = issues(response)
+    assert (
+        issue["code"],
+        issue["details"]["coding"][0]["code"],
+        issue["diagnostics"],
+        issue["expression"],
+    ) == (
+        "business-rule",
+        "UNKNOWN_PROVIDER",
+        "The performer ODS code 'ZZZ99' is not a registered homecare provider",
+        ["Bundle.entry[1].resource.dispenseRequest.performer.identifier.value"],
+    )
+    assert prescriptions_stored(db) == 0
 
 
 @pytest.mark.parametrize(
@@ -241,7 +272,13 @@ def test_a_new_bundle_reusing_an_accepted_prescription_id_is_409(client: httpx.C
     response = post(client, again)
     assert response.status_code == 409
     assert codes(response) == ["DUPLICATE_PRESCRIPTION_ID"]
-    assert issues(response)[0]["code"] == "duplicate"
+    (issue,) = issues(response)
+    assert (issue["code"], issue["diagnostics"], issue["expression"]) == (
+        "duplicate",
+        f"Prescription {short_form} was already received from this trust; "
+        "a new prescription needs a new prescription ID",
+        ["Bundle.entry[1].resource.groupIdentifier.value"],
+    )
 
 
 def test_a_refused_message_can_be_corrected_and_resent_with_the_same_identifier(
