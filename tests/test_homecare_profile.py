@@ -904,10 +904,9 @@ def _shared(name: str, first: str) -> tuple[str, str, str, str]:
 
 
 def _copy_entry(message: dict[str, Any], index: int) -> str:
-    """A copy of entry `index` under a new fullUrl (and id), appended; its fullUrl."""
+    """An exact copy of entry `index` under another fullUrl, appended; its fullUrl."""
     copied = copy.deepcopy(message["entry"][index])
     copied["fullUrl"] = f"urn:uuid:{uuid.uuid4()}"
-    copied["resource"]["id"] = copied["fullUrl"].removeprefix("urn:uuid:")
     message["entry"].append(copied)
     return str(copied["fullUrl"])
 
