@@ -1043,13 +1043,31 @@ def test_a_prescription_order_needs_a_medication_request_and_names_a_wrong_type_
             },
             MessageEnvelope("b-1", "dispense-notification", "VNCEL"),
         ),
+        (
+            {
+                "resourceType": "Bundle",
+                "identifier": {"value": "b-2"},
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "MessageHeader",
+                            "eventCoding": {"code": "dispense-notification"},
+                            "sender": {
+                                "identifier": {"system": "https://example.org/orgs", "value": "VNCEL"}
+                            },
+                        }
+                    }
+                ],
+            },
+            MessageEnvelope("b-2", "dispense-notification", None),
+        ),
     ],
 )
 def test_the_envelope_is_read_defensively_strings_or_nothing(
     document: Any, envelope: MessageEnvelope
 ) -> None:
     """What routes and keys a message (identifier, event, sender) is a non-empty string or None, whatever
-    the body holds; the body's problems are the issues."""
+    the body holds, and the sender is an ODS code or None; the body's problems are the issues."""
     result = validate_message(document)
     assert result.envelope == envelope
     assert result.issues
