@@ -1,23 +1,33 @@
-"""`$process-message` over real HTTP, on SQLite and PostgreSQL."""
+"""`$process-message` over real HTTP, on SQLite and PostgreSQL, and the rows an accepted order becomes."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from auth.audit import Action, AuditRecord, Outcome
 from auth.identity import Caller, Role
 from fhir_profiles.builder import PrescriptionMessageBuilder, break_message, build_cancellation
+from fhir_profiles.homecare import validate_message
+from fhir_profiles.medication import medicine_name
+from fhir_profiles.outcome import success_outcome
 from gateway.clock import system_clock
+from gateway.domain import orders
 from gateway.domain.context import Context
 from gateway.domain.intake import receive_message_blocking
-from gateway.domain.messages import IntakeAnswer
+from gateway.domain.messages import IntakeAnswer, Received
+from gateway.store import messages as messages_store
+from gateway.store import outbox
 from gateway.store import prescriptions as store
 from gateway.store.db import Database
+from gateway.store.events import NewEvent
 from gateway.store.providers import ProviderDirectory, add_provider
 from tests.e2e_support import rows, scalar
 
@@ -422,3 +432,90 @@ def test_code_without_an_event_loop_takes_the_same_way_in(db: Database) -> None:
         ]
     finally:
         context.close()
+
+
+def test_an_accepted_order_becomes_its_prescription_items_message_events_order_and_audit_rows() -> None:
+    """What one transaction writes for an accepted prescription-order, built without HTTP or database:
+    the prescription queued for its provider until its validity ends, its items in order, the message as
+    received with the answer it got, the `received` and `queued` events, the order in the outbox and the
+    audit row."""
+    message = PrescriptionMessageBuilder(seed=342).build(items=2)
+    for entry in message["entry"][1:3]:
+        entry["resource"]["dispenseRequest"]["validityPeriod"] = {"start": "2026-11-30", "end": "2027-02-28"}
+    body = orjson.dumps(message)
+    result = validate_message(message, body)
+    order = result.order
+    assert order is not None
+    caller = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.c"}))
+    received = Received(result, body, hashlib.sha256(body).hexdigest(), caller, "request-342")
+    now = datetime(2026, 11, 30, 9, 15, tzinfo=UTC)
+
+    new, answer = orders._new_prescription(received, order, prescription_id="p-342", now=now)
+
+    requests = [entry["resource"] for entry in message["entry"][1:3]]
+    assert [(item.position, item.item_identifier, orjson.loads(item.resource)) for item in new.items] == [
+        (0, requests[0]["identifier"][0]["value"], requests[0]),
+        (1, requests[1]["identifier"][0]["value"], requests[1]),
+    ]
+    assert [item.medicine for item in new.items] == [medicine_name(request) for request in requests]
+    assert len({item.item_id for item in new.items}) == 2
+    assert (answer.status_code, answer.location, answer.replayed) == (200, "/fhir/Bundle/p-342", False)
+    assert orjson.loads(answer.body) == success_outcome(
+        f"Prescription {order.short_form_id} accepted as p-342; line items: "
+        + ", ".join(f"MedicationRequest/{item.item_id}" for item in new.items)
+    )
+    assert (
+        new.prescription_id,
+        new.tenant_ods,
+        new.short_form_id,
+        new.long_form_id,
+        new.provider_ods,
+        new.nhs_number,
+        new.prescription_type,
+        new.status,
+        new.valid_until,
+        new.created_at,
+    ) == (
+        "p-342",
+        "RBA",
+        order.short_form_id,
+        order.long_form_id,
+        "VNCEL",
+        order.nhs_number,
+        "1201",
+        "queued",
+        datetime(2027, 2, 28, 23, 59, 59, 999999, tzinfo=UTC),
+        now,
+    )
+    assert new.message == messages_store.NewMessage(
+        message_id="p-342",
+        tenant_ods="RBA",
+        bundle_identifier=message["identifier"]["value"],
+        event="prescription-order",
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        body=body,
+        response_status=200,
+        response_body=answer.body,
+        response_location="/fhir/Bundle/p-342",
+        request_id="request-342",
+        received_at=now,
+    )
+    assert list(new.events) == [
+        NewEvent("p-342", None, "received", now, now, "gateway", {"request_id": "request-342", "items": 2}),
+        NewEvent("p-342", None, "queued", now, now, "gateway", {"provider": "VNCEL"}),
+    ]
+    assert list(new.outbox) == [outbox.order(prescription_id="p-342", provider_ods="VNCEL", now=now)]
+    assert list(new.audit) == [
+        AuditRecord(
+            occurred_at=now,
+            action=Action.CREATE,
+            outcome=Outcome.SUCCESS,
+            request_id="request-342",
+            client_id="trust-rba",
+            role="trust",
+            ods_code="RBA",
+            resource_type="Bundle",
+            resource_id="p-342",
+            status=200,
+        )
+    ]
