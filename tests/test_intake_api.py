@@ -519,3 +519,17 @@ def test_an_accepted_order_becomes_its_prescription_items_message_events_order_a
             status=200,
         )
     ]
+
+
+def test_a_refused_message_is_audited_with_its_request_id_and_status(
+    client: httpx.Client, db: Database
+) -> None:
+    request_id = str(uuid.uuid4())
+    message = break_message(PrescriptionMessageBuilder(seed=343).build(items=1), "bad-nhs-check-digit")
+    assert post(client, message, **{"X-Request-ID": request_id}).status_code == 400
+    audited = rows(
+        db,
+        "SELECT action, outcome, resource_type, resource_id, status FROM audit_event WHERE request_id = :id",
+        id=request_id,
+    )
+    assert [tuple(row) for row in audited] == [("create", "refused", "Bundle", None, 400)]
