@@ -392,6 +392,13 @@ def test_idempotency_is_kept_per_trust_so_another_trust_may_use_the_same_identif
     cancelled = post(rbb, rbb_cancel)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.headers["location"] == theirs.headers["location"]
+    audited = rows(
+        db, "SELECT resource_id, reason FROM audit_event WHERE action = 'update' ORDER BY resource_id"
+    )
+    assert sorted(tuple(row) for row in audited) == sorted(
+        (location.removeprefix("/fhir/Bundle/"), "cancel")
+        for location in (first.headers["location"], theirs.headers["location"])
+    ), "each accepted cancellation is audited as an update of its prescription, with its reason"
 
 
 def test_code_without_an_event_loop_takes_the_same_way_in(db: Database) -> None:
