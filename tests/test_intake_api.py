@@ -403,8 +403,11 @@ def test_idempotency_is_kept_per_trust_so_another_trust_may_use_the_same_identif
 
 def test_code_without_an_event_loop_takes_the_same_way_in(db: Database) -> None:
     """Scripts and tests hand messages to `receive_message_blocking`: the message is stored as sent and
-    audited with its request id, and the same bytes again are a replay of the first answer."""
-    context = Context.for_database(db)
+    audited with its request id, the dispatcher is woken for its provider (a ring naming no provider
+    would wake it even while that provider's breaker is open), and the same bytes again are a replay
+    of the first answer."""
+    rings: list[str | None] = []
+    context = Context.for_database(db, wake_dispatcher=rings.append)
     try:
         body = orjson.dumps(PrescriptionMessageBuilder(seed=341).build(items=1))
         caller = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.c"}))
@@ -416,6 +419,7 @@ def test_code_without_an_event_loop_takes_the_same_way_in(db: Database) -> None:
 
         first = receive("request-1")
         assert first.status_code == 200 and not first.replayed
+        assert rings == ["VNCEL"]
         assert first.location == f"/fhir/Bundle/{first.prescription_id}"
         stored = scalar(db, "SELECT body FROM inbound_message WHERE id = :id", id=first.prescription_id)
         assert bytes(stored) == body
