@@ -434,12 +434,12 @@ def test_code_without_an_event_loop_takes_the_same_way_in(db: Database) -> None:
         )
         audited = rows(
             db,
-            "SELECT request_id, client_id, outcome, resource_id FROM audit_event "
+            "SELECT request_id, client_id, outcome, resource_id, status FROM audit_event "
             "WHERE request_id IN ('request-1', 'request-2') ORDER BY request_id",
         )
         assert [tuple(row) for row in audited] == [
-            ("request-1", "trust-rba", "success", first.prescription_id),
-            ("request-2", "trust-rba", "replayed", first.prescription_id),
+            ("request-1", "trust-rba", "success", first.prescription_id, 200),
+            ("request-2", "trust-rba", "replayed", first.prescription_id, 200),
         ]
     finally:
         context.close()
