@@ -236,7 +236,7 @@ DISPENSE_STATUS_REASON_SYSTEM = "https://fhir.nhs.uk/CodeSystem/medicationdispen
 HANDED_OVER = "2026-11-23T10:00:00+00:00"
 
 
-def _dispense_notification(order: dict[str, Any], *, provider: str = "VNCEL") -> dict[str, Any]:
+def dispense_notification(order: dict[str, Any], *, provider: str = "VNCEL") -> dict[str, Any]:
     """The provider's dispense-notification for every item of `order`: one MedicationDispense per item,
     each authorised by a contained copy of its MedicationRequest (`#m1`), as in the EPS examples."""
     header = copy.deepcopy(order["entry"][0])
@@ -300,7 +300,7 @@ def _not_dispensed(dispense: dict[str, Any], code: Any) -> None:
 
 def test_a_dispense_notification_names_each_item_by_the_request_it_contains() -> None:
     order = PrescriptionMessageBuilder(seed=21).build(items=2)
-    message = _dispense_notification(order)
+    message = dispense_notification(order)
     message["entry"][2]["resource"].pop("whenHandedOver")
     result = validate_message(message)
     assert result.issues == [] and result.dispense is not None
@@ -317,7 +317,7 @@ def test_a_dispense_notification_names_each_item_by_the_request_it_contains() ->
 
 def test_a_dispense_may_name_its_item_by_identifier_with_the_prescription_id_in_an_extension() -> None:
     order = PrescriptionMessageBuilder(seed=22).build(items=1)
-    message = _dispense_notification(order)
+    message = dispense_notification(order)
     dispense = message["entry"][1]["resource"]
     (request,) = _requests(order)
     dispense.pop("contained")
@@ -348,7 +348,7 @@ def test_a_dispense_may_name_its_item_by_identifier_with_the_prescription_id_in_
 
 def test_each_dispense_without_its_authorising_request_is_reported() -> None:
     order = PrescriptionMessageBuilder(seed=23).build(items=3)
-    message = _dispense_notification(order)
+    message = dispense_notification(order)
     message["entry"][1]["resource"]["authorizingPrescription"] = [{"reference": "#m2"}]
     message["entry"][2]["resource"]["contained"][1]["identifier"][0]["system"] = "https://example.org/item"
     message["entry"][3]["resource"]["contained"][1].pop("groupIdentifier")
@@ -362,7 +362,7 @@ def test_each_dispense_without_its_authorising_request_is_reported() -> None:
 
 def test_each_dispense_whose_prescription_id_or_item_identifier_is_malformed_is_reported() -> None:
     order = PrescriptionMessageBuilder(seed=24).build(items=2)
-    message = _dispense_notification(order)
+    message = dispense_notification(order)
     first, second = (message["entry"][index]["resource"]["contained"][1] for index in (1, 2))
     first["groupIdentifier"]["value"] = "A0548B-A99968"
     second["identifier"][0]["value"] = "item 2"
@@ -377,7 +377,7 @@ def test_each_dispense_whose_prescription_id_or_item_identifier_is_malformed_is_
 
 
 def test_a_dispense_notification_needs_a_medication_dispense() -> None:
-    message = _dispense_notification(PrescriptionMessageBuilder(seed=25).build(items=1))
+    message = dispense_notification(PrescriptionMessageBuilder(seed=25).build(items=1))
     message["entry"] = message["entry"][:1]
     assert _issues(message) == [
         ("required", "MISSING_FIELD", "At least one MedicationDispense is required", "Bundle.entry")
@@ -386,7 +386,7 @@ def test_a_dispense_notification_needs_a_medication_dispense() -> None:
 
 def test_every_dispense_of_a_notification_gives_the_same_non_dispensing_reason_as_eps_requires() -> None:
     order = PrescriptionMessageBuilder(seed=26).build(items=3)
-    agreeing = _dispense_notification(order)
+    agreeing = dispense_notification(order)
     for entry in agreeing["entry"][1:]:
         _not_dispensed(entry["resource"], "0008")
     assert validate_message(agreeing).ok
@@ -397,12 +397,12 @@ def test_every_dispense_of_a_notification_gives_the_same_non_dispensing_reason_a
         "MedicationDispense.extension:prescriptionNonDispensingReason",
         "MedicationDispense.extension:prescriptionNonDispensingReason",
     )
-    differing = _dispense_notification(order)
+    differing = dispense_notification(order)
     _not_dispensed(differing["entry"][1]["resource"], "0008")
     _not_dispensed(differing["entry"][2]["resource"], "0004")
     _not_dispensed(differing["entry"][3]["resource"], "0008")
     assert _issues(differing) == [eps_answer]
-    one_without = _dispense_notification(order)
+    one_without = dispense_notification(order)
     _not_dispensed(one_without["entry"][2]["resource"], "0004")
     assert _issues(one_without) == [eps_answer]
 
@@ -530,7 +530,7 @@ def test_a_cancellation_of_a_prescription_that_is_not_homecare_is_refused() -> N
 def test_a_non_dispensing_reason_of_the_wrong_json_type_is_one_located_issue() -> None:
     """Rules read the parsed JSON defensively: an object where the reason's code belongs is reported by
     the structural check, once, and does not stop the reading of the rest."""
-    message = _dispense_notification(PrescriptionMessageBuilder(seed=27).build(items=2))
+    message = dispense_notification(PrescriptionMessageBuilder(seed=27).build(items=2))
     _not_dispensed(message["entry"][1]["resource"], {"code": "0008"})
     _not_dispensed(message["entry"][2]["resource"], {"code": "0008"})
     message["entry"][2]["resource"]["contained"][1]["identifier"][0]["value"] = "item 2"
@@ -1199,7 +1199,7 @@ def test_a_broken_rule_every_message_shares_is_one_located_issue(rule: str) -> N
 def test_a_cancellation_or_dispense_notification_with_only_a_structural_problem_is_not_taken_up() -> None:
     order = PrescriptionMessageBuilder(seed=52).build(items=1)
     cancel = build_cancellation(order)
-    notification = _dispense_notification(order)
+    notification = dispense_notification(order)
     assert validate_message(cancel).cancellation is not None
     assert validate_message(notification).dispense is not None
     cancel["entry"][1]["resource"]["dispenseRequest"]["quantity"]["value"] = "two"

@@ -30,6 +30,7 @@ from gateway.store.db import Database
 from gateway.store.events import NewEvent
 from gateway.store.providers import ProviderDirectory, add_provider
 from tests.e2e_support import rows, scalar
+from tests.test_homecare_profile import dispense_notification
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -544,3 +545,35 @@ def test_a_refused_message_is_audited_with_its_request_id_and_status(
         id=request_id,
     )
     assert [tuple(row) for row in audited] == [("create", "refused", "Bundle", None, 400)]
+
+
+def test_a_replayed_dispense_notification_is_audited_without_a_resource(db: Database) -> None:
+    """A dispense-notification's answer names no single resource (no Location), so its replay's audit
+    row has no resource id either."""
+    context = Context.for_database(db)
+    try:
+        order = PrescriptionMessageBuilder(seed=344).build(items=1)
+        trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.c"}))
+        order_body = orjson.dumps(order)
+        accepted = receive_message_blocking(
+            context, body=order_body, document=order, caller=trust, request_id="order-344"
+        )
+        assert accepted.status_code == 200
+        provider = Caller(
+            "provider-vncel", Role.PROVIDER, "VNCEL", frozenset({"system/MedicationDispense.c"})
+        )
+        body = orjson.dumps(dispense_notification(order))
+        answers = [
+            receive_message_blocking(
+                context, body=body, document=orjson.loads(body), caller=provider, request_id=request_id
+            )
+            for request_id in ("dispense-1", "dispense-2")
+        ]
+        assert [(answer.status_code, answer.location, answer.replayed) for answer in answers] == [
+            (200, None, False),
+            (200, None, True),
+        ]
+        replay = rows(db, "SELECT outcome, resource_id FROM audit_event WHERE request_id = 'dispense-2'")
+        assert [tuple(row) for row in replay] == [("replayed", None)]
+    finally:
+        context.close()
