@@ -577,3 +577,41 @@ def test_a_replayed_dispense_notification_is_audited_without_a_resource(db: Data
         assert [tuple(row) for row in replay] == [("replayed", None)]
     finally:
         context.close()
+
+
+def test_an_accepted_message_sent_again_gets_its_answer_even_when_it_would_now_be_refused(
+    client: httpx.Client, db: Database
+) -> None:
+    """A resubmission is judged by what was decided then: after its provider is disabled, the same
+    bytes of an accepted order still get the original answer, not the refusal a new order gets."""
+    from gateway.store.providers import update_provider
+
+    body = orjson.dumps(PrescriptionMessageBuilder(seed=345).build(items=1))
+    first = post(client, body)
+    assert first.status_code == 200
+    with db.write() as session:
+        update_provider(session, "VNCEL", now=system_clock(), enabled=False)
+    again = post(client, body)
+    assert (again.status_code, again.headers["location"], again.content) == (
+        200,
+        first.headers["location"],
+        first.content,
+    )
+
+
+def test_a_message_from_another_organisation_than_the_callers_is_forbidden(client: httpx.Client) -> None:
+    message = PrescriptionMessageBuilder(seed=346).build(items=1, sender_ods="RBB")
+    response = post(client, message)
+    assert response.status_code == 403
+    (issue,) = issues(response)
+    assert (
+        issue["code"],
+        issue["details"]["coding"][0]["code"],
+        issue["diagnostics"],
+        issue["expression"],
+    ) == (
+        "forbidden",
+        "ACCESS_DENIED",
+        "The message's sender (MessageHeader.sender) is not the organisation this client acts for",
+        ["Bundle.entry[0].resource.sender.identifier.value"],
+    )
