@@ -164,18 +164,12 @@ class _Rules:
             return None
         return self.by_full_url.get(target) or self.by_relative.get(target)
 
-    def required_code(self, value: Any, allowed: frozenset[str], expression: str, name: str) -> bool:
-        """Check a required-binding code; True when present and valid."""
-        if value is None:
-            return False
-        if not isinstance(value, str) or value not in allowed:
-            self.invalid(
-                expression,
-                f"'{value if isinstance(value, str) else type(value).__name__}'"[:80]
-                + f" is not a valid {name} code; expected one of: {', '.join(sorted(allowed))}",
-            )
-            return False
-        return True
+
+def _valid_code(value: Any, allowed: frozenset[str]) -> bool:
+    """Whether a code of a required binding is one of its codes. The structural check reports any
+    other value at its place (the strict models hold the same value sets), so a rule only needs to
+    know whether to go on."""
+    return isinstance(value, str) and value in allowed
 
 
 def read_envelope(document: Any) -> MessageEnvelope:
@@ -235,10 +229,7 @@ def validate_message(document: Any, raw: bytes | None = None) -> ValidationResul
 def _check_bundle(rules: _Rules) -> None:
     document = rules.document
     bundle_type = document.get("type")
-    if (
-        rules.required_code(bundle_type, codes.BUNDLE_TYPE, "Bundle.type", "bundle-type")
-        and bundle_type != "message"
-    ):
+    if _valid_code(bundle_type, codes.BUNDLE_TYPE) and bundle_type != "message":
         rules.invalid("Bundle.type", f"Bundle.type must be 'message', not '{bundle_type}'")
     identifier = _dict(document.get("identifier"))
     if not _str(identifier.get("value")):
@@ -339,14 +330,10 @@ def _check_prescription_order(rules: _Rules, envelope: MessageEnvelope) -> Presc
             f"'{str(prescription_type)[:16]}' is not a homecare prescription type",
             f"{shared['prescriptionType'][0][0]}.extension('{codes.PRESCRIPTION_TYPE_URL}').valueCoding.code",
         )
-    if (
-        rules.issues
-        or envelope.bundle_identifier is None
-        or envelope.sender_ods is None
-        or patient is None
-        or None in (short_form, long_form, performer, prescription_type)
-        or len(items) != len(requests)
-    ):
+    # Each value read is None, and each item left out, only with its issue recorded. The envelope's
+    # fields are None only when _check_bundle or _check_message_header said so (their checks narrow
+    # the types); the patient is None also when the structural check refused its reference.
+    if rules.issues or envelope.bundle_identifier is None or envelope.sender_ods is None or patient is None:
         return None
     nhs_number, deceased = patient
     return PrescriptionOrder(
@@ -371,25 +358,16 @@ def _check_line_item(
     rules: _Rules, request: dict[str, Any], base: str, seen_item_ids: dict[str, str]
 ) -> str | None:
     status = request.get("status")
-    if rules.required_code(
-        status, codes.MEDICATION_REQUEST_STATUS, f"{base}.status", "medicationrequest-status"
-    ) and (status != "active"):
+    if _valid_code(status, codes.MEDICATION_REQUEST_STATUS) and status != "active":
         rules.invalid(
             f"{base}.status",
             f"MedicationRequest.status must be 'active' in a prescription order, not '{status}'",
         )
     intent = request.get("intent")
-    if rules.required_code(
-        intent, codes.MEDICATION_REQUEST_INTENT, f"{base}.intent", "medicationrequest-intent"
-    ) and (intent not in codes.EPS_ORDER_INTENTS):
+    if _valid_code(intent, codes.MEDICATION_REQUEST_INTENT) and intent not in codes.EPS_ORDER_INTENTS:
         rules.invalid(
             f"{base}.intent", "MedicationRequest.intent must be order, original-order or instance-order."
         )
-    if "priority" in request:
-        rules.required_code(
-            request["priority"], codes.REQUEST_PRIORITY, f"{base}.priority", "request-priority"
-        )
-
     if not _list(request.get("dosageInstruction")):
         rules.missing(f"{base}.dosageInstruction", "MedicationRequest.dosageInstruction")
 
@@ -609,10 +587,10 @@ def _check_references(rules: _Rules) -> None:
     """The references the gateway follows resolve to entries of the Bundle (by fullUrl, or Type/id):
     MessageHeader.focus, each MedicationRequest's subject, requester and performer, and the
     practitioner and organization of the PractitionerRoles those requesters name."""
-    if rules.entries and rules.entries[0][1].get("resourceType") == "MessageHeader":
-        index, header = rules.entries[0]
-        for position, focus in enumerate(_list(header.get("focus"))):
-            _check_followed(rules, focus, f"Bundle.entry[{index}].resource.focus[{position}]")
+    # Only a prescription-order gets here: its event was read from the MessageHeader, the first entry.
+    index, header = rules.entries[0]
+    for position, focus in enumerate(_list(header.get("focus"))):
+        _check_followed(rules, focus, f"Bundle.entry[{index}].resource.focus[{position}]")
     for index, resource in rules.entries:
         if resource.get("resourceType") != "MedicationRequest":
             continue

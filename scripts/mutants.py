@@ -5,7 +5,8 @@
 Groups: auth, identifiers, status, tenancy, intake, outbox (default: all, in that order). Each group
 runs in a folder of its own, mutants/<group>/, holding a copy of the packages and the tests and a
 pyproject.toml whose [tool.mutmut] is the project's with the group's own files to mutate and its own
-test selection (TESTS below): mutmut learns once which of those tests reach which function, then
+test selection (TESTS below; a file that fast direct tests cover alone runs apart with them, PARTS
+below, in mutants/<group>-<part>/): mutmut learns once which of those tests reach which function, then
 runs, for each mutant, only the tests that reach the mutated function, on SQLite, stopping at the
 first failure. Results are kept per group: a second run carries on where the first stopped, and a
 group's run never resets another's. After the runs it prints the score per module (killed /
@@ -93,6 +94,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/test_duplicate_keys.py",
         "tests/test_intake_api.py",
         "tests/test_ascii_identifiers.py",
+        "tests/test_validate_and_capability.py",
     ),
     "outbox": (
         "tests/test_dispatch.py",
@@ -103,6 +105,19 @@ TESTS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# Files of a group that fast direct tests cover on their own run apart, each part in a folder of its own
+# (mutants/<group>-<part>/) with only those tests: every HTTP test reaches the homecare profile, and a
+# survivor there would run them all (tens of seconds each, and on a loaded machine a timeout, which
+# counts as killed). The group's other files run in mutants/<group>/ with TESTS[group].
+PARTS: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "intake": {
+        "profile": (
+            ("fhir_profiles/homecare.py",),
+            ("tests/test_homecare_profile.py",),
+        ),
+    },
+}
+
 KILLED = {1, 3, 36, 24, -24, 152, 255, 37}  # failed tests, pytest error, timeouts, type check
 SURVIVED = {0, 5, 33}  # tests passed, or no test reaches the mutant
 
@@ -111,16 +126,25 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)  # a JSON string, list or bool is also TOML
 
 
-def prepare(group: str) -> Path:
-    """mutants/<group>/: the packages, the tests and the group's mutmut configuration, refreshed."""
-    folder = MUTANTS / group
+def folders(group: str) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """The folders a group runs in: (name under mutants/, files to mutate, tests), its parts first."""
+    parts = PARTS.get(group, {})
+    apart = {file for files, _ in parts.values() for file in files}
+    chosen = [(f"{group}-{part}", files, tests) for part, (files, tests) in parts.items()]
+    rest = tuple(file for file in FILES[group] if file not in apart)
+    return [*chosen, (group, rest, TESTS[group])] if rest else chosen
+
+
+def prepare(name: str, files: tuple[str, ...], tests: tuple[str, ...]) -> Path:
+    """mutants/<name>/: the packages, the tests and a mutmut configuration for these files and tests."""
+    folder = MUTANTS / name
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in (*PACKAGES, "tests"):
-        shutil.copytree(ROOT / name, folder / name, dirs_exist_ok=True, ignore=ignore)
+    for package in (*PACKAGES, "tests"):
+        shutil.copytree(ROOT / package, folder / package, dirs_exist_ok=True, ignore=ignore)
     project = (ROOT / "pyproject.toml").read_text()
     settings = tomllib.loads(project)["tool"]["mutmut"]
-    settings["only_mutate"] = list(FILES[group])
-    settings["pytest_add_cli_args_test_selection"] = [test for test in TESTS[group] if (ROOT / test).exists()]
+    settings["only_mutate"] = list(files)
+    settings["pytest_add_cli_args_test_selection"] = [test for test in tests if (ROOT / test).exists()]
     settings["use_git_change_detection"] = False
     start = project.index("[tool.mutmut]")
     end = project.find("\n[", start + 1)
@@ -131,33 +155,39 @@ def prepare(group: str) -> Path:
 
 
 def run_group(group: str, max_children: int, *, survivors_only: bool = False) -> int:
-    folder = prepare(group)
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
-    if survivors_only:
-        # After new tests: only the earlier survivors are tried again (mutmut runs named mutants anew).
-        names = sorted(name for name, code in in_group(group).items() if code in SURVIVED)
-        if not names:
-            return 0
-    else:
-        # Only a group that mutates part of a file names its functions: mutmut runs every mutant it is
-        # given by name again, while a run without names carries on where the last one stopped.
-        names = [] if all(pattern.endswith(".*") for pattern in GROUPS[group]) else list(GROUPS[group])
-    return subprocess.run([*command, *names], cwd=folder, check=False).returncode
+    returncode = 0
+    for name, files, tests in folders(group):
+        folder = prepare(name, files, tests)
+        command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+        if survivors_only:
+            # After new tests: only the earlier survivors are tried again (mutmut runs named mutants anew).
+            names = sorted(mutant for mutant, code in in_group(group, name).items() if code in SURVIVED)
+            if not names:
+                continue
+        else:
+            # Only a group that mutates part of a file names its functions: mutmut runs every mutant it is
+            # given by name again, while a run without names carries on where the last one stopped.
+            names = [] if all(pattern.endswith(".*") for pattern in GROUPS[group]) else list(GROUPS[group])
+        returncode = subprocess.run([*command, *names], cwd=folder, check=False).returncode or returncode
+    return returncode
 
 
-def results(group: str) -> dict[str, int | None]:
-    """Every mutant's exit code in the group's folder (None: not yet run)."""
+def results(name: str) -> dict[str, int | None]:
+    """Every mutant's exit code in the folder mutants/<name>/ (None: not yet run)."""
     codes: dict[str, int | None] = {}
-    for meta in (MUTANTS / group / "mutants").rglob("*.py.meta"):
+    for meta in (MUTANTS / name / "mutants").rglob("*.py.meta"):
         codes.update(json.loads(meta.read_text())["exit_code_by_key"])
     return codes
 
 
-def in_group(group: str) -> dict[str, int | None]:
+def in_group(group: str, name: str | None = None) -> dict[str, int | None]:
+    """The group's mutants and their exit codes, from all its folders or from the one named."""
+    names = [name] if name else [folder for folder, _, _ in folders(group)]
     return {
-        name: code
-        for name, code in results(group).items()
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in GROUPS[group])
+        mutant: code
+        for folder in names
+        for mutant, code in results(folder).items()
+        if any(fnmatch.fnmatchcase(mutant, pattern) for pattern in GROUPS[group])
     }
 
 

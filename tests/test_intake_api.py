@@ -1,20 +1,36 @@
-"""`$process-message` over real HTTP, on SQLite and PostgreSQL."""
+"""`$process-message` over real HTTP, on SQLite and PostgreSQL, and the rows an accepted order becomes."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from auth.audit import Action, AuditRecord, Outcome
+from auth.identity import Caller, Role
 from fhir_profiles.builder import PrescriptionMessageBuilder, break_message, build_cancellation
+from fhir_profiles.homecare import validate_message
+from fhir_profiles.medication import medicine_name
+from fhir_profiles.outcome import success_outcome
 from gateway.clock import system_clock
+from gateway.domain import orders
+from gateway.domain.context import Context
+from gateway.domain.intake import receive_message_blocking
+from gateway.domain.messages import IntakeAnswer, Received
+from gateway.store import messages as messages_store
+from gateway.store import outbox
 from gateway.store import prescriptions as store
 from gateway.store.db import Database
+from gateway.store.events import NewEvent
 from gateway.store.providers import ProviderDirectory, add_provider
+from tests.e2e_support import rows, scalar
+from tests.test_homecare_profile import dispense_notification
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -61,6 +77,11 @@ def test_a_valid_order_is_accepted_stored_and_read_back(client: httpx.Client, db
         if part.startswith("MedicationRequest/")
     ]
     assert len(item_ids) == 2
+    short_form = message["entry"][1]["resource"]["groupIdentifier"]["value"]
+    assert outcome[0]["diagnostics"] == (
+        f"Prescription {short_form} accepted as {location.removeprefix('/fhir/Bundle/')}; line items: "
+        f"MedicationRequest/{item_ids[0]}, MedicationRequest/{item_ids[1]}"
+    )
     read = client.get(f"/fhir/MedicationRequest/{item_ids[0]}")
     assert read.status_code == 200
     resource = read.json()
@@ -123,7 +144,33 @@ def test_a_disabled_provider_takes_no_new_orders(client: httpx.Client, db: Datab
     response = post(client, PrescriptionMessageBuilder(seed=6).build(items=1))
     assert response.status_code == 422
     assert codes(response) == ["UNKNOWN_PROVIDER"]
-    assert "disabled" in issues(response)[0]["diagnostics"]
+    (issue,) = issues(response)
+    assert (issue["code"], issue["diagnostics"], issue["expression"]) == (
+        "business-rule",
+        "The performer ODS code 'VNCEL' is not accepting orders (disabled)",
+        ["Bundle.entry[1].resource.dispenseRequest.performer.identifier.value"],
+    )
+
+
+def test_an_order_for_a_provider_the_gateway_does_not_know_is_refused_and_says_so(
+    client: httpx.Client, db: Database
+) -> None:
+    message = break_message(PrescriptionMessageBuilder(seed=7).build(items=2), "unknown-performer")
+    response = post(client, message)
+    assert response.status_code == 422
+    (issue,) = issues(response)
+    assert (
+        issue["code"],
+        issue["details"]["coding"][0]["code"],
+        issue["diagnostics"],
+        issue["expression"],
+    ) == (
+        "business-rule",
+        "UNKNOWN_PROVIDER",
+        "The performer ODS code 'ZZZ99' is not a registered homecare provider",
+        ["Bundle.entry[1].resource.dispenseRequest.performer.identifier.value"],
+    )
+    assert prescriptions_stored(db) == 0
 
 
 @pytest.mark.parametrize(
@@ -210,6 +257,13 @@ def test_same_identifier_with_different_content_is_409(client: httpx.Client, db:
     response = post(client, changed)
     assert response.status_code == 409
     assert codes(response) == ["DUPLICATE_REJECTED"]
+    (issue,) = issues(response)
+    assert (issue["code"], issue["diagnostics"], issue["expression"]) == (
+        "duplicate",
+        "A different message with this Bundle.identifier was already accepted; "
+        "a new message needs a new Bundle.identifier",
+        ["Bundle.identifier.value"],
+    )
     assert prescriptions_stored(db) == 1
 
 
@@ -229,7 +283,13 @@ def test_a_new_bundle_reusing_an_accepted_prescription_id_is_409(client: httpx.C
     response = post(client, again)
     assert response.status_code == 409
     assert codes(response) == ["DUPLICATE_PRESCRIPTION_ID"]
-    assert issues(response)[0]["code"] == "duplicate"
+    (issue,) = issues(response)
+    assert (issue["code"], issue["diagnostics"], issue["expression"]) == (
+        "duplicate",
+        f"Prescription {short_form} was already received from this trust; "
+        "a new prescription needs a new prescription ID",
+        ["Bundle.entry[1].resource.groupIdentifier.value"],
+    )
 
 
 def test_a_refused_message_can_be_corrected_and_resent_with_the_same_identifier(
@@ -333,3 +393,225 @@ def test_idempotency_is_kept_per_trust_so_another_trust_may_use_the_same_identif
     cancelled = post(rbb, rbb_cancel)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.headers["location"] == theirs.headers["location"]
+    audited = rows(
+        db, "SELECT resource_id, reason FROM audit_event WHERE action = 'update' ORDER BY resource_id"
+    )
+    assert sorted(tuple(row) for row in audited) == sorted(
+        (location.removeprefix("/fhir/Bundle/"), "cancel")
+        for location in (first.headers["location"], theirs.headers["location"])
+    ), "each accepted cancellation is audited as an update of its prescription, with its reason"
+
+
+def test_code_without_an_event_loop_takes_the_same_way_in(db: Database) -> None:
+    """Scripts and tests hand messages to `receive_message_blocking`: the message is stored as sent and
+    audited with its request id, the dispatcher is woken for its provider (a ring naming no provider
+    would wake it even while that provider's breaker is open), and the same bytes again are a replay
+    of the first answer."""
+    rings: list[str | None] = []
+    context = Context.for_database(db, wake_dispatcher=rings.append)
+    try:
+        body = orjson.dumps(PrescriptionMessageBuilder(seed=341).build(items=1))
+        caller = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.c"}))
+
+        def receive(request_id: str) -> IntakeAnswer:
+            return receive_message_blocking(
+                context, body=body, document=orjson.loads(body), caller=caller, request_id=request_id
+            )
+
+        first = receive("request-1")
+        assert first.status_code == 200 and not first.replayed
+        assert rings == ["VNCEL"]
+        assert first.location == f"/fhir/Bundle/{first.prescription_id}"
+        stored = scalar(db, "SELECT body FROM inbound_message WHERE id = :id", id=first.prescription_id)
+        assert bytes(stored) == body
+        assert scalar(
+            db, "SELECT request_id FROM inbound_message WHERE id = :id", id=first.prescription_id
+        ) == ("request-1")
+        again = receive("request-2")
+        assert again.replayed and (again.status_code, again.body, again.location) == (
+            first.status_code,
+            first.body,
+            first.location,
+        )
+        audited = rows(
+            db,
+            "SELECT request_id, client_id, outcome, resource_id, status FROM audit_event "
+            "WHERE request_id IN ('request-1', 'request-2') ORDER BY request_id",
+        )
+        assert [tuple(row) for row in audited] == [
+            ("request-1", "trust-rba", "success", first.prescription_id, 200),
+            ("request-2", "trust-rba", "replayed", first.prescription_id, 200),
+        ]
+    finally:
+        context.close()
+
+
+def test_an_accepted_order_becomes_its_prescription_items_message_events_order_and_audit_rows() -> None:
+    """What one transaction writes for an accepted prescription-order, built without HTTP or database:
+    the prescription queued for its provider until its validity ends, its items in order, the message as
+    received with the answer it got, the `received` and `queued` events, the order in the outbox and the
+    audit row."""
+    message = PrescriptionMessageBuilder(seed=342).build(items=2)
+    for entry in message["entry"][1:3]:
+        entry["resource"]["dispenseRequest"]["validityPeriod"] = {"start": "2026-11-30", "end": "2027-02-28"}
+    body = orjson.dumps(message)
+    result = validate_message(message, body)
+    order = result.order
+    assert order is not None
+    caller = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.c"}))
+    received = Received(result, body, hashlib.sha256(body).hexdigest(), caller, "request-342")
+    now = datetime(2026, 11, 30, 9, 15, tzinfo=UTC)
+
+    new, answer = orders._new_prescription(received, order, prescription_id="p-342", now=now)
+
+    requests = [entry["resource"] for entry in message["entry"][1:3]]
+    assert [(item.position, item.item_identifier, orjson.loads(item.resource)) for item in new.items] == [
+        (0, requests[0]["identifier"][0]["value"], requests[0]),
+        (1, requests[1]["identifier"][0]["value"], requests[1]),
+    ]
+    assert [item.medicine for item in new.items] == [medicine_name(request) for request in requests]
+    assert len({item.item_id for item in new.items}) == 2
+    assert (answer.status_code, answer.location, answer.replayed) == (200, "/fhir/Bundle/p-342", False)
+    assert orjson.loads(answer.body) == success_outcome(
+        f"Prescription {order.short_form_id} accepted as p-342; line items: "
+        + ", ".join(f"MedicationRequest/{item.item_id}" for item in new.items)
+    )
+    assert (
+        new.prescription_id,
+        new.tenant_ods,
+        new.short_form_id,
+        new.long_form_id,
+        new.provider_ods,
+        new.nhs_number,
+        new.prescription_type,
+        new.status,
+        new.valid_until,
+        new.created_at,
+    ) == (
+        "p-342",
+        "RBA",
+        order.short_form_id,
+        order.long_form_id,
+        "VNCEL",
+        order.nhs_number,
+        "1201",
+        "queued",
+        datetime(2027, 2, 28, 23, 59, 59, 999999, tzinfo=UTC),
+        now,
+    )
+    assert new.message == messages_store.NewMessage(
+        message_id="p-342",
+        tenant_ods="RBA",
+        bundle_identifier=message["identifier"]["value"],
+        event="prescription-order",
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        body=body,
+        response_status=200,
+        response_body=answer.body,
+        response_location="/fhir/Bundle/p-342",
+        request_id="request-342",
+        received_at=now,
+    )
+    assert list(new.events) == [
+        NewEvent("p-342", None, "received", now, now, "gateway", {"request_id": "request-342", "items": 2}),
+        NewEvent("p-342", None, "queued", now, now, "gateway", {"provider": "VNCEL"}),
+    ]
+    assert list(new.outbox) == [outbox.order(prescription_id="p-342", provider_ods="VNCEL", now=now)]
+    assert list(new.audit) == [
+        AuditRecord(
+            occurred_at=now,
+            action=Action.CREATE,
+            outcome=Outcome.SUCCESS,
+            request_id="request-342",
+            client_id="trust-rba",
+            role="trust",
+            ods_code="RBA",
+            resource_type="Bundle",
+            resource_id="p-342",
+            status=200,
+        )
+    ]
+
+
+def test_a_refused_message_is_audited_with_its_request_id_and_status(
+    client: httpx.Client, db: Database
+) -> None:
+    request_id = str(uuid.uuid4())
+    message = break_message(PrescriptionMessageBuilder(seed=343).build(items=1), "bad-nhs-check-digit")
+    assert post(client, message, **{"X-Request-ID": request_id}).status_code == 400
+    audited = rows(
+        db,
+        "SELECT action, outcome, resource_type, resource_id, status FROM audit_event WHERE request_id = :id",
+        id=request_id,
+    )
+    assert [tuple(row) for row in audited] == [("create", "refused", "Bundle", None, 400)]
+
+
+def test_a_replayed_dispense_notification_is_audited_without_a_resource(db: Database) -> None:
+    """A dispense-notification's answer names no single resource (no Location), so its replay's audit
+    row has no resource id either."""
+    context = Context.for_database(db)
+    try:
+        order = PrescriptionMessageBuilder(seed=344).build(items=1)
+        trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.c"}))
+        order_body = orjson.dumps(order)
+        accepted = receive_message_blocking(
+            context, body=order_body, document=order, caller=trust, request_id="order-344"
+        )
+        assert accepted.status_code == 200
+        provider = Caller(
+            "provider-vncel", Role.PROVIDER, "VNCEL", frozenset({"system/MedicationDispense.c"})
+        )
+        body = orjson.dumps(dispense_notification(order))
+        answers = [
+            receive_message_blocking(
+                context, body=body, document=orjson.loads(body), caller=provider, request_id=request_id
+            )
+            for request_id in ("dispense-1", "dispense-2")
+        ]
+        assert [(answer.status_code, answer.location, answer.replayed) for answer in answers] == [
+            (200, None, False),
+            (200, None, True),
+        ]
+        replay = rows(db, "SELECT outcome, resource_id FROM audit_event WHERE request_id = 'dispense-2'")
+        assert [tuple(row) for row in replay] == [("replayed", None)]
+    finally:
+        context.close()
+
+
+def test_an_accepted_message_sent_again_gets_its_answer_even_when_it_would_now_be_refused(
+    client: httpx.Client, db: Database
+) -> None:
+    """A resubmission is judged by what was decided then: after its provider is disabled, the same
+    bytes of an accepted order still get the original answer, not the refusal a new order gets."""
+    from gateway.store.providers import update_provider
+
+    body = orjson.dumps(PrescriptionMessageBuilder(seed=345).build(items=1))
+    first = post(client, body)
+    assert first.status_code == 200
+    with db.write() as session:
+        update_provider(session, "VNCEL", now=system_clock(), enabled=False)
+    again = post(client, body)
+    assert (again.status_code, again.headers["location"], again.content) == (
+        200,
+        first.headers["location"],
+        first.content,
+    )
+
+
+def test_a_message_from_another_organisation_than_the_callers_is_forbidden(client: httpx.Client) -> None:
+    message = PrescriptionMessageBuilder(seed=346).build(items=1, sender_ods="RBB")
+    response = post(client, message)
+    assert response.status_code == 403
+    (issue,) = issues(response)
+    assert (
+        issue["code"],
+        issue["details"]["coding"][0]["code"],
+        issue["diagnostics"],
+        issue["expression"],
+    ) == (
+        "forbidden",
+        "ACCESS_DENIED",
+        "The message's sender (MessageHeader.sender) is not the organisation this client acts for",
+        ["Bundle.entry[0].resource.sender.identifier.value"],
+    )
