@@ -23,8 +23,9 @@ from gateway.clock import system_clock
 from gateway.dispatch.policy import CircuitBreaker, RetryPolicy
 from gateway.dispatch.settings import DispatcherSettings
 from gateway.dispatch.worker import Dispatcher
+from gateway.domain.cancellation import provider_answered_cancel
 from gateway.domain.context import Context
-from gateway.domain.delivery import DeliveryOutcome, Recorded, record_provider_outcome, redrive
+from gateway.domain.delivery import DeliveryOutcome, OutcomeKind, Recorded, record_provider_outcome, redrive
 from gateway.domain.expiry import expire_due
 from gateway.domain.intake import receive_message_blocking
 from gateway.domain.status_authority import Applied
@@ -924,3 +925,194 @@ def test_claims_hold_back_skipped_providers_but_not_notifications_about_their_pr
         subscription_status="active",
     )
     assert claimed[1].idempotency_key.startswith("notification-")
+
+
+# --- What a send's outcome does to the prescription (gateway/domain/delivery.py), directly ---------
+
+
+def claim_one(db: Database, owner: str = "w1") -> ClaimedMessage:
+    [claimed] = outbox.claim_due(db, owner=owner, now=system_clock(), lease=timedelta(seconds=30), limit=1)
+    assert isinstance(claimed, ClaimedMessage)
+    return claimed
+
+
+def record(db: Database, claimed: ClaimedMessage, outcome: DeliveryOutcome, **options: Any) -> Recorded:
+    heard: list[str] = options.pop("heard", [])
+
+    def listener(tx: Tx, applied: Applied, at: Any) -> None:
+        heard.append(applied.view.status)
+
+    options.setdefault("owner", "w1")
+    options.setdefault("retry_at", None)
+    with db.transaction() as tx:
+        return record_provider_outcome(tx, claimed, outcome, now=system_clock(), listener=listener, **options)
+
+
+def item_statuses(db: Database, prescription_id: str) -> list[str]:
+    with db.read() as session:
+        rows = session.execute(
+            text("SELECT status FROM prescription_item WHERE prescription_id = :id ORDER BY position"),
+            {"id": prescription_id},
+        )
+        return [row[0] for row in rows]
+
+
+def outbox_row(db: Database, outbox_id: int) -> tuple[Any, ...]:
+    with db.read() as session:
+        row = session.execute(
+            select(_OUTBOX.c.state, _OUTBOX.c.attempts, _OUTBOX.c.last_error).where(_OUTBOX.c.id == outbox_id)
+        ).one()
+    return tuple(row)
+
+
+def a_cancel_being_sent(db: Database, seed: int) -> tuple[str, ClaimedMessage]:
+    """A prescription of two items sent to its provider, then cancelled whole: its cancel, claimed."""
+    [(prescription_id, body)] = accept(db, items=2, seed=seed)
+    assert record(db, claim_one(db), DeliveryOutcome.delivered()) is Recorded.DELIVERED
+    cancel = orjson.dumps(build_cancellation(orjson.loads(body)))
+    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+    context = Context.for_database(db, cancel_wait_seconds=0)
+    answer = receive_message_blocking(
+        context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
+    )
+    context.close()
+    assert answer.status_code == 202, answer.body
+    claimed = claim_one(db)
+    assert claimed.kind == "cancel" and item_statuses(db, prescription_id) == ["cancel-requested"] * 2
+    return prescription_id, claimed
+
+
+def test_a_sent_order_moves_its_items_to_sent_with_the_attempt_that_made_it(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, items=2, seed=64)
+    first = claim_one(db)
+    assert record(db, first, DeliveryOutcome.failed("busy"), retry_at=system_clock()) is Recorded.RETRY
+    assert outbox_row(db, first.outbox_id) == ("pending", 1, "busy")
+    heard: list[str] = []
+    assert record(db, claim_one(db), DeliveryOutcome.delivered(), heard=heard) is Recorded.DELIVERED
+    assert item_statuses(db, prescription_id) == ["sent", "sent"] and heard == ["sent", "sent"]
+    assert events_of(db, prescription_id)[-1] == ("sent", {"provider": "VNCEL", "attempts": 2})
+    assert outbox_row(db, first.outbox_id) == ("done", 1, None)
+
+
+def test_a_refused_order_is_rejected_with_the_providers_code_and_words(db: Database) -> None:
+    (worded, _), (silent, _) = accept(db, count=2, seed=65)
+    heard: list[str] = []
+    long_reason = "Out of stock: " + "x" * 600
+    recorded = record(
+        db, claim_one(db), DeliveryOutcome.refused(long_reason, code="out-of-stock"), heard=heard
+    )
+    assert recorded is Recorded.REFUSED and heard == ["rejected"]
+    assert status_of(db, worded) == "rejected"
+    assert events_of(db, worded)[-1] == (
+        "rejected",
+        {"provider": "VNCEL", "reason": {"code": "out-of-stock", "text": long_reason[:500]}},
+    )
+    claimed = claim_one(db)
+    assert record(db, claimed, DeliveryOutcome(OutcomeKind.REFUSED)) is Recorded.REFUSED
+    assert events_of(db, silent)[-1] == (
+        "rejected",
+        {"provider": "VNCEL", "reason": {"code": None, "text": "rejected by the provider"}},
+    )
+    assert outbox_row(db, claimed.outbox_id) == ("done", 0, "rejected by the provider")
+
+
+def test_an_order_out_of_tries_is_undeliverable_with_its_last_error(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=66)
+    claimed = claim_one(db)
+    heard: list[str] = []
+    error = "connection refused " + "y" * 600
+    assert record(db, claimed, DeliveryOutcome.failed(error), heard=heard) is Recorded.DEAD
+    assert heard == ["undeliverable"] and status_of(db, prescription_id) == "undeliverable"
+    assert events_of(db, prescription_id)[-1] == (
+        "undeliverable",
+        {"provider": "VNCEL", "attempts": 1, "error": error[:200]},
+    )
+    assert outbox_row(db, claimed.outbox_id) == ("dead", 1, error[:500])
+
+
+def test_a_failure_without_words_is_recorded_as_not_delivered(db: Database) -> None:
+    accept(db, seed=67)
+    claimed = claim_one(db)
+    assert record(db, claimed, DeliveryOutcome(OutcomeKind.FAILED), retry_at=system_clock()) is (
+        Recorded.RETRY
+    )
+    assert outbox_row(db, claimed.outbox_id) == ("pending", 1, "not delivered")
+
+
+def test_an_outcome_recorded_after_the_lease_was_lost_changes_nothing(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=68)
+    claimed = claim_one(db)
+    for outcome in (
+        DeliveryOutcome.delivered(),
+        DeliveryOutcome.refused("no"),
+        DeliveryOutcome.failed("down"),
+        DeliveryOutcome.held("pulled"),
+    ):
+        assert record(db, claimed, outcome, owner="someone-else") is Recorded.LEASE_LOST
+    assert record(
+        db, claimed, DeliveryOutcome.failed("down"), owner="someone-else", retry_at=system_clock()
+    ) is (Recorded.LEASE_LOST)
+    assert status_of(db, prescription_id) == "queued"
+    assert outbox_row(db, claimed.outbox_id) == ("sending", 0, None)
+
+
+def test_a_cancel_taken_by_the_provider_cancels_every_item_waiting_for_it(db: Database) -> None:
+    prescription_id, claimed = a_cancel_being_sent(db, seed=69)
+    heard: list[str] = []
+    assert record(db, claimed, DeliveryOutcome.delivered(), heard=heard) is Recorded.DELIVERED
+    assert item_statuses(db, prescription_id) == ["cancelled", "cancelled"] and heard == ["cancelled"] * 2
+    assert events_of(db, prescription_id)[-1] == ("cancelled", {"cancellation_answer": "agreed"})
+
+
+def test_a_cancel_whose_answer_follows_leaves_the_items_waiting(db: Database) -> None:
+    prescription_id, claimed = a_cancel_being_sent(db, seed=70)
+    assert record(db, claimed, DeliveryOutcome.delivered(answer_follows=True)) is Recorded.DELIVERED
+    assert item_statuses(db, prescription_id) == ["cancel-requested", "cancel-requested"]
+    assert outbox_row(db, claimed.outbox_id) == ("done", 0, None)
+
+
+def test_a_cancel_the_provider_refuses_puts_the_items_back_with_its_reason(db: Database) -> None:
+    prescription_id, claimed = a_cancel_being_sent(db, seed=71)
+    heard: list[str] = []
+    outcome = DeliveryOutcome(
+        DeliveryOutcome.refused("x").kind, reason="already dispensed", answer_follows=True
+    )
+    assert record(db, claimed, outcome, heard=heard) is Recorded.REFUSED
+    assert item_statuses(db, prescription_id) == ["sent", "sent"] and heard == ["sent", "sent"]
+    assert events_of(db, prescription_id)[-1] == (
+        "sent",
+        {"cancellation_answer": "refused", "reason": {"code": None, "text": "already dispensed"}},
+    )
+
+
+def test_a_cancel_out_of_tries_is_dead_and_leaves_the_items_waiting(db: Database) -> None:
+    prescription_id, claimed = a_cancel_being_sent(db, seed=72)
+    assert record(db, claimed, DeliveryOutcome.failed("down")) is Recorded.DEAD
+    assert item_statuses(db, prescription_id) == ["cancel-requested", "cancel-requested"]
+    assert outbox_row(db, claimed.outbox_id) == ("dead", 1, "down")
+
+
+def test_a_cancel_held_for_a_pull_provider_waits_for_the_providers_answer(db: Database) -> None:
+    prescription_id, claimed = a_cancel_being_sent(db, seed=73)
+    assert record(db, claimed, DeliveryOutcome.held("pulled"), owner="someone-else") is Recorded.LEASE_LOST
+    assert record(db, claimed, DeliveryOutcome.held("pulled")) is Recorded.HELD
+    assert outbox_row(db, claimed.outbox_id) == ("held", 0, None)
+    assert item_statuses(db, prescription_id) == ["cancel-requested", "cancel-requested"]
+
+
+def test_a_cancel_the_provider_answered_before_it_was_held_is_done(db: Database) -> None:
+    """A pull provider reads `cancel-requested` items, not the message: its answer may come first."""
+    prescription_id, claimed = a_cancel_being_sent(db, seed=74)
+    with db.transaction() as tx:
+        provider_answered_cancel(
+            tx,
+            prescription_id=prescription_id,
+            provider_ods="VNCEL",
+            agreed=True,
+            reason=None,
+            now=system_clock(),
+            listener=None,
+        )
+    assert record(db, claimed, DeliveryOutcome.held("pulled"), owner="someone-else") is Recorded.LEASE_LOST
+    assert record(db, claimed, DeliveryOutcome.held("pulled")) is Recorded.DELIVERED
+    assert outbox_row(db, claimed.outbox_id) == ("done", 0, None)
