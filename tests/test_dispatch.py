@@ -708,11 +708,13 @@ def test_held_orders_are_offered_oldest_held_first_unless_another_poller_holds_t
         overdue = outbox.held_too_long(
             tx, provider_ods="VNCEL", held_before=now - timedelta(seconds=90), limit=1
         )
+        just_in_time = outbox.held_too_long(tx, provider_ods="VNCEL", held_before=held_at[second], limit=10)
     assert [order.outbox_id for order in offered] == [ids[second], ids[first], ids[third], ids[ended]], (
         "oldest held first; a lease that ends now is over"
     )
     assert [order.prescription_id for order in offered] == [second, first, third, ended]
     assert [order.outbox_id for order in overdue] == [ids[second]], "no more than asked for"
+    assert just_in_time == [], "held since the limit itself: not too long yet"
 
 
 def test_a_held_orders_lease_names_its_holder_in_at_most_80_characters(db: Database) -> None:
