@@ -21,6 +21,7 @@ from fhir_profiles.builder import PrescriptionMessageBuilder, build_cancellation
 from gateway.api.metrics import admin_app
 from gateway.clock import system_clock
 from gateway.dispatch.policy import CircuitBreaker, RetryPolicy
+from gateway.dispatch.provider_channel import ProviderChannel
 from gateway.dispatch.settings import DispatcherSettings
 from gateway.dispatch.worker import Dispatcher
 from gateway.domain.cancellation import provider_answered_cancel
@@ -1118,3 +1119,30 @@ def test_a_cancel_the_provider_answered_before_it_was_held_is_done(db: Database)
     assert record(db, claimed, DeliveryOutcome.held("pulled"), owner="someone-else") is Recorded.LEASE_LOST
     assert record(db, claimed, DeliveryOutcome.held("pulled")) is Recorded.DELIVERED
     assert outbox_row(db, claimed.outbox_id) == ("done", 0, None)
+
+
+def test_an_order_for_a_pull_provider_is_held_with_the_adapters_words(db: Database) -> None:
+    """What the dispatcher logs for the operator: why nothing was sent."""
+    with db.write() as session:
+        update_provider(
+            session,
+            "VNCEL",
+            now=system_clock(),
+            adapter="pull",
+            settings={"lease_seconds": 10, "unpulled_alert_seconds": 60},
+        )
+    [(prescription_id, _)] = accept(db, seed=75)
+    claimed = claim_one(db)
+    channel = ProviderChannel(db, listener=None)
+
+    async def deliver() -> DeliveryOutcome:
+        await channel.prepare([claimed])
+        try:
+            return await channel.deliver(claimed)
+        finally:
+            await channel.aclose()
+
+    outcome = asyncio.run(deliver())
+    assert outcome.kind is OutcomeKind.HELD
+    assert outcome.reason is not None and "held for VNCEL to pull" in outcome.reason
+    assert record(db, claimed, outcome) is Recorded.HELD and status_of(db, prescription_id) == "queued"
