@@ -968,6 +968,15 @@ def outbox_row(db: Database, outbox_id: int) -> tuple[Any, ...]:
     return tuple(row)
 
 
+def last_sources(db: Database, prescription_id: str, count: int) -> list[str]:
+    with db.read() as session:
+        rows = session.execute(
+            text("SELECT source FROM status_event WHERE prescription_id = :id ORDER BY id DESC"),
+            {"id": prescription_id},
+        )
+        return [row[0] for row in rows][:count]
+
+
 def a_cancel_being_sent(db: Database, seed: int) -> tuple[str, ClaimedMessage]:
     """A prescription of two items sent to its provider, then cancelled whole: its cancel, claimed."""
     [(prescription_id, body)] = accept(db, items=2, seed=seed)
@@ -1065,6 +1074,7 @@ def test_a_cancel_taken_by_the_provider_cancels_every_item_waiting_for_it(db: Da
     assert record(db, claimed, DeliveryOutcome.delivered(), heard=heard) is Recorded.DELIVERED
     assert item_statuses(db, prescription_id) == ["cancelled", "cancelled"] and heard == ["cancelled"] * 2
     assert events_of(db, prescription_id)[-1] == ("cancelled", {"cancellation_answer": "agreed"})
+    assert last_sources(db, prescription_id, 2) == ["provider:VNCEL"] * 2, "the provider's answer, not ours"
 
 
 def test_a_cancel_whose_answer_follows_leaves_the_items_waiting(db: Database) -> None:
@@ -1086,6 +1096,7 @@ def test_a_cancel_the_provider_refuses_puts_the_items_back_with_its_reason(db: D
         "sent",
         {"cancellation_answer": "refused", "reason": {"code": None, "text": "already dispensed"}},
     )
+    assert last_sources(db, prescription_id, 2) == ["provider:VNCEL"] * 2
 
 
 def test_a_cancel_out_of_tries_is_dead_and_leaves_the_items_waiting(db: Database) -> None:
