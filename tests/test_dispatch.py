@@ -819,15 +819,17 @@ def test_an_accepted_order_is_queued_due_at_once_under_its_prescriptions_key(db:
 def test_claims_take_the_oldest_due_first_up_to_the_limit_and_lease_them(db: Database) -> None:
     (late, late_body), (early, _), (tied, _), (future, _) = accept(db, count=4, seed=60)
     now = system_clock()
+    # The later row changed first: on PostgreSQL it now lies before the earlier one in the table.
+    set_order(db, tied, due_at=now - timedelta(minutes=1))
     set_order(db, late, due_at=now - timedelta(minutes=1))
     set_order(db, early, due_at=now - timedelta(minutes=2))
-    set_order(db, tied, due_at=now - timedelta(minutes=1))
     set_order(db, future, due_at=now + timedelta(seconds=1))
     [first] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=1)
     assert first.prescription_id == early, "the oldest due first"
+    [claimed] = outbox.claim_due(db, owner="w2", now=now, lease=timedelta(seconds=30), limit=1)
+    assert claimed.prescription_id == late, "same due time: the older row"
     rest = outbox.claim_due(db, owner="w2", now=now, lease=timedelta(seconds=30), limit=10)
-    assert [message.prescription_id for message in rest] == [late, tied], "same due time: the older row"
-    claimed = rest[0]
+    assert [message.prescription_id for message in rest] == [tied]
     assert isinstance(claimed, ClaimedMessage)
     with db.read() as session:
         request_id = session.execute(
