@@ -1159,3 +1159,14 @@ def test_an_order_for_a_pull_provider_is_held_with_the_adapters_words(db: Databa
     assert outcome.kind is OutcomeKind.HELD
     assert outcome.reason is not None and "held for VNCEL to pull" in outcome.reason
     assert record(db, claimed, outcome) is Recorded.HELD and status_of(db, prescription_id) == "queued"
+
+
+def test_a_held_order_whose_pollers_lease_ran_out_is_not_claimed_by_a_dispatcher(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=76)
+    now = system_clock()
+    set_order(
+        db, prescription_id, state="held", held_at=now, lease_owner="pull:provider-vncel", lease_until=now
+    )
+    later = now + timedelta(seconds=1)
+    assert outbox.claim_due(db, owner="w1", now=later, lease=timedelta(seconds=30), limit=10) == []
+    assert outbox.stats(db, now=later).due == 0, "the provider pulls it: nothing is due to be sent"
