@@ -1170,3 +1170,37 @@ def test_a_held_order_whose_pollers_lease_ran_out_is_not_claimed_by_a_dispatcher
     later = now + timedelta(seconds=1)
     assert outbox.claim_due(db, owner="w1", now=later, lease=timedelta(seconds=30), limit=10) == []
     assert outbox.stats(db, now=later).due == 0, "the provider pulls it: nothing is due to be sent"
+
+
+def test_a_busy_providers_retry_after_reaches_the_retry_policy(db: Database) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def busy(request: Request) -> Response:
+        return Response(status_code=503, headers={"Retry-After": "7"})
+
+    busy_provider = Starlette(routes=[Route("/{path:path}", busy, methods=["GET", "POST", "PUT"])])
+    with RunningServer(busy_provider) as provider:
+        with db.write() as session:
+            update_provider(
+                session,
+                "VNCEL",
+                now=system_clock(),
+                settings={"base_url": provider.base_url, "timeout_seconds": 2.0},
+            )
+        accept(db, seed=77)
+        claimed = claim_one(db)
+        channel = ProviderChannel(db, listener=None)
+
+        async def deliver() -> DeliveryOutcome:
+            await channel.prepare([claimed])
+            try:
+                return await channel.deliver(claimed)
+            finally:
+                await channel.aclose()
+
+        outcome = asyncio.run(deliver())
+    assert outcome.kind is OutcomeKind.FAILED
+    assert outcome.retry_after == 7, "the provider said when to come back"
