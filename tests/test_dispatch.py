@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text, update
 
 from adapters.fhir_rest.simulator import SimulatorServer
 from auth.identity import Caller, Role
@@ -21,16 +21,18 @@ from fhir_profiles.builder import PrescriptionMessageBuilder, build_cancellation
 from gateway.api.metrics import admin_app
 from gateway.clock import system_clock
 from gateway.dispatch.policy import CircuitBreaker, RetryPolicy
+from gateway.dispatch.provider_channel import ProviderChannel
 from gateway.dispatch.settings import DispatcherSettings
 from gateway.dispatch.worker import Dispatcher
+from gateway.domain.cancellation import provider_answered_cancel
 from gateway.domain.context import Context
-from gateway.domain.delivery import DeliveryOutcome, Recorded, record_provider_outcome, redrive
+from gateway.domain.delivery import DeliveryOutcome, OutcomeKind, Recorded, record_provider_outcome, redrive
 from gateway.domain.expiry import expire_due
 from gateway.domain.intake import receive_message_blocking
 from gateway.domain.status_authority import Applied
 from gateway.store import outbox
 from gateway.store.db import Database, Tx
-from gateway.store.models import OutboxMessage
+from gateway.store.models import OutboxMessage, Subscription
 from gateway.store.outbox import ClaimedMessage
 from gateway.store.providers import update_provider
 from tests.support import RunningServer, free_port
@@ -547,3 +549,658 @@ def test_a_provider_that_keeps_failing_is_left_alone_while_its_breaker_is_open(d
     dispatch(db, settings=breaking, until=held_back)
     # Without the breaker the retries (0.05-0.2 s apart, 4 at most) would have made it dead by now.
     assert outbox_rows(db) == [(outbox.State.PENDING.value, 2)]
+
+
+# --- The outbox store, directly: rows in each state, as the dispatcher and the pull adapter leave them ---
+
+_OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
+
+
+def put_message(
+    db: Database,
+    prescription_id: str,
+    *,
+    state: str,
+    kind: str = "cancel",
+    provider_ods: str = "VNCEL",
+    subscription_id: str | None = None,
+    **values: Any,
+) -> int:
+    """One more outbox row of the prescription (a cancel unless told), as it would stand in `state`."""
+    now = system_clock()
+    row = {
+        "prescription_id": prescription_id,
+        "kind": kind,
+        "provider_ods": provider_ods,
+        "idempotency_key": f"{kind}-{uuid.uuid4()}",
+        "ordering_key": f"sub:{subscription_id}" if subscription_id else prescription_id,
+        "subscription_id": subscription_id,
+        "state": state,
+        "attempts": 0,
+        "due_at": now,
+        "created_at": now,
+        "updated_at": now,
+        **values,
+    }
+    with db.write_connection() as connection:
+        return int(connection.execute(insert(_OUTBOX).values(**row)).inserted_primary_key[0])
+
+
+def set_order(db: Database, prescription_id: str, **values: Any) -> int:
+    """Puts the prescription's order row where the test needs it; its outbox id."""
+    with db.write_connection() as connection:
+        connection.execute(
+            update(_OUTBOX)
+            .where(_OUTBOX.c.prescription_id == prescription_id, _OUTBOX.c.kind == "new")
+            .values(**values)
+        )
+        return int(
+            connection.execute(
+                select(_OUTBOX.c.id).where(
+                    _OUTBOX.c.prescription_id == prescription_id, _OUTBOX.c.kind == "new"
+                )
+            ).scalar_one()
+        )
+
+
+def a_subscription(db: Database) -> str:
+    subscription_id, now = str(uuid.uuid4()), system_clock()
+    with db.write_connection() as connection:
+        connection.execute(
+            insert(Subscription.__table__).values(  # type: ignore[attr-defined]
+                id=subscription_id,
+                tenant_ods="RBA",
+                client_id="trust-rba",
+                criteria="Task",
+                endpoint="http://127.0.0.1:9/hook",
+                headers=[],
+                status="active",
+                failure_count=0,
+                reason="every change",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return subscription_id
+
+
+def states_of(db: Database, *outbox_ids: int) -> list[str]:
+    with db.read() as session:
+        found = dict(
+            session.execute(select(_OUTBOX.c.id, _OUTBOX.c.state).where(_OUTBOX.c.id.in_(outbox_ids))).all()
+        )
+    return [found[outbox_id] for outbox_id in outbox_ids]
+
+
+def test_the_outbox_figures_count_each_state_and_dead_provider_messages_per_provider(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=51)
+    now = system_clock()
+    set_order(db, prescription_id, due_at=now)  # due this very instant
+    put_message(db, prescription_id, state="pending", due_at=now + timedelta(hours=1))
+    put_message(
+        db, prescription_id, state="sending", lease_owner="w1", lease_until=now + timedelta(seconds=30)
+    )
+    put_message(db, prescription_id, state="dead")
+    put_message(db, prescription_id, state="dead", provider_ods="VNFKT")
+    put_message(db, prescription_id, state="dead", provider_ods="VNFKT")
+    put_message(db, prescription_id, state="dead", kind="notification", subscription_id=a_subscription(db))
+    put_message(db, prescription_id, state="held", held_at=now)
+    figures = outbox.stats(db, now=now)
+    assert (figures.depth, figures.due, figures.dead, figures.held) == (3, 1, 4, 1), (
+        "pending and sending wait"
+    )
+    assert figures.oldest_due_age_seconds == 0.0, "due now, not a second ago"
+    assert figures.by_provider_dead == {"VNCEL": 1, "VNFKT": 2}, "a dead notification is no provider's"
+
+
+def test_a_redriven_order_is_due_from_the_redrive_and_the_listener_hears_it_queued(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=52)
+    failed_at = system_clock()
+    [claimed] = outbox.claim_due(db, owner="w1", now=failed_at, lease=timedelta(seconds=30), limit=1)
+    assert isinstance(claimed, ClaimedMessage)
+    with db.transaction() as tx:
+        recorded = record_provider_outcome(
+            tx,
+            claimed,
+            DeliveryOutcome.failed("unreachable"),
+            owner="w1",
+            now=failed_at,
+            retry_at=None,
+            listener=None,
+        )
+    assert recorded is Recorded.DEAD and status_of(db, prescription_id) == "undeliverable"
+    heard: list[str] = []
+
+    def listener(tx: Tx, applied: Applied, at: Any) -> None:
+        heard.append(applied.view.status)
+
+    later = failed_at + timedelta(hours=1)
+    assert redrive(Context(db, clock=lambda: later, listener=listener), prescription_id=prescription_id) == 1
+    assert heard == ["queued"], "subscribers hear of a redrive like any other move"
+    assert outbox.stats(db, now=later).oldest_due_age_seconds == 0.0, "due from the redrive, not from before"
+
+
+def test_held_orders_are_offered_oldest_held_first_unless_another_poller_holds_them(db: Database) -> None:
+    accepted = [prescription_id for prescription_id, _ in accept(db, count=6, seed=53)]
+    now = system_clock()
+    first, second, third, ended, leased, done = accepted
+    held_at = {
+        first: now - timedelta(minutes=2),
+        second: now - timedelta(minutes=3),
+        third: now - timedelta(minutes=2),
+    }
+    ids = {
+        first: set_order(db, first, state="held", held_at=held_at[first], due_at=now),
+        second: set_order(db, second, state="held", held_at=held_at[second], due_at=now),
+        # Held at the same moment as `first`: the older row goes first.
+        third: set_order(db, third, state="held", held_at=held_at[third], due_at=now - timedelta(hours=1)),
+        ended: set_order(
+            db, ended, state="held", held_at=now - timedelta(minutes=1), lease_owner="p1", lease_until=now
+        ),
+        leased: set_order(
+            db, leased, state="held", held_at=now, lease_owner="p1", lease_until=now + timedelta(seconds=1)
+        ),
+        done: set_order(db, done, state="done", held_at=now - timedelta(minutes=9)),
+    }
+    # A cancellation held for the provider to pull is no order to offer.
+    put_message(db, first, state="held", held_at=now - timedelta(minutes=9))
+    with db.transaction() as tx:
+        offered = outbox.unleased_held_orders(tx, provider_ods="VNCEL", now=now, limit=10)
+        overdue = outbox.held_too_long(
+            tx, provider_ods="VNCEL", held_before=now - timedelta(seconds=90), limit=1
+        )
+        just_in_time = outbox.held_too_long(tx, provider_ods="VNCEL", held_before=held_at[second], limit=10)
+    assert [order.outbox_id for order in offered] == [ids[second], ids[first], ids[third], ids[ended]], (
+        "oldest held first; a lease that ends now is over"
+    )
+    assert [order.prescription_id for order in offered] == [second, first, third, ended]
+    assert [order.outbox_id for order in overdue] == [ids[second]], "no more than asked for"
+    assert just_in_time == [], "held since the limit itself: not too long yet"
+
+
+def test_a_held_orders_lease_names_its_holder_in_at_most_80_characters(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=54)
+    now = system_clock()
+    outbox_id = set_order(db, prescription_id, state="held", held_at=now)
+    with db.transaction() as tx:
+        outbox.lease_held_orders(tx, [outbox_id], holder="poller-" + "x" * 100, until=now, now=now)
+    with db.read() as session:
+        holder = session.execute(select(_OUTBOX.c.lease_owner).where(_OUTBOX.c.id == outbox_id)).scalar_one()
+    assert holder == ("poller-" + "x" * 100)[:80]
+
+
+def test_an_acknowledgement_finishes_its_prescriptions_pulled_order_and_nothing_else(db: Database) -> None:
+    (pulled, _), (pushed, _), (withdrawn, _) = accept(db, count=3, seed=55)
+    now = system_clock()
+    order = set_order(db, pulled, state="held", held_at=now)
+    held_cancel = put_message(db, pulled, state="held", held_at=now)
+    dead_push = set_order(db, pushed, state="dead")
+    cancelled = set_order(db, withdrawn, state="cancelled", held_at=now)
+    with db.transaction() as tx:
+        assert outbox.finish_pulled_order(tx, pulled, now=now)
+        assert not outbox.finish_pulled_order(tx, pushed, now=now), "never held: not pulled"
+        assert not outbox.finish_pulled_order(tx, withdrawn, now=now), "withdrawn before it was pulled"
+    assert states_of(db, order, held_cancel, dead_push, cancelled) == ["done", "held", "dead", "cancelled"]
+
+
+def test_held_cancellations_are_finished_for_their_prescription_only(db: Database) -> None:
+    (answered, _), (other, _) = accept(db, count=2, seed=56)
+    now = system_clock()
+    order = set_order(db, answered, state="held", held_at=now)
+    held_cancel = put_message(db, answered, state="held", held_at=now)
+    queued_cancel = put_message(db, answered, state="pending")
+    others_cancel = put_message(db, other, state="held", held_at=now)
+    with db.transaction() as tx:
+        outbox.finish_held_cancellations(tx, answered, now=now)
+    assert states_of(db, order, held_cancel, queued_cancel, others_cancel) == [
+        "held",
+        "done",
+        "pending",
+        "held",
+    ]
+
+
+def test_withdrawing_an_order_leaves_the_notifications_and_cancels_of_its_prescription(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=57)
+    now = system_clock()
+    order = set_order(db, prescription_id, state="pending")
+    notification = put_message(
+        db, prescription_id, state="pending", kind="notification", subscription_id=a_subscription(db)
+    )
+    cancel = put_message(db, prescription_id, state="pending")
+    with db.transaction() as tx:
+        outbox.withdraw_order(tx, prescription_id, now=now)
+    assert states_of(db, order, notification, cancel) == ["cancelled", "pending", "pending"]
+
+
+def test_an_order_held_after_a_failed_attempt_keeps_no_stale_error(db: Database) -> None:
+    accept(db, seed=58)
+    now = system_clock()
+    [claimed] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=1)
+    assert isinstance(claimed, ClaimedMessage)
+    with db.transaction() as tx:
+        recorded = record_provider_outcome(
+            tx,
+            claimed,
+            DeliveryOutcome.failed("unreachable"),
+            owner="w1",
+            now=now,
+            retry_at=now,
+            listener=None,
+        )
+    assert recorded is Recorded.RETRY
+    [again] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=1)
+    assert isinstance(again, ClaimedMessage) and again.attempts == 1
+    with db.transaction() as tx:
+        recorded = record_provider_outcome(
+            tx, again, DeliveryOutcome.held("pulled"), owner="w1", now=now, retry_at=None, listener=None
+        )
+    assert recorded is Recorded.HELD
+    with db.read() as session:
+        row = session.execute(
+            select(_OUTBOX.c.state, _OUTBOX.c.last_error, _OUTBOX.c.lease_owner).where(
+                _OUTBOX.c.id == again.outbox_id
+            )
+        ).one()
+    assert tuple(row) == ("held", None, None)
+
+
+def test_an_accepted_order_is_queued_due_at_once_under_its_prescriptions_key(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=59)
+    with db.read() as session:
+        row = session.execute(select(_OUTBOX).where(_OUTBOX.c.prescription_id == prescription_id)).one()
+    assert (row.kind, row.provider_ods, row.state, row.attempts) == ("new", "VNCEL", "pending", 0)
+    assert (row.idempotency_key, row.ordering_key) == (f"order-{prescription_id}", prescription_id)
+    assert (row.message_id, row.subscription_id, row.payload, row.last_error) == (None, None, None, None)
+    assert (row.lease_owner, row.lease_until, row.held_at) == (None, None, None)
+    assert row.created_at == row.updated_at == row.due_at
+
+
+def test_claims_take_the_oldest_due_first_up_to_the_limit_and_lease_them(db: Database) -> None:
+    (late, late_body), (early, _), (tied, _), (future, _) = accept(db, count=4, seed=60)
+    now = system_clock()
+    # The later row changed first: on PostgreSQL it now lies before the earlier one in the table.
+    set_order(db, tied, due_at=now - timedelta(minutes=1))
+    set_order(db, late, due_at=now - timedelta(minutes=1))
+    set_order(db, early, due_at=now - timedelta(minutes=2))
+    set_order(db, future, due_at=now + timedelta(seconds=1))
+    [first] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=1)
+    assert first.prescription_id == early, "the oldest due first"
+    [claimed] = outbox.claim_due(db, owner="w2", now=now, lease=timedelta(seconds=30), limit=1)
+    assert claimed.prescription_id == late, "same due time: the older row"
+    rest = outbox.claim_due(db, owner="w2", now=now, lease=timedelta(seconds=30), limit=10)
+    assert [message.prescription_id for message in rest] == [tied]
+    assert isinstance(claimed, ClaimedMessage)
+    with db.read() as session:
+        request_id = session.execute(
+            text(
+                "SELECT m.request_id FROM inbound_message m JOIN prescription p ON p.message_id = m.id"
+                " WHERE p.id = :id"
+            ),
+            {"id": late},
+        ).scalar_one()
+        short_form_id = session.execute(
+            text("SELECT short_form_id FROM prescription WHERE id = :id"), {"id": late}
+        ).scalar_one()
+    assert claimed == ClaimedMessage(
+        outbox_id=claimed.outbox_id,
+        prescription_id=late,
+        kind="new",
+        provider_ods="VNCEL",
+        idempotency_key=f"order-{late}",
+        attempts=0,
+        short_form_id=short_form_id,
+        tenant_ods="RBA",
+        body=late_body,
+        request_id=request_id,
+    )
+    with db.read() as session:
+        leases = session.execute(
+            select(_OUTBOX.c.prescription_id, _OUTBOX.c.state, _OUTBOX.c.lease_owner, _OUTBOX.c.lease_until)
+            .where(_OUTBOX.c.kind == "new")
+            .order_by(_OUTBOX.c.id)
+        ).all()
+    until = now + timedelta(seconds=30)
+    assert [tuple(row) for row in leases] == [
+        (late, "sending", "w2", until),
+        (early, "sending", "w1", until),
+        (tied, "sending", "w2", until),
+        (future, "pending", None, None),
+    ]
+
+
+def test_a_lease_ending_this_instant_still_holds_and_a_message_due_this_instant_is_due(db: Database) -> None:
+    (leased, _), (due, _) = accept(db, count=2, seed=61)
+    now = system_clock()
+    set_order(db, leased, state="sending", lease_owner="w1", lease_until=now, due_at=now - timedelta(hours=1))
+    set_order(db, due, due_at=now)
+    claimed = outbox.claim_due(db, owner="w2", now=now, lease=timedelta(seconds=30), limit=10)
+    assert [message.prescription_id for message in claimed] == [due]
+
+
+def test_a_message_waits_only_behind_earlier_unfinished_messages_of_its_own_key(db: Database) -> None:
+    (waiting, _), (free, _), (after_dead, _) = accept(db, count=3, seed=62)
+    now = system_clock()
+    set_order(db, waiting, state="sending", lease_owner="w1", lease_until=now + timedelta(seconds=30))
+    blocked = put_message(db, waiting, state="pending")
+    set_order(db, free, state="done")
+    after_done = put_message(db, free, state="pending")
+    set_order(db, after_dead, state="dead")
+    cancel_after_dead = put_message(db, after_dead, state="pending")
+    claimed = outbox.claim_due(db, owner="w2", now=system_clock(), lease=timedelta(seconds=30), limit=10)
+    assert [message.outbox_id for message in claimed] == [after_done, cancel_after_dead]
+    assert states_of(db, blocked) == ["pending"]
+
+
+def test_claims_hold_back_skipped_providers_but_not_notifications_about_their_prescriptions(
+    db: Database,
+) -> None:
+    (to_vncel, _), (to_vnfkt, _) = accept(db, count=2, seed=63)
+    set_order(db, to_vnfkt, provider_ods="VNFKT")
+    subscription_id = a_subscription(db)
+    notification = put_message(
+        db,
+        to_vnfkt,
+        state="pending",
+        kind="notification",
+        provider_ods="VNFKT",
+        subscription_id=subscription_id,
+        payload=b'{"resourceType": "Bundle"}',
+    )
+    now = system_clock() + timedelta(seconds=1)
+    lease = timedelta(seconds=30)
+    providers_only = outbox.claim_due(db, owner="w0", now=now, lease=lease, limit=10, notifications=False)
+    assert [message.prescription_id for message in providers_only] == [to_vncel, to_vnfkt]
+    with db.transaction() as tx:
+        for message in providers_only:
+            outbox.release_claim(tx, "w0", message.outbox_id, now=now, state="pending")
+    claimed = outbox.claim_due(
+        db, owner="w1", now=now, lease=lease, limit=10, skip_providers=frozenset({"VNFKT"})
+    )
+    assert [message.outbox_id for message in claimed] == [providers_only[0].outbox_id, notification]
+    assert claimed[1] == outbox.ClaimedNotification(
+        outbox_id=notification,
+        subscription_id=subscription_id,
+        prescription_id=to_vnfkt,
+        idempotency_key=claimed[1].idempotency_key,
+        attempts=0,
+        payload=b'{"resourceType": "Bundle"}',
+        endpoint="http://127.0.0.1:9/hook",
+        headers=(),
+        subscription_status="active",
+    )
+    assert claimed[1].idempotency_key.startswith("notification-")
+
+
+# --- What a send's outcome does to the prescription (gateway/domain/delivery.py), directly ---------
+
+
+def claim_one(db: Database, owner: str = "w1") -> ClaimedMessage:
+    [claimed] = outbox.claim_due(db, owner=owner, now=system_clock(), lease=timedelta(seconds=30), limit=1)
+    assert isinstance(claimed, ClaimedMessage)
+    return claimed
+
+
+def record(db: Database, claimed: ClaimedMessage, outcome: DeliveryOutcome, **options: Any) -> Recorded:
+    heard: list[str] = options.pop("heard", [])
+
+    def listener(tx: Tx, applied: Applied, at: Any) -> None:
+        heard.append(applied.view.status)
+
+    options.setdefault("owner", "w1")
+    options.setdefault("retry_at", None)
+    with db.transaction() as tx:
+        return record_provider_outcome(tx, claimed, outcome, now=system_clock(), listener=listener, **options)
+
+
+def item_statuses(db: Database, prescription_id: str) -> list[str]:
+    with db.read() as session:
+        rows = session.execute(
+            text("SELECT status FROM prescription_item WHERE prescription_id = :id ORDER BY position"),
+            {"id": prescription_id},
+        )
+        return [row[0] for row in rows]
+
+
+def outbox_row(db: Database, outbox_id: int) -> tuple[Any, ...]:
+    with db.read() as session:
+        row = session.execute(
+            select(_OUTBOX.c.state, _OUTBOX.c.attempts, _OUTBOX.c.last_error).where(_OUTBOX.c.id == outbox_id)
+        ).one()
+    return tuple(row)
+
+
+def last_sources(db: Database, prescription_id: str, count: int) -> list[str]:
+    with db.read() as session:
+        rows = session.execute(
+            text("SELECT source FROM status_event WHERE prescription_id = :id ORDER BY id DESC"),
+            {"id": prescription_id},
+        )
+        return [row[0] for row in rows][:count]
+
+
+def a_cancel_being_sent(db: Database, seed: int) -> tuple[str, ClaimedMessage]:
+    """A prescription of two items sent to its provider, then cancelled whole: its cancel, claimed."""
+    [(prescription_id, body)] = accept(db, items=2, seed=seed)
+    assert record(db, claim_one(db), DeliveryOutcome.delivered()) is Recorded.DELIVERED
+    cancel = orjson.dumps(build_cancellation(orjson.loads(body)))
+    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+    context = Context.for_database(db, cancel_wait_seconds=0)
+    answer = receive_message_blocking(
+        context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
+    )
+    context.close()
+    assert answer.status_code == 202, answer.body
+    claimed = claim_one(db)
+    assert claimed.kind == "cancel" and item_statuses(db, prescription_id) == ["cancel-requested"] * 2
+    return prescription_id, claimed
+
+
+def test_a_sent_order_moves_its_items_to_sent_with_the_attempt_that_made_it(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, items=2, seed=64)
+    first = claim_one(db)
+    assert record(db, first, DeliveryOutcome.failed("busy"), retry_at=system_clock()) is Recorded.RETRY
+    assert outbox_row(db, first.outbox_id) == ("pending", 1, "busy")
+    heard: list[str] = []
+    assert record(db, claim_one(db), DeliveryOutcome.delivered(), heard=heard) is Recorded.DELIVERED
+    assert item_statuses(db, prescription_id) == ["sent", "sent"] and heard == ["sent", "sent"]
+    assert events_of(db, prescription_id)[-1] == ("sent", {"provider": "VNCEL", "attempts": 2})
+    assert outbox_row(db, first.outbox_id) == ("done", 1, None)
+
+
+def test_a_refused_order_is_rejected_with_the_providers_code_and_words(db: Database) -> None:
+    (worded, _), (silent, _) = accept(db, count=2, seed=65)
+    heard: list[str] = []
+    long_reason = "Out of stock: " + "x" * 600
+    recorded = record(
+        db, claim_one(db), DeliveryOutcome.refused(long_reason, code="out-of-stock"), heard=heard
+    )
+    assert recorded is Recorded.REFUSED and heard == ["rejected"]
+    assert status_of(db, worded) == "rejected"
+    assert events_of(db, worded)[-1] == (
+        "rejected",
+        {"provider": "VNCEL", "reason": {"code": "out-of-stock", "text": long_reason[:500]}},
+    )
+    claimed = claim_one(db)
+    assert record(db, claimed, DeliveryOutcome(OutcomeKind.REFUSED)) is Recorded.REFUSED
+    assert events_of(db, silent)[-1] == (
+        "rejected",
+        {"provider": "VNCEL", "reason": {"code": None, "text": "rejected by the provider"}},
+    )
+    assert outbox_row(db, claimed.outbox_id) == ("done", 0, "rejected by the provider")
+
+
+def test_an_order_out_of_tries_is_undeliverable_with_its_last_error(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=66)
+    claimed = claim_one(db)
+    heard: list[str] = []
+    error = "connection refused " + "y" * 600
+    assert record(db, claimed, DeliveryOutcome.failed(error), heard=heard) is Recorded.DEAD
+    assert heard == ["undeliverable"] and status_of(db, prescription_id) == "undeliverable"
+    assert events_of(db, prescription_id)[-1] == (
+        "undeliverable",
+        {"provider": "VNCEL", "attempts": 1, "error": error[:200]},
+    )
+    assert outbox_row(db, claimed.outbox_id) == ("dead", 1, error[:500])
+
+
+def test_a_failure_without_words_is_recorded_as_not_delivered(db: Database) -> None:
+    accept(db, seed=67)
+    claimed = claim_one(db)
+    assert record(db, claimed, DeliveryOutcome(OutcomeKind.FAILED), retry_at=system_clock()) is (
+        Recorded.RETRY
+    )
+    assert outbox_row(db, claimed.outbox_id) == ("pending", 1, "not delivered")
+
+
+def test_an_outcome_recorded_after_the_lease_was_lost_changes_nothing(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=68)
+    claimed = claim_one(db)
+    for outcome in (
+        DeliveryOutcome.delivered(),
+        DeliveryOutcome.refused("no"),
+        DeliveryOutcome.failed("down"),
+        DeliveryOutcome.held("pulled"),
+    ):
+        assert record(db, claimed, outcome, owner="someone-else") is Recorded.LEASE_LOST
+    assert record(
+        db, claimed, DeliveryOutcome.failed("down"), owner="someone-else", retry_at=system_clock()
+    ) is (Recorded.LEASE_LOST)
+    assert status_of(db, prescription_id) == "queued"
+    assert outbox_row(db, claimed.outbox_id) == ("sending", 0, None)
+
+
+def test_a_cancel_taken_by_the_provider_cancels_every_item_waiting_for_it(db: Database) -> None:
+    prescription_id, claimed = a_cancel_being_sent(db, seed=69)
+    heard: list[str] = []
+    assert record(db, claimed, DeliveryOutcome.delivered(), heard=heard) is Recorded.DELIVERED
+    assert item_statuses(db, prescription_id) == ["cancelled", "cancelled"] and heard == ["cancelled"] * 2
+    assert events_of(db, prescription_id)[-1] == ("cancelled", {"cancellation_answer": "agreed"})
+    assert last_sources(db, prescription_id, 2) == ["provider:VNCEL"] * 2, "the provider's answer, not ours"
+
+
+def test_a_cancel_whose_answer_follows_leaves_the_items_waiting(db: Database) -> None:
+    prescription_id, claimed = a_cancel_being_sent(db, seed=70)
+    assert record(db, claimed, DeliveryOutcome.delivered(answer_follows=True)) is Recorded.DELIVERED
+    assert item_statuses(db, prescription_id) == ["cancel-requested", "cancel-requested"]
+    assert outbox_row(db, claimed.outbox_id) == ("done", 0, None)
+
+
+def test_a_cancel_the_provider_refuses_puts_the_items_back_with_its_reason(db: Database) -> None:
+    prescription_id, claimed = a_cancel_being_sent(db, seed=71)
+    heard: list[str] = []
+    outcome = DeliveryOutcome(
+        DeliveryOutcome.refused("x").kind, reason="already dispensed", answer_follows=True
+    )
+    assert record(db, claimed, outcome, heard=heard) is Recorded.REFUSED
+    assert item_statuses(db, prescription_id) == ["sent", "sent"] and heard == ["sent", "sent"]
+    assert events_of(db, prescription_id)[-1] == (
+        "sent",
+        {"cancellation_answer": "refused", "reason": {"code": None, "text": "already dispensed"}},
+    )
+    assert last_sources(db, prescription_id, 2) == ["provider:VNCEL"] * 2
+
+
+def test_a_cancel_out_of_tries_is_dead_and_leaves_the_items_waiting(db: Database) -> None:
+    prescription_id, claimed = a_cancel_being_sent(db, seed=72)
+    assert record(db, claimed, DeliveryOutcome.failed("down")) is Recorded.DEAD
+    assert item_statuses(db, prescription_id) == ["cancel-requested", "cancel-requested"]
+    assert outbox_row(db, claimed.outbox_id) == ("dead", 1, "down")
+
+
+def test_a_cancel_held_for_a_pull_provider_waits_for_the_providers_answer(db: Database) -> None:
+    prescription_id, claimed = a_cancel_being_sent(db, seed=73)
+    assert record(db, claimed, DeliveryOutcome.held("pulled"), owner="someone-else") is Recorded.LEASE_LOST
+    assert record(db, claimed, DeliveryOutcome.held("pulled")) is Recorded.HELD
+    assert outbox_row(db, claimed.outbox_id) == ("held", 0, None)
+    assert item_statuses(db, prescription_id) == ["cancel-requested", "cancel-requested"]
+
+
+def test_a_cancel_the_provider_answered_before_it_was_held_is_done(db: Database) -> None:
+    """A pull provider reads `cancel-requested` items, not the message: its answer may come first."""
+    prescription_id, claimed = a_cancel_being_sent(db, seed=74)
+    with db.transaction() as tx:
+        provider_answered_cancel(
+            tx,
+            prescription_id=prescription_id,
+            provider_ods="VNCEL",
+            agreed=True,
+            reason=None,
+            now=system_clock(),
+            listener=None,
+        )
+    assert record(db, claimed, DeliveryOutcome.held("pulled"), owner="someone-else") is Recorded.LEASE_LOST
+    assert record(db, claimed, DeliveryOutcome.held("pulled")) is Recorded.DELIVERED
+    assert outbox_row(db, claimed.outbox_id) == ("done", 0, None)
+
+
+def test_an_order_for_a_pull_provider_is_held_with_the_adapters_words(db: Database) -> None:
+    """What the dispatcher logs for the operator: why nothing was sent."""
+    with db.write() as session:
+        update_provider(
+            session,
+            "VNCEL",
+            now=system_clock(),
+            adapter="pull",
+            settings={"lease_seconds": 10, "unpulled_alert_seconds": 60},
+        )
+    [(prescription_id, _)] = accept(db, seed=75)
+    claimed = claim_one(db)
+    channel = ProviderChannel(db, listener=None)
+
+    async def deliver() -> DeliveryOutcome:
+        await channel.prepare([claimed])
+        try:
+            return await channel.deliver(claimed)
+        finally:
+            await channel.aclose()
+
+    outcome = asyncio.run(deliver())
+    assert outcome.kind is OutcomeKind.HELD
+    assert outcome.reason is not None and "held for VNCEL to pull" in outcome.reason
+    assert record(db, claimed, outcome) is Recorded.HELD and status_of(db, prescription_id) == "queued"
+
+
+def test_a_held_order_whose_pollers_lease_ran_out_is_not_claimed_by_a_dispatcher(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=76)
+    now = system_clock()
+    set_order(
+        db, prescription_id, state="held", held_at=now, lease_owner="pull:provider-vncel", lease_until=now
+    )
+    later = now + timedelta(seconds=1)
+    assert outbox.claim_due(db, owner="w1", now=later, lease=timedelta(seconds=30), limit=10) == []
+    assert outbox.stats(db, now=later).due == 0, "the provider pulls it: nothing is due to be sent"
+
+
+def test_a_busy_providers_retry_after_reaches_the_retry_policy(db: Database) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def busy(request: Request) -> Response:
+        return Response(status_code=503, headers={"Retry-After": "7"})
+
+    busy_provider = Starlette(routes=[Route("/{path:path}", busy, methods=["GET", "POST", "PUT"])])
+    with RunningServer(busy_provider) as provider:
+        with db.write() as session:
+            update_provider(
+                session,
+                "VNCEL",
+                now=system_clock(),
+                settings={"base_url": provider.base_url, "timeout_seconds": 2.0},
+            )
+        accept(db, seed=77)
+        claimed = claim_one(db)
+        channel = ProviderChannel(db, listener=None)
+
+        async def deliver() -> DeliveryOutcome:
+            await channel.prepare([claimed])
+            try:
+                return await channel.deliver(claimed)
+            finally:
+                await channel.aclose()
+
+        outcome = asyncio.run(deliver())
+    assert outcome.kind is OutcomeKind.FAILED
+    assert outcome.retry_after == 7, "the provider said when to come back"

@@ -65,9 +65,7 @@ class ProviderChannel:
                 log.warning(
                     "provider_refused_credentials", provider=message.provider_ods, reason=exc.reason[:200]
                 )
-            return DeliveryOutcome.failed(
-                exc.reason, retry_after=exc.retry_after, credentials_problem=exc.credentials_problem
-            )
+            return DeliveryOutcome.failed(exc.reason, retry_after=exc.retry_after)
         except Exception as exc:  # noqa: BLE001  (an adapter bug must not lose the message: retry it)
             return DeliveryOutcome.failed(f"adapter error {type(exc).__name__}")
         if result.outcome is SendOutcome.HELD:

@@ -37,7 +37,6 @@ class DeliveryOutcome:
     reason: str | None = None
     code: str | None = None
     retry_after: float | None = None
-    credentials_problem: bool = False
     # Delivered, but the receiver's acknowledgement only says it arrived: the provider's answer to a
     # cancellation comes later as a status report.
     answer_follows: bool = False
@@ -55,15 +54,8 @@ class DeliveryOutcome:
         return cls(OutcomeKind.REFUSED, reason=reason, code=code)
 
     @classmethod
-    def failed(
-        cls, reason: str, *, retry_after: float | None = None, credentials_problem: bool = False
-    ) -> DeliveryOutcome:
-        return cls(
-            OutcomeKind.FAILED,
-            reason=reason,
-            retry_after=retry_after,
-            credentials_problem=credentials_problem,
-        )
+    def failed(cls, reason: str, *, retry_after: float | None = None) -> DeliveryOutcome:
+        return cls(OutcomeKind.FAILED, reason=reason, retry_after=retry_after)
 
     @classmethod
     def dropped(cls, reason: str) -> DeliveryOutcome:

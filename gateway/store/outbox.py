@@ -547,10 +547,6 @@ def stats(db: Database, *, now: datetime) -> OutboxStats:
     )
 
 
-def _age(oldest: Any, now: datetime) -> float:
-    if oldest is None:
-        return 0.0
-    moment = oldest if isinstance(oldest, datetime) else datetime.fromisoformat(str(oldest))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=now.tzinfo)
-    return max(0.0, (now - moment).total_seconds())
+def _age(oldest: datetime | None, now: datetime) -> float:
+    # `min()` of a UTCDateTime column comes back through the column's type: aware, on every backend.
+    return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
