@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 
 from auth.identity import Role
 from gateway.app import create_app
@@ -147,3 +149,17 @@ def eps_fixtures() -> Path:
     if not folder.is_dir():
         pytest.skip(f"shared EPS fixtures not present at {folder}")
     return folder
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put logging back as it was after a test that sets it up as `serve` does: its handler writes to
+    this test's output capture, which is closed once the session ends (mutmut runs a second session
+    in the same process, where every log line would then print a logging error into the CLI output)."""
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    saved = (structlog.get_config(), root.handlers[:], root.level, httpx_logger.level)
+    yield
+    structlog.configure(**saved[0])
+    root.handlers[:] = saved[1]
+    root.setLevel(saved[2])
+    httpx_logger.setLevel(saved[3])

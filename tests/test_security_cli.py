@@ -259,7 +259,7 @@ def test_production_refuses_development_defaults(tmp_path: Path) -> None:
     assert ready.token_url == "https://gateway.example.nhs.uk/auth/token"
 
 
-def test_production_does_not_generate_a_signing_key(tmp_path: Path) -> None:
+def test_production_does_not_generate_a_signing_key(tmp_path: Path, restore_logging: None) -> None:
     from gateway.server import prepare
 
     settings = Settings(
