@@ -345,7 +345,9 @@ def test_a_jwks_option_is_a_url_fetched_now_or_a_file_read_now(tmp_path: Path) -
     path = tmp_path / "trust.jwks.json"
     path.write_text(json.dumps(jwks))
     with httpx.Client() as http:
-        assert key_source(str(path), http=http, allow_http_loopback=False) == KeySource(jwks=jwks, jwks_url=None)
+        assert key_source(str(path), http=http, allow_http_loopback=False) == KeySource(
+            jwks=jwks, jwks_url=None
+        )
         with pytest.raises(KeySetError, match=rf"^{tmp_path / 'missing.json'} is not a readable JWKS file: "):
             key_source(str(tmp_path / "missing.json"), http=http, allow_http_loopback=False)
         path.write_text("not json")
@@ -393,9 +395,7 @@ def test_new_client_keys_replace_the_old_ones_whole_and_clients_list_by_id(db: D
 
 def test_a_rotation_keeps_the_new_key_and_the_one_before_it(tmp_path: Path) -> None:
     folder = tmp_path / "keys"
-    made = [
-        rotate_signing_keys(folder, now=datetime(2026, 11, 30, hour, tzinfo=UTC)) for hour in (6, 7, 8)
-    ]
+    made = [rotate_signing_keys(folder, now=datetime(2026, 11, 30, hour, tzinfo=UTC)) for hour in (6, 7, 8)]
     assert key_files(folder) == made[1:]
     assert made[-1].name == "signing-20261130T080000000000Z.pem"
     kept = rotate_signing_keys(folder, now=datetime(2026, 11, 30, 9, tzinfo=UTC), keep=3)
