@@ -362,3 +362,48 @@ def test_an_anchor_seq_is_a_plain_number(text_anchor: str) -> None:
 
 def test_an_anchor_is_read_with_its_hash_in_lower_case() -> None:
     assert audit.ChainHead.parse("7:" + "AB" * 32) == audit.ChainHead(7, "ab" * 32)
+
+
+def test_a_coalesced_refusals_count_source_and_route_are_sealed_into_its_hash(db: Database) -> None:
+    at = datetime.now(UTC)
+    with db.write() as session:
+        audit.append(
+            session.connection(),
+            [
+                audit.AuditRecord(occurred_at=at, action=audit.Action.READ, outcome=audit.Outcome.SUCCESS),
+                audit.AuditRecord(
+                    occurred_at=at,
+                    action=audit.Action.REQUEST,
+                    outcome=audit.Outcome.THROTTLED,
+                    status=429,
+                    count=7,
+                    source="192.0.2.10",
+                    route="/fhir/Task",
+                ),
+            ],
+        )
+    seal_audit_log(db)
+    plain, refusal = events(db)
+    # Written out: every row's 13 columns; the three later ones only where set (older rows keep their hashes).
+    columns = (
+        *("id", "occurred_at", "request_id", "client_id", "user_id", "role", "ods_code", "action"),
+        *("resource_type", "resource_id", "outcome", "status", "reason"),
+    )
+    content = {name: getattr(plain, name) for name in columns}
+    assert plain.row_hash == audit.row_hash(audit.GENESIS_HASH, content)
+    content = {name: getattr(refusal, name) for name in columns}
+    content |= {"count": 7, "source": "192.0.2.10", "route": "/fhir/Task"}
+    assert refusal.row_hash == audit.row_hash(str(plain.row_hash), content)
+    for edit in ("count = 1", "source = '198.51.100.1'", "route = '/fhir/Bundle'"):
+        with db.write() as session:
+            session.execute(text(f"UPDATE audit_event SET {edit} WHERE id = :id"), {"id": refusal.id})
+        result = verify(db)
+        assert f"audit row id {refusal.id} (seq 2) was edited" in str(result.problem), edit
+        with db.write() as session:
+            session.execute(
+                text(
+                    "UPDATE audit_event SET count = 7, source = '192.0.2.10', route = '/fhir/Task' WHERE id = :id"
+                ),
+                {"id": refusal.id},
+            )
+        assert verify(db).ok
