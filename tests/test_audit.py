@@ -407,3 +407,62 @@ def test_a_coalesced_refusals_count_source_and_route_are_sealed_into_its_hash(db
                 {"id": refusal.id},
             )
         assert verify(db).ok
+
+
+def _sealed_chain(db: Database, length: int) -> list[AuditEvent]:
+    with db.write() as session:
+        session.execute(text("DELETE FROM audit_event"))
+    _append(db, *(datetime.now(UTC) for _ in range(length)))
+    seal_audit_log(db)
+    return sorted(events(db), key=lambda e: e.seq or 0)
+
+
+def _tamper(db: Database, statement: str, **values: object) -> str | None:
+    with db.write() as session:
+        session.execute(text(statement), values)
+    return verify(db).problem
+
+
+def test_verify_names_each_break_of_the_chain_in_full(db: Database) -> None:
+    rows = _sealed_chain(db, 5)
+    assert _tamper(db, "DELETE FROM audit_event WHERE id = :id", id=rows[0].id) == (
+        f"seq 1 missing at the start of the chain, before audit row id {rows[1].id} (seq 2): "
+        "audit rows were deleted"
+    )
+    rows = _sealed_chain(db, 5)
+    assert _tamper(db, "DELETE FROM audit_event WHERE id IN (:a, :b)", a=rows[1].id, b=rows[2].id) == (
+        f"seqs 2-3 missing after audit row id {rows[0].id} (seq 1), before audit row id {rows[3].id} (seq 4): "
+        "audit rows were deleted"
+    )
+    rows = _sealed_chain(db, 5)
+    assert _tamper(db, "UPDATE audit_event SET prev_hash = :h WHERE id = :id", h="f" * 64, id=rows[2].id) == (
+        f"audit row id {rows[2].id} (seq 3) does not follow the row after audit row id {rows[1].id} (seq 2): "
+        "that row was rewritten, or a row between them was deleted"
+    )
+    rows = _sealed_chain(db, 5)
+    assert _tamper(db, "UPDATE audit_event SET prev_hash = :h WHERE id = :id", h="f" * 64, id=rows[0].id) == (
+        f"audit row id {rows[0].id} (seq 1) does not follow the row at the start of the chain: "
+        "that row was rewritten, or a row between them was deleted"
+    )
+
+
+def test_verify_reports_a_moved_row_even_when_two_rows_carry_its_hash(db: Database) -> None:
+    rows = _sealed_chain(db, 5)
+    copied = str(rows[0].row_hash)
+    with db.write() as session:
+        session.execute(
+            text("UPDATE audit_event SET row_hash = :h WHERE id = :id"), {"h": copied, "id": rows[4].id}
+        )
+    problem = _tamper(db, "UPDATE audit_event SET prev_hash = :h WHERE id = :id", h=copied, id=rows[2].id)
+    assert str(problem).startswith(f"audit row id {rows[2].id} (seq 3) is out of order: it was sealed after ")
+    assert str(problem).endswith(
+        f"but now stands after audit row id {rows[1].id} (seq 2): audit rows were reordered"
+    )
+
+
+def test_an_anchor_of_a_log_with_no_sealed_rows_is_beyond_its_end(db: Database) -> None:
+    result = verify(db, anchors=[audit.ChainHead(1, "a" * 64)])
+    assert (
+        result.problem
+        == f"anchor 1:{'a' * 64} is beyond the end of the chain (seq 0): sealed rows were deleted"
+    )

@@ -383,6 +383,8 @@ def test_purging_forgets_only_expired_assertions_so_a_live_one_still_cannot_be_r
     with pytest.raises(OAuthError) as replayed:
         service.issue(assertion_form(long_lived), request_id=str(uuid.uuid4()))
     assert replayed.value.error == "invalid_client" and "replay" in replayed.value.description
+    # What a log line or a traceback shows of the refusal: its error and description.
+    assert str(replayed.value) == "invalid_client: this assertion's 'jti' was used before (replay)"
 
     moment[0] = started + timedelta(seconds=121)
     assert service.purge_used_assertions() == 1
