@@ -130,9 +130,9 @@ def request_access_token(
 
 
 def default_algorithm(key: Key) -> str:
-    """RS512 for RSA keys (as the NHS API platform expects), ES384 or ES256 by curve for EC keys."""
+    """RS512 for RSA keys (as the NHS API platform expects); for EC keys ES256 on P-256, else ES384."""
     if isinstance(key, ECKey):
-        return {"P-384": "ES384", "P-256": "ES256"}.get(key.curve_name, "ES384")
+        return "ES256" if key.curve_name == "P-256" else "ES384"
     return "RS512"
 
 

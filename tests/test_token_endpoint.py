@@ -380,11 +380,22 @@ def test_purging_forgets_only_expired_assertions_so_a_live_one_still_cannot_be_r
     with db.read() as session:
         kept = list(session.execute(select(UsedAssertion)).scalars())
     assert [row.expires_at for row in kept] == [at + 120]
+    replay_id = str(uuid.uuid4())
     with pytest.raises(OAuthError) as replayed:
-        service.issue(assertion_form(long_lived), request_id=str(uuid.uuid4()))
+        service.issue(assertion_form(long_lived), request_id=replay_id)
     assert replayed.value.error == "invalid_client" and "replay" in replayed.value.description
     # What a log line or a traceback shows of the refusal: its error and description.
     assert str(replayed.value) == "invalid_client: this assertion's 'jti' was used before (replay)"
+    # A token service with no refusal sink (no coalescing gateway around it) audits each refusal in a row.
+    with db.read() as session:
+        (row,) = session.execute(select(AuditEvent).where(col(AuditEvent.request_id) == replay_id)).scalars()
+    assert (row.action, row.outcome, row.client_id, row.status, row.reason) == (
+        "issue-token",
+        "refused",
+        rba.client_id,
+        401,
+        "invalid_client",
+    )
 
     moment[0] = started + timedelta(seconds=121)
     assert service.purge_used_assertions() == 1
