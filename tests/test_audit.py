@@ -18,6 +18,7 @@ from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from auth import audit
+from auth.identity import Caller, Role
 from auth.models import AuditEvent
 from fhir_profiles.builder import PrescriptionMessageBuilder, break_message
 from gateway.app import create_app
@@ -465,4 +466,34 @@ def test_an_anchor_of_a_log_with_no_sealed_rows_is_beyond_its_end(db: Database) 
     assert (
         result.problem
         == f"anchor 1:{'a' * 64} is beyond the end of the chain (seq 0): sealed rows were deleted"
+    )
+
+
+def test_a_callers_audit_record_names_the_person_behind_it_and_the_reason() -> None:
+    at = datetime.now(UTC)
+    caller = Caller("clinician-app-rba", Role.CLINICIAN_APP, "RBA", user_id="staff-4021")
+    record = audit.AuditRecord.by(
+        caller,
+        action=audit.Action.READ,
+        outcome=audit.Outcome.REFUSED,
+        occurred_at=at,
+        request_id="req-1",
+        resource_type="Task",
+        resource_id="task-1",
+        status=403,
+        reason="insufficient_scope",
+    )
+    assert record == audit.AuditRecord(
+        occurred_at=at,
+        action=audit.Action.READ,
+        outcome=audit.Outcome.REFUSED,
+        request_id="req-1",
+        client_id="clinician-app-rba",
+        user_id="staff-4021",
+        role="clinician-app",
+        ods_code="RBA",
+        resource_type="Task",
+        resource_id="task-1",
+        status=403,
+        reason="insufficient_scope",
     )

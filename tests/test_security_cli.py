@@ -20,7 +20,13 @@ from joserfc.jwk import ECKey, Key, RSAKey
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from auth.assertion import default_algorithm, generate_client_key, load_private_key, request_access_token
+from auth.assertion import (
+    default_algorithm,
+    generate_client_key,
+    load_private_key,
+    private_key,
+    request_access_token,
+)
 from auth.clients import (
     ClientNotFoundError,
     KeySetError,
@@ -137,7 +143,6 @@ def test_a_registration_that_makes_no_sense_is_refused(
 def test_a_jwks_holding_a_private_key_or_an_http_url_is_refused(env: dict[str, str], tmp_path: Path) -> None:
     run(env, "clients", "keygen", "--out", str(tmp_path / "k"), "--alg", "ES256")
     pem = (tmp_path / "k.pem").read_bytes()
-    from auth.assertion import private_key
 
     leaked = {"keys": [{**private_key(pem).as_dict(private=True), "kid": "leaked"}]}
     (tmp_path / "leaked.json").write_text(json.dumps(leaked))
@@ -445,6 +450,11 @@ def test_a_key_file_without_a_private_key_is_refused_by_name(tmp_path: Path) -> 
     path = tmp_path / "client.pem"
     path.write_bytes(pair.private_pem)
     assert load_private_key(path).thumbprint() == pair.kid
+    as_jwk = tmp_path / "client.jwk.json"  # the same key as a private JWK, as some tools write it
+    as_jwk.write_text("\n  " + json.dumps(load_private_key(path).as_dict(private=True)))
+    assert load_private_key(as_jwk).thumbprint() == pair.kid
+    with pytest.raises(ValueError, match=r"^not an RSA or EC private key$"):
+        private_key(b"-----BEGIN CERTIFICATE-----")
     public = tmp_path / "public.json"
     public.write_text(json.dumps(pair.jwks["keys"][0]))
     with pytest.raises(ValueError, match=rf"^{public} does not hold an RSA or EC private key$"):
