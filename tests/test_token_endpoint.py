@@ -35,7 +35,7 @@ from auth.signing import (
     generate_signing_key,
     key_files,
 )
-from auth.tokens import OAuthError
+from auth.tokens import InvalidAccessTokenError, OAuthError
 from gateway.security import build_token_service
 from gateway.settings import Settings
 from gateway.store.db import Database
@@ -521,3 +521,66 @@ def test_a_jwks_url_is_fetched_again_after_its_ttl_or_for_an_unknown_kid_after_t
     finally:
         keys.close()
         published.close()
+
+
+def _foreign_access_token(folder: Path) -> str:
+    """An access token shaped like the gateway's, signed by a key the gateway never had."""
+    ensure_signing_key(folder, now=datetime.now(UTC))
+    key = SigningKeys(folder).signing_key
+    claims = {"iss": PUBLIC_BASE_URL, "aud": f"{PUBLIC_BASE_URL}/fhir", "exp": int(time.time()) + 60}
+    return jwt.encode({"alg": "ES256", "kid": key.kid, "typ": "at+jwt"}, claims, key, algorithms=["ES256"])
+
+
+def test_a_token_of_a_key_another_process_just_added_is_accepted_and_a_foreign_one_refused(
+    db: Database, rba: Tenant, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "gateway", public_base_url=PUBLIC_BASE_URL)
+    service = build_token_service(settings, db, lambda: datetime.now(UTC))
+    other = build_token_service(settings, db, lambda: datetime.now(UTC))  # another process, same keys
+    assert service.signing_keys.signing_key.kid, "the key ring was read just now: no reload for a while"
+    foreign = _foreign_access_token(tmp_path / "elsewhere")
+    not_ours = r"^the access token is not one this gateway signed$"
+    with pytest.raises(InvalidAccessTokenError, match=not_ours):
+        service.caller_for(foreign)
+    time.sleep(0.01)
+    generate_signing_key(settings.resolved_signing_keys_dir, now=datetime.now(UTC) + timedelta(seconds=1))
+    assert other.signing_keys.refresh()
+    form = assertion_form(rba.key.assertion(rba.client_id))
+    token = other.issue(form, request_id=str(uuid.uuid4())).access_token
+    assert service.caller_for(token).client_id == rba.client_id, "an unknown kid reloads the key ring"
+    time.sleep(0.01)
+    generate_signing_key(settings.resolved_signing_keys_dir, now=datetime.now(UTC) + timedelta(seconds=2))
+    with pytest.raises(InvalidAccessTokenError, match=not_ours):
+        service.caller_for(foreign)  # reloaded, and still unknown
+    service.close()
+    other.close()
+
+
+def test_an_access_token_is_verified_once_until_it_expires_or_the_keys_change(
+    db: Database, rba: Tenant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=tmp_path / "gateway", public_base_url=PUBLIC_BASE_URL)
+    moment = [datetime.now(UTC)]
+    service = build_token_service(settings, db, lambda: moment[0])
+    form = assertion_form(rba.key.assertion(rba.client_id))
+    issued = service.issue(form, request_id=str(uuid.uuid4()))
+    decoded: list[str] = []
+    decode = service._decode
+
+    def counting(token: str) -> jwt.Token:
+        decoded.append(token)
+        return decode(token)
+
+    monkeypatch.setattr(service, "_decode", counting)
+    caller = service.caller_for(issued.access_token)
+    assert service.caller_for(issued.access_token) == caller and len(decoded) == 1
+    time.sleep(0.01)
+    generate_signing_key(settings.resolved_signing_keys_dir, now=moment[0] + timedelta(seconds=1))
+    assert service.signing_keys.refresh()
+    assert service.caller_for(issued.access_token) == caller and len(decoded) == 2, "new keys: checked again"
+    assert service.caller_for(issued.access_token) == caller and len(decoded) == 2
+    moment[0] += timedelta(seconds=issued.expires_in + 1)
+    with pytest.raises(InvalidAccessTokenError, match="expired"):
+        service.caller_for(issued.access_token)
+    assert len(decoded) == 3
+    service.close()
