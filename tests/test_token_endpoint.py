@@ -25,7 +25,7 @@ from sqlmodel import col, select
 
 from auth.assertion import ASSERTION_TYPE
 from auth.clients import ClientKeys, KeySetError, KeySource, add_client, disable_client, fetch_key_set
-from auth.identity import Role
+from auth.identity import Caller, Role
 from auth.models import AuditEvent, Client, UsedAssertion
 from auth.signing import (
     MissingSigningKeyError,
@@ -583,4 +583,58 @@ def test_an_access_token_is_verified_once_until_it_expires_or_the_keys_change(
     with pytest.raises(InvalidAccessTokenError, match="expired"):
         service.caller_for(issued.access_token)
     assert len(decoded) == 3
+    service.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"typ": "JWT"}, r"^not an access token$"),
+        ({"iss": "https://elsewhere.example"}, r"^the access token has expired or its claims are not valid$"),
+        (
+            {"aud": "https://elsewhere.example/fhir"},
+            r"^the access token has expired or its claims are not valid$",
+        ),
+        ({"exp": -1}, r"^the access token has expired or its claims are not valid$"),
+        ({"role": "administrator"}, r"^the access token has expired or its claims are not valid$"),
+        *(
+            ({claim: None}, r"^the access token has expired or its claims are not valid$")
+            for claim in ("iss", "aud", "exp", "client_id", "ods_code", "role", "scope")
+        ),
+    ],
+)
+def test_an_access_token_signed_by_our_key_with_a_claim_wrong_or_missing_is_refused(
+    db: Database, tmp_path: Path, change: dict[str, Any], problem: str
+) -> None:
+    settings = Settings(data_dir=tmp_path / "gateway", public_base_url=PUBLIC_BASE_URL)
+    service = build_token_service(settings, db, lambda: datetime.now(UTC))
+    key = service.signing_keys.signing_key
+    now = int(time.time())
+    header = {"alg": "ES256", "kid": key.kid, "typ": "at+jwt"}
+    claims: dict[str, Any] = {
+        "iss": settings.base_url,
+        "aud": f"{settings.base_url}/fhir",
+        "sub": "trust-rba",
+        "client_id": "trust-rba",
+        "role": "trust",
+        "ods_code": "RBA",
+        "scope": "system/Task.rs system/MedicationRequest.rs",
+        "iat": now,
+        "exp": now + 60,
+    }
+    good = jwt.encode(header, claims, key, algorithms=["ES256"])
+    assert service.caller_for(good) == Caller(
+        client_id="trust-rba",
+        role=Role.TRUST,
+        ods_code="RBA",
+        scopes=frozenset({"system/Task.rs", "system/MedicationRequest.rs"}),
+    )
+    for name, value in change.items():
+        target = header if name == "typ" else claims
+        if value is None:
+            del target[name]
+        else:
+            target[name] = now - 1 if name == "exp" else value
+    with pytest.raises(InvalidAccessTokenError, match=problem):
+        service.caller_for(jwt.encode(header, claims, key, algorithms=["ES256"]))
     service.close()
