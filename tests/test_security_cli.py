@@ -461,3 +461,35 @@ def test_a_key_file_without_a_private_key_is_refused_by_name(tmp_path: Path) -> 
         load_private_key(public)
     with pytest.raises(FileNotFoundError):
         load_private_key(tmp_path / "missing.pem")
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "kty", "size"),
+    [
+        ("RS512", "RSA", 4096),
+        ("RS384", "RSA", 2048),
+        ("RS256", "RSA", 2048),
+        ("ES384", "EC", "P-384"),
+        ("ES256", "EC", "P-256"),
+    ],
+)
+def test_a_client_key_pair_has_the_size_or_curve_of_its_algorithm_and_a_public_signing_jwks(
+    algorithm: str, kty: str, size: int | str
+) -> None:
+    pair = generate_client_key(algorithm)
+    key = private_key(pair.private_pem)
+    assert (key.public_key.key_size if isinstance(key, RSAKey) else key.curve_name) == size
+    (public,) = pair.jwks["keys"]
+    assert (public["kty"], public["alg"], public["use"], public["kid"]) == (
+        kty,
+        algorithm,
+        "sig",
+        key.thumbprint(),
+    )
+    assert pair.kid == key.thumbprint() and "d" not in public
+    assert generate_client_key(algorithm, kid="trust-2026").jwks["keys"][0]["kid"] == "trust-2026"
+
+
+def test_a_client_key_of_another_algorithm_is_refused_with_the_list() -> None:
+    with pytest.raises(ValueError, match=r"^choose one of RS512, RS384, ES384, RS256, ES256$"):
+        generate_client_key("HS256")
