@@ -96,23 +96,22 @@ class ClientKeyPair:
     """A new client key: the private PEM stays with the client, the JWKS is registered."""
 
     kid: str
-    algorithm: str
     private_pem: bytes
     jwks: dict[str, Any]
 
 
-def generate_client_key(algorithm: str = "RS512", *, kid: str | None = None) -> ClientKeyPair:
+def generate_client_key(algorithm: str, *, kid: str | None = None) -> ClientKeyPair:
     """A key pair for one of the accepted algorithms; `kid` defaults to the key's RFC 7638 thumbprint."""
     if algorithm not in ASSERTION_ALGORITHMS:
         raise ValueError(f"choose one of {', '.join(ASSERTION_ALGORITHMS)}")
     key: RSAKey | ECKey
     if algorithm.startswith("RS"):
-        key = RSAKey.generate_key(4096 if algorithm == "RS512" else 2048, auto_kid=False)
+        key = RSAKey.generate_key(4096 if algorithm == "RS512" else 2048)
     else:
-        key = ECKey.generate_key("P-384" if algorithm == "ES384" else "P-256", auto_kid=False)
+        key = ECKey.generate_key("P-384" if algorithm == "ES384" else "P-256")
     key_id = kid or key.thumbprint()
     public = {**key.as_dict(private=False), "kid": key_id, "alg": algorithm, "use": "sig"}
-    return ClientKeyPair(key_id, algorithm, key.as_pem(private=True), {"keys": [public]})
+    return ClientKeyPair(key_id, key.as_pem(private=True), {"keys": [public]})
 
 
 def request_access_token(
@@ -130,9 +129,9 @@ def request_access_token(
 
 
 def default_algorithm(key: Key) -> str:
-    """RS512 for RSA keys (as the NHS API platform expects), ES384 or ES256 by curve for EC keys."""
+    """RS512 for RSA keys (as the NHS API platform expects); for EC keys ES256 on P-256, else ES384."""
     if isinstance(key, ECKey):
-        return {"P-384": "ES384", "P-256": "ES256"}.get(key.curve_name, "ES384")
+        return "ES256" if key.curve_name == "P-256" else "ES384"
     return "RS512"
 
 

@@ -42,7 +42,7 @@ class _Loaded:
 def generate_signing_key(folder: Path, *, now: datetime) -> Path:
     """Write a new private key into `folder` (created owner-only), named so the newest sorts last."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = ECKey.generate_key(_CURVE, auto_kid=True)
+    key = ECKey.generate_key(_CURVE)  # no kid: a PEM file cannot hold one; reading sets the thumbprint
     path = folder / f"signing-{now.strftime('%Y%m%dT%H%M%S%fZ')}.pem"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as handle:

@@ -300,8 +300,10 @@ class TokenService:
         """Forget `jti`s whose assertions have expired: they can no longer be replayed anyway."""
         now = int(self._clock().timestamp())
         with self._db.write() as session:
-            result = session.execute(delete(UsedAssertion).where(col(UsedAssertion.expires_at) < now))
-        return int(getattr(result, "rowcount", 0) or 0)
+            result = session.connection().execute(
+                delete(UsedAssertion).where(col(UsedAssertion.expires_at) < now)
+            )
+        return result.rowcount
 
 
 def _required_parameters(form: Mapping[str, str]) -> str:

@@ -74,8 +74,8 @@ TESTS: dict[str, tuple[str, ...]] = {
     "auth": (
         "tests/test_token_endpoint.py",
         "tests/test_audit.py",
-        # Not tests/test_security_cli.py: it reads the CLI's output, which mutmut's own capture takes.
         "tests/test_access.py",
+        "tests/test_security_cli.py",
     ),
     "identifiers": (
         "tests/test_identifiers.py",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 
 from auth.identity import Role
 from gateway.app import create_app
@@ -56,12 +61,35 @@ DEFAULT_PROVIDERS = (
 )
 
 
+# mutmut runs each mutant's tests in a pytest session forked from a process that has run them all
+# before. Two things make such a session start and end in less time (one session, as `make test`
+# runs, gains nothing and loses nothing): the migrated empty SQLite database of the first session,
+# copied instead of migrated again, and the objects already
+# there frozen, so that pytest's garbage collections at the end of a session skip them.
+_migrated_sqlite: list[bytes] = []
+
+
+def _image_of_sqlite(path: Path) -> bytes:
+    with closing(sqlite3.connect(path)) as migrated, closing(sqlite3.connect(":memory:")) as memory:
+        migrated.backup(memory)
+        return memory.serialize()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    gc.freeze()
+
+
 @pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     """A migrated database on each backend, shared by the tests of a session and wiped between them."""
     if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'gateway.db'}")
-        db.migrate()
+        path = tmp_path_factory.mktemp("sqlite") / "gateway.db"
+        db = Database(f"sqlite:///{path}")
+        if _migrated_sqlite:
+            path.write_bytes(_migrated_sqlite[0])
+        else:
+            db.migrate()
+            _migrated_sqlite.append(_image_of_sqlite(path))
         yield db
         db.dispose()
         return
@@ -165,3 +193,17 @@ def eps_fixtures() -> Path:
     if not folder.is_dir():
         pytest.skip(f"shared EPS fixtures not present at {folder}")
     return folder
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put logging back as it was after a test that sets it up as `serve` does: its handler writes to
+    this test's output capture, which is closed once the session ends (mutmut runs a second session
+    in the same process, where every log line would then print a logging error into the CLI output)."""
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    saved = (structlog.get_config(), root.handlers[:], root.level, httpx_logger.level)
+    yield
+    structlog.configure(**saved[0])
+    root.handlers[:] = saved[1]
+    root.setLevel(saved[2])
+    httpx_logger.setLevel(saved[3])

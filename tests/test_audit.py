@@ -18,6 +18,7 @@ from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from auth import audit
+from auth.identity import Caller, Role
 from auth.models import AuditEvent
 from fhir_profiles.builder import PrescriptionMessageBuilder, break_message
 from gateway.app import create_app
@@ -362,3 +363,137 @@ def test_an_anchor_seq_is_a_plain_number(text_anchor: str) -> None:
 
 def test_an_anchor_is_read_with_its_hash_in_lower_case() -> None:
     assert audit.ChainHead.parse("7:" + "AB" * 32) == audit.ChainHead(7, "ab" * 32)
+
+
+def test_a_coalesced_refusals_count_source_and_route_are_sealed_into_its_hash(db: Database) -> None:
+    at = datetime.now(UTC)
+    with db.write() as session:
+        audit.append(
+            session.connection(),
+            [
+                audit.AuditRecord(occurred_at=at, action=audit.Action.READ, outcome=audit.Outcome.SUCCESS),
+                audit.AuditRecord(
+                    occurred_at=at,
+                    action=audit.Action.REQUEST,
+                    outcome=audit.Outcome.THROTTLED,
+                    status=429,
+                    count=7,
+                    source="192.0.2.10",
+                    route="/fhir/Task",
+                ),
+            ],
+        )
+    seal_audit_log(db)
+    plain, refusal = events(db)
+    # Written out: every row's 13 columns; the three later ones only where set (older rows keep their hashes).
+    columns = (
+        *("id", "occurred_at", "request_id", "client_id", "user_id", "role", "ods_code", "action"),
+        *("resource_type", "resource_id", "outcome", "status", "reason"),
+    )
+    content = {name: getattr(plain, name) for name in columns}
+    assert plain.row_hash == audit.row_hash(audit.GENESIS_HASH, content)
+    content = {name: getattr(refusal, name) for name in columns}
+    content |= {"count": 7, "source": "192.0.2.10", "route": "/fhir/Task"}
+    assert refusal.row_hash == audit.row_hash(str(plain.row_hash), content)
+    for edit in ("count = 1", "source = '198.51.100.1'", "route = '/fhir/Bundle'"):
+        with db.write() as session:
+            session.execute(text(f"UPDATE audit_event SET {edit} WHERE id = :id"), {"id": refusal.id})
+        result = verify(db)
+        assert f"audit row id {refusal.id} (seq 2) was edited" in str(result.problem), edit
+        with db.write() as session:
+            session.execute(
+                text(
+                    "UPDATE audit_event SET count = 7, source = '192.0.2.10', route = '/fhir/Task' WHERE id = :id"
+                ),
+                {"id": refusal.id},
+            )
+        assert verify(db).ok
+
+
+def _sealed_chain(db: Database, length: int) -> list[AuditEvent]:
+    with db.write() as session:
+        session.execute(text("DELETE FROM audit_event"))
+    _append(db, *(datetime.now(UTC) for _ in range(length)))
+    seal_audit_log(db)
+    return sorted(events(db), key=lambda e: e.seq or 0)
+
+
+def _tamper(db: Database, statement: str, **values: object) -> str | None:
+    with db.write() as session:
+        session.execute(text(statement), values)
+    return verify(db).problem
+
+
+def test_verify_names_each_break_of_the_chain_in_full(db: Database) -> None:
+    rows = _sealed_chain(db, 5)
+    assert _tamper(db, "DELETE FROM audit_event WHERE id = :id", id=rows[0].id) == (
+        f"seq 1 missing at the start of the chain, before audit row id {rows[1].id} (seq 2): "
+        "audit rows were deleted"
+    )
+    rows = _sealed_chain(db, 5)
+    assert _tamper(db, "DELETE FROM audit_event WHERE id IN (:a, :b)", a=rows[1].id, b=rows[2].id) == (
+        f"seqs 2-3 missing after audit row id {rows[0].id} (seq 1), before audit row id {rows[3].id} (seq 4): "
+        "audit rows were deleted"
+    )
+    rows = _sealed_chain(db, 5)
+    assert _tamper(db, "UPDATE audit_event SET prev_hash = :h WHERE id = :id", h="f" * 64, id=rows[2].id) == (
+        f"audit row id {rows[2].id} (seq 3) does not follow the row after audit row id {rows[1].id} (seq 2): "
+        "that row was rewritten, or a row between them was deleted"
+    )
+    rows = _sealed_chain(db, 5)
+    assert _tamper(db, "UPDATE audit_event SET prev_hash = :h WHERE id = :id", h="f" * 64, id=rows[0].id) == (
+        f"audit row id {rows[0].id} (seq 1) does not follow the row at the start of the chain: "
+        "that row was rewritten, or a row between them was deleted"
+    )
+
+
+def test_verify_reports_a_moved_row_even_when_two_rows_carry_its_hash(db: Database) -> None:
+    rows = _sealed_chain(db, 5)
+    copied = str(rows[0].row_hash)
+    with db.write() as session:
+        session.execute(
+            text("UPDATE audit_event SET row_hash = :h WHERE id = :id"), {"h": copied, "id": rows[4].id}
+        )
+    problem = _tamper(db, "UPDATE audit_event SET prev_hash = :h WHERE id = :id", h=copied, id=rows[2].id)
+    assert str(problem).startswith(f"audit row id {rows[2].id} (seq 3) is out of order: it was sealed after ")
+    assert str(problem).endswith(
+        f"but now stands after audit row id {rows[1].id} (seq 2): audit rows were reordered"
+    )
+
+
+def test_an_anchor_of_a_log_with_no_sealed_rows_is_beyond_its_end(db: Database) -> None:
+    result = verify(db, anchors=[audit.ChainHead(1, "a" * 64)])
+    assert (
+        result.problem
+        == f"anchor 1:{'a' * 64} is beyond the end of the chain (seq 0): sealed rows were deleted"
+    )
+
+
+def test_a_callers_audit_record_names_the_person_behind_it_and_the_reason() -> None:
+    at = datetime.now(UTC)
+    caller = Caller("clinician-app-rba", Role.CLINICIAN_APP, "RBA", user_id="staff-4021")
+    record = audit.AuditRecord.by(
+        caller,
+        action=audit.Action.READ,
+        outcome=audit.Outcome.REFUSED,
+        occurred_at=at,
+        request_id="req-1",
+        resource_type="Task",
+        resource_id="task-1",
+        status=403,
+        reason="insufficient_scope",
+    )
+    assert record == audit.AuditRecord(
+        occurred_at=at,
+        action=audit.Action.READ,
+        outcome=audit.Outcome.REFUSED,
+        request_id="req-1",
+        client_id="clinician-app-rba",
+        user_id="staff-4021",
+        role="clinician-app",
+        ods_code="RBA",
+        resource_type="Task",
+        resource_id="task-1",
+        status=403,
+        reason="insufficient_scope",
+    )

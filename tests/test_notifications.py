@@ -9,7 +9,6 @@ Each test changes status as status intake does: `enqueue_notifications` inside a
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +19,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import structlog
 from joserfc import jws
 from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import text
@@ -68,18 +66,6 @@ def endpoint(server: RunningServer, db: Database) -> Iterator[ReceiverServer]:
     """A subscriber's endpoint that verifies signatures with the test gateway's published keys."""
     with ReceiverServer(jwks_url=f"{server.base_url}/.well-known/jwks.json") as receiving:
         yield receiving
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """Put logging back as it was after a test that sets it up as `serve` does."""
-    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
-    saved = (structlog.get_config(), root.handlers[:], root.level, httpx_logger.level)
-    yield
-    structlog.configure(**saved[0])
-    root.handlers[:] = saved[1]
-    root.setLevel(saved[2])
-    httpx_logger.setLevel(saved[3])
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from sqlmodel import col, select
 
 from auth.assertion import ASSERTION_TYPE
 from auth.clients import ClientKeys, KeySetError, KeySource, add_client, disable_client, fetch_key_set
-from auth.identity import Role
+from auth.identity import Caller, Role
 from auth.models import AuditEvent, Client, UsedAssertion
 from auth.signing import (
     MissingSigningKeyError,
@@ -35,7 +35,7 @@ from auth.signing import (
     generate_signing_key,
     key_files,
 )
-from auth.tokens import OAuthError
+from auth.tokens import InvalidAccessTokenError, OAuthError
 from gateway.security import build_token_service
 from gateway.settings import Settings
 from gateway.store.db import Database
@@ -380,9 +380,22 @@ def test_purging_forgets_only_expired_assertions_so_a_live_one_still_cannot_be_r
     with db.read() as session:
         kept = list(session.execute(select(UsedAssertion)).scalars())
     assert [row.expires_at for row in kept] == [at + 120]
+    replay_id = str(uuid.uuid4())
     with pytest.raises(OAuthError) as replayed:
-        service.issue(assertion_form(long_lived), request_id=str(uuid.uuid4()))
+        service.issue(assertion_form(long_lived), request_id=replay_id)
     assert replayed.value.error == "invalid_client" and "replay" in replayed.value.description
+    # What a log line or a traceback shows of the refusal: its error and description.
+    assert str(replayed.value) == "invalid_client: this assertion's 'jti' was used before (replay)"
+    # A token service with no refusal sink (no coalescing gateway around it) audits each refusal in a row.
+    with db.read() as session:
+        (row,) = session.execute(select(AuditEvent).where(col(AuditEvent.request_id) == replay_id)).scalars()
+    assert (row.action, row.outcome, row.client_id, row.status, row.reason) == (
+        "issue-token",
+        "refused",
+        rba.client_id,
+        401,
+        "invalid_client",
+    )
 
     moment[0] = started + timedelta(seconds=121)
     assert service.purge_used_assertions() == 1
@@ -508,3 +521,120 @@ def test_a_jwks_url_is_fetched_again_after_its_ttl_or_for_an_unknown_kid_after_t
     finally:
         keys.close()
         published.close()
+
+
+def _foreign_access_token(folder: Path) -> str:
+    """An access token shaped like the gateway's, signed by a key the gateway never had."""
+    ensure_signing_key(folder, now=datetime.now(UTC))
+    key = SigningKeys(folder).signing_key
+    claims = {"iss": PUBLIC_BASE_URL, "aud": f"{PUBLIC_BASE_URL}/fhir", "exp": int(time.time()) + 60}
+    return jwt.encode({"alg": "ES256", "kid": key.kid, "typ": "at+jwt"}, claims, key, algorithms=["ES256"])
+
+
+def test_a_token_of_a_key_another_process_just_added_is_accepted_and_a_foreign_one_refused(
+    db: Database, rba: Tenant, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "gateway", public_base_url=PUBLIC_BASE_URL)
+    service = build_token_service(settings, db, lambda: datetime.now(UTC))
+    other = build_token_service(settings, db, lambda: datetime.now(UTC))  # another process, same keys
+    assert service.signing_keys.signing_key.kid, "the key ring was read just now: no reload for a while"
+    foreign = _foreign_access_token(tmp_path / "elsewhere")
+    not_ours = r"^the access token is not one this gateway signed$"
+    with pytest.raises(InvalidAccessTokenError, match=not_ours):
+        service.caller_for(foreign)
+    time.sleep(0.01)
+    generate_signing_key(settings.resolved_signing_keys_dir, now=datetime.now(UTC) + timedelta(seconds=1))
+    assert other.signing_keys.refresh()
+    form = assertion_form(rba.key.assertion(rba.client_id))
+    token = other.issue(form, request_id=str(uuid.uuid4())).access_token
+    assert service.caller_for(token).client_id == rba.client_id, "an unknown kid reloads the key ring"
+    time.sleep(0.01)
+    generate_signing_key(settings.resolved_signing_keys_dir, now=datetime.now(UTC) + timedelta(seconds=2))
+    with pytest.raises(InvalidAccessTokenError, match=not_ours):
+        service.caller_for(foreign)  # reloaded, and still unknown
+    service.close()
+    other.close()
+
+
+def test_an_access_token_is_verified_once_until_it_expires_or_the_keys_change(
+    db: Database, rba: Tenant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=tmp_path / "gateway", public_base_url=PUBLIC_BASE_URL)
+    moment = [datetime.now(UTC)]
+    service = build_token_service(settings, db, lambda: moment[0])
+    form = assertion_form(rba.key.assertion(rba.client_id))
+    issued = service.issue(form, request_id=str(uuid.uuid4()))
+    decoded: list[str] = []
+    decode = service._decode
+
+    def counting(token: str) -> jwt.Token:
+        decoded.append(token)
+        return decode(token)
+
+    monkeypatch.setattr(service, "_decode", counting)
+    caller = service.caller_for(issued.access_token)
+    assert service.caller_for(issued.access_token) == caller and len(decoded) == 1
+    time.sleep(0.01)
+    generate_signing_key(settings.resolved_signing_keys_dir, now=moment[0] + timedelta(seconds=1))
+    assert service.signing_keys.refresh()
+    assert service.caller_for(issued.access_token) == caller and len(decoded) == 2, "new keys: checked again"
+    assert service.caller_for(issued.access_token) == caller and len(decoded) == 2
+    moment[0] += timedelta(seconds=issued.expires_in + 1)
+    with pytest.raises(InvalidAccessTokenError, match="expired"):
+        service.caller_for(issued.access_token)
+    assert len(decoded) == 3
+    service.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"typ": "JWT"}, r"^not an access token$"),
+        ({"iss": "https://elsewhere.example"}, r"^the access token has expired or its claims are not valid$"),
+        (
+            {"aud": "https://elsewhere.example/fhir"},
+            r"^the access token has expired or its claims are not valid$",
+        ),
+        ({"exp": -1}, r"^the access token has expired or its claims are not valid$"),
+        ({"role": "administrator"}, r"^the access token has expired or its claims are not valid$"),
+        *(
+            ({claim: None}, r"^the access token has expired or its claims are not valid$")
+            for claim in ("iss", "aud", "exp", "client_id", "ods_code", "role", "scope")
+        ),
+    ],
+)
+def test_an_access_token_signed_by_our_key_with_a_claim_wrong_or_missing_is_refused(
+    db: Database, tmp_path: Path, change: dict[str, Any], problem: str
+) -> None:
+    settings = Settings(data_dir=tmp_path / "gateway", public_base_url=PUBLIC_BASE_URL)
+    service = build_token_service(settings, db, lambda: datetime.now(UTC))
+    key = service.signing_keys.signing_key
+    now = int(time.time())
+    header = {"alg": "ES256", "kid": key.kid, "typ": "at+jwt"}
+    claims: dict[str, Any] = {
+        "iss": settings.base_url,
+        "aud": f"{settings.base_url}/fhir",
+        "sub": "trust-rba",
+        "client_id": "trust-rba",
+        "role": "trust",
+        "ods_code": "RBA",
+        "scope": "system/Task.rs system/MedicationRequest.rs",
+        "iat": now,
+        "exp": now + 60,
+    }
+    good = jwt.encode(header, claims, key, algorithms=["ES256"])
+    assert service.caller_for(good) == Caller(
+        client_id="trust-rba",
+        role=Role.TRUST,
+        ods_code="RBA",
+        scopes=frozenset({"system/Task.rs", "system/MedicationRequest.rs"}),
+    )
+    for name, value in change.items():
+        target = header if name == "typ" else claims
+        if value is None:
+            del target[name]
+        else:
+            target[name] = now - 1 if name == "exp" else value
+    with pytest.raises(InvalidAccessTokenError, match=problem):
+        service.caller_for(jwt.encode(header, claims, key, algorithms=["ES256"]))
+    service.close()
