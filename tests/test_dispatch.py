@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -653,21 +653,26 @@ def test_the_outbox_figures_count_each_state_and_dead_provider_messages_per_prov
     assert figures.by_provider_dead == {"VNCEL": 1, "VNFKT": 2}, "a dead notification is no provider's"
 
 
-def test_a_redriven_order_is_due_from_the_redrive_and_the_listener_hears_it_queued(db: Database) -> None:
-    [(prescription_id, _)] = accept(db, seed=52)
-    failed_at = system_clock()
-    [claimed] = outbox.claim_due(db, owner="w1", now=failed_at, lease=timedelta(seconds=30), limit=1)
+def claim_and_fail(db: Database, *, now: datetime, retry_at: datetime | None) -> Recorded:
+    """Claim the one due order as worker w1 and record that its provider could not be reached."""
+    [claimed] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=1)
     assert isinstance(claimed, ClaimedMessage)
     with db.transaction() as tx:
-        recorded = record_provider_outcome(
+        return record_provider_outcome(
             tx,
             claimed,
             DeliveryOutcome.failed("unreachable"),
             owner="w1",
-            now=failed_at,
-            retry_at=None,
+            now=now,
+            retry_at=retry_at,
             listener=None,
         )
+
+
+def test_a_redriven_order_is_due_from_the_redrive_and_the_listener_hears_it_queued(db: Database) -> None:
+    [(prescription_id, _)] = accept(db, seed=52)
+    failed_at = system_clock()
+    recorded = claim_and_fail(db, now=failed_at, retry_at=None)
     assert recorded is Recorded.DEAD and status_of(db, prescription_id) == "undeliverable"
     heard: list[str] = []
 
@@ -776,18 +781,7 @@ def test_withdrawing_an_order_leaves_the_notifications_and_cancels_of_its_prescr
 def test_an_order_held_after_a_failed_attempt_keeps_no_stale_error(db: Database) -> None:
     accept(db, seed=58)
     now = system_clock()
-    [claimed] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=1)
-    assert isinstance(claimed, ClaimedMessage)
-    with db.transaction() as tx:
-        recorded = record_provider_outcome(
-            tx,
-            claimed,
-            DeliveryOutcome.failed("unreachable"),
-            owner="w1",
-            now=now,
-            retry_at=now,
-            listener=None,
-        )
+    recorded = claim_and_fail(db, now=now, retry_at=now)
     assert recorded is Recorded.RETRY
     [again] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=1)
     assert isinstance(again, ClaimedMessage) and again.attempts == 1

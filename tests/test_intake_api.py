@@ -46,6 +46,12 @@ def issues(response: httpx.Response) -> list[dict[str, Any]]:
     return list(body["issue"])
 
 
+def the_issue(response: httpx.Response) -> tuple[str, str, str, list[str]]:
+    """The answer's one issue: its code, its Spine error code, its words and where."""
+    (issue,) = issues(response)
+    return (issue["code"], issue["details"]["coding"][0]["code"], issue["diagnostics"], issue["expression"])
+
+
 def codes(response: httpx.Response) -> list[str]:
     return [issue["details"]["coding"][0]["code"] for issue in issues(response)]
 
@@ -158,13 +164,7 @@ def test_an_order_for_a_provider_the_gateway_does_not_know_is_refused_and_says_s
     message = break_message(PrescriptionMessageBuilder(seed=7).build(items=2), "unknown-performer")
     response = post(client, message)
     assert response.status_code == 422
-    (issue,) = issues(response)
-    assert (
-        issue["code"],
-        issue["details"]["coding"][0]["code"],
-        issue["diagnostics"],
-        issue["expression"],
-    ) == (
+    assert the_issue(response) == (
         "business-rule",
         "UNKNOWN_PROVIDER",
         "The performer ODS code 'ZZZ99' is not a registered homecare provider",
@@ -603,13 +603,7 @@ def test_a_message_from_another_organisation_than_the_callers_is_forbidden(clien
     message = PrescriptionMessageBuilder(seed=346).build(items=1, sender_ods="RBB")
     response = post(client, message)
     assert response.status_code == 403
-    (issue,) = issues(response)
-    assert (
-        issue["code"],
-        issue["details"]["coding"][0]["code"],
-        issue["diagnostics"],
-        issue["expression"],
-    ) == (
+    assert the_issue(response) == (
         "forbidden",
         "ACCESS_DENIED",
         "The message's sender (MessageHeader.sender) is not the organisation this client acts for",
