@@ -653,6 +653,20 @@ def test_the_outbox_figures_count_each_state_and_dead_provider_messages_per_prov
     assert figures.by_provider_dead == {"VNCEL": 1, "VNFKT": 2}, "a dead notification is no provider's"
 
 
+def deliver_once(db: Database, claimed: ClaimedMessage) -> DeliveryOutcome:
+    """Send one claimed message through the provider channel, as the dispatcher does, and close it."""
+    channel = ProviderChannel(db, listener=None)
+
+    async def deliver() -> DeliveryOutcome:
+        await channel.prepare([claimed])
+        try:
+            return await channel.deliver(claimed)
+        finally:
+            await channel.aclose()
+
+    return asyncio.run(deliver())
+
+
 def claim_and_fail(db: Database, *, now: datetime, retry_at: datetime | None) -> Recorded:
     """Claim the one due order as worker w1 and record that its provider could not be reached."""
     [claimed] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=1)
@@ -1140,16 +1154,7 @@ def test_an_order_for_a_pull_provider_is_held_with_the_adapters_words(db: Databa
         )
     [(prescription_id, _)] = accept(db, seed=75)
     claimed = claim_one(db)
-    channel = ProviderChannel(db, listener=None)
-
-    async def deliver() -> DeliveryOutcome:
-        await channel.prepare([claimed])
-        try:
-            return await channel.deliver(claimed)
-        finally:
-            await channel.aclose()
-
-    outcome = asyncio.run(deliver())
+    outcome = deliver_once(db, claimed)
     assert outcome.kind is OutcomeKind.HELD
     assert outcome.reason is not None and "held for VNCEL to pull" in outcome.reason
     assert record(db, claimed, outcome) is Recorded.HELD and status_of(db, prescription_id) == "queued"
@@ -1186,15 +1191,6 @@ def test_a_busy_providers_retry_after_reaches_the_retry_policy(db: Database) -> 
             )
         accept(db, seed=77)
         claimed = claim_one(db)
-        channel = ProviderChannel(db, listener=None)
-
-        async def deliver() -> DeliveryOutcome:
-            await channel.prepare([claimed])
-            try:
-                return await channel.deliver(claimed)
-            finally:
-                await channel.aclose()
-
-        outcome = asyncio.run(deliver())
+        outcome = deliver_once(db, claimed)
     assert outcome.kind is OutcomeKind.FAILED
     assert outcome.retry_after == 7, "the provider said when to come back"
