@@ -29,6 +29,7 @@ from gateway.domain.context import Context
 from gateway.domain.delivery import DeliveryOutcome, OutcomeKind, Recorded, record_provider_outcome, redrive
 from gateway.domain.expiry import expire_due
 from gateway.domain.intake import receive_message_blocking
+from gateway.domain.messages import IntakeAnswer
 from gateway.domain.status_authority import Applied
 from gateway.store import outbox
 from gateway.store.db import Database, Tx
@@ -392,17 +393,27 @@ def test_metrics_show_the_outbox_and_the_sends(db: Database, simulator: Simulato
     assert 'homecare_dispatch_sends_total{outcome="retry",provider="VNCEL"}' in metrics
 
 
+_TRUST = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
+
+
+def send_cancel(db: Database, body: bytes, item_positions: list[int] | None = None) -> IntakeAnswer:
+    """The trust cancels the order in `body` (or only the items at `item_positions`), through intake,
+    without waiting for the provider's answer."""
+    cancel = orjson.dumps(build_cancellation(orjson.loads(body), item_positions=item_positions))
+    context = Context.for_database(db, cancel_wait_seconds=0)
+    try:
+        return receive_message_blocking(
+            context, body=cancel, document=orjson.loads(cancel), caller=_TRUST, request_id=str(uuid.uuid4())
+        )
+    finally:
+        context.close()
+
+
 def test_cancelling_one_item_of_an_unsent_order_leaves_the_order_to_go(db: Database) -> None:
     """Only a cancel naming every item of an order never sent withdraws it; one item of two is asked
     of the provider after the order, which still goes."""
     [(prescription_id, body)] = accept(db, items=2, seed=31)
-    cancel = orjson.dumps(build_cancellation(orjson.loads(body), item_positions=[0]))
-    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
-    context = Context.for_database(db, cancel_wait_seconds=0)
-    answer = receive_message_blocking(
-        context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
-    )
-    context.close()
+    answer = send_cancel(db, body, [0])
     assert answer.status_code == 202, answer.body
     with db.read() as session:
         kinds = session.execute(
@@ -423,15 +434,9 @@ def test_cancelling_one_item_of_an_unsent_order_leaves_the_order_to_go(db: Datab
 def test_a_second_cancel_of_an_unsent_order_is_asked_of_the_provider_too(db: Database) -> None:
     """The order now has a cancel message behind it: the second cancel is judged on the order alone."""
     [(prescription_id, body)] = accept(db, items=2, seed=39)
-    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
-    context = Context.for_database(db, cancel_wait_seconds=0)
     for position in (0, 1):
-        cancel = orjson.dumps(build_cancellation(orjson.loads(body), item_positions=[position]))
-        answer = receive_message_blocking(
-            context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
-        )
+        answer = send_cancel(db, body, [position])
         assert answer.status_code == 202, answer.body
-    context.close()
     with db.read() as session:
         kinds = session.execute(
             text("SELECT kind, state FROM outbox WHERE prescription_id = :id ORDER BY id"),
@@ -449,13 +454,7 @@ def test_a_send_moves_every_item_still_waiting_and_the_listener_hears_each_move(
     provider's answer, cannot become `sent` and stays; the second still does, and the status listener
     (subscriptions hang off it) hears that move."""
     [(prescription_id, body)] = accept(db, items=2, seed=37)
-    cancel = orjson.dumps(build_cancellation(orjson.loads(body), item_positions=[0]))
-    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
-    context = Context.for_database(db, cancel_wait_seconds=0)
-    answer = receive_message_blocking(
-        context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
-    )
-    context.close()
+    answer = send_cancel(db, body, [0])
     assert answer.status_code == 202, answer.body
     now = system_clock()
     [claimed] = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=10)
@@ -991,13 +990,7 @@ def a_cancel_being_sent(db: Database, seed: int) -> tuple[str, ClaimedMessage]:
     """A prescription of two items sent to its provider, then cancelled whole: its cancel, claimed."""
     [(prescription_id, body)] = accept(db, items=2, seed=seed)
     assert record(db, claim_one(db), DeliveryOutcome.delivered()) is Recorded.DELIVERED
-    cancel = orjson.dumps(build_cancellation(orjson.loads(body)))
-    trust = Caller("trust-rba", Role.TRUST, "RBA", frozenset({"system/MedicationRequest.u"}))
-    context = Context.for_database(db, cancel_wait_seconds=0)
-    answer = receive_message_blocking(
-        context, body=cancel, document=orjson.loads(cancel), caller=trust, request_id=str(uuid.uuid4())
-    )
-    context.close()
+    answer = send_cancel(db, body)
     assert answer.status_code == 202, answer.body
     claimed = claim_one(db)
     assert claimed.kind == "cancel" and item_statuses(db, prescription_id) == ["cancel-requested"] * 2
