@@ -72,7 +72,9 @@ FILES: dict[str, tuple[str, ...]] = {
 # reach the mutated function). A test missing here cannot kill the group's mutants.
 TESTS: dict[str, tuple[str, ...]] = {
     "auth": (
+        "tests/test_client_assertion.py",
         "tests/test_token_endpoint.py",
+        "tests/test_rate_limits.py",
         "tests/test_audit.py",
         "tests/test_access.py",
         "tests/test_security_cli.py",
