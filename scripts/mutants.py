@@ -73,6 +73,7 @@ FILES: dict[str, tuple[str, ...]] = {
 TESTS: dict[str, tuple[str, ...]] = {
     "auth": (
         "tests/test_client_assertion.py",
+        "tests/test_client_registry.py",
         "tests/test_token_endpoint.py",
         "tests/test_rate_limits.py",
         "tests/test_audit.py",

@@ -4,6 +4,8 @@ audit row say. (tests/test_token_endpoint.py drives the same rules over HTTP.)""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
 import uuid
@@ -18,15 +20,20 @@ from joserfc.jwk import ECKey
 from sqlmodel import col, select
 
 from auth.assertion import (
+    ASSERTION_ALGORITHMS,
     ASSERTION_TYPE,
     CLOCK_SKEW_SECONDS,
     MAX_JTI_LENGTH,
     MAX_LIFETIME_SECONDS,
     AssertionRefusedError,
+    MalformedAssertionError,
     VerifiedAssertion,
     check_assertion,
     read_assertion,
+    refuse_unsupported_algorithm,
+    sign_assertion,
 )
+from auth.clients import disable_client
 from auth.models import AuditEvent
 from auth.tokens import InvalidAccessTokenError, OAuthError, TokenService
 from gateway.security import build_token_service
@@ -214,3 +221,175 @@ def test_a_token_that_is_not_ours_is_refused_saying_so(service: TokenService, ki
     with pytest.raises(InvalidAccessTokenError) as refused:
         service.caller_for(sent)
     assert str(refused.value) == "the access token is not one this gateway signed"
+
+
+# Reading an assertion, before any key is looked up.
+
+
+def test_an_assertion_at_the_length_limit_is_read_and_one_character_more_is_refused() -> None:
+    at_limit = "a" * 16_384
+    with pytest.raises(MalformedAssertionError) as refused:
+        read_assertion(at_limit)
+    assert str(refused.value) == "client_assertion is not a signed JWT (JWS compact serialisation)"
+    with pytest.raises(MalformedAssertionError) as refused:
+        read_assertion(at_limit + "a")
+    assert str(refused.value) == "client_assertion is too long"
+
+
+def _compact(header: dict[str, Any], payload: bytes) -> str:
+    encode = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
+    return f"{encode(json.dumps(header).encode())}.{encode(payload)}.{encode(b'signature')}"
+
+
+@pytest.mark.parametrize(
+    ("payload", "text"),
+    [
+        (b'{"iss": "a", "iss": "b"}', "client_assertion's payload gives a claim twice"),
+        (b'["iss", "sub"]', "client_assertion's payload is not a JSON object"),
+        (b"not json", "client_assertion is not a signed JWT (JWS compact serialisation)"),
+    ],
+)
+def test_a_malformed_payload_is_refused_saying_how(payload: bytes, text: str) -> None:
+    with pytest.raises(MalformedAssertionError) as refused:
+        read_assertion(_compact({"alg": "ES384", "kid": "k"}, payload))
+    assert str(refused.value) == text
+
+
+@pytest.mark.parametrize(
+    ("header", "text"),
+    [
+        (
+            {"alg": "HS256", "kid": "k"},
+            f"alg 'HS256' is not accepted; use one of {', '.join(ASSERTION_ALGORITHMS)}",
+        ),
+        ({"alg": "ES384"}, "the JWT header has no 'kid' naming the registered key that signed it"),
+    ],
+)
+def test_an_unusable_header_is_refused_before_any_key_is_looked_up(header: dict[str, Any], text: str) -> None:
+    assertion = read_assertion(_compact(header, json.dumps(claims()).encode()))
+    with pytest.raises(AssertionRefusedError) as refused:
+        refuse_unsupported_algorithm(assertion)
+    assert str(refused.value) == text
+    assert ", ".join(ASSERTION_ALGORITHMS) == "RS512, RS384, ES384, RS256, ES256"
+
+
+def test_a_signed_assertion_carries_every_claim_and_the_keys_own_algorithm() -> None:
+    key = ECKey.generate_key("P-256")
+    text = sign_assertion(key=key, kid="k-1", client_id=CLIENT, token_url=TOKEN_URL, now=NOW, jti="j-9")
+    token = jwt.decode(text, key)
+    assert token.header == {"alg": "ES256", "kid": "k-1", "typ": "JWT"}
+    assert token.claims == {
+        "iss": CLIENT,
+        "sub": CLIENT,
+        "aud": TOKEN_URL,
+        "jti": "j-9",
+        "iat": NOW,
+        "exp": NOW + MAX_LIFETIME_SECONDS,
+    }
+
+
+# The token service's refusals, with the text and the audit row each gets.
+
+
+def _form(**values: str | None) -> dict[str, str]:
+    base: dict[str, str | None] = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": "x.y.z",
+    }
+    base.update(values)
+    return {name: value for name, value in base.items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    ("form", "error", "text"),
+    [
+        (_form(grant_type=None), "invalid_request", "grant_type is required"),
+        (
+            _form(grant_type="password"),
+            "unsupported_grant_type",
+            "only grant_type=client_credentials is supported",
+        ),
+        (
+            _form(client_assertion_type="jwt"),
+            "invalid_request",
+            f"client_assertion_type must be {ASSERTION_TYPE}",
+        ),
+        (
+            _form(client_assertion=None),
+            "invalid_request",
+            "client_assertion is required (a JWT signed with the client's key)",
+        ),
+        (
+            _form(client_assertion="not-a-jwt"),
+            "invalid_request",
+            "client_assertion is not a signed JWT (JWS compact serialisation)",
+        ),
+    ],
+)
+def test_a_form_without_what_the_grant_needs_is_refused_saying_what_and_audited(
+    service: TokenService, db: Database, form: dict[str, str], error: str, text: str
+) -> None:
+    with pytest.raises(OAuthError) as refused:
+        service.issue(form, request_id="r-form")
+    assert (refused.value.error, refused.value.description) == (error, text)
+    assert _refusal_row(db, "r-form") == (error, None)
+
+
+def _refusal_row(db: Database, request_id: str) -> tuple[str | None, str | None]:
+    with db.read() as session:
+        (event,) = session.execute(
+            select(AuditEvent).where(col(AuditEvent.request_id) == request_id)
+        ).scalars()
+    assert (event.action, event.outcome) == ("issue-token", "refused")
+    return event.reason, event.client_id
+
+
+def _signed_for(tenant: Tenant, **change: Any) -> str:
+    given = {**claims(), "iss": tenant.client_id, "sub": tenant.client_id, "exp": int(time.time()) + 60}
+    given.update(change)
+    header = {"alg": tenant.key.algorithm, "kid": change.pop("kid", tenant.key.kid)}
+    return jwt.encode(
+        header,
+        {name: value for name, value in given.items() if value is not None and name != "kid"},
+        tenant.key.private,
+        algorithms=[tenant.key.algorithm],
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "named"),
+    [
+        ("no iss", "the assertion has no 'iss' (the client id)", None),
+        ("client_id differs", "client_id does not match the assertion's 'iss'", None),
+        ("unknown client", "unknown client", None),
+        ("unknown kid", "kid 'not-registered' is not a registered key of this client", "trust-rba"),
+        ("disabled", "this client is disabled", "trust-rbb"),
+    ],
+)
+def test_an_assertion_from_no_usable_client_is_refused_saying_why_and_audited(
+    service: TokenService, tenants: dict[str, Tenant], db: Database, case: str, text: str, named: str | None
+) -> None:
+    rba, rbb = tenants["trust-rba"], tenants["trust-rbb"]
+    form = {
+        "no iss": _form(client_assertion=_signed_for(rba, iss=None)),
+        "client_id differs": _form(client_assertion=_signed_for(rba), client_id="trust-rbb"),
+        "unknown client": _form(client_assertion=_signed_for(rba, iss="nobody", sub="nobody")),
+        "unknown kid": _form(client_assertion=_signed_for(rba, kid="not-registered")),
+        "disabled": _form(client_assertion=_signed_for(rbb)),
+    }[case]
+    if case == "disabled":
+        with db.write() as session:
+            disable_client(session, "trust-rbb", now=datetime.now(UTC))
+    with pytest.raises(OAuthError) as refused:
+        service.issue(form, request_id=f"r-{case}")
+    assert (refused.value.error, refused.value.description) == ("invalid_client", text)
+    assert _refusal_row(db, f"r-{case}") == ("invalid_client", named)
+
+
+def test_a_scope_refusal_is_audited_under_the_client_that_asked(
+    service: TokenService, tenants: dict[str, Tenant], db: Database
+) -> None:
+    with pytest.raises(OAuthError):
+        service.issue(form_for(tenants["trust-rba"], scope="system/MedicationDispense.c"), request_id="r-sc")
+    assert _refusal_row(db, "r-sc") == ("invalid_scope", "trust-rba")
