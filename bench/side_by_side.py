@@ -264,6 +264,32 @@ def open_loop(options: Options, rates: Sequence[int]) -> None:
             )
 
 
+def print_second_worker(version: str, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """What a second worker adds, with the load generator accounted for: wrk runs on the same cores,
+    so the cores each row's server used are shown beside wrk's, and two workers' throughput is
+    also given scaled to both cores at the CPU per request they measured (wrk on another machine)."""
+    if len(runs) != 2:
+        return
+    cores: dict[str, tuple[float, float, float]] = {}
+    for target, found in runs.items():
+        rate = statistics.median(r["requests_per_s"] for r in found)
+        server = _median([r for r in found if r.get("server_cpu_s") is not None], "server_cpu_s")
+        loadgen = _median([r for r in found if r.get("loadgen_cpu_s") is not None], "loadgen_cpu_s")
+        duration = statistics.median(r["duration_s"] for r in found)
+        if server is None or loadgen is None or not duration:
+            return
+        cores[target] = (rate, server / duration, loadgen / duration)
+    (one, one_server, one_wrk), (two, two_server, two_wrk) = cores[f"{version}-1w"], cores[f"{version}-2w"]
+    cpu_count = os.cpu_count() or 2
+    scaled = two * cpu_count / two_server
+    print(
+        f"  {version}: a second worker adds {100 * (two / one - 1):+.0f}% req/s here; the server used "
+        f"{one_server:.2f} cores with one worker and {two_server:.2f} with two, wrk {one_wrk:.2f} and "
+        f"{two_wrk:.2f}; two workers with all {cpu_count} cores at the CPU per request measured: "
+        f"{scaled:.0f} req/s ({100 * (scaled / one - 1):+.0f}% over one worker)"
+    )
+
+
 def load_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -284,6 +310,7 @@ def attach_cpu(rows: list[dict[str, Any]], readings: list[dict[str, Any]]) -> li
             ):
                 row["server_cpu_s"] = reading["cpu_s"]
                 row["server_cpu_ms_per_req"] = round(1000 * reading["cpu_s"] / row["requests"], 3)
+                row["loadgen_cpu_s"] = reading.get("loadgen_cpu_s")
                 unused.remove(reading)
                 break
     return rows
@@ -341,3 +368,7 @@ def print_table(rows: list[dict[str, Any]], options: Options) -> None:
             )
             if cpu_ratios:
                 print(f"  {target} CPU per request as a ratio of: {cpu_ratios}")
+        for version in sorted({t.rpartition("-")[0] for t in here if t.endswith("-1w")}):
+            print_second_worker(
+                version, {t: here[t] for t in (f"{version}-1w", f"{version}-2w") if t in here}
+            )

@@ -3,14 +3,16 @@
 The peer benchmark reads a peer's CPU time around its measured run, but not that of a target it did
 not start. This wrapper, put first on PATH as `wrk`, does the same for the gateways: when the URL
 wrk is given is one of `BENCH_CPU_TARGETS` (JSON: URL -> server PID), it reads the CPU seconds of
-that process and its children (the harness's `proc_cpu.py` reading) before and after, and appends
-one JSON line to `BENCH_CPU_LOG`. wrk's output passes through unchanged.
+that process and its children (the harness's `proc_cpu.py` reading) before and after, and wrk's own
+CPU time (the load generator shares the cores), and appends one JSON line to `BENCH_CPU_LOG`. wrk's
+output passes through unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +41,12 @@ def process_tree_cpu_seconds(root: int) -> float:
     return total
 
 
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children (wrk, once it has been waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(arguments: list[str]) -> int:
     real = os.environ["BENCH_REAL_WRK"]
     targets: dict[str, int] = json.loads(os.environ.get("BENCH_CPU_TARGETS", "{}"))
@@ -47,7 +55,9 @@ def main(arguments: list[str]) -> int:
         os.execv(real, [real, *arguments])
     pid = targets[url]
     before = process_tree_cpu_seconds(pid)
+    loadgen_before = _children_cpu_seconds()
     finished = subprocess.run([real, *arguments], stdout=subprocess.PIPE, check=False)
+    loadgen = _children_cpu_seconds() - loadgen_before
     after = process_tree_cpu_seconds(pid)
     sys.stdout.buffer.write(finished.stdout)
     sys.stdout.flush()
@@ -60,6 +70,7 @@ def main(arguments: list[str]) -> int:
         "connections": connections,
         "requests": result.get("requests"),
         "cpu_s": round(after - before, 3),
+        "loadgen_cpu_s": round(loadgen, 3),
     }
     with Path(os.environ["BENCH_CPU_LOG"]).open("a", encoding="utf-8") as log:
         log.write(json.dumps(reading) + "\n")

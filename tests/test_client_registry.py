@@ -4,6 +4,8 @@ are in tests/test_security_cli.py)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -136,7 +138,19 @@ def test_a_client_id_is_checked_whole() -> None:
             check_client_id(bad)
 
 
+@pytest.fixture
+def local_time_not_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local time zone New York's, for the test (a server's need not be UTC)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_time_not_utc")
 def test_a_stored_time_is_utc_with_microseconds_and_a_naive_one_is_refused() -> None:
+    assert datetime(2026, 6, 1, tzinfo=UTC).astimezone().utcoffset() == timedelta(hours=-4)
     assert utc_text(datetime(2026, 11, 30, 23, 5, 6, 7, tzinfo=timezone(timedelta(hours=-2)))) == (
         "2026-12-01T01:05:06.000007Z"
     )
