@@ -311,6 +311,8 @@ def attach_cpu(rows: list[dict[str, Any]], readings: list[dict[str, Any]]) -> li
                 row["server_cpu_s"] = reading["cpu_s"]
                 row["server_cpu_ms_per_req"] = round(1000 * reading["cpu_s"] / row["requests"], 3)
                 row["loadgen_cpu_s"] = reading.get("loadgen_cpu_s")
+                if reading.get("after_cpu_s") is not None:
+                    row["after_cpu_ms_per_req"] = round(1000 * reading["after_cpu_s"] / row["requests"], 3)
                 unused.remove(reading)
                 break
     return rows
@@ -330,11 +332,13 @@ def print_table(rows: list[dict[str, Any]], options: Options) -> None:
     print(
         f"\nmedian of {rounds} round(s), {options.duration} s each after {options.warmup} s warm-up; "
         f"gateway on {'PostgreSQL' if options.database_url else 'SQLite'}, log level {options.log_level}, "
-        f"dispatcher {'on' if options.dispatcher else 'off'}; {os.cpu_count()} cores shared with wrk"
+        f"dispatcher {'on' if options.dispatcher else 'off'}; {os.cpu_count()} cores shared with wrk; "
+        "each run starts with every gateway quiet; CPU ms/req to the end of the run, as for the peers, "
+        "+after: the gateway's work after it (sealing, KPI fold, delivery attempts) until quiet"
     )
     header = (
         f"{'target':<20} {'c':>4} {'req/s':>7} {'(range)':>11} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'CPU ms/req':>10} {'non-2xx':>8}"
+        f"{'CPU ms/req':>10} {'+after':>7} {'non-2xx':>8}"
     )
     for connections in sorted({c for c, _ in groups}):
         print(f"\n{header}\n{'-' * len(header)}")
@@ -346,10 +350,12 @@ def print_table(rows: list[dict[str, Any]], options: Options) -> None:
             spread = [r["requests_per_s"] for r in found]
             span = f"{min(spread):.0f}-{max(spread):.0f}" if len(found) > 1 else ""
             cpu = _median(found, "server_cpu_ms_per_req")
+            after = _median(found, "after_cpu_ms_per_req")
             print(
                 f"{target:<20} {connections:>4} {rates[target]:>7.0f} {span:>11} "
                 f"{_median(found, 'p50_ms') or 0:>8.1f} {_median(found, 'p99_ms') or 0:>8.1f} "
-                f"{'-' if cpu is None else f'{cpu:.2f}':>10} {sum(r['non_2xx'] for r in found):>8}"
+                f"{'-' if cpu is None else f'{cpu:.2f}':>10} {'' if after is None else f'{after:.2f}':>7} "
+                f"{sum(r['non_2xx'] for r in found):>8}"
             )
         for target in (t for t in here if t.startswith("gateway")):
             ratios = ", ".join(

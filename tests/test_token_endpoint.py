@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -495,7 +496,19 @@ def test_a_fetched_jwks_is_json_of_at_most_64_kib_from_a_200_answer() -> None:
         published.httpd.server_close()
 
 
-def test_a_jwks_url_is_fetched_again_after_its_ttl_or_for_an_unknown_kid_after_the_minimum_wait() -> None:
+@dataclass
+class _KeysByUrl:
+    """A client whose keys are at its own JWKS URL, and a key cache on a clock the test moves."""
+
+    key: ClientKey
+    published: _JwksServer
+    clock: list[float]
+    client: Client
+    keys: ClientKeys
+
+
+@pytest.fixture
+def by_url() -> Iterator[_KeysByUrl]:
     key = ClientKey.generate("ES384")
     published = _JwksServer(key.jwks)
     clock = [1000.0]
@@ -509,86 +522,76 @@ def test_a_jwks_url_is_fetched_again_after_its_ttl_or_for_an_unknown_kid_after_t
     )
     keys = ClientKeys(http=httpx.Client(), ttl=300, min_refresh=10, monotonic=lambda: clock[0])
     try:
-        assert keys.key_for(client, key.kid) is not None and published.fetches == 1
-        clock[0] += 299
-        assert keys.key_for(client, key.kid) is not None and published.fetches == 1, "fresh: cached"
-        clock[0] += 2
-        assert keys.key_for(client, key.kid) is not None and published.fetches == 2, "stale: fetched again"
-        clock[0] += 9
-        assert keys.key_for(client, "new-kid") is None and published.fetches == 2, "too soon to ask again"
-        clock[0] += 2
-        assert keys.key_for(client, "new-kid") is None and published.fetches == 3
+        yield _KeysByUrl(key, published, clock, client, keys)
     finally:
         keys.close()
         published.close()
 
 
-def test_a_jwks_url_that_fails_keeps_the_keys_it_gave_until_it_answers_again() -> None:
-    key = ClientKey.generate("ES384")
-    published = _JwksServer(key.jwks)
-    clock = [1000.0]
-    client = Client(
-        client_id="trust-by-url",
-        role="trust",
-        ods_code="RBD",
-        jwks_url=published.url,
-        created_at="",
-        updated_at="",
+def test_a_jwks_url_is_fetched_again_after_its_ttl_or_for_an_unknown_kid_after_the_minimum_wait(
+    by_url: _KeysByUrl,
+) -> None:
+    key, published, clock, client, keys = (
+        by_url.key,
+        by_url.published,
+        by_url.clock,
+        by_url.client,
+        by_url.keys,
     )
-    keys = ClientKeys(http=httpx.Client(), ttl=300, min_refresh=10, monotonic=lambda: clock[0])
-    try:
-        found = keys.key_for(client, key.kid)
-        assert found is not None and published.fetches == 1
-        clock[0] += 300
-        found = keys.key_for(client, key.kid)
-        assert found is not None and published.fetches == 2, "stale at exactly the ttl"
-        published.status = 503
-        for _ in range(3):
-            clock[0] += 301
-            assert keys.key_for(client, key.kid) is found, "the keys it had, while its server is down"
-        fetches = published.fetches
-        clock[0] += 299
-        assert keys.key_for(client, key.kid) is found and published.fetches == fetches, (
-            "a failure waits a ttl"
-        )
-        published.status = 200
-        clock[0] += 1
-        assert keys.key_for(client, key.kid) is not None and published.fetches == fetches + 1
-        newcomer = Client(
-            client_id="trust-never-fetched",
-            role="trust",
-            ods_code="RBE",
-            jwks_url=published.url,
-            created_at="",
-            updated_at="",
-        )
-        published.status = 503
-        with pytest.raises(KeySetError, match=r"^the JWKS URL answered HTTP 503$"):
-            keys.key_for(newcomer, key.kid)
-    finally:
-        keys.close()
-        published.close()
+    assert keys.key_for(client, key.kid) is not None and published.fetches == 1
+    clock[0] += 299
+    assert keys.key_for(client, key.kid) is not None and published.fetches == 1, "fresh: cached"
+    clock[0] += 2
+    assert keys.key_for(client, key.kid) is not None and published.fetches == 2, "stale: fetched again"
+    clock[0] += 9
+    assert keys.key_for(client, "new-kid") is None and published.fetches == 2, "too soon to ask again"
+    clock[0] += 2
+    assert keys.key_for(client, "new-kid") is None and published.fetches == 3
 
 
-def test_a_stored_key_set_is_read_once_and_again_when_the_client_is_updated() -> None:
+def test_a_jwks_url_that_fails_keeps_the_keys_it_gave_until_it_answers_again(by_url: _KeysByUrl) -> None:
+    key, published, clock, client, keys = (
+        by_url.key,
+        by_url.published,
+        by_url.clock,
+        by_url.client,
+        by_url.keys,
+    )
+    found = keys.key_for(client, key.kid)
+    assert found is not None and published.fetches == 1
+    clock[0] += 300
+    found = keys.key_for(client, key.kid)
+    assert found is not None and published.fetches == 2, "stale at exactly the ttl"
+    published.status = 503
+    for _ in range(3):
+        clock[0] += 301
+        assert keys.key_for(client, key.kid) is found, "the keys it had, while its server is down"
+    fetches = published.fetches
+    clock[0] += 299
+    assert keys.key_for(client, key.kid) is found and published.fetches == fetches, "a failure waits a ttl"
+    published.status = 200
+    clock[0] += 1
+    assert keys.key_for(client, key.kid) is not None and published.fetches == fetches + 1
+    newcomer = client.model_copy(update={"client_id": "trust-never-fetched", "ods_code": "RBE"})
+    published.status = 503
+    with pytest.raises(KeySetError, match=r"^the JWKS URL answered HTTP 503$"):
+        keys.key_for(newcomer, key.kid)
+
+
+def test_a_stored_key_set_is_read_once_and_again_when_the_client_is_updated(by_url: _KeysByUrl) -> None:
     first, second = ClientKey.generate("ES384"), ClientKey.generate("ES384")
-    client = Client(
-        client_id="trust-stored",
-        role="trust",
-        ods_code="RBD",
-        jwks=first.jwks,
-        created_at="2026-11-30T10:00:00.000000Z",
-        updated_at="2026-11-30T10:00:00.000000Z",
-    )
-    keys = ClientKeys(http=httpx.Client(), ttl=300, min_refresh=10)
-    try:
-        found = keys.key_for(client, first.kid)
-        assert found is not None and keys.key_for(client, first.kid) is found, "read once"
-        updated = client.model_copy(update={"jwks": second.jwks, "updated_at": "2026-11-30T11:00:00.000000Z"})
-        assert keys.key_for(updated, first.kid) is None
-        assert keys.key_for(updated, second.kid) is not None
-    finally:
-        keys.close()
+    stored = {
+        "client_id": "trust-stored",
+        "jwks_url": None,
+        "jwks": first.jwks,
+        "updated_at": "2026-11-30T10:00Z",
+    }
+    client, keys = by_url.client.model_copy(update=stored), by_url.keys
+    found = keys.key_for(client, first.kid)
+    assert found is not None and keys.key_for(client, first.kid) is found, "read once"
+    updated = client.model_copy(update={"jwks": second.jwks, "updated_at": "2026-11-30T11:00Z"})
+    assert keys.key_for(updated, first.kid) is None
+    assert keys.key_for(updated, second.kid) is not None
 
 
 def _foreign_access_token(folder: Path) -> str:
