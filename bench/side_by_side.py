@@ -273,8 +273,7 @@ def print_second_worker(version: str, runs: dict[str, list[dict[str, Any]]]) -> 
     cores: dict[str, tuple[float, float, float]] = {}
     for target, found in runs.items():
         rate = statistics.median(r["requests_per_s"] for r in found)
-        server = _median([r for r in found if r.get("server_cpu_s") is not None], "server_cpu_s")
-        loadgen = _median([r for r in found if r.get("loadgen_cpu_s") is not None], "loadgen_cpu_s")
+        server, loadgen = _median(found, "server_cpu_s"), _median(found, "loadgen_cpu_s")
         duration = statistics.median(r["duration_s"] for r in found)
         if server is None or loadgen is None or not duration:
             return
