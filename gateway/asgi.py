@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import gc
-
 from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.logs import configure_logging
+from gateway.runner import freeze_startup_objects
 from gateway.settings import Settings
 
 
@@ -17,12 +16,3 @@ def app_from_environment() -> FastAPI:
     app = create_app(settings)
     freeze_startup_objects()
     return app
-
-
-def freeze_startup_objects() -> None:
-    """Take what start-up built (modules, models, the app: most of the heap) out of the cycle
-    collector's reach. Each request allocates thousands of short-lived objects, so full collections
-    keep coming, and each would otherwise walk that whole heap again: measured under intake load it
-    made a request's structure check cost over half as much again. Nothing is kept alive by this."""
-    gc.collect()
-    gc.freeze()

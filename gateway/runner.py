@@ -5,6 +5,7 @@ listener and pollers. One `Runtime` serves `serve` (the app's lifespan) and `wor
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -192,3 +193,23 @@ async def _every(interval: float, name: str, work: Callable[[], Awaitable[None]]
             await work()
         except StoreError as exc:
             log.error(f"{name}_failed", error_type=type(exc).__name__)
+
+
+# A young collection once this many more containers are alive than before (Python's default: 700).
+YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
+def freeze_startup_objects() -> None:
+    """Take what start-up built (modules, models, the app: most of the heap) out of the cycle
+    collector's reach. Each request allocates thousands of short-lived objects, so full collections
+    keep coming, and each would otherwise walk that whole heap again: measured under intake load it
+    made a request's structure check cost over half as much again. Nothing is kept alive by this.
+
+    The young generation's threshold is raised too: a message parses into about a thousand dicts
+    and lists, all alive until its answer is sent, so at Python's default a collection ran every few
+    requests and found nothing to free (measured: 140 a second at 600 requests a second, 3% of the
+    CPU). At 20,000 a request's objects are freed by reference counting before one is due; only
+    garbage with cycles waits longer, and there is little of it."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, 10, 10)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import os
 import signal
 import socket
@@ -20,7 +19,7 @@ from gateway.clock import system_clock
 from gateway.fault_injection import install as install_test_fault
 from gateway.logs import configure_logging, get_logger
 from gateway.operator_errors import OperatorError, ensure_port_free
-from gateway.runner import Runtime
+from gateway.runner import Runtime, freeze_startup_objects
 from gateway.settings import Settings
 from gateway.store.db import Database
 from gateway.transport import uvicorn_options
@@ -173,9 +172,8 @@ def run_worker(*, admin_listen: str | None = None) -> None:
 
     async def main() -> None:
         runtime = Runtime.create(replace_pool(settings), clock=system_clock)
-        # As `serve` does (gateway.asgi): start-up's objects out of the cycle collector's walks.
-        gc.collect()
-        gc.freeze()
+        # As `serve` does: start-up's objects out of the cycle collector's walks.
+        freeze_startup_objects()
         loop = asyncio.get_running_loop()
         async with runtime.running(dispatch=True) as stop:
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -95,6 +95,24 @@ def test_a_valid_order_is_accepted_stored_and_read_back(client: httpx.Client, db
     assert resource["groupIdentifier"] == message["entry"][1]["resource"]["groupIdentifier"]
 
 
+def test_what_intake_stores_is_keyed_in_the_order_it_arrived(client: httpx.Client, db: Database) -> None:
+    """Prescriptions and items get time-ordered ids (UUID version 7): the indexes on them grow at one
+    end, so a group commit writes a few index pages, not one per prescription per index."""
+    ids: list[str] = []
+    for seed in (31, 32):
+        response = post(client, PrescriptionMessageBuilder(seed=seed).build(items=2))
+        assert response.status_code == 200, response.text
+        ids.append(response.headers["location"].removeprefix("/fhir/Bundle/"))
+        ids += [
+            part.removeprefix("MedicationRequest/").rstrip(",")
+            for part in issues(response)[0]["diagnostics"].split()
+            if part.startswith("MedicationRequest/")
+        ]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    assert all(uuid.UUID(value).version == 7 and str(uuid.UUID(value)) == value for value in ids)
+    assert ids[3] > ids[0], "a later prescription's id sorts after an earlier one's"
+
+
 def test_the_eps_path_is_served_too(client: httpx.Client, db: Database) -> None:
     message = PrescriptionMessageBuilder(seed=2).build(items=1)
     response = client.post("/FHIR/R4/$process-message", content=orjson.dumps(message), headers=FHIR_JSON)

@@ -4,7 +4,6 @@ status, their order in the outbox and their audit row in one transaction (a grou
 from __future__ import annotations
 
 import calendar
-import uuid
 from datetime import UTC, date, datetime, time
 from typing import Any
 
@@ -16,6 +15,7 @@ from fhir_profiles.homecare import PrescriptionOrder
 from fhir_profiles.medication import medicine_name
 from fhir_profiles.outcome import ErrorCode, Issue, IssueType, OperationOutcomeError
 from gateway.domain.context import Context, in_thread
+from gateway.domain.ids import new_id
 from gateway.domain.messages import (
     ContentRefused,
     IntakeAnswer,
@@ -38,7 +38,7 @@ async def receive_order(ctx: Context, received: Received) -> IntakeAnswer:
     order = received.result.order
     assert order is not None, "an accepted prescription-order carries its order"
     check_provider(ctx, order)
-    prescription_id = str(uuid.uuid4())
+    prescription_id = new_id()
     new, answer = _new_prescription(received, order, prescription_id=prescription_id, now=ctx.clock())
     try:
         await ctx.batch_writer.run(prescription_rows(new))
@@ -73,7 +73,7 @@ def _new_prescription(
 ) -> tuple[NewPrescription, IntakeAnswer]:
     items = [
         NewItem(
-            str(uuid.uuid4()),
+            new_id(),
             position,
             item.item_identifier,
             orjson.dumps(item.resource),
