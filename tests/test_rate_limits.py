@@ -5,11 +5,14 @@ a trust's subscriptions."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.api.throttle import SWEEP_SECONDS, Limit, RateLimits, _SweptMemoryStorage
 from gateway.store.db import Database
 from tests import limits_support
 from tests.limits_support import StartGateway, from_address, refusal_rows
@@ -162,3 +165,35 @@ def test_a_bad_limit_setting_is_refused_naming_the_form() -> None:
 
     with pytest.raises(ValidationError, match="600/minute"):
         Settings(rate_limit_token_per_client="lots")
+
+
+def test_counting_a_request_starts_no_thread() -> None:
+    """The limits library's memory storage would start a timer thread 10 ms after a hit, a new one
+    about a hundred times a second under load, each competing with the event loop."""
+    from gateway.settings import Settings
+
+    limits = RateLimits(Settings(rate_limit_api_per_address="100000/minute"))
+    time.sleep(0.05)  # the storage's first timer, started with it, has ended
+    before = threading.active_count()
+    seen = set()
+    for index in range(200):
+        assert limits.api_per_address.hit(f"192.0.2.{index % 50}") is None
+        seen.add(threading.active_count())
+        time.sleep(0.0005)
+    assert seen == {before}
+
+
+def test_the_counts_of_callers_who_stopped_are_dropped() -> None:
+    """Swept inline once their window has passed: memory stays bounded without a timer thread."""
+    storage = _SweptMemoryStorage()
+    limit = Limit("5/second", name="api-address", storage=storage)
+    for index in range(100):
+        assert limit.hit(f"198.51.100.{index}") is None
+    assert len(storage.storage) == 100
+    time.sleep(SWEEP_SECONDS + 0.1)
+    assert limit.hit("203.0.113.1") is None
+    assert list(storage.storage) == ["LIMITER/api-address/203.0.113.1/5/1/second"]
+    # Within a window nothing is swept early, and a caller over its limit stays refused.
+    for _ in range(5):
+        limit.hit("203.0.113.1")
+    assert limit.hit("203.0.113.1") is not None

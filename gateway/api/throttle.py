@@ -25,6 +25,28 @@ from gateway.settings import Settings
 TOKEN_THROTTLED_ERROR = "temporarily_unavailable"  # noqa: S105  (an error code)
 
 
+class _SweptMemoryStorage(MemoryStorage):
+    """`limits`' in-process storage, its expired counters swept inline at most once a second.
+
+    The library sweeps with a timer thread that runs 10 ms after a hit and ends, so under load it
+    starts a new thread about a hundred times a second, and each one competes with the event loop
+    for the interpreter. Counters read after their window are reset by the storage itself; the
+    sweep only drops the counters of callers who stopped calling, so that memory stays bounded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next_sweep = 0.0
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802  (the library's private name: replaces its timer thread)
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_SECONDS
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+
+
+SWEEP_SECONDS = 1.0
+
+
 class Limit:
     """One limit over keys (client ids or addresses); `hit` counts a request."""
 
@@ -58,7 +80,7 @@ class RateLimits:
 
     def __init__(self, settings: Settings) -> None:
         # One store (its keys prefixed with each limit's name): one expiry timer thread, not four.
-        storage = MemoryStorage()
+        storage = _SweptMemoryStorage()
         self.token_per_client = Limit(
             settings.rate_limit_token_per_client, name="token-client", storage=storage
         )
