@@ -6,6 +6,8 @@ The slow clients are real sockets against a real uvicorn server run with the gat
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import stat
 import threading
@@ -162,6 +164,36 @@ def test_the_sqlite_database_and_its_folder_are_owner_only(tmp_path: Path) -> No
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
     database.dispose()
+
+
+def test_writers_in_other_processes_wait_on_the_writer_lock_file(tmp_path: Path) -> None:
+    """A write transaction holds an exclusive flock of `<file>-writer` for as long as it runs, so
+    another process's writer sleeps until it is free instead of retrying BEGIN IMMEDIATE."""
+    path = tmp_path / "gateway.db"
+    database = Database(f"sqlite:///{path}")
+    database.migrate()
+    other = os.open(f"{path}-writer", os.O_RDWR | os.O_CREAT, 0o600)  # as another process opens it
+    try:
+        with database.write_connection() as connection:
+            connection.exec_driver_sql("SELECT 1")
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the transaction is over
+        # ...and while another holds it, this process's writer waits for it.
+        finished = threading.Event()
+
+        def write() -> None:
+            with database.write_connection() as connection:
+                connection.exec_driver_sql("SELECT 1")
+            finished.set()
+
+        threading.Thread(target=write, daemon=True).start()
+        assert not finished.wait(0.3), "a writer went ahead while another process held the lock"
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert finished.wait(5)
+    finally:
+        os.close(other)
+        database.dispose()
 
 
 def test_an_existing_database_file_is_made_owner_only(tmp_path: Path) -> None:

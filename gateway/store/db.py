@@ -4,13 +4,17 @@ which take the `Tx` a transaction hands out; database errors leave the store as 
 
 SQLite runs in WAL mode with `synchronous=NORMAL`. It has one writer at a time, so a process's
 writers queue on a lock of their own and each write transaction starts with `BEGIN IMMEDIATE`
-(never a read lock that fails to upgrade). Between processes, `BEGIN IMMEDIATE` is retried every
-fraction of a millisecond rather than through SQLite's busy handler, whose sleeps grow to 100 ms.
+(never a read lock that fails to upgrade). Between processes, the gateway's writers queue on an
+exclusive `flock` of a file beside the database (`<file>-writer`): a waiting writer sleeps in the
+kernel until the one before it is done. A writer that does not take it (the `sqlite3` shell, say)
+is waited for by retrying `BEGIN IMMEDIATE` every fraction of a millisecond rather than through
+SQLite's busy handler, whose sleeps grow to 100 ms.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import sqlite3
@@ -109,6 +113,35 @@ def _owner_only_file(path: Path) -> None:
     path.chmod(0o600)
 
 
+class _WriterFileLock:
+    """The gateway's writers to one SQLite file, across processes, one at a time: an exclusive
+    `flock` of a file beside the database, taken (blocking, the GIL released) before `BEGIN
+    IMMEDIATE`. Measured with two workers under intake load, retrying `BEGIN IMMEDIATE` instead
+    cost a tenth of a millisecond of CPU per prescription. Held only inside the process's own
+    writer lock, so one descriptor per process serves every thread; the kernel drops it if the
+    process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._descriptor: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        if self._descriptor is None or self._pid != os.getpid():  # a forked child opens its own
+            self._descriptor = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        fcntl.flock(self._descriptor, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        if self._descriptor is not None:
+            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._descriptor is not None and self._pid == os.getpid():
+            os.close(self._descriptor)
+        self._descriptor = None
+
+
 class Database:
     """Engines and sessions for one database. On PostgreSQL reads and writes share one engine."""
 
@@ -116,10 +149,12 @@ class Database:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._writer_file_lock: _WriterFileLock | None = None
         if self.is_sqlite:
             database = self.url.database
             if database and database != ":memory:":
                 _owner_only_file(Path(database))
+                self._writer_file_lock = _WriterFileLock(Path(f"{database}-writer"))
             self.engine = self._sqlite_engine(writer=False, pool_size=pool_size)
             self.write_engine = self._sqlite_engine(writer=True, pool_size=pool_size)
         else:
@@ -182,7 +217,7 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on any error."""
         with (
-            self._write_lock if self._write_lock is not None else nullcontext(),
+            self._writer_turn(),
             Session(self.write_engine, expire_on_commit=False) as session,
             session.begin(),
         ):
@@ -191,11 +226,17 @@ class Database:
     @contextmanager
     def write_connection(self) -> Iterator[Connection]:
         """A Core connection in a write transaction (commit on success), for the batch writer."""
+        with self._writer_turn(), self.write_engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """On SQLite: this process's writer lock, then the file's (other processes' writers)."""
         with (
             self._write_lock if self._write_lock is not None else nullcontext(),
-            self.write_engine.begin() as connection,
+            self._writer_file_lock if self._writer_file_lock is not None else nullcontext(),
         ):
-            yield connection
+            yield
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (safe to run on every start)."""
@@ -227,6 +268,8 @@ class Database:
         self.engine.dispose()
         if self.write_engine is not self.engine:
             self.write_engine.dispose()
+        if self._writer_file_lock is not None:
+            self._writer_file_lock.close()
 
 
 def _begin_immediate(dbapi_connection: sqlite3.Connection) -> None:
