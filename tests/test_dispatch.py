@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -307,6 +308,33 @@ def test_a_later_message_never_overtakes_an_earlier_one(db: Database) -> None:
         assert record_delivered(tx, first[0], owner="a", now=now)
     second = outbox.claim_due(db, owner="b", now=now, lease=timedelta(seconds=30), limit=10)
     assert [m.kind for m in second] == ["cancel"]
+
+
+def test_a_poll_that_finds_nothing_due_takes_no_write_lock(db: Database) -> None:
+    """While intake holds the write lock (a group commit), an empty poll answers at once instead of
+    queueing behind it: its scan of a held-back provider's backlog never holds up intake."""
+    accept(db)
+    now = system_clock()
+    (claimed,) = outbox.claim_due(db, owner="w1", now=now, lease=timedelta(seconds=30), limit=10)
+    accept(db, seed=2)  # due, but for a provider whose breaker is open
+    now = system_clock()
+    polled = threading.Event()
+
+    def poll() -> None:
+        held_back = frozenset({claimed.provider_ods})
+        lease = timedelta(seconds=30)
+        assert (
+            outbox.claim_due(db, owner="w2", now=now, lease=lease, limit=10, skip_providers=held_back) == []
+        )
+        polled.set()
+
+    with db.write_connection():
+        threading.Thread(target=poll, daemon=True).start()
+        assert polled.wait(10), "the empty poll waited for the write lock"
+    # A poll that finds something claims it in a write transaction, which looks again.
+    later = now + timedelta(seconds=31)
+    again = outbox.claim_due(db, owner="w2", now=later, lease=timedelta(seconds=30), limit=10)
+    assert sorted(message.outbox_id for message in again)[0] == claimed.outbox_id and len(again) == 2
 
 
 def test_a_claim_left_by_a_dead_worker_is_taken_again_after_its_lease(db: Database) -> None:

@@ -225,7 +225,15 @@ def claim_due(
 
     `skip_providers` holds back messages to those providers (not notifications about their
     prescriptions); `notifications=False` leaves notifications to dispatchers that can sign them.
+
+    Whether anything is due is read first, in a read-only transaction: a poll that finds nothing
+    (the usual case, and the costly one while a provider's backlog is held back) takes no write
+    lock, so it never holds up intake's writers, in this process or another. What it finds is
+    claimed in a write transaction that looks again (another dispatcher may have come first).
     """
+    with db.snapshot() as tx:
+        if not _due_ids(tx, now=now, limit=1, skip_providers=skip_providers, notifications=notifications):
+            return []
     with db.transaction() as tx:
         ids = _due_ids(tx, now=now, limit=limit, skip_providers=skip_providers, notifications=notifications)
         if not ids:
