@@ -6,6 +6,7 @@ The slow clients are real sockets against a real uvicorn server run with the gat
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -193,6 +194,29 @@ def test_writers_in_other_processes_wait_on_the_writer_lock_file(tmp_path: Path)
         assert finished.wait(5)
     finally:
         os.close(other)
+        database.dispose()
+
+
+def test_without_the_writer_lock_file_writers_still_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without flock: writers fall back to retrying BEGIN IMMEDIATE, nothing fails."""
+
+    def no_flock(descriptor: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    path = tmp_path / "gateway.db"
+    database = Database(f"sqlite:///{path}")
+    database.migrate()
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    try:
+        for _ in range(2):
+            with database.write_connection() as connection:
+                connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS probe (x INTEGER)")
+                connection.exec_driver_sql("INSERT INTO probe VALUES (1)")
+        with database.snapshot() as tx:
+            assert tx.connection.exec_driver_sql("SELECT count(*) FROM probe").scalar_one() == 2
+    finally:
         database.dispose()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import random
 import sqlite3
@@ -40,6 +41,7 @@ from gateway.store.errors import AlreadyStored, StoreUnavailable
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _WRITE_LOCK_TIMEOUT = 30.0
+_log = logging.getLogger(__name__)
 _SQLITE_MMAP_BYTES = 256 * 1024 * 1024
 _SQLITE_WRITER_CACHE_KIB = 32 * 1024
 
@@ -119,21 +121,35 @@ class _WriterFileLock:
     IMMEDIATE`. Measured with two workers under intake load, retrying `BEGIN IMMEDIATE` instead
     cost a tenth of a millisecond of CPU per prescription. Held only inside the process's own
     writer lock, so one descriptor per process serves every thread; the kernel drops it if the
-    process dies."""
+    process dies. Where it cannot be had (a file system without `flock`, a folder this process may
+    not create files in), writers wait by retrying `BEGIN IMMEDIATE` alone, as before."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._descriptor: int | None = None
         self._pid = 0
+        self._held = False
+        self.unavailable = False
 
     def __enter__(self) -> None:
-        if self._descriptor is None or self._pid != os.getpid():  # a forked child opens its own
-            self._descriptor = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._pid = os.getpid()
-        fcntl.flock(self._descriptor, fcntl.LOCK_EX)
+        if self.unavailable:
+            return
+        try:
+            if self._descriptor is None or self._pid != os.getpid():  # a forked child opens its own
+                self._descriptor = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            fcntl.flock(self._descriptor, fcntl.LOCK_EX)
+        except OSError as exc:
+            self.unavailable = True
+            _log.warning(
+                "sqlite_writer_lock_unavailable", extra={"reason": exc.strerror or type(exc).__name__}
+            )
+            return
+        self._held = True
 
     def __exit__(self, *_: object) -> None:
-        if self._descriptor is not None:
+        if self._held and self._descriptor is not None:
+            self._held = False
             fcntl.flock(self._descriptor, fcntl.LOCK_UN)
 
     def close(self) -> None:
