@@ -12,11 +12,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -496,8 +495,7 @@ def test_a_fetched_jwks_is_json_of_at_most_64_kib_from_a_200_answer() -> None:
         published.httpd.server_close()
 
 
-@dataclass
-class _KeysByUrl:
+class _KeysByUrl(NamedTuple):
     """A client whose keys are at its own JWKS URL, and a key cache on a clock the test moves."""
 
     key: ClientKey
@@ -531,13 +529,7 @@ def by_url() -> Iterator[_KeysByUrl]:
 def test_a_jwks_url_is_fetched_again_after_its_ttl_or_for_an_unknown_kid_after_the_minimum_wait(
     by_url: _KeysByUrl,
 ) -> None:
-    key, published, clock, client, keys = (
-        by_url.key,
-        by_url.published,
-        by_url.clock,
-        by_url.client,
-        by_url.keys,
-    )
+    key, published, clock, client, keys = by_url
     assert keys.key_for(client, key.kid) is not None and published.fetches == 1
     clock[0] += 299
     assert keys.key_for(client, key.kid) is not None and published.fetches == 1, "fresh: cached"
@@ -550,13 +542,7 @@ def test_a_jwks_url_is_fetched_again_after_its_ttl_or_for_an_unknown_kid_after_t
 
 
 def test_a_jwks_url_that_fails_keeps_the_keys_it_gave_until_it_answers_again(by_url: _KeysByUrl) -> None:
-    key, published, clock, client, keys = (
-        by_url.key,
-        by_url.published,
-        by_url.clock,
-        by_url.client,
-        by_url.keys,
-    )
+    key, published, clock, client, keys = by_url
     found = keys.key_for(client, key.kid)
     assert found is not None and published.fetches == 1
     clock[0] += 300
