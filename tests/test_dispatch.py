@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import event, insert, select, text, update
 
 from adapters.fhir_rest.simulator import SimulatorServer
 from auth.identity import Caller, Role
@@ -965,6 +966,133 @@ def test_claims_hold_back_skipped_providers_but_not_notifications_about_their_pr
         subscription_status="active",
     )
     assert claimed[1].idempotency_key.startswith("notification-")
+
+
+_LANE_PROVIDERS = ("VNCEL", "VNFKT", "GONE1")  # the last is no longer registered
+
+
+def some_outbox(db: Database, rng: random.Random, now: datetime) -> list[dict[str, Any]]:
+    """An outbox of 60 rows in place of whatever it held: each kind, state, provider and due time
+    (some the same), some sharing an ordering key. The rows as written, with their ids."""
+    prescriptions = [prescription_id for prescription_id, _ in accept(db, count=3, seed=rng.randrange(1000))]
+    subscription_id = a_subscription(db)
+    rows: list[dict[str, Any]] = []
+    with db.write_connection() as connection:
+        connection.execute(_OUTBOX.delete())
+        for index in range(60):
+            kind = rng.choice(["new", "cancel", "notification"])
+            state = rng.choice(
+                ["pending", "pending", "pending", "sending", "sending", "done", "dead", "held"]
+            )
+            row = {
+                "prescription_id": rng.choice(prescriptions),
+                "kind": kind,
+                "provider_ods": rng.choice(_LANE_PROVIDERS),
+                "idempotency_key": f"{kind}-{index}",
+                "ordering_key": f"key-{rng.randrange(25)}",
+                "subscription_id": subscription_id if kind == "notification" else None,
+                "state": state,
+                "attempts": 0,
+                "due_at": now + timedelta(seconds=rng.randrange(-30, 10)),
+                "lease_until": now + timedelta(seconds=rng.randrange(-5, 5)) if state == "sending" else None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            row["id"] = connection.execute(insert(_OUTBOX).values(**row)).inserted_primary_key[0]
+            rows.append(row)
+    return rows
+
+
+def due_by_hand(
+    rows: list[dict[str, Any]], now: datetime, limit: int, skip: frozenset[str], notifications: bool
+) -> list[int]:
+    """What a claim must take, worked out row by row from the outbox's rules."""
+
+    def due(row: dict[str, Any]) -> bool:
+        if row["state"] == "pending":
+            return bool(row["due_at"] <= now)
+        return row["state"] == "sending" and row["lease_until"] < now
+
+    def waits(row: dict[str, Any]) -> bool:
+        return any(
+            other["ordering_key"] == row["ordering_key"]
+            and other["id"] < row["id"]
+            and other["state"] in ("pending", "sending")
+            for other in rows
+        )
+
+    def held_back(row: dict[str, Any]) -> bool:
+        provider_message = row["subscription_id"] is None
+        return (provider_message and row["provider_ods"] in skip) or (
+            not provider_message and not notifications
+        )
+
+    claimable = [row for row in rows if due(row) and not waits(row) and not held_back(row)]
+    return sorted(row["id"] for row in sorted(claimable, key=lambda row: (row["due_at"], row["id"]))[:limit])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_claim_takes_the_earliest_due_messages_whatever_is_held_back(db: Database, seed: int) -> None:
+    """The claim reads lane by lane (expired leases; pending by provider and kind while providers are
+    held back): together the lanes must pick exactly the rows the rules pick over the whole outbox."""
+    rng = random.Random(seed)
+    now = system_clock()
+    lease = timedelta(seconds=30)
+    for skip, notifications, limit in [
+        (frozenset(), True, 50),
+        (frozenset(), True, 4),
+        (frozenset(), False, 50),
+        (frozenset({"VNFKT"}), True, 50),
+        (frozenset({"VNFKT"}), True, 3),
+        (frozenset({"VNCEL", "GONE1"}), False, 50),
+        (frozenset({"VNCEL", "GONE1"}), True, 5),
+        (frozenset(_LANE_PROVIDERS), True, 50),
+    ]:
+        rows = some_outbox(db, rng, now)
+        expected = due_by_hand(rows, now, limit, skip, notifications)
+        claimed = outbox.claim_due(
+            db, owner="w", now=now, lease=lease, limit=limit, skip_providers=skip, notifications=notifications
+        )
+        assert [message.outbox_id for message in claimed] == expected, (sorted(skip), notifications, limit)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # PostgreSQL plans by its statistics
+def test_a_poll_reads_each_lane_in_index_order(db: Database) -> None:
+    """Each statement of a poll reads the outbox through an index in the order it wants, never the
+    whole table and never a sort: a held-back provider's backlog (or a recovered one's) costs a poll
+    nothing."""
+    some_outbox(db, random.Random(7), system_clock())
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_connection: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")) and "outbox" in statement:
+            statements.append((statement, parameters))
+
+    now = system_clock() + timedelta(seconds=60)
+    for engine in {db.engine, db.write_engine}:
+        event.listen(engine, "before_cursor_execute", capture)
+    try:
+        for skip in (frozenset(), frozenset({"VNFKT"})):
+            for notifications in (True, False):
+                outbox.claim_due(
+                    db,
+                    owner="w",
+                    now=now,
+                    lease=timedelta(seconds=1),
+                    limit=5,
+                    skip_providers=skip,
+                    notifications=notifications,
+                )
+    finally:
+        for engine in {db.engine, db.write_engine}:
+            event.remove(engine, "before_cursor_execute", capture)
+    lane_reads = [(sql, parameters) for sql, parameters in statements if "ORDER BY outbox.due_at" in sql]
+    assert len(lane_reads) >= 8 and any("pending_provider" in sql for sql, _ in statements)
+    with db.engine.connect() as connection:
+        for sql, parameters in statements:
+            plan = [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", parameters)]
+            assert not any("TEMP B-TREE" in step for step in plan), (sql, plan)
+            assert not any(step.startswith("SCAN outbox") for step in plan), (sql, plan)
 
 
 # --- What a send's outcome does to the prescription (gateway/domain/delivery.py), directly ---------

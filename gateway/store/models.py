@@ -205,6 +205,9 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("idempotency_key", name="uq_outbox_idempotency_key"),
         Index("ix_outbox_due", "state", "due_at"),
+        # A dispatcher's lanes while providers are held back: each provider's pending messages of
+        # each kind, in due order, without reading the held-back ones (outbox._due_ids).
+        Index("ix_outbox_lane", "state", "provider_ods", "kind", "due_at", "id"),
         Index("ix_outbox_prescription", "prescription_id", "id"),
         Index("ix_outbox_ordering", "ordering_key", "id"),
         Index("ix_outbox_subscription", "subscription_id", "state"),

@@ -18,9 +18,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cache
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import aliased
 
 from gateway.store.db import Database, Tx
@@ -250,6 +263,43 @@ def claim_due(
 def _due_ids(
     tx: Tx, *, now: datetime, limit: int, skip_providers: frozenset[str], notifications: bool
 ) -> list[int]:
+    """The first `limit` due messages by (due_at, id), read lane by lane, each lane in the order of an
+    index, so a poll reads about `limit` rows a lane whatever the backlog: expired leases (few), then
+    either every pending message (`ix_outbox_due`) or, while providers are held back, each provider's
+    pending messages of each kind (`ix_outbox_lane`), never reading the held-back providers' own
+    messages. The lanes' heads, merged, are the rows one query over the whole table would pick. On
+    PostgreSQL each lane locks what it reads (`SKIP LOCKED`), so dispatchers on other machines take
+    the next rows instead of waiting."""
+    held_back = bool(skip_providers)
+    shape = (held_back, notifications, tx.locks_rows)
+    parameters: dict[str, Any] = {"now": now, "limit": limit, "held_back": sorted(skip_providers)}
+    lanes: list[tuple[Select[tuple[int, datetime]], dict[str, Any]]] = [
+        (_lanes(_EXPIRED, *shape), parameters)
+    ]
+    if not held_back:
+        lanes.append((_lanes(_PENDING, *shape), parameters))
+    else:
+        lanes.extend(
+            (
+                _lanes(_PENDING_IN_LANE, *shape),
+                {**parameters, "provider_ods": provider_ods, "kind": kind.value},
+            )
+            for provider_ods in tx.connection.scalars(_PENDING_PROVIDERS)
+            for kind in Kind
+            if (kind is Kind.NOTIFICATION and notifications)
+            or (kind is not Kind.NOTIFICATION and provider_ods not in skip_providers)
+        )
+    heads: list[tuple[datetime, int]] = []
+    for lane, values in lanes:
+        heads.extend((row.due_at, row.id) for row in tx.connection.execute(lane, values))
+        if heads and limit == 1:
+            break  # the probe (is anything due?) needs one
+    return [outbox_id for _, outbox_id in sorted(heads)[:limit]]
+
+
+def _lane(state: State) -> Select[tuple[int, datetime]]:
+    """Messages in `state` that no earlier message with their ordering key waits for, in (due_at, id)
+    order, at most `:limit`."""
     earlier = aliased(outbox_table)
     blocked_by_earlier = exists().where(
         and_(
@@ -258,21 +308,56 @@ def _due_ids(
             earlier.c.state.in_((State.PENDING.value, State.SENDING.value)),
         )
     )
-    query = (
-        select(outbox_table.c.id)
-        .where(_due(now), ~blocked_by_earlier)
+    return (
+        select(outbox_table.c.id, outbox_table.c.due_at)
+        .where(outbox_table.c.state == state.value, ~blocked_by_earlier)
         .order_by(outbox_table.c.due_at, outbox_table.c.id)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )
-    if skip_providers:
-        query = query.where(
-            or_(~_is_provider_message, outbox_table.c.provider_ods.not_in(sorted(skip_providers)))
-        )
+
+
+# The lanes' statements, built once (a poll runs several, several times a second).
+_EXPIRED = _lane(State.SENDING).where(outbox_table.c.lease_until < bindparam("now"))
+_PENDING = _lane(State.PENDING).where(outbox_table.c.due_at <= bindparam("now"))
+_PENDING_IN_LANE = _PENDING.where(
+    outbox_table.c.provider_ods == bindparam("provider_ods"), outbox_table.c.kind == bindparam("kind")
+)
+
+
+def _pending_providers() -> Select[Any]:
+    """The providers with pending messages, one index seek each (a loose scan of `ix_outbox_lane`)."""
+    found = (
+        select(func.min(outbox_table.c.provider_ods).label("ods"))
+        .where(outbox_table.c.state == State.PENDING.value)
+        .cte("pending_provider", recursive=True)
+    )
+    later = aliased(outbox_table)
+    following = (
+        select(func.min(later.c.provider_ods))
+        .where(later.c.state == State.PENDING.value, later.c.provider_ods > found.c.ods)
+        .scalar_subquery()
+    )
+    found = found.union_all(select(following).where(found.c.ods.is_not(None)))
+    return select(found.c.ods).where(found.c.ods.is_not(None))
+
+
+_PENDING_PROVIDERS = _pending_providers()
+
+
+@cache
+def _lanes(
+    lane: Select[tuple[int, datetime]], held_back: bool, notifications: bool, locks_rows: bool
+) -> Select[tuple[int, datetime]]:
+    """`lane` as a poll runs it: without held-back providers' messages, without notifications where
+    this dispatcher cannot sign them, locking its rows on PostgreSQL."""
+    if held_back:
+        held = outbox_table.c.provider_ods.in_(bindparam("held_back", expanding=True))
+        lane = lane.where(or_(~_is_provider_message, ~held))
     if not notifications:
-        query = query.where(_is_provider_message)
-    if tx.locks_rows:
-        query = query.with_for_update(skip_locked=True, of=outbox_table)
-    return [row.id for row in tx.connection.execute(query)]
+        lane = lane.where(_is_provider_message)
+    if locks_rows:
+        lane = lane.with_for_update(skip_locked=True, of=outbox_table)
+    return lane
 
 
 def _due(now: datetime) -> ColumnElement[bool]:
