@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, text, update
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from auth.identity import Caller
@@ -158,7 +159,8 @@ def row_hash(prev_hash: str, content: dict[str, Any]) -> str:
     return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
 
 
-def _content(event: AuditEvent) -> dict[str, Any]:
+def _content(event: Any) -> dict[str, Any]:
+    """A row's content in the chain: from an `AuditEvent`, or a row of its columns."""
     content = {name: getattr(event, name) for name in _CONTENT}
     for name in _OPTIONAL_CONTENT:
         value = getattr(event, name)
@@ -167,41 +169,75 @@ def _content(event: AuditEvent) -> dict[str, Any]:
     return content
 
 
-def seal(session: Session, *, limit: int = 1000) -> int:
-    """Chain up to `limit` unsealed rows after the current head; returns how many were sealed.
+@dataclass(frozen=True, slots=True)
+class SealPlan:
+    """The next rows' places in the chain, worked out from `head` (seq, row_hash; None: the chain is
+    empty): one change per row, oldest id first."""
 
-    Run it in a write transaction. Where another sealer holds the chain it returns 0 at once.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        locked = session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _SEALER_LOCK})
+    head: tuple[int, str] | None
+    changes: list[dict[str, Any]]
+
+
+_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
+_HEAD = (
+    core_select(_TABLE.c.seq, _TABLE.c.row_hash)
+    .where(_TABLE.c.seq.is_not(None))
+    .order_by(_TABLE.c.seq.desc())
+    .limit(1)
+)
+_UNSEALED = (
+    core_select(*(_TABLE.c[name] for name in (*_CONTENT, *_OPTIONAL_CONTENT)))
+    .where(_TABLE.c.seq.is_(None))
+    .order_by(_TABLE.c.id)
+    .limit(bindparam("limit"))
+)
+_SEAL_ROW = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("target"), _TABLE.c.seq.is_(None))
+    .values(seq=bindparam("seq"), prev_hash=bindparam("prev_hash"), row_hash=bindparam("row_hash"))
+)
+
+
+def _head(connection: Connection) -> tuple[int, str] | None:
+    row = connection.execute(_HEAD).first()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def plan_seal(connection: Connection, *, limit: int = 1000) -> SealPlan:
+    """Chain up to `limit` unsealed rows after the current head, without writing: the hashing is the
+    sealer's work, and needs no write lock (on SQLite, no writer waits for it)."""
+    head = _head(connection)
+    seq, prev = head if head else (0, GENESIS_HASH)
+    changes: list[dict[str, Any]] = []
+    for row in connection.execute(_UNSEALED, {"limit": limit}):
+        seq += 1
+        digest = row_hash(prev, _content(row))
+        changes.append({"target": row.id, "seq": seq, "prev_hash": prev, "row_hash": digest})
+        prev = digest
+    return SealPlan(head, changes)
+
+
+def apply_seal(connection: Connection, plan: SealPlan) -> int:
+    """Store a plan in the connection's write transaction; returns how many rows it sealed. Nothing
+    is stored (0) when the chain moved since the plan (another sealer came first) or, on PostgreSQL,
+    another sealer holds the chain now."""
+    if not plan.changes:
+        return 0
+    if connection.dialect.name == "postgresql":
+        locked = connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _SEALER_LOCK})
         if not locked.scalar_one():
             return 0
-    head = session.execute(
-        select(col(AuditEvent.seq), col(AuditEvent.row_hash))
-        .where(col(AuditEvent.seq).is_not(None))
-        .order_by(col(AuditEvent.seq).desc())
-        .limit(1)
-    ).first()
-    seq, prev = (int(head[0]), str(head[1])) if head else (0, GENESIS_HASH)
-    unsealed = session.execute(
-        select(AuditEvent).where(col(AuditEvent.seq).is_(None)).order_by(col(AuditEvent.id)).limit(limit)
-    ).scalars()
-    changes: list[dict[str, Any]] = []
-    for event in unsealed:
-        seq += 1
-        digest = row_hash(prev, _content(event))
-        changes.append({"target": event.id, "seq": seq, "prev_hash": prev, "row_hash": digest})
-        prev = digest
-    if changes:
-        session.expunge_all()
-        table = AuditEvent.__table__  # type: ignore[attr-defined]
-        session.connection().execute(
-            update(table)
-            .where(table.c.id == bindparam("target"))
-            .values(seq=bindparam("seq"), prev_hash=bindparam("prev_hash"), row_hash=bindparam("row_hash")),
-            changes,
-        )
-    return len(changes)
+    if _head(connection) != plan.head:
+        return 0
+    connection.execute(_SEAL_ROW, plan.changes)
+    return len(plan.changes)
+
+
+def seal(session: Session, *, limit: int = 1000) -> int:
+    """Chain up to `limit` unsealed rows after the current head in the session's write transaction;
+    returns how many were sealed (0 when another sealer holds the chain)."""
+    connection = session.connection()
+    return apply_seal(connection, plan_seal(connection, limit=limit))
 
 
 @dataclass(frozen=True, slots=True)

@@ -311,6 +311,42 @@ def test_sealing_in_batches_continues_the_chain_from_its_head(db: Database) -> N
         assert audit.seal(session) == 0
 
 
+def test_a_plan_made_before_another_sealer_sealed_is_dropped(db: Database) -> None:
+    start = datetime.now(UTC)
+    _append(db, *(start + timedelta(milliseconds=n) for n in range(3)))
+    with db.snapshot() as tx:
+        stale = audit.plan_seal(tx.connection)
+    assert [change["seq"] for change in stale.changes] == [1, 2, 3] and stale.head is None
+    assert seal_audit_log(db, batch=2) == 3
+    _append(db, start + timedelta(seconds=1))
+    with db.transaction() as tx:
+        assert audit.apply_seal(tx.connection, stale) == 0, "the chain moved since the plan"
+    assert seal_audit_log(db) == 1
+    result = verify(db)
+    assert result.ok and result.head is not None and result.head.seq == 4, result.problem
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # the lock of SQLite's single writer
+def test_the_sealer_hashes_without_holding_the_write_lock(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashing a batch takes tens of milliseconds: on SQLite every intake commit would wait for it."""
+    _append(db, *(datetime.now(UTC) for _ in range(3)))
+    write_lock = db._write_lock
+    assert write_lock is not None
+    held: list[bool] = []
+    hash_row = audit.row_hash
+
+    def watched(prev_hash: str, content: dict[str, object]) -> str:
+        held.append(write_lock.locked())
+        return hash_row(prev_hash, content)
+
+    monkeypatch.setattr(audit, "row_hash", watched)
+    assert seal_audit_log(db) == 3
+    assert held == [False, False, False]
+    assert verify(db).ok
+
+
 def test_an_empty_log_verifies_with_no_head(db: Database) -> None:
     result = verify(db)
     assert result == audit.Verification(sealed=0, unsealed=0, head=None, problem=None)
