@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
@@ -24,6 +24,7 @@ from fhir_profiles.builder import PrescriptionMessageBuilder, break_message
 from gateway.app import create_app
 from gateway.cli import app as cli
 from gateway.settings import Settings
+from gateway.store import audit as store_audit
 from gateway.store.audit import seal_audit_log
 from gateway.store.db import Database
 from tests.support import RunningServer, Tenant, access_token
@@ -342,8 +343,17 @@ def test_the_sealer_hashes_without_holding_the_write_lock(
         return hash_row(prev_hash, content)
 
     monkeypatch.setattr(audit, "row_hash", watched)
-    assert seal_audit_log(db) == 3
+    stored: list[int] = []
+    apply = store_audit.apply_seal
+
+    def counted(connection: Connection, plan: audit.SealPlan) -> int:
+        stored.append(len(plan.changes))
+        return apply(connection, plan)
+
+    monkeypatch.setattr(store_audit, "apply_seal", counted)
+    assert seal_audit_log(db, batch=2) == 3
     assert held == [False, False, False]
+    assert stored == [2, 1], "each write transaction stores one batch"
     assert verify(db).ok
 
 

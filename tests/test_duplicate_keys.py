@@ -84,6 +84,27 @@ def test_a_repeated_key_anywhere_is_found_and_nothing_else_is(value: Any, spacin
         assert strict_json.loads(raw) == orjson.loads(raw)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"resourceType": "Bundle", "entry": [{"fullUrl": "urn:uuid:1", "a": {"b": [1, {"c": "d:e"}]}}]}',
+        # A backslash, but no escaped colon: still cleared by the count.
+        b'{"resourceType": "Bundle", "note": "a \\"quoted\\" word\\n", "id": "x"}',
+    ],
+)
+def test_a_body_without_repeats_is_cleared_without_reading_it_key_by_key(
+    raw: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key-by-key reading is for the few bodies the colon count cannot clear; every intake body
+    taking it would cost several times the parse."""
+
+    def read_key_by_key(_: bytes) -> None:
+        raise AssertionError("cleared by reading it key by key")
+
+    monkeypatch.setattr(strict_json, "_locate", read_key_by_key)
+    assert strict_json.loads(raw) == json.loads(raw)
+
+
 def test_the_repeat_is_named_by_its_place() -> None:
     raw = b'{"resourceType":"Bundle","entry":[{"resource":{"identifier":[{"value":"1","value":"2"}]}}]}'
     with pytest.raises(strict_json.DuplicateKeyError) as refused:
