@@ -1040,10 +1040,13 @@ def test_a_claim_takes_the_earliest_due_messages_whatever_is_held_back(db: Datab
     lease = timedelta(seconds=30)
     for skip, notifications, limit in [
         (frozenset(), True, 50),
+        (frozenset(), True, 1),
+        (frozenset(), True, 2),
         (frozenset(), True, 4),
         (frozenset(), False, 50),
         (frozenset({"VNFKT"}), True, 50),
         (frozenset({"VNFKT"}), True, 3),
+        (frozenset({"VNFKT"}), True, 1),
         (frozenset({"VNCEL", "GONE1"}), False, 50),
         (frozenset({"VNCEL", "GONE1"}), True, 5),
         (frozenset(_LANE_PROVIDERS), True, 50),
@@ -1093,6 +1096,64 @@ def test_a_poll_reads_each_lane_in_index_order(db: Database) -> None:
             plan = [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", parameters)]
             assert not any("TEMP B-TREE" in step for step in plan), (sql, plan)
             assert not any(step.startswith("SCAN outbox") for step in plan), (sql, plan)
+
+
+def backlog(db: Database, prescription_id: str, provider_ods: str, count: int, *, due: datetime) -> None:
+    """`count` more pending orders to the provider, each of its own ordering key, all due."""
+    rows = [
+        {
+            "prescription_id": prescription_id,
+            "kind": "new",
+            "provider_ods": provider_ods,
+            "idempotency_key": f"backlog-{uuid.uuid4()}",
+            "ordering_key": f"backlog-{uuid.uuid4()}",
+            "state": "pending",
+            "attempts": 0,
+            "due_at": due,
+            "created_at": due,
+            "updated_at": due,
+        }
+        for _ in range(count)
+    ]
+    with db.write_connection() as connection:
+        connection.execute(insert(_OUTBOX), rows)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # SQLite's count of the steps it runs
+def test_a_poll_costs_the_same_whatever_the_backlog_it_skips_or_drains(db: Database) -> None:
+    """What a poll runs (SQLite's virtual machine steps) does not grow with a held-back provider's
+    backlog, nor with a recovering provider's due backlog it claims a few of at a time."""
+    ((prescription_id, _),) = accept(db)
+    now = system_clock()
+    steps = [0]
+
+    def count(connection: Any, *_: Any) -> None:
+        def step() -> int:
+            steps[0] += 1
+            return 0
+
+        connection.connection.dbapi_connection.set_progress_handler(step, 100)
+
+    def cost(**options: Any) -> int:
+        steps[0] = 0
+        outbox.claim_due(db, owner="w", now=now, lease=timedelta(seconds=30), limit=5, **options)
+        return steps[0]
+
+    for engine in {db.engine, db.write_engine}:
+        event.listen(engine, "before_cursor_execute", count)
+    try:
+        held_back = frozenset({"VNFKT"})
+        backlog(db, prescription_id, "VNFKT", 20, due=now)
+        small = cost(skip_providers=held_back)
+        backlog(db, prescription_id, "VNFKT", 2000, due=now)
+        large = cost(skip_providers=held_back)
+        assert large <= small + 5, (small, large)
+        draining = [cost(), cost()]  # VNFKT back: 2,020 due, five claimed a poll
+        backlog(db, prescription_id, "VNFKT", 2000, due=now)
+        assert cost() <= max(draining) + 5, draining
+    finally:
+        for engine in {db.engine, db.write_engine}:
+            event.remove(engine, "before_cursor_execute", count)
 
 
 # --- What a send's outcome does to the prescription (gateway/domain/delivery.py), directly ---------

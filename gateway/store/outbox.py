@@ -245,7 +245,9 @@ def claim_due(
     claimed in a write transaction that looks again (another dispatcher may have come first).
     """
     with db.snapshot() as tx:
-        if not _due_ids(tx, now=now, limit=1, skip_providers=skip_providers, notifications=notifications):
+        if not _due_ids(
+            tx, now=now, limit=1, skip_providers=skip_providers, notifications=notifications, any_one=True
+        ):
             return []
     with db.transaction() as tx:
         ids = _due_ids(tx, now=now, limit=limit, skip_providers=skip_providers, notifications=notifications)
@@ -261,7 +263,13 @@ def claim_due(
 
 
 def _due_ids(
-    tx: Tx, *, now: datetime, limit: int, skip_providers: frozenset[str], notifications: bool
+    tx: Tx,
+    *,
+    now: datetime,
+    limit: int,
+    skip_providers: frozenset[str],
+    notifications: bool,
+    any_one: bool = False,
 ) -> list[int]:
     """The first `limit` due messages by (due_at, id), read lane by lane, each lane in the order of an
     index, so a poll reads about `limit` rows a lane whatever the backlog: expired leases (few), then
@@ -269,7 +277,8 @@ def _due_ids(
     pending messages of each kind (`ix_outbox_lane`), never reading the held-back providers' own
     messages. The lanes' heads, merged, are the rows one query over the whole table would pick. On
     PostgreSQL each lane locks what it reads (`SKIP LOCKED`), so dispatchers on other machines take
-    the next rows instead of waiting."""
+    the next rows instead of waiting. `any_one`: whether anything is due at all; the first lane that
+    has a row answers."""
     held_back = bool(skip_providers)
     shape = (held_back, notifications, tx.locks_rows)
     parameters: dict[str, Any] = {"now": now, "limit": limit, "held_back": sorted(skip_providers)}
@@ -292,8 +301,8 @@ def _due_ids(
     heads: list[tuple[datetime, int]] = []
     for lane, values in lanes:
         heads.extend((row.due_at, row.id) for row in tx.connection.execute(lane, values))
-        if heads and limit == 1:
-            break  # the probe (is anything due?) needs one
+        if heads and any_one:
+            break
     return [outbox_id for _, outbox_id in sorted(heads)[:limit]]
 
 
