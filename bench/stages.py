@@ -68,8 +68,6 @@ if _stage in ("answer", "checked"):
 
     process_message._process = _process
 elif _stage == "built":
-    import hashlib
-
     from fhir_profiles import codes
     from gateway.domain import intake, orders
 

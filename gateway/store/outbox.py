@@ -280,19 +280,18 @@ def _due_ids(
     the next rows instead of waiting. `any_one`: whether anything is due at all; the first lane that
     has a row answers."""
     held_back = bool(skip_providers)
-    shape = (held_back, notifications, tx.locks_rows)
+    filtered = (held_back, notifications, tx.locks_rows)
     parameters: dict[str, Any] = {"now": now, "limit": limit, "held_back": sorted(skip_providers)}
     lanes: list[tuple[Select[tuple[int, datetime]], dict[str, Any]]] = [
-        (_lanes(_EXPIRED, *shape), parameters)
+        (_as_polled(_EXPIRED, *filtered), parameters)
     ]
     if not held_back:
-        lanes.append((_lanes(_PENDING, *shape), parameters))
+        lanes.append((_as_polled(_PENDING, *filtered), parameters))
     else:
+        # A provider's lane of one kind is only read when its rows may be claimed: no filter needed.
+        one_kind = _as_polled(_PENDING_IN_LANE, False, True, tx.locks_rows)
         lanes.extend(
-            (
-                _lanes(_PENDING_IN_LANE, *shape),
-                {**parameters, "provider_ods": provider_ods, "kind": kind.value},
-            )
+            (one_kind, {**parameters, "provider_ods": provider_ods, "kind": kind.value})
             for provider_ods in tx.connection.scalars(_PENDING_PROVIDERS)
             for kind in Kind
             if (kind is Kind.NOTIFICATION and notifications)
@@ -354,7 +353,7 @@ _PENDING_PROVIDERS = _pending_providers()
 
 
 @cache
-def _lanes(
+def _as_polled(
     lane: Select[tuple[int, datetime]], held_back: bool, notifications: bool, locks_rows: bool
 ) -> Select[tuple[int, datetime]]:
     """`lane` as a poll runs it: without held-back providers' messages, without notifications where
